@@ -1,0 +1,102 @@
+//! The interface every executor implements: build once from a `Program`, then train on batches
+//! and predict. The reference executor (`interp`) and the Cranelift backend (`jit`) both sit
+//! behind it, so the runtime never knows which one it drives.
+//!
+//! Architecture invariant: a backend never reports user errors. Anything it is handed has passed
+//! the checker; a backend error (`BackendError`) means netc itself is at fault or the host cannot
+//! run the code (for example, no executable memory).
+
+use ndarray::ArrayD;
+
+/// Per-feature statistics of the training split, used when the input is standardized.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputStats {
+    pub mean: Vec<f32>,
+    /// Standard deviation per feature; the runtime clamps it away from zero.
+    pub std: Vec<f32>,
+}
+
+/// A batch of raw examples: `pixels` is `labels.len() * features` bytes, row-major, in the
+/// dataset's order (for CIFAR-10: 1,024 red, 1,024 green, 1,024 blue values per image).
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    pub pixels: &'a [u8],
+    pub labels: &'a [u8],
+}
+
+impl Batch<'_> {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// What one training step measured, on the batch before the update.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// Mean cross-entropy over the batch plus the regularization penalty.
+    pub loss: f32,
+    /// Examples whose arg-max prediction equals the label.
+    pub correct: usize,
+}
+
+/// How `predict` treats the layers that behave differently in training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Dropout off, batch norm on its moving averages.
+    Inference,
+    /// Dropout on (MC Dropout), batch norm on its moving averages. `sample` selects the masks:
+    /// the same sample number draws the same masks on every backend.
+    McDropout { sample: u32 },
+}
+
+/// Everything a backend's training depends on, host side: enough to checkpoint, resume, compare
+/// two backends, or hand the weights of one to the other.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainState {
+    /// Parameter values, indexed like `Program::params`, each of the parameter's shape.
+    pub params: Vec<ArrayD<f32>>,
+    /// Optimizer state: for each parameter, `OptimizerKind::slot_count()` arrays of its shape
+    /// (none for parameters that are not trainable).
+    pub slots: Vec<Vec<ArrayD<f32>>>,
+    /// Optimizer steps taken so far (Adam's `t`), also the dropout RNG's step counter.
+    pub step: u64,
+}
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum BackendError {
+    #[error("the JIT could not compile the kernels: {0}")]
+    #[diagnostic(
+        code(netc::backend::compile),
+        help("this is a bug in netc; `--backend interp` runs the same spec without the JIT")
+    )]
+    Compile(String),
+    #[error("this machine cannot run JIT code: {0}")]
+    #[diagnostic(
+        code(netc::backend::host),
+        help("`--backend interp` runs the same spec without the JIT")
+    )]
+    Host(String),
+}
+
+pub trait Backend {
+    /// `interp` or `jit`.
+    fn name(&self) -> &'static str;
+
+    /// One step of training on a batch of at most `train.batch` examples: forward in training
+    /// mode, loss, backward, optimizer update with learning rate `lr`, then constraints.
+    fn train_step(&mut self, batch: Batch<'_>, lr: f32) -> StepStats;
+
+    /// Class probabilities for `pixels.len() / features` examples, written row-major into
+    /// `probs` (`[n, classes]`). Handles any number of examples.
+    fn predict(&mut self, pixels: &[u8], mode: Mode, probs: &mut [f32]);
+
+    /// A copy of the full training state.
+    fn state(&self) -> TrainState;
+
+    /// Replace the full training state (shapes must match the program's).
+    fn set_state(&mut self, state: &TrainState);
+}

@@ -1,1 +1,15 @@
-//! netc runtime
+//! netc's runtime: everything around the kernels. CIFAR-10 data, the training loop, schedules,
+//! early stopping, evaluation (MC Dropout, pruning), and what a run leaves behind: history,
+//! summary, plots and weights.
+//!
+//! Architecture invariant: the runtime sees only the IR (`netc_compiler::ir`) and the `Backend`
+//! trait, never the AST or a backend's internals.
+
+pub mod compare;
+pub mod data;
+pub mod plot;
+pub mod report;
+pub mod run;
+pub mod schedule;
+pub mod train;
+pub mod weights;

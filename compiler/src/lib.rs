@@ -18,3 +18,37 @@ pub mod optim;
 pub mod print;
 pub mod rng;
 pub mod syntax;
+
+use diagnostics::Diag;
+
+/// What the front end made of a spec: the AST when it parsed, the IR when it checked, and every
+/// diagnostic, sorted by position in the file.
+#[derive(Debug)]
+pub struct Compiled {
+    pub ast: Option<ast::Spec>,
+    pub program: Option<ir::Program>,
+    pub diags: Vec<Diag>,
+}
+
+impl Compiled {
+    pub fn has_errors(&self) -> bool {
+        self.diags.iter().any(Diag::is_error)
+    }
+}
+
+/// Runs the front end on one file's text: parse, build the AST, check, lower.
+pub fn compile(source: &str) -> Compiled {
+    let (entries, mut diags) = syntax::parse(source);
+    let spec = ast::build(&entries, &mut diags);
+    let checked = check::check(&spec, &mut diags);
+    let program = match checked {
+        Some(c) if !diags.iter().any(Diag::is_error) => Some(lower::lower(&c)),
+        _ => None,
+    };
+    diags.sort_by_key(Diag::primary_start);
+    Compiled {
+        ast: Some(spec),
+        program,
+        diags,
+    }
+}

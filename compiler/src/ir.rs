@@ -68,7 +68,11 @@ impl Program {
     }
 
     pub fn trainable_param_count(&self) -> usize {
-        self.params.iter().filter(|p| p.trainable).map(Param::len).sum()
+        self.params
+            .iter()
+            .filter(|p| p.trainable)
+            .map(Param::len)
+            .sum()
     }
 
     /// True when some op draws random numbers in training (dropout of either kind).
@@ -232,7 +236,9 @@ pub enum OpKind {
     },
     Activation(Activation),
     /// `y = x` where `x >= 0`, else `alpha[j] * x`; `alpha` is learned, one per unit.
-    Prelu { alpha: ParamId },
+    Prelu {
+        alpha: ParamId,
+    },
     /// Batch normalization over the batch axis. Training uses batch statistics and updates the
     /// moving averages as `moving = moving * momentum + batch * (1 - momentum)` (Keras); inference
     /// uses the moving averages. The batch variance is the biased one (divide by n).
@@ -246,11 +252,15 @@ pub enum OpKind {
     },
     /// Inverted dropout: in training (and MC Dropout) each element is kept with probability
     /// `1 - rate` and scaled by `1 / (1 - rate)`; identity in inference.
-    Dropout { rate: f32 },
+    Dropout {
+        rate: f32,
+    },
     /// Alpha dropout (Klambauer et al.): dropped elements are set to `-λα` (SELU's negative
     /// saturation), then `a * y + b` restores zero mean and unit variance, with
     /// `a = ((1 - rate) * (1 + rate * α'^2))^-1/2`, `b = -a * α' * rate`, `α' = -λα`.
-    AlphaDropout { rate: f32 },
+    AlphaDropout {
+        rate: f32,
+    },
 }
 
 impl OpKind {
@@ -362,13 +372,35 @@ pub enum OptimizerKind {
     /// `v = momentum * v - lr * g; w += v` (or `w += momentum * v - lr * g` with Nesterov);
     /// `w -= lr * g` without momentum.
     Sgd { momentum: f32, nesterov: bool },
-    Adam { beta_1: f32, beta_2: f32, epsilon: f32 },
-    /// Keras 3 Nadam, with its momentum-cache schedule `u_t = β1 (1 - 0.5 · 0.96^(0.004 t))`.
-    Nadam { beta_1: f32, beta_2: f32, epsilon: f32 },
+    Adam {
+        beta_1: f32,
+        beta_2: f32,
+        epsilon: f32,
+    },
+    /// Keras 3 Nadam, with its momentum-cache schedule `u_t = β1 (1 - 0.5 · 0.96^t)` (tf.keras 2
+    /// had `0.96^(0.004 t)`; Keras 3 dropped the 0.004).
+    Nadam {
+        beta_1: f32,
+        beta_2: f32,
+        epsilon: f32,
+    },
     /// Adam with decoupled weight decay: `w -= lr * weight_decay * w` before the Adam step.
-    AdamW { beta_1: f32, beta_2: f32, epsilon: f32, weight_decay: f32 },
-    RmsProp { rho: f32, momentum: f32, epsilon: f32, centered: bool },
-    Adagrad { initial_accumulator: f32, epsilon: f32 },
+    AdamW {
+        beta_1: f32,
+        beta_2: f32,
+        epsilon: f32,
+        weight_decay: f32,
+    },
+    RmsProp {
+        rho: f32,
+        momentum: f32,
+        epsilon: f32,
+        centered: bool,
+    },
+    Adagrad {
+        initial_accumulator: f32,
+        epsilon: f32,
+    },
 }
 
 impl OptimizerKind {

@@ -7,6 +7,7 @@
 
 pub mod compare;
 pub mod data;
+pub mod lr_find;
 pub mod plot;
 pub mod report;
 pub mod run;

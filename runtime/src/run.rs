@@ -1,1 +1,742 @@
-//! (in progress)
+//! One complete run of a checked program: load the data, build a backend through the caller's
+//! factory (so the CLI chooses `interp` or `jit`), train, evaluate on the test set (with MC
+//! Dropout and magnitude pruning when the spec asks), and leave a run directory behind: a copy of
+//! the spec, `history.csv`, `summary.json`, `curves.png` and `weights.safetensors`.
+//!
+//! A run directory is never overwritten: the default name gets a numeric suffix when taken, and
+//! an explicit `--out` that exists is an error. Every file in it is written atomically.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use netc_compiler::backend::{Backend, BackendError, InputStats, TrainState};
+use netc_compiler::ir::{OpKind, ParamId, Preprocess, Program};
+
+use crate::data::{self, DataError};
+use crate::plot::{self, PlotError};
+use crate::report::{self, LayerSparsity, ReportError, Summary};
+use crate::train::{self, Evaluation, TrainOptions};
+use crate::weights::{self, WeightsError};
+
+/// What the command line can change about a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Where CIFAR-10 is; see `data::locate` for where it is looked for otherwise.
+    pub data: Option<PathBuf>,
+    /// Overrides the spec's `epochs`.
+    pub epochs: Option<usize>,
+    /// Overrides the spec's `seed` (initialization, split, shuffles and dropout).
+    pub seed: Option<u64>,
+    /// Run directory; by default `runs/<model>-<UTC timestamp>`.
+    pub out: Option<PathBuf>,
+    /// No progress output on stderr.
+    pub quiet: bool,
+}
+
+/// Name of the spec's copy in the run directory, fixed so tools can find it.
+pub const SPEC_FILE: &str = "spec.net";
+pub const HISTORY_FILE: &str = "history.csv";
+pub const SUMMARY_FILE: &str = "summary.json";
+pub const CURVES_FILE: &str = "curves.png";
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum RunError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Data(#[from] DataError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Backend(#[from] BackendError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Report(Box<ReportError>),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Plot(Box<PlotError>),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Weights(Box<WeightsError>),
+
+    #[error("the run directory {} already exists", path.display())]
+    #[diagnostic(
+        code(netc::run::out_exists),
+        help("netc never overwrites a run: choose another --out, or move the old run away")
+    )]
+    OutExists { path: PathBuf },
+
+    #[error("cannot create the run directory {}: {source}", path.display())]
+    #[diagnostic(
+        code(netc::run::create_dir),
+        help("check that the parent directory is writable, or choose another --out")
+    )]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot read the spec {}: {source}", path.display())]
+    #[diagnostic(code(netc::run::read_spec))]
+    ReadSpec {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+// The report, plot and weights errors carry a source excerpt each; boxing them keeps `RunError`
+// (and every `Result` here) small.
+impl From<ReportError> for RunError {
+    fn from(e: ReportError) -> Self {
+        RunError::Report(Box::new(e))
+    }
+}
+
+impl From<PlotError> for RunError {
+    fn from(e: PlotError) -> Self {
+        RunError::Plot(Box::new(e))
+    }
+}
+
+impl From<WeightsError> for RunError {
+    fn from(e: WeightsError) -> Self {
+        RunError::Weights(Box::new(e))
+    }
+}
+
+/// Runs `program` (parsed from `spec_path`) end to end and returns its summary, also written to
+/// the run directory. `make_backend` builds the executor from the program as run (seed and epochs
+/// overridden) and, for standardized inputs, the training split's statistics; the time it takes
+/// is reported as `compile_ms`.
+pub fn run<F>(
+    program: &Program,
+    spec_path: &Path,
+    opts: &RunOptions,
+    make_backend: F,
+) -> Result<Summary, RunError>
+where
+    F: FnOnce(&Program, Option<InputStats>) -> Result<Box<dyn Backend>, BackendError>,
+{
+    let started = Instant::now();
+    let mut program = program.clone();
+    if let Some(seed) = opts.seed {
+        program.train.seed = seed;
+    }
+    if let Some(epochs) = opts.epochs {
+        program.train.epochs = epochs;
+    }
+    let spec_text = fs::read(spec_path).map_err(|source| RunError::ReadSpec {
+        path: spec_path.to_path_buf(),
+        source,
+    })?;
+
+    let data = data::load(opts.data.as_deref())?;
+    let split = data::split_validation(
+        data.train.len(),
+        program.train.validation,
+        program.train.seed,
+    )?;
+    let stats = match program.input.preprocess {
+        Preprocess::Standardize => Some(data::input_stats(&data.train, &split.train)),
+        Preprocess::Scale01 => None,
+    };
+
+    let compile_started = Instant::now();
+    let mut backend = make_backend(&program, stats)?;
+    let compile_ms = compile_started.elapsed().as_secs_f64() * 1e3;
+
+    // Reserve the directory before the long part, so a taken `--out` fails in seconds.
+    let run_dir = create_run_dir(opts.out.as_deref(), &program.name)?;
+    write_file(&run_dir.join(SPEC_FILE), &spec_text)?;
+
+    let train_opts = TrainOptions {
+        epochs: None,
+        quiet: opts.quiet,
+    };
+    let outcome = train::train(backend.as_mut(), &program, &data.train, &split, &train_opts);
+
+    let test_indices = data.test.all_indices();
+    let classes = program.output_width();
+    let mc_samples = program.eval.mc_dropout;
+    let (test, unpruned_test_acc) = match program.eval.prune {
+        Some(prune) => {
+            let before =
+                train::evaluate(backend.as_mut(), &data.test, &test_indices, classes, None);
+            let mut state = backend.state();
+            prune_dense_kernels(&program, &mut state, prune.sparsity);
+            backend.set_state(&state);
+            let after = train::evaluate(
+                backend.as_mut(),
+                &data.test,
+                &test_indices,
+                classes,
+                mc_samples,
+            );
+            (after, Some(before.standard.accuracy))
+        }
+        None => (
+            train::evaluate(
+                backend.as_mut(),
+                &data.test,
+                &test_indices,
+                classes,
+                mc_samples,
+            ),
+            None,
+        ),
+    };
+    let final_state = backend.state();
+    let (sparsity, layer_sparsity) = dense_sparsity(&program, &final_state);
+
+    weights::save_params(&run_dir.join(WEIGHTS_FILE), &program, &final_state)?;
+    let history = &outcome.history;
+    write_history(&run_dir, history)?;
+    if !history.epochs.is_empty() {
+        plot::plot_curves(&run_dir.join(CURVES_FILE), &program.name, history)?;
+    }
+    if !opts.quiet {
+        print_test_line(&test);
+        if let Some(before) = unpruned_test_acc {
+            eprintln!(
+                "pruned dense kernels to {:.1}% zeros: test acc {before:.4} before, {:.4} after",
+                sparsity * 100.0,
+                test.standard.accuracy
+            );
+        }
+    }
+
+    let summary = Summary {
+        spec: spec_path.display().to_string(),
+        model: program.name.clone(),
+        backend: backend.name().to_owned(),
+        seed: program.train.seed,
+        epochs_run: history.epochs.len(),
+        best_epoch: outcome.best_epoch,
+        best_val_acc: extreme(history.epochs.iter().map(|e| e.val_accuracy), f64::max),
+        best_val_loss: extreme(history.epochs.iter().map(|e| e.val_loss), f64::min),
+        test_acc: test.standard.accuracy,
+        test_loss: test.standard.loss,
+        mc_test_acc: test.mc_dropout.as_ref().map(|m| m.metrics.accuracy),
+        mc_samples: test.mc_dropout.as_ref().map(|m| m.samples),
+        sparsity,
+        layer_sparsity,
+        unpruned_test_acc,
+        param_count: program.param_count(),
+        trainable_params: program.trainable_param_count(),
+        sec_per_epoch: median(history.epochs.iter().map(|e| e.seconds).collect()),
+        total_seconds: started.elapsed().as_secs_f64(),
+        compile_ms,
+        peak_rss_mb: peak_rss_mb(),
+        stop: outcome.stop,
+        run_dir: run_dir.display().to_string(),
+    };
+    report::write_summary(&run_dir.join(SUMMARY_FILE), &summary)?;
+    Ok(summary)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    report::atomic_write(path, bytes).map_err(|e| ReportError::write(path, e).into())
+}
+
+fn write_history(run_dir: &Path, history: &report::History) -> Result<(), RunError> {
+    report::write_history_csv(&run_dir.join(HISTORY_FILE), history)?;
+    Ok(())
+}
+
+fn print_test_line(test: &Evaluation) {
+    let s = &test.standard;
+    let mut line = format!(
+        "test  loss {:.4}  acc {:.4}  confidence {:.3}  entropy {:.3}  {:.0} ms/10k images",
+        s.loss, s.accuracy, s.confidence, s.entropy, s.ms_per_10k
+    );
+    if let Some(mc) = &test.mc_dropout {
+        let m = &mc.metrics;
+        line.push_str(&format!(
+            "\nMC Dropout ({} samples)  loss {:.4}  acc {:.4}  confidence {:.3}  entropy {:.3}  {:.0} ms/10k images",
+            mc.samples, m.loss, m.accuracy, m.confidence, m.entropy, m.ms_per_10k
+        ));
+    }
+    eprintln!("{line}");
+}
+
+/// The largest (or smallest) non-NaN value, NaN when there is none.
+fn extreme(values: impl Iterator<Item = f32>, pick: fn(f64, f64) -> f64) -> f64 {
+    values
+        .map(f64::from)
+        .filter(|v| !v.is_nan())
+        .reduce(pick)
+        .unwrap_or(f64::NAN)
+}
+
+/// The median (mean of the middle two for an even count), NaN for no values.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Creates the run directory. An explicit path must not exist yet; the default
+/// `runs/<model>-<timestamp>` gets `-2`, `-3`, … when two runs start in the same second.
+pub fn create_run_dir(out: Option<&Path>, model: &str) -> Result<PathBuf, RunError> {
+    let create_err = |path: &Path, source| RunError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    let create = |path: &Path| -> Result<bool, RunError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|e| create_err(parent, e))?;
+        }
+        match fs::create_dir(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(create_err(path, e)),
+        }
+    };
+    if let Some(path) = out {
+        return match create(path)? {
+            true => Ok(path.to_path_buf()),
+            false => Err(RunError::OutExists {
+                path: path.to_path_buf(),
+            }),
+        };
+    }
+    let base = format!("{}-{}", file_safe(model), utc_timestamp(SystemTime::now()));
+    default_run_dir(Path::new("runs"), &base, create)
+}
+
+/// Creates `root/base`, or `root/base-2`, `root/base-3`, … when taken. `create` returns false when
+/// the directory already exists.
+fn default_run_dir(
+    root: &Path,
+    base: &str,
+    create: impl Fn(&Path) -> Result<bool, RunError>,
+) -> Result<PathBuf, RunError> {
+    // Far more runs than can start in one second; past it something else is wrong.
+    const MAX_SUFFIX: u32 = 10_000;
+    for n in 1..=MAX_SUFFIX {
+        let path = match n {
+            1 => root.join(base),
+            _ => root.join(format!("{base}-{n}")),
+        };
+        if create(&path)? {
+            return Ok(path);
+        }
+    }
+    Err(RunError::OutExists {
+        path: root.join(base),
+    })
+}
+
+/// The model name with every character that is awkward in a file name replaced by `_`.
+fn file_safe(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' | '.' => c,
+            _ => '_',
+        })
+        .collect();
+    match safe.trim_start_matches('.') {
+        "" => "model".to_owned(),
+        s => s.to_owned(),
+    }
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC (so names sort by time whatever the time zone).
+pub fn utc_timestamp(time: SystemTime) -> String {
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to a proleptic Gregorian date.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Each dense layer's name with its kernel's parameter id, in op order.
+fn dense_kernels(program: &Program) -> Vec<(&str, ParamId)> {
+    program
+        .ops
+        .iter()
+        .filter_map(|op| match op.kind {
+            OpKind::Dense { kernel, .. } => Some((op.layer.as_str(), kernel)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Magnitude pruning: in every dense kernel, sets the `sparsity` fraction of weights with the
+/// smallest absolute value to zero. As TensorFlow's model-optimization toolkit, it keeps
+/// `round(len · (1 - sparsity))` weights; ties in magnitude are broken by position, so the count
+/// is exact.
+pub fn prune_dense_kernels(program: &Program, state: &mut TrainState, sparsity: f32) {
+    let sparsity = f64::from(sparsity).clamp(0.0, 1.0);
+    for (_, kernel) in dense_kernels(program) {
+        let Some(weights) = state.params.get_mut(kernel.index()) else {
+            continue;
+        };
+        let len = weights.len();
+        let keep = (len as f64 * (1.0 - sparsity)).round() as usize;
+        let zeroed = len - keep.min(len);
+        if zeroed == 0 {
+            continue;
+        }
+        let values: Vec<f32> = weights.iter().copied().collect();
+        let mut order: Vec<usize> = (0..len).collect();
+        let by_magnitude =
+            |&a: &usize, &b: &usize| values[a].abs().total_cmp(&values[b].abs()).then(a.cmp(&b));
+        order.select_nth_unstable_by(zeroed - 1, by_magnitude);
+        let mut pruned = vec![false; len];
+        for &i in &order[..zeroed] {
+            pruned[i] = true;
+        }
+        for (w, &p) in weights.iter_mut().zip(&pruned) {
+            if p {
+                *w = 0.0;
+            }
+        }
+    }
+}
+
+/// The share of exactly-zero weights in each dense kernel and over all of them.
+pub fn dense_sparsity(program: &Program, state: &TrainState) -> (f64, Vec<LayerSparsity>) {
+    let (mut zeros, mut total) = (0usize, 0usize);
+    let mut layers = Vec::new();
+    for (layer, kernel) in dense_kernels(program) {
+        let Some(weights) = state.params.get(kernel.index()) else {
+            continue;
+        };
+        let z = weights.iter().filter(|&&w| w == 0.0).count();
+        zeros += z;
+        total += weights.len();
+        layers.push(LayerSparsity {
+            layer: layer.to_owned(),
+            zero_fraction: z as f64 / weights.len().max(1) as f64,
+        });
+    }
+    (zeros as f64 / total.max(1) as f64, layers)
+}
+
+/// Peak resident memory of this process in MiB, from `VmHWM` in `/proc/self/status`; 0 where
+/// the platform does not report it.
+pub fn peak_rss_mb() -> f64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| parse_vm_hwm_kb(&s))
+        .map_or(0.0, |kb| kb as f64 / 1024.0)
+}
+
+fn parse_vm_hwm_kb(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{SyntheticFormat, SyntheticSpec};
+    use crate::report::StopReason;
+    use crate::train::fake;
+    use miette::Diagnostic;
+    use ndarray::{ArrayD, IxDyn};
+    use netc_compiler::ir::Prune;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        data: PathBuf,
+        spec: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = SyntheticSpec {
+            records_per_file: 60,
+            seed: 11,
+            format: SyntheticFormat::Tarball,
+        };
+        let data = data::write_synthetic(&dir.path().join("data"), &spec).unwrap();
+        let spec = dir.path().join("linear.net");
+        fs::write(&spec, "model linear { }\n").unwrap();
+        Fixture { dir, data, spec }
+    }
+
+    fn options(f: &Fixture, out: &str) -> RunOptions {
+        RunOptions {
+            data: Some(f.data.clone()),
+            epochs: Some(3),
+            seed: Some(5),
+            out: Some(f.dir.path().join(out)),
+            quiet: true,
+        }
+    }
+
+    fn linear_program() -> Program {
+        let mut program = fake::program(data::IMAGE_BYTES, 10, 16, 50);
+        program.train.validation = 60;
+        program
+    }
+
+    fn fake_backend(
+        program: &Program,
+        stats: Option<InputStats>,
+    ) -> Result<Box<dyn Backend>, BackendError> {
+        Ok(Box::new(fake::LinearSoftmax::new(program, stats)))
+    }
+
+    #[test]
+    fn a_run_trains_evaluates_and_writes_its_directory() {
+        let f = fixture();
+        let opts = options(&f, "run1");
+        let mut seen = None;
+        let summary = run(&linear_program(), &f.spec, &opts, |p, stats| {
+            seen = Some((
+                p.train.seed,
+                p.train.epochs,
+                stats.as_ref().map(|s| s.mean.len()),
+            ));
+            fake_backend(p, stats)
+        })
+        .unwrap();
+        assert_eq!(seen, Some((5, 3, Some(data::IMAGE_BYTES))));
+        assert_eq!((summary.seed, summary.epochs_run), (5, 3));
+        assert_eq!(summary.stop, StopReason::Completed);
+        assert_eq!(summary.backend, "fake");
+        assert!(summary.test_acc > 0.5, "{summary:?}");
+        assert!((1..=3).contains(&summary.best_epoch));
+        assert!(summary.best_val_acc > 0.5 && summary.best_val_loss.is_finite());
+        assert_eq!(summary.mc_test_acc, None);
+        assert_eq!(summary.unpruned_test_acc, None);
+        // An unpruned kernel of random floats has no exact zeros.
+        assert_eq!(summary.sparsity, 0.0);
+        assert_eq!(summary.layer_sparsity.len(), 1);
+        assert_eq!(summary.param_count, 3072 * 10 + 10);
+        assert!(summary.peak_rss_mb > 0.0 && summary.sec_per_epoch > 0.0);
+
+        let dir = PathBuf::from(&summary.run_dir);
+        assert_eq!(dir, f.dir.path().join("run1"));
+        assert_eq!(
+            fs::read(dir.join(SPEC_FILE)).unwrap(),
+            fs::read(&f.spec).unwrap()
+        );
+        let history = report::read_history_csv(&dir.join(HISTORY_FILE)).unwrap();
+        assert_eq!(history.epochs.len(), 3);
+        assert_eq!(
+            report::read_summary(&dir.join(SUMMARY_FILE)).unwrap(),
+            summary
+        );
+        assert!(fs::metadata(dir.join(CURVES_FILE)).unwrap().len() > 0);
+        let params = weights::load_params(&dir.join(WEIGHTS_FILE), &linear_program()).unwrap();
+        assert_eq!(params[0].shape(), &[3072, 10]);
+    }
+
+    #[test]
+    fn pruning_and_mc_dropout_are_reported() {
+        let f = fixture();
+        let mut program = linear_program();
+        program.eval.prune = Some(Prune { sparsity: 0.5 });
+        program.eval.mc_dropout = Some(3);
+        let summary = run(&program, &f.spec, &options(&f, "pruned"), fake_backend).unwrap();
+        assert_eq!(summary.layer_sparsity[0].layer, "dense_1");
+        assert_eq!(summary.layer_sparsity[0].zero_fraction, 0.5);
+        assert_eq!(summary.sparsity, 0.5);
+        let dir = PathBuf::from(&summary.run_dir);
+        let params = weights::load_params(&dir.join(WEIGHTS_FILE), &program).unwrap();
+        let zeros = params[0].iter().filter(|&&w| w == 0.0).count();
+        assert_eq!(
+            zeros,
+            3072 * 10 / 2,
+            "the saved weights are the pruned ones"
+        );
+        assert!(summary.unpruned_test_acc.is_some_and(|a| a > 0.5));
+        assert_eq!(summary.mc_samples, Some(3));
+        assert!(summary.mc_test_acc.is_some_and(|a| a > 0.2), "{summary:?}");
+    }
+
+    const INTERP_SPEC: &str = "model tiny
+input cifar10 { standardize }
+dense 32 { init: he_normal, activation: relu }
+dropout 0.2
+dense 10 { activation: softmax }
+train {
+  loss: cross_entropy
+  optimizer: adam { lr: 1e-3 }
+  batch: 32
+  epochs: 3
+  validation: 60
+  seed: 7
+}
+evaluate { mc_dropout: 4, prune { sparsity: 0.5 } }
+";
+
+    /// The real front end and reference executor, end to end on synthetic data.
+    #[test]
+    fn the_reference_interpreter_learns_synthetic_data() {
+        let f = fixture();
+        fs::write(&f.spec, INTERP_SPEC).unwrap();
+        let compiled = netc_compiler::compile(INTERP_SPEC);
+        let program = compiled.program.expect("the spec checks");
+        let opts = RunOptions {
+            seed: None,
+            epochs: None,
+            quiet: false,
+            ..options(&f, "interp")
+        };
+        let summary = run(&program, &f.spec, &opts, |p, stats| {
+            Ok(Box::new(netc_compiler::interp::Interp::new(p, stats)) as Box<dyn Backend>)
+        })
+        .unwrap();
+        assert_eq!(
+            (summary.backend.as_str(), summary.epochs_run),
+            ("interp", 3)
+        );
+        assert!(summary.best_val_acc > 0.5, "{summary:?}");
+        assert!(
+            summary.unpruned_test_acc.is_some_and(|a| a > 0.5),
+            "{summary:?}"
+        );
+        assert!(summary.mc_test_acc.is_some_and(|a| a > 0.3), "{summary:?}");
+        let zero: Vec<f64> = summary
+            .layer_sparsity
+            .iter()
+            .map(|l| l.zero_fraction)
+            .collect();
+        assert_eq!(zero, [0.5, 0.5]);
+    }
+
+    #[test]
+    fn an_existing_out_directory_is_never_overwritten() {
+        let f = fixture();
+        let out = f.dir.path().join("taken");
+        fs::create_dir(&out).unwrap();
+        fs::write(out.join("keep.txt"), "mine").unwrap();
+        let mut built = false;
+        let err = run(&linear_program(), &f.spec, &options(&f, "taken"), |p, s| {
+            built = true;
+            fake_backend(p, s)
+        })
+        .unwrap_err();
+        assert_eq!(err.code().unwrap().to_string(), "netc::run::out_exists");
+        assert_eq!(fs::read_dir(&out).unwrap().count(), 1);
+        assert_eq!(fs::read_to_string(out.join("keep.txt")).unwrap(), "mine");
+        assert!(
+            built,
+            "the backend is built before the directory is reserved"
+        );
+    }
+
+    #[test]
+    fn missing_data_is_reported_before_anything_is_written() {
+        let f = fixture();
+        let mut opts = options(&f, "nodata");
+        opts.data = Some(f.dir.path().join("nowhere"));
+        let err = run(&linear_program(), &f.spec, &opts, fake_backend).unwrap_err();
+        assert_eq!(err.code().unwrap().to_string(), "netc::data::not_found");
+        assert!(!f.dir.path().join("nodata").exists());
+    }
+
+    #[test]
+    fn default_run_dirs_get_a_suffix_when_taken() {
+        let tmp = tempfile::tempdir().unwrap();
+        let create = |p: &Path| match fs::create_dir(p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => panic!("{e}"),
+        };
+        let root = tmp.path();
+        let a = default_run_dir(root, "m-20240101-000000", create).unwrap();
+        let b = default_run_dir(root, "m-20240101-000000", create).unwrap();
+        let c = default_run_dir(root, "m-20240101-000000", create).unwrap();
+        assert_eq!(a, root.join("m-20240101-000000"));
+        assert_eq!(b, root.join("m-20240101-000000-2"));
+        assert_eq!(c, root.join("m-20240101-000000-3"));
+        assert_eq!(file_safe("my model/v2"), "my_model_v2");
+        assert_eq!(file_safe(".."), "model");
+    }
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        let at = |s: u64| utc_timestamp(UNIX_EPOCH + std::time::Duration::from_secs(s));
+        assert_eq!(at(0), "19700101-000000");
+        assert_eq!(at(951_782_400), "20000229-000000");
+        assert_eq!(at(1_700_000_000), "20231114-221320");
+        assert_eq!(at(4_107_542_399), "21000228-235959");
+    }
+
+    fn state_of(kernel: Vec<f32>, shape: &[usize]) -> TrainState {
+        TrainState {
+            params: vec![
+                ArrayD::from_shape_vec(IxDyn(shape), kernel).unwrap(),
+                ArrayD::zeros(IxDyn(&[shape[1]])),
+            ],
+            slots: vec![vec![], vec![]],
+            step: 0,
+        }
+    }
+
+    #[test]
+    fn pruning_zeroes_the_smallest_magnitudes_exactly() {
+        let program = fake::program(3, 2, 1, 1);
+        let mut state = state_of(vec![0.5, -0.1, 0.3, -0.7, 0.1, 0.2], &[3, 2]);
+        prune_dense_kernels(&program, &mut state, 0.5);
+        // Keeps round(6 · 0.5) = 3; of the tied ±0.1 both go, with 0.2.
+        let kept: Vec<f32> = state.params[0].iter().copied().collect();
+        assert_eq!(kept, vec![0.5, 0.0, 0.3, -0.7, 0.0, 0.0]);
+        let (all, layers) = dense_sparsity(&program, &state);
+        assert_eq!((all, layers[0].zero_fraction), (0.5, 0.5));
+        // The bias is not a kernel and is never pruned or counted.
+        let mut state = state_of(vec![1.0; 6], &[3, 2]);
+        state.params[1].fill(0.0);
+        prune_dense_kernels(&program, &mut state, 0.34);
+        assert_eq!(dense_sparsity(&program, &state).0, 2.0 / 6.0);
+        prune_dense_kernels(&program, &mut state, 1.0);
+        assert_eq!(dense_sparsity(&program, &state).0, 1.0);
+    }
+
+    #[test]
+    fn helpers_handle_edge_cases() {
+        assert_eq!(
+            parse_vm_hwm_kb("Name:\tx\nVmHWM:\t  213752 kB\nVmRSS: 1 kB\n"),
+            Some(213_752)
+        );
+        assert_eq!(parse_vm_hwm_kb("VmRSS: 1 kB\n"), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(vec![]).is_nan());
+        let vals = [0.5f32, f32::NAN, 0.75, 0.25];
+        assert_eq!(extreme(vals.into_iter(), f64::max), 0.75);
+        assert_eq!(extreme(vals.into_iter(), f64::min), 0.25);
+        assert!(extreme([f32::NAN].into_iter(), f64::max).is_nan());
+    }
+}

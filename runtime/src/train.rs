@@ -1,1 +1,892 @@
-//! (in progress)
+//! The training loop and evaluation, over any `Backend`.
+//!
+//! `train` runs epochs of shuffled batches with the scheduled learning rate, validates after each
+//! epoch, stops early or on divergence, and returns the history. `evaluate` measures a set,
+//! optionally with MC Dropout. Progress goes to stderr (a bar per epoch, then one line), never to
+//! stdout, which belongs to `--json`. Nothing here knows which backend it drives or reads files.
+
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use netc_compiler::backend::{Backend, Mode, TrainState};
+use netc_compiler::ir::{Monitor, Program};
+
+use crate::data::{batch_count, epoch_order, Batcher, Examples, Split};
+use crate::report::{EpochRecord, History, StopReason};
+use crate::schedule::LrSchedule;
+
+/// Examples per `predict` call when evaluating: bounds the activations a backend allocates.
+pub const EVAL_CHUNK: usize = 1_000;
+
+/// Probabilities are clipped to `[PROB_EPSILON, 1 - PROB_EPSILON]` before the log, as Keras'
+/// cross-entropy does (its `epsilon()`), so a confident mistake costs about 16, not infinity.
+pub const PROB_EPSILON: f64 = 1e-7;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrainOptions {
+    /// Run this many epochs instead of the spec's `epochs`.
+    pub epochs: Option<usize>,
+    /// No progress bar and no per-epoch lines.
+    pub quiet: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainOutcome {
+    pub history: History,
+    /// 1-based epoch with the best monitored metric (the early-stopping monitor, else the
+    /// validation accuracy, as `History::best_by_val_accuracy` and the plots mark it); 0 when no
+    /// epoch completed. Without validation examples, the last epoch.
+    pub best_epoch: usize,
+    pub stop: StopReason,
+}
+
+/// Trains `backend` on `split.train` of `data`, validating on `split.validation` after every
+/// epoch. Shuffles use `program.train.seed`.
+///
+/// With early stopping and `restore_best`, the backend ends holding the state of the best epoch,
+/// whatever stopped training (Keras restores only when it stops early; netc's test accuracy
+/// should always be that of the weights the run reports as best). When the loss becomes NaN or
+/// infinite, training stops and the state from the end of the previous epoch is restored.
+pub fn train(
+    backend: &mut dyn Backend,
+    program: &Program,
+    data: &Examples,
+    split: &Split,
+    opts: &TrainOptions,
+) -> TrainOutcome {
+    let cfg = &program.train;
+    let epochs = opts.epochs.unwrap_or(cfg.epochs);
+    let steps_per_epoch = batch_count(split.train.len(), cfg.batch);
+    let mut schedule = LrSchedule::new(&cfg.schedule, cfg.optimizer.lr, steps_per_epoch, epochs);
+    let classes = program.output_width();
+    let progress = Progress::new(opts.quiet, epochs);
+    let mut tracker = BestTracker::new(program, !split.validation.is_empty());
+
+    let mut history = History::default();
+    let mut stop = StopReason::Completed;
+    let mut last_good = backend.state();
+    let mut step: u64 = 0;
+    'epochs: for epoch in 0..epochs {
+        let started = Instant::now();
+        let order = epoch_order(&split.train, cfg.seed, epoch);
+        let mut batcher = Batcher::new(data, &order, cfg.batch);
+        let bar = progress.start_epoch(epoch + 1, steps_per_epoch);
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let mut lr = schedule.lr(step);
+        while let Some(batch) = batcher.next_batch() {
+            lr = schedule.lr(step);
+            let stats = backend.train_step(batch, lr);
+            if !stats.loss.is_finite() {
+                bar.finish_and_clear();
+                backend.set_state(&last_good);
+                stop = StopReason::Diverged {
+                    step,
+                    epoch: epoch + 1,
+                };
+                let kept = match epoch {
+                    0 => "the initial weights".to_owned(),
+                    e => format!("the weights from the end of epoch {e}"),
+                };
+                progress.line(&format!(
+                    "epoch {}: the loss became {} at step {step}; keeping {kept}",
+                    epoch + 1,
+                    stats.loss
+                ));
+                break 'epochs;
+            }
+            loss_sum += f64::from(stats.loss) * batch.len() as f64;
+            correct += stats.correct;
+            seen += batch.len();
+            step += 1;
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4}  acc {:.4}  {:.1} ms/step",
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64,
+                started.elapsed().as_secs_f64() * 1e3 / bar.position().max(1) as f64
+            ));
+        }
+        bar.finish_and_clear();
+        let val = measure(backend, data, &split.validation, classes, None);
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            loss: (loss_sum / seen.max(1) as f64) as f32,
+            accuracy: (correct as f64 / seen.max(1) as f64) as f32,
+            val_loss: val.loss as f32,
+            val_accuracy: val.accuracy as f32,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        progress.line(&epoch_line(&record, epochs));
+        schedule.end_epoch(val.loss);
+        last_good = backend.state();
+        let verdict = tracker.observe(&record, &last_good);
+        history.epochs.push(record);
+        if verdict == Verdict::Stop {
+            stop = StopReason::EarlyStopping {
+                patience: tracker.patience,
+            };
+            progress.line(&format!(
+                "early stopping: {} has not improved for {} epochs; best epoch {}",
+                tracker.monitor.name(),
+                tracker.wait,
+                tracker.best_epoch
+            ));
+            break;
+        }
+    }
+    if let Some(best) = &tracker.best_state {
+        backend.set_state(best);
+    }
+    let best_epoch = if tracker.active {
+        tracker.best_epoch
+    } else {
+        history.epochs.len()
+    };
+    TrainOutcome {
+        history,
+        best_epoch,
+        stop,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Continue,
+    Stop,
+}
+
+/// Follows the monitored metric: which epoch was best, and when early stopping gives up (as
+/// Keras' `EarlyStopping`: an improvement must beat the best by more than `min_delta`, and
+/// training stops once `patience` epochs in a row brought none).
+struct BestTracker {
+    /// False without validation examples: there is nothing to monitor.
+    active: bool,
+    monitor: Monitor,
+    min_delta: f64,
+    /// `Some` when early stopping is on.
+    patience_limit: Option<usize>,
+    patience: usize,
+    keep_state: bool,
+    best: Option<f64>,
+    best_epoch: usize,
+    best_state: Option<TrainState>,
+    wait: usize,
+}
+
+impl BestTracker {
+    fn new(program: &Program, has_validation: bool) -> Self {
+        let es = program.train.early_stopping;
+        BestTracker {
+            active: has_validation,
+            monitor: es.map_or(Monitor::ValAccuracy, |e| e.monitor),
+            min_delta: es.map_or(0.0, |e| f64::from(e.min_delta.abs())),
+            patience_limit: es.map(|e| e.patience),
+            patience: es.map_or(0, |e| e.patience),
+            keep_state: has_validation && es.is_some_and(|e| e.restore_best),
+            best: None,
+            best_epoch: 0,
+            best_state: None,
+            wait: 0,
+        }
+    }
+
+    fn observe(&mut self, record: &EpochRecord, state: &TrainState) -> Verdict {
+        if !self.active {
+            return Verdict::Continue;
+        }
+        let value = match self.monitor {
+            Monitor::ValLoss => f64::from(record.val_loss),
+            Monitor::ValAccuracy => f64::from(record.val_accuracy),
+        };
+        let improved = match (self.best, self.monitor) {
+            _ if value.is_nan() => false,
+            (None, _) => true,
+            (Some(best), Monitor::ValLoss) => value < best - self.min_delta,
+            (Some(best), Monitor::ValAccuracy) => value > best + self.min_delta,
+        };
+        if improved {
+            self.best = Some(value);
+            self.best_epoch = record.epoch;
+            self.wait = 0;
+            if self.keep_state {
+                self.best_state = Some(state.clone());
+            }
+            return Verdict::Continue;
+        }
+        self.wait += 1;
+        match self.patience_limit {
+            Some(p) if self.wait >= p => Verdict::Stop,
+            _ => Verdict::Continue,
+        }
+    }
+}
+
+fn epoch_line(r: &EpochRecord, epochs: usize) -> String {
+    let width = epochs.to_string().len();
+    format!(
+        "epoch {:>width$}/{epochs}  loss {:.4}  acc {:.4}  val_loss {:.4}  val_acc {:.4}  lr {:.3e}  {:.1}s",
+        r.epoch, r.loss, r.accuracy, r.val_loss, r.val_accuracy, r.lr, r.seconds
+    )
+}
+
+/// Progress on stderr, or nothing when quiet. The bar hides itself when stderr is not a
+/// terminal, but the per-epoch lines are always printed unless quiet, so logs keep them.
+struct Progress {
+    quiet: bool,
+    epochs: usize,
+}
+
+impl Progress {
+    fn new(quiet: bool, epochs: usize) -> Self {
+        Progress { quiet, epochs }
+    }
+
+    fn start_epoch(&self, epoch: usize, steps: usize) -> ProgressBar {
+        if self.quiet {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len}  {msg}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(format!("epoch {epoch}/{}", self.epochs));
+        bar
+    }
+
+    fn line(&self, text: &str) {
+        if !self.quiet {
+            eprintln!("{text}");
+        }
+    }
+}
+
+/// Loss, accuracy and the shape of the predicted distributions on one set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SetMetrics {
+    pub examples: usize,
+    /// Mean cross-entropy of the (clipped) probability of the true class.
+    pub loss: f64,
+    pub accuracy: f64,
+    /// Mean probability of the predicted class.
+    pub confidence: f64,
+    /// Mean entropy of the predicted distribution, in nats.
+    pub entropy: f64,
+    /// Wall-clock milliseconds per 10,000 images (all samples included for MC Dropout).
+    pub ms_per_10k: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct McDropoutMetrics {
+    pub samples: usize,
+    /// Metrics of the probabilities averaged over the samples.
+    pub metrics: SetMetrics,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    /// Inference mode: dropout off.
+    pub standard: SetMetrics,
+    pub mc_dropout: Option<McDropoutMetrics>,
+}
+
+/// Evaluates `indices` of `examples` in inference mode and, when `mc_samples` is set, with MC
+/// Dropout (probabilities averaged over samples `0..n`, which every backend draws identically).
+pub fn evaluate(
+    backend: &mut dyn Backend,
+    examples: &Examples,
+    indices: &[u32],
+    classes: usize,
+    mc_samples: Option<usize>,
+) -> Evaluation {
+    let standard = measure(backend, examples, indices, classes, None);
+    let mc_dropout = mc_samples.map(|n| McDropoutMetrics {
+        samples: n,
+        metrics: measure(backend, examples, indices, classes, Some(n)),
+    });
+    Evaluation {
+        standard,
+        mc_dropout,
+    }
+}
+
+/// Predicts `indices` in chunks of `EVAL_CHUNK` and scores the probabilities; with `mc_samples`,
+/// averages that many MC Dropout passes per chunk. A mask element is keyed by its position in the
+/// `predict` call, so rows at the same offset of different chunks share masks; that does not bias
+/// the per-example average, and every backend is handed the same chunks, so they still agree.
+fn measure(
+    backend: &mut dyn Backend,
+    examples: &Examples,
+    indices: &[u32],
+    classes: usize,
+    mc_samples: Option<usize>,
+) -> SetMetrics {
+    let started = Instant::now();
+    let mut score = Score::default();
+    let mut batcher = Batcher::new(examples, indices, EVAL_CHUNK);
+    let mut probs = Vec::new();
+    let mut sample_probs = Vec::new();
+    while let Some(batch) = batcher.next_batch() {
+        probs.clear();
+        probs.resize(batch.len() * classes, 0.0f32);
+        match mc_samples {
+            None => backend.predict(batch.pixels, Mode::Inference, &mut probs),
+            Some(n) => {
+                sample_probs.resize(probs.len(), 0.0f32);
+                for sample in 0..n {
+                    let mode = Mode::McDropout {
+                        sample: sample as u32,
+                    };
+                    backend.predict(batch.pixels, mode, &mut sample_probs);
+                    for (p, s) in probs.iter_mut().zip(&sample_probs) {
+                        *p += s;
+                    }
+                }
+                let inv = 1.0 / n.max(1) as f32;
+                probs.iter_mut().for_each(|p| *p *= inv);
+            }
+        }
+        for (row, &label) in probs.chunks_exact(classes.max(1)).zip(batch.labels) {
+            score.add(row, usize::from(label));
+        }
+    }
+    score.finish(started.elapsed())
+}
+
+/// Running sums over scored examples.
+#[derive(Default)]
+struct Score {
+    n: usize,
+    loss: f64,
+    correct: usize,
+    confidence: f64,
+    entropy: f64,
+}
+
+impl Score {
+    fn add(&mut self, probs: &[f32], label: usize) {
+        let p_true = probs.get(label).map_or(0.0, |&p| f64::from(p));
+        self.loss -= p_true.clamp(PROB_EPSILON, 1.0 - PROB_EPSILON).ln();
+        let (arg, max) =
+            probs
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |(bi, bp), (i, &p)| {
+                    if p > bp {
+                        (i, p)
+                    } else {
+                        (bi, bp)
+                    }
+                });
+        self.correct += usize::from(arg == label && max.is_finite());
+        self.confidence += f64::from(max);
+        self.entropy -= probs
+            .iter()
+            .map(|&p| f64::from(p))
+            .filter(|&p| p > 0.0)
+            .map(|p| p * p.ln())
+            .sum::<f64>();
+        self.n += 1;
+    }
+
+    /// Means over the examples; NaN for an empty set, where no mean exists.
+    fn finish(self, elapsed: Duration) -> SetMetrics {
+        let n = self.n as f64;
+        let ms_per_10k = if self.n == 0 {
+            0.0
+        } else {
+            elapsed.as_secs_f64() * 1e3 / n * 1e4
+        };
+        SetMetrics {
+            examples: self.n,
+            loss: self.loss / n,
+            accuracy: self.correct as f64 / n,
+            confidence: self.confidence / n,
+            entropy: self.entropy / n,
+            ms_per_10k,
+        }
+    }
+}
+
+/// A linear softmax model trained by plain SGD, implemented on the host: a backend small enough
+/// to check by hand, for the tests of the loop and of `run`.
+#[cfg(test)]
+pub(crate) mod fake {
+    use ndarray::{ArrayD, IxDyn};
+    use netc_compiler::backend::{Backend, Batch, InputStats, Mode, StepStats, TrainState};
+    use netc_compiler::ir::*;
+    use netc_compiler::rng::{self, purpose, SplitMix64, Stream};
+
+    /// One dense layer `features → classes` (params `p0` kernel, `p1` bias), SGD, constant rate.
+    pub(crate) fn program(features: usize, classes: usize, batch: usize, epochs: usize) -> Program {
+        let param = |name: &str, role, shape| Param {
+            name: name.to_owned(),
+            role,
+            shape,
+            init: Init::Zeros,
+            trainable: true,
+        };
+        Program {
+            name: "linear".to_owned(),
+            input: Input {
+                dataset: Dataset::Cifar10,
+                features,
+                classes,
+                preprocess: Preprocess::Standardize,
+            },
+            params: vec![
+                param("dense_1.kernel", ParamRole::Kernel, vec![features, classes]),
+                param("dense_1.bias", ParamRole::Bias, vec![classes]),
+            ],
+            ops: vec![Op {
+                layer: "dense_1".to_owned(),
+                index: 0,
+                input: ValueId(0),
+                output: ValueId(1),
+                width_in: features,
+                width: classes,
+                kind: OpKind::Dense {
+                    kernel: ParamId(0),
+                    bias: Some(ParamId(1)),
+                    regularizer: Regularizer::default(),
+                    max_norm: None,
+                },
+            }],
+            head: Head::SoftmaxCrossEntropy,
+            train: TrainConfig {
+                optimizer: Optimizer {
+                    kind: OptimizerKind::Sgd {
+                        momentum: 0.0,
+                        nesterov: false,
+                    },
+                    lr: 1e-3,
+                    clipnorm: None,
+                },
+                schedule: Schedule::Constant,
+                batch,
+                epochs,
+                validation: 0,
+                early_stopping: None,
+                seed: 1,
+            },
+            eval: EvalConfig::default(),
+        }
+    }
+
+    pub(crate) struct LinearSoftmax {
+        features: usize,
+        classes: usize,
+        stats: Option<InputStats>,
+        kernel: Vec<f32>,
+        bias: Vec<f32>,
+        step: u64,
+    }
+
+    impl LinearSoftmax {
+        pub(crate) fn new(program: &Program, stats: Option<InputStats>) -> Self {
+            let (features, classes) = (program.input.features, program.output_width());
+            let mut rng = SplitMix64::new(program.train.seed, purpose::INIT, 0);
+            let kernel = (0..features * classes)
+                .map(|_| (rng.next_normal() * 0.01) as f32)
+                .collect();
+            LinearSoftmax {
+                features,
+                classes,
+                stats,
+                kernel,
+                bias: vec![0.0; classes],
+                step: 0,
+            }
+        }
+
+        fn input(&self, pixels: &[u8]) -> Vec<f32> {
+            match &self.stats {
+                Some(s) => pixels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| {
+                        let f = i % self.features;
+                        (f32::from(x) - s.mean[f]) / s.std[f]
+                    })
+                    .collect(),
+                None => pixels.iter().map(|&x| f32::from(x) / 255.0).collect(),
+            }
+        }
+
+        fn softmax_rows(&self, x: &[f32]) -> Vec<f32> {
+            let mut out = Vec::with_capacity(x.len() / self.features * self.classes);
+            for row in x.chunks_exact(self.features) {
+                let mut logits = self.bias.clone();
+                for (xf, w) in row.iter().zip(self.kernel.chunks_exact(self.classes)) {
+                    for (l, wc) in logits.iter_mut().zip(w) {
+                        *l += xf * wc;
+                    }
+                }
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+                let sum: f32 = exp.iter().sum();
+                out.extend(exp.iter().map(|e| e / sum));
+            }
+            out
+        }
+    }
+
+    impl Backend for LinearSoftmax {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+
+        fn train_step(&mut self, batch: Batch<'_>, lr: f32) -> StepStats {
+            let x = self.input(batch.pixels);
+            let probs = self.softmax_rows(&x);
+            let n = batch.len() as f32;
+            let (mut loss, mut correct) = (0.0f32, 0usize);
+            let mut kernel_grad = vec![0.0f32; self.kernel.len()];
+            let mut bias_grad = vec![0.0f32; self.classes];
+            let rows = x.chunks_exact(self.features);
+            for ((row, p), &label) in rows.zip(probs.chunks_exact(self.classes)).zip(batch.labels) {
+                let label = usize::from(label);
+                loss -= p[label].max(1e-30).ln() / n;
+                let arg = (0..self.classes).fold(0, |b, c| if p[c] > p[b] { c } else { b });
+                correct += usize::from(arg == label);
+                let g: Vec<f32> = (0..self.classes)
+                    .map(|c| (p[c] - f32::from(u8::from(c == label))) / n)
+                    .collect();
+                for (xf, kg) in row.iter().zip(kernel_grad.chunks_exact_mut(self.classes)) {
+                    for (k, gc) in kg.iter_mut().zip(&g) {
+                        *k += xf * gc;
+                    }
+                }
+                for (b, gc) in bias_grad.iter_mut().zip(&g) {
+                    *b += gc;
+                }
+            }
+            for (w, g) in self.kernel.iter_mut().zip(&kernel_grad) {
+                *w -= lr * g;
+            }
+            for (b, g) in self.bias.iter_mut().zip(&bias_grad) {
+                *b -= lr * g;
+            }
+            self.step += 1;
+            StepStats { loss, correct }
+        }
+
+        fn predict(&mut self, pixels: &[u8], mode: Mode, probs: &mut [f32]) {
+            let mut x = self.input(pixels);
+            if let Mode::McDropout { sample } = mode {
+                // Inverted dropout of rate 0.5 on the inputs, with the shared counter RNG.
+                let key = rng::dropout_key(0, Stream::McDropout, u64::from(sample), 0);
+                for (e, v) in x.iter_mut().enumerate() {
+                    *v = if rng::keep(key, e as u32, 0.5) {
+                        *v * 2.0
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            probs.copy_from_slice(&self.softmax_rows(&x));
+        }
+
+        fn state(&self) -> TrainState {
+            let kernel =
+                ArrayD::from_shape_vec(IxDyn(&[self.features, self.classes]), self.kernel.clone())
+                    .expect("kernel shape");
+            let bias = ArrayD::from_shape_vec(IxDyn(&[self.classes]), self.bias.clone())
+                .expect("bias shape");
+            TrainState {
+                params: vec![kernel, bias],
+                slots: vec![vec![], vec![]],
+                step: self.step,
+            }
+        }
+
+        fn set_state(&mut self, state: &TrainState) {
+            self.kernel = state.params[0].iter().copied().collect();
+            self.bias = state.params[1].iter().copied().collect();
+            self.step = state.step;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{self, input_stats, split_validation, SyntheticFormat, SyntheticSpec};
+    use ndarray::{ArrayD, IxDyn};
+    use netc_compiler::backend::{Batch, StepStats};
+    use netc_compiler::ir::{EarlyStopping, Schedule};
+
+    const QUIET: TrainOptions = TrainOptions {
+        epochs: None,
+        quiet: true,
+    };
+
+    /// A backend whose validation results follow a script, one entry per epoch trained. Each
+    /// example's pixels are `[label, difficulty]`; after `e` epochs, with script entry `(p, m)`,
+    /// examples of difficulty below `m` get probability `p` on their label, the others `p` on the
+    /// next class, and the rest is spread evenly. A training step reports its batch size as its
+    /// loss, and the label-0 examples as correct, so the epoch means can be checked exactly.
+    struct Scripted {
+        classes: usize,
+        steps_per_epoch: u64,
+        script: Vec<(f32, u8)>,
+        nan_at: Option<u64>,
+        steps: u64,
+        lrs: Vec<f32>,
+    }
+
+    impl Scripted {
+        fn new(steps_per_epoch: u64, script: Vec<(f32, u8)>) -> Self {
+            Scripted {
+                classes: 10,
+                steps_per_epoch,
+                script,
+                nan_at: None,
+                steps: 0,
+                lrs: Vec::new(),
+            }
+        }
+    }
+
+    impl Backend for Scripted {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+
+        fn train_step(&mut self, batch: Batch<'_>, lr: f32) -> StepStats {
+            self.lrs.push(lr);
+            let diverge = self.nan_at == Some(self.steps);
+            self.steps += 1;
+            StepStats {
+                loss: if diverge {
+                    f32::NAN
+                } else {
+                    batch.len() as f32
+                },
+                correct: batch.labels.iter().filter(|&&l| l == 0).count(),
+            }
+        }
+
+        fn predict(&mut self, pixels: &[u8], mode: Mode, probs: &mut [f32]) {
+            let epoch = (self.steps / self.steps_per_epoch).max(1) as usize;
+            let (p, m) = self.script[(epoch - 1).min(self.script.len() - 1)];
+            let q = (1.0 - p) / (self.classes - 1) as f32;
+            for (x, row) in pixels
+                .chunks_exact(2)
+                .zip(probs.chunks_exact_mut(self.classes))
+            {
+                let mut right = x[1] < m;
+                if let Mode::McDropout { sample } = mode {
+                    right = sample % 2 == 0;
+                }
+                let target = if right { x[0] } else { (x[0] + 1) % 10 };
+                row.fill(q);
+                row[usize::from(target)] = p;
+            }
+        }
+
+        fn state(&self) -> TrainState {
+            TrainState {
+                params: vec![ArrayD::from_elem(IxDyn(&[1]), self.steps as f32)],
+                slots: vec![vec![]],
+                step: self.steps,
+            }
+        }
+
+        fn set_state(&mut self, state: &TrainState) {
+            self.steps = state.step;
+        }
+    }
+
+    /// Ten training examples (labels alternate 0/1) and ten validation examples of labels 0..9
+    /// and difficulties 0..9.
+    fn scripted_data() -> (Examples, Split) {
+        let mut pixels = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..10u8 {
+            pixels.extend([i % 2, 0]);
+            labels.push(i % 2);
+        }
+        for i in 0..10u8 {
+            pixels.extend([i, i]);
+            labels.push(i);
+        }
+        let split = Split {
+            train: (0..10).collect(),
+            validation: (10..20).collect(),
+        };
+        (Examples::from_parts(2, pixels, labels).unwrap(), split)
+    }
+
+    fn scripted_program(epochs: usize) -> Program {
+        // Batches of 4 over 10 examples: 3 steps per epoch, the last of 2 examples.
+        fake::program(2, 10, 4, epochs)
+    }
+
+    /// Validation loss of script entry `(p, m)` on `scripted_data`.
+    fn expected_val_loss(p: f32, m: u8) -> f32 {
+        let q = (1.0 - p) / 9.0;
+        let m = f32::from(m);
+        (m * -p.ln() + (10.0 - m) * -q.ln()) / 10.0
+    }
+
+    #[test]
+    fn epoch_means_are_weighted_by_batch_size() {
+        let (data, split) = scripted_data();
+        let mut backend = Scripted::new(3, vec![(0.6, 7)]);
+        let out = train(&mut backend, &scripted_program(2), &data, &split, &QUIET);
+        assert_eq!(out.stop, StopReason::Completed);
+        assert_eq!(out.history.epochs.len(), 2);
+        let r = &out.history.epochs[0];
+        // Batch sizes 4, 4, 2: (16 + 16 + 4) / 10, not the unweighted 10 / 3.
+        assert!((r.loss - 3.6).abs() < 1e-6, "{}", r.loss);
+        assert_eq!(r.accuracy, 0.5);
+        assert!((r.val_loss - expected_val_loss(0.6, 7)).abs() < 1e-6);
+        assert_eq!(r.val_accuracy, 0.7);
+        assert_eq!(r.epoch, 1);
+        assert_eq!(backend.lrs.len(), 6);
+    }
+
+    #[test]
+    fn the_schedule_sets_each_steps_rate_and_epochs_can_be_overridden() {
+        let (data, split) = scripted_data();
+        let mut program = scripted_program(5);
+        program.train.schedule = Schedule::PiecewiseConstant {
+            boundaries: vec![1, 2],
+            values: vec![0.1, 0.01, 0.001],
+        };
+        let mut backend = Scripted::new(3, vec![(0.6, 7)]);
+        let opts = TrainOptions {
+            epochs: Some(3),
+            quiet: true,
+        };
+        let out = train(&mut backend, &program, &data, &split, &opts);
+        assert_eq!(
+            backend.lrs,
+            [0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001, 0.001, 0.001]
+        );
+        let lrs: Vec<f32> = out.history.epochs.iter().map(|r| r.lr).collect();
+        assert_eq!(lrs, [0.1, 0.01, 0.001]);
+    }
+
+    fn early_stopping(monitor: Monitor, patience: usize, min_delta: f32, restore: bool) -> Program {
+        let mut program = scripted_program(10);
+        program.train.early_stopping = Some(EarlyStopping {
+            monitor,
+            patience,
+            min_delta,
+            restore_best: restore,
+        });
+        program
+    }
+
+    #[test]
+    fn early_stopping_on_val_loss_restores_the_best_state() {
+        let (data, split) = scripted_data();
+        let script = vec![(0.5, 10), (0.7, 10), (0.6, 10), (0.65, 10), (0.9, 10)];
+        let program = early_stopping(Monitor::ValLoss, 2, 0.0, true);
+        let mut backend = Scripted::new(3, script.clone());
+        let out = train(&mut backend, &program, &data, &split, &QUIET);
+        assert_eq!(out.stop, StopReason::EarlyStopping { patience: 2 });
+        assert_eq!(out.history.epochs.len(), 4);
+        assert_eq!(out.best_epoch, 2);
+        assert_eq!(backend.state().step, 6, "state of epoch 2 restored");
+
+        let program = early_stopping(Monitor::ValLoss, 2, 0.0, false);
+        let mut backend = Scripted::new(3, script);
+        let out = train(&mut backend, &program, &data, &split, &QUIET);
+        assert_eq!((out.best_epoch, backend.state().step), (2, 12));
+    }
+
+    #[test]
+    fn early_stopping_on_val_accuracy_honours_min_delta() {
+        let (data, split) = scripted_data();
+        // Accuracies 0.3, 0.4, 0.6, 0.6, 0.7, 0.7: with min_delta 0.15 only epoch 3 improves
+        // on epoch 1, and three epochs without improvement follow.
+        let script = [3, 4, 6, 6, 7, 7, 9, 9].map(|m| (0.8, m)).to_vec();
+        let program = early_stopping(Monitor::ValAccuracy, 3, 0.15, true);
+        let mut backend = Scripted::new(3, script);
+        let out = train(&mut backend, &program, &data, &split, &QUIET);
+        assert_eq!(out.stop, StopReason::EarlyStopping { patience: 3 });
+        assert_eq!((out.history.epochs.len(), out.best_epoch), (6, 3));
+        assert_eq!(backend.state().step, 9);
+    }
+
+    #[test]
+    fn divergence_stops_and_keeps_the_previous_epochs_state() {
+        let (data, split) = scripted_data();
+        let mut backend = Scripted::new(3, vec![(0.6, 7)]);
+        backend.nan_at = Some(7);
+        let out = train(&mut backend, &scripted_program(5), &data, &split, &QUIET);
+        assert_eq!(out.stop, StopReason::Diverged { step: 7, epoch: 3 });
+        assert_eq!(out.history.epochs.len(), 2);
+        assert_eq!(backend.state().step, 6);
+
+        let mut backend = Scripted::new(3, vec![(0.6, 7)]);
+        backend.nan_at = Some(0);
+        let out = train(&mut backend, &scripted_program(5), &data, &split, &QUIET);
+        assert_eq!(out.stop, StopReason::Diverged { step: 0, epoch: 1 });
+        assert!(out.history.epochs.is_empty());
+        assert_eq!((out.best_epoch, backend.state().step), (0, 0));
+    }
+
+    #[test]
+    fn evaluate_scores_probabilities_and_averages_mc_samples() {
+        let (data, split) = scripted_data();
+        let mut backend = Scripted::new(3, vec![(0.6, 7)]);
+        let ev = evaluate(&mut backend, &data, &split.validation, 10, Some(3));
+        let (p, q) = (0.6f64, 0.4f64 / 9.0);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+        let s = &ev.standard;
+        assert_eq!((s.examples, s.accuracy), (10, 0.7));
+        assert!(close(s.loss, f64::from(expected_val_loss(0.6, 7))));
+        assert!(close(s.confidence, p));
+        assert!(close(s.entropy, -(p * p.ln() + 9.0 * q * q.ln())));
+        // Samples 0 and 2 put p on the label, sample 1 on the next class.
+        let mc = ev.mc_dropout.expect("mc metrics");
+        assert_eq!((mc.samples, mc.metrics.accuracy), (3, 1.0));
+        assert!(close(mc.metrics.loss, -((2.0 * p + q) / 3.0).ln()));
+        assert!(close(mc.metrics.confidence, (2.0 * p + q) / 3.0));
+        assert!(mc.metrics.ms_per_10k >= 0.0);
+        let empty = evaluate(&mut backend, &data, &[], 10, None).standard;
+        assert_eq!(empty.examples, 0);
+        assert!(empty.accuracy.is_nan());
+    }
+
+    #[test]
+    fn linear_model_learns_synthetic_data_above_chance() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = SyntheticSpec {
+            records_per_file: 60,
+            seed: 3,
+            format: SyntheticFormat::Folder,
+        };
+        let data = data::load(Some(&data::write_synthetic(tmp.path(), &spec).unwrap())).unwrap();
+        let split = split_validation(data.train.len(), 60, 1).unwrap();
+        let program = fake::program(data::IMAGE_BYTES, 10, 16, 4);
+        let stats = input_stats(&data.train, &split.train);
+        let mut backend = fake::LinearSoftmax::new(&program, Some(stats));
+        // Not quiet, so the progress path runs too (its lines go to the captured stderr).
+        let opts = TrainOptions {
+            epochs: None,
+            quiet: false,
+        };
+        let out = train(&mut backend, &program, &data.train, &split, &opts);
+        let h = &out.history.epochs;
+        assert_eq!((h.len(), out.stop.clone()), (4, StopReason::Completed));
+        assert!(h[3].loss < h[0].loss, "{h:?}");
+        assert!(h[3].val_accuracy > 0.5, "{h:?}");
+        let ev = evaluate(
+            &mut backend,
+            &data.test,
+            &data.test.all_indices(),
+            10,
+            Some(4),
+        );
+        assert!(ev.standard.accuracy > 0.5, "{ev:?}");
+        let mc = ev.mc_dropout.expect("mc metrics").metrics;
+        assert!(mc.accuracy > 0.3, "{mc:?}");
+        assert_ne!(mc.loss, ev.standard.loss);
+        assert!(ev.standard.entropy >= 0.0 && ev.standard.entropy <= 10f64.ln() + 1e-9);
+    }
+}

@@ -6,8 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use miette::{miette, Result};
+use netc_compiler::backend::{Backend, BackendError, InputStats};
 use netc_compiler::diagnostics::{self, Diag, Span};
+use netc_compiler::ir::{Preprocess, Program};
 use netc_compiler::print;
+use netc_runtime::run::RunOptions;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,7 +37,94 @@ pub enum Command {
         /// What to print.
         #[arg(long, value_enum, default_value_t = Emit::Summary)]
         emit: Emit,
+        /// Also print how long building the JIT kernels took.
+        #[arg(long)]
+        timings: bool,
     },
+    /// Train a spec on CIFAR-10, evaluate it, and write a run directory.
+    Run(RunArgs),
+    /// Evaluate a finished run on the test set, with and without MC Dropout.
+    Eval {
+        run_dir: PathBuf,
+        /// MC Dropout samples (default: the spec's `mc_dropout`, else 10).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        mc: Option<u32>,
+        #[command(flatten)]
+        common: DataArgs,
+    },
+    /// Overlay the learning curves of several runs and tabulate them.
+    Compare {
+        #[arg(required = true)]
+        run_dirs: Vec<PathBuf>,
+        /// Where to write compare.md and compare.png.
+        #[arg(long, default_value = "runs/compare")]
+        out: PathBuf,
+    },
+    /// Learning-rate range test: grow the rate every step and watch the loss.
+    LrFind(LrFindArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DataArgs {
+    /// CIFAR-10: the tarball, the `cifar-10-batches-bin` folder, or a folder holding either
+    /// (default: $NETC_DATA, ./data, then the cache dir).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Which executor trains and evaluates.
+    #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
+    backend: BackendKind,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    spec: PathBuf,
+    #[command(flatten)]
+    common: DataArgs,
+    /// Train this many epochs instead of the spec's.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    epochs: Option<u64>,
+    /// Override the spec's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Run directory (default: runs/<model>-<UTC time>); never overwritten.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the summary as one JSON line on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bars or per-epoch lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LrFindArgs {
+    spec: PathBuf,
+    #[command(flatten)]
+    common: DataArgs,
+    /// Smallest rate tried.
+    #[arg(long, default_value_t = 1e-6)]
+    min: f32,
+    /// Largest rate tried.
+    #[arg(long, default_value_t = 1.0)]
+    max: f32,
+    /// Steps from the smallest to the largest rate.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=100_000))]
+    steps: u64,
+    /// Where to write lr_find.png (default: runs/lr_find-<model>-<UTC time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the result as one JSON line on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// Kernels specialized for the spec, compiled with Cranelift.
+    Jit,
+    /// The ndarray reference executor (the oracle; slower).
+    Interp,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -45,6 +135,8 @@ pub enum Emit {
     Ir,
     /// A Keras-style table of layers, output shapes and parameter counts.
     Summary,
+    /// The Cranelift IR of every kernel, for a fixed x86-64 ISA (stable across machines).
+    Clif,
 }
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -61,20 +153,244 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Compile { file, emit } => {
+        Command::Compile {
+            file,
+            emit,
+            timings,
+        } => {
             let (compiled, ok) = front_end(&file)?;
-            if !ok {
+            let (Some(program), true) = (compiled.program.as_ref(), ok) else {
                 return Ok(ExitCode::from(1));
-            }
-            let text = match emit {
-                Emit::Ast => compiled.ast.as_ref().map(print::ast),
-                Emit::Ir => compiled.program.as_ref().map(print::ir),
-                Emit::Summary => compiled.program.as_ref().map(print::summary),
             };
-            print!("{}", text.unwrap_or_default());
+            let text = match emit {
+                Emit::Ast => compiled.ast.as_ref().map(print::ast).unwrap_or_default(),
+                Emit::Ir => print::ir(program),
+                Emit::Summary => print::summary(program),
+                Emit::Clif => netc_compiler::jit::emit_clif(program)?,
+            };
+            print!("{text}");
+            if timings {
+                let jit = netc_compiler::jit::Jit::new(program, None)?;
+                eprintln!(
+                    "compiled {} JIT kernels in {:.1} ms",
+                    jit.kernel_count(),
+                    jit.compile_ms()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(args) => run(args),
+        Command::Eval {
+            run_dir,
+            mc,
+            common,
+        } => eval(&run_dir, mc, &common),
+        Command::Compare { run_dirs, out } => {
+            let comparison = netc_runtime::compare::compare(&run_dirs, &out)?;
+            println!("{}", comparison.table);
+            eprintln!(
+                "wrote {} and {}",
+                comparison.table_path.display(),
+                comparison.plot_path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::LrFind(args) => lr_find(args),
     }
+}
+
+/// Builds the executor the user asked for.
+fn make_backend(
+    kind: BackendKind,
+    program: &Program,
+    stats: Option<InputStats>,
+) -> std::result::Result<Box<dyn Backend>, BackendError> {
+    Ok(match kind {
+        BackendKind::Jit => Box::new(netc_compiler::jit::Jit::new(program, stats)?),
+        BackendKind::Interp => Box::new(netc_compiler::interp::Interp::new(program, stats)),
+    })
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let Some(program) = program_of(&args.spec)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let opts = RunOptions {
+        data: args.common.data.clone(),
+        epochs: args.epochs.map(|e| e as usize),
+        seed: args.seed,
+        out: args.out.clone(),
+        quiet: args.quiet,
+    };
+    let kind = args.common.backend;
+    let summary = netc_runtime::run::run(&program, &args.spec, &opts, |p, stats| {
+        make_backend(kind, p, stats)
+    })?;
+    if args.json {
+        println!("{}", netc_runtime::report::summary_json_line(&summary)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result<ExitCode> {
+    let spec_path = run_dir.join(netc_runtime::run::SPEC_FILE);
+    let summary =
+        netc_runtime::report::read_summary(&run_dir.join(netc_runtime::run::SUMMARY_FILE))?;
+    let Some(mut program) = program_of(&spec_path)? else {
+        return Ok(ExitCode::from(1));
+    };
+    program.train.seed = summary.seed;
+    let data = netc_runtime::data::load(common.data.as_deref())?;
+    let stats = match program.input.preprocess {
+        Preprocess::Standardize => {
+            let split = netc_runtime::data::split_validation(
+                data.train.len(),
+                program.train.validation,
+                program.train.seed,
+            )?;
+            Some(netc_runtime::data::input_stats(&data.train, &split.train))
+        }
+        Preprocess::Scale01 => None,
+    };
+    let mut backend = make_backend(common.backend, &program, stats)?;
+    let mut state = backend.state();
+    state.params = netc_runtime::weights::load_params(
+        &run_dir.join(netc_runtime::run::WEIGHTS_FILE),
+        &program,
+    )?;
+    backend.set_state(&state);
+    let samples = mc
+        .map(|m| m as usize)
+        .or(program.eval.mc_dropout)
+        .unwrap_or(10);
+    let indices = data.test.all_indices();
+    let e = netc_runtime::train::evaluate(
+        backend.as_mut(),
+        &data.test,
+        &indices,
+        program.input.classes,
+        Some(samples),
+    );
+    let row = |name: &str, m: &netc_runtime::train::SetMetrics| {
+        format!(
+            "{name:<22} {:>9.2}% {:>10.4} {:>11.3} {:>10.3} {:>12.0}",
+            m.accuracy * 100.0,
+            m.loss,
+            m.confidence,
+            m.entropy,
+            m.ms_per_10k
+        )
+    };
+    println!(
+        "test set: {} images, backend {}",
+        e.standard.examples,
+        backend.name()
+    );
+    println!(
+        "{:<22} {:>10} {:>10} {:>11} {:>10} {:>12}",
+        "", "accuracy", "loss", "confidence", "entropy", "ms/10k img"
+    );
+    println!("{}", row("dropout off", &e.standard));
+    if let Some(mcd) = &e.mc_dropout {
+        println!(
+            "{}",
+            row(
+                &format!("MC Dropout ({} samples)", mcd.samples),
+                &mcd.metrics
+            )
+        );
+        println!(
+            "MC Dropout costs {:.1}x the inference time of one pass",
+            mcd.metrics.ms_per_10k / e.standard.ms_per_10k.max(1e-9)
+        );
+    }
+    if !program.has_dropout() {
+        eprintln!(
+            "note: this model has no dropout layer, so every MC Dropout sample is the same pass"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn lr_find(args: LrFindArgs) -> Result<ExitCode> {
+    use netc_runtime::lr_find::{self, LrFindOptions};
+    if !(args.min > 0.0 && args.max > args.min && args.max.is_finite()) {
+        return Err(miette!(
+            code = "netc::lr_find::range",
+            help = "pass rates with 0 < --min < --max, e.g. --min 1e-6 --max 1",
+            "invalid learning-rate range [{}, {}]",
+            args.min,
+            args.max
+        ));
+    }
+    let Some(program) = program_of(&args.spec)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let data = netc_runtime::data::load(args.common.data.as_deref())?;
+    let split = netc_runtime::data::split_validation(
+        data.train.len(),
+        program.train.validation,
+        program.train.seed,
+    )?;
+    let stats = match program.input.preprocess {
+        Preprocess::Standardize => Some(netc_runtime::data::input_stats(&data.train, &split.train)),
+        Preprocess::Scale01 => None,
+    };
+    let mut backend = make_backend(args.common.backend, &program, stats)?;
+    let opts = LrFindOptions {
+        min_lr: args.min,
+        max_lr: args.max,
+        steps: args.steps as usize,
+        batch: program.train.batch,
+        seed: program.train.seed,
+        ..LrFindOptions::default()
+    };
+    let result = lr_find::lr_find(backend.as_mut(), &data.train, &split.train, &opts);
+    let out = match args.out {
+        Some(dir) => dir,
+        None => netc_runtime::run::create_run_dir(None, &format!("lr_find-{}", program.name))?,
+    };
+    std::fs::create_dir_all(&out).map_err(|e| {
+        miette!(
+            code = "netc::io::write",
+            "cannot create {}: {e}",
+            out.display()
+        )
+    })?;
+    let plot = out.join("lr_find.png");
+    netc_runtime::plot::plot_lr_find(
+        &plot,
+        &result.lrs,
+        &result.losses,
+        &result.smoothed,
+        result.suggested_lr,
+    )?;
+    eprintln!("{}", lr_find::reasoning(&result));
+    eprintln!(
+        "suggested learning rate: {:.2e} (the spec uses {:.2e}); plot: {}",
+        result.suggested_lr,
+        program.train.optimizer.lr,
+        plot.display()
+    );
+    if args.json {
+        let line = serde_json::json!({
+            "spec": args.spec.display().to_string(),
+            "suggested_lr": result.suggested_lr,
+            "min_loss_lr": result.min_loss_lr,
+            "steepest_lr": result.steepest_lr,
+            "spec_lr": program.train.optimizer.lr,
+            "steps": result.lrs.len(),
+            "plot": plot.display().to_string(),
+        });
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The program of a spec that compiled; `None` after its errors were printed.
+fn program_of(path: &Path) -> Result<Option<Program>> {
+    let (compiled, ok) = front_end(path)?;
+    Ok(if ok { compiled.program } else { None })
 }
 
 /// Width diagnostics are wrapped at, on a terminal or not.

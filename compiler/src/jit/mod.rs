@@ -1,0 +1,1052 @@
+//! The Cranelift backend: every op of a `Program` becomes generated machine code with its shapes,
+//! activation, constants and hyper-parameters baked in, and `Jit` implements `Backend` by calling
+//! those kernels in order (forward layer by layer, the head, the backward steps of
+//! `autodiff::GradProgram`, then one optimizer update per trainable parameter). The host side
+//! only sequences calls, fills argument tables and computes per-step scalars (dropout keys,
+//! Adam's bias corrections); all per-element arithmetic is in generated code.
+//!
+//! Design choices, in the order a reader needs them:
+//!
+//! - **Rows are a runtime loop bound.** Kernels are compiled once; each call passes the number of
+//!   rows (`<= train.batch`, the capacity of every activation buffer). `predict` tiles its input
+//!   into chunks of `train.batch` rows and passes each chunk's first global row, so dropout
+//!   element numbers (`row * width + col`) are those of the whole input.
+//! - **Padded layout.** Every row of a value, kernel, gradient or slot is padded to a multiple
+//!   of 4 floats (see `kernels`), so all column loops are whole f32x4 vectors; padding lanes of
+//!   parameters stay zero. `state`/`set_state` convert to and from the unpadded `TrainState`.
+//! - **Fusion.** A dense op followed by an element-wise activation is one kernel with the
+//!   activation in the matmul epilogue. `dy · Wᵀ` reads a transposed copy of each kernel that
+//!   needs it, refreshed after every update.
+//! - **Deduplication.** Kernels with equal specs are compiled once (the baseline's 19 identical
+//!   hidden layers share their kernels), which keeps compile time low.
+//!
+//! This module must not report user errors (see `backend`); `BackendError` means a netc bug or a
+//! host that cannot run JIT code.
+
+mod emit;
+mod kernels;
+mod math;
+mod matmul;
+mod module;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use ndarray::{Array2, ArrayD, IxDyn};
+
+use crate::autodiff::GradProgram;
+use crate::backend::{Backend, BackendError, Batch, InputStats, Mode, StepStats, TrainState};
+use crate::ir::{Activation, OpKind, OptimizerKind, ParamRole, Preprocess, Program};
+use crate::optim::{nadam_u_product, AdamStep, NadamStep};
+use crate::rng::{dropout_key, Stream};
+use kernels::{grad_needs_input, pad4, update_scalars, Convert, Kernel, Update};
+use module::{KernelFn, KernelId, KernelModule};
+
+/// The CLIF text of every kernel of `program` (deduplicated, in planning order), generated for
+/// a fixed x86-64 ISA with SSE4.1, AVX and FMA so that golden files do not depend on the host.
+pub fn emit_clif(program: &Program) -> Result<String, BackendError> {
+    let mut sink = Collect::default();
+    plan(program, true, &mut sink)?;
+    module::clif_text(&sink.specs)
+}
+
+/// Where a kernel argument points.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Ptr {
+    /// An arena buffer, by offset in floats from the aligned base.
+    Arena(usize),
+    Pixels,
+    Labels,
+}
+
+/// Which dropout key a call receives.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Key {
+    None,
+    Op(u32),
+}
+
+#[derive(Clone, Debug)]
+struct Call {
+    kernel: KernelId,
+    args: Vec<Ptr>,
+    key: Key,
+}
+
+/// Where one parameter lives: `rows × ld` floats at `off`, with `cols <= ld` real columns.
+#[derive(Clone, Debug)]
+struct ParamBuf {
+    off: usize,
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    grad: Option<usize>,
+    slots: Vec<usize>,
+}
+
+impl ParamBuf {
+    fn padded_len(&self) -> usize {
+        self.rows * self.ld
+    }
+}
+
+/// Receives kernel specs while planning: the JIT compiles them, `emit_clif` collects them.
+trait Sink {
+    fn kernel(&mut self, kernel: Kernel) -> Result<KernelId, BackendError>;
+}
+
+impl Sink for KernelModule {
+    fn kernel(&mut self, kernel: Kernel) -> Result<KernelId, BackendError> {
+        KernelModule::kernel(self, &kernel)
+    }
+}
+
+#[derive(Default)]
+struct Collect {
+    specs: Vec<Kernel>,
+    index: HashMap<String, KernelId>,
+}
+
+impl Sink for Collect {
+    fn kernel(&mut self, kernel: Kernel) -> Result<KernelId, BackendError> {
+        let key = format!("{kernel:?}");
+        if let Some(id) = self.index.get(&key) {
+            return Ok(*id);
+        }
+        let id = KernelId(self.specs.len());
+        self.specs.push(kernel);
+        self.index.insert(key, id);
+        Ok(id)
+    }
+}
+
+/// Hands out arena offsets, each buffer starting on a 64-byte line.
+#[derive(Default)]
+struct Alloc {
+    next: usize,
+}
+
+impl Alloc {
+    fn take(&mut self, floats: usize) -> usize {
+        let off = self.next;
+        self.next += floats.div_ceil(16).max(1) * 16;
+        off
+    }
+}
+
+/// Everything planning produces: buffer offsets and the call lists of each phase.
+struct Plan {
+    /// Where each value of a training forward pass can be read afterwards; `None` for
+    /// pre-activations a fused kernel did not store.
+    train_values: Vec<Option<usize>>,
+    /// Where each value's gradient can be read after the backward pass, if it is computed.
+    value_grads: Vec<Option<usize>>,
+    size: usize,
+    rows: usize,
+    params: Vec<ParamBuf>,
+    stats: usize,
+    probs: usize,
+    /// `(mean, std)` buffers when the input is standardized.
+    input_stats: Option<(usize, usize)>,
+    train_forward: Vec<Call>,
+    backward: Vec<Call>,
+    updates: Vec<Call>,
+    transposes: Vec<Call>,
+    infer: Vec<Call>,
+    mc: Vec<Call>,
+}
+
+/// Forward behaviour of the layers that differ between training and prediction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Train,
+    Infer,
+    Mc,
+}
+
+fn plan(
+    program: &Program,
+    standardized_ok: bool,
+    sink: &mut dyn Sink,
+) -> Result<Plan, BackendError> {
+    let rows = program.train.batch.max(1);
+    let mut alloc = Alloc::default();
+    let grad = GradProgram::new(program);
+
+    let params: Vec<ParamBuf> = program
+        .params
+        .iter()
+        .map(|p| {
+            let (r, c) = match p.shape.as_slice() {
+                [r, c] => (*r, *c),
+                [c] => (1, *c),
+                other => (
+                    other[..other.len() - 1].iter().product(),
+                    other[other.len() - 1],
+                ),
+            };
+            let ld = pad4(c);
+            let off = alloc.take(r * ld);
+            let has_grad = !matches!(p.role, ParamRole::MovingMean | ParamRole::MovingVariance);
+            let grad = has_grad.then(|| alloc.take(r * ld));
+            let slot_count = if p.trainable {
+                program.train.optimizer.kind.slot_count()
+            } else {
+                0
+            };
+            let slots = (0..slot_count).map(|_| alloc.take(r * ld)).collect();
+            ParamBuf {
+                off,
+                rows: r,
+                cols: c,
+                ld,
+                grad,
+                slots,
+            }
+        })
+        .collect();
+
+    let widths: Vec<usize> = std::iter::once(program.input.features)
+        .chain(program.ops.iter().map(|op| op.width))
+        .collect();
+    let values: Vec<usize> = widths.iter().map(|w| alloc.take(rows * pad4(*w))).collect();
+    let value_grads: Vec<usize> = widths.iter().map(|w| alloc.take(rows * pad4(*w))).collect();
+    let stats = alloc.take(2);
+    let classes = program.output_width();
+    let probs = alloc.take(rows * pad4(classes));
+
+    let convert = Convert {
+        features: program.input.features,
+        standardize: program.input.preprocess == Preprocess::Standardize,
+    };
+    if convert.standardize && !standardized_ok {
+        return Err(BackendError::Compile(
+            "a standardized input needs the training split's statistics".into(),
+        ));
+    }
+    let input_stats = convert.standardize.then(|| {
+        let f = pad4(convert.features);
+        (alloc.take(f), alloc.take(f))
+    });
+    let mut convert_args = vec![Ptr::Pixels];
+    if let Some((m, s)) = input_stats {
+        convert_args.extend([Ptr::Arena(m), Ptr::Arena(s)]);
+    }
+    convert_args.push(Ptr::Arena(values[0]));
+
+    // Per-op scratch (batch-norm statistics) and transposed kernels for `dy · Wᵀ`.
+    let mut bn_scratch = HashMap::new();
+    let mut transposed = HashMap::new();
+    for op in &program.ops {
+        if let OpKind::BatchNorm { .. } = op.kind {
+            let w = pad4(op.width);
+            bn_scratch.insert(op.index, (alloc.take(w), alloc.take(w)));
+        }
+        if let OpKind::Dense { .. } = op.kind {
+            let input_grad = grad.step_of(op.index).is_some_and(|s| s.dx.is_some());
+            if input_grad {
+                transposed.insert(op.index, alloc.take(op.width * pad4(op.width_in)));
+            }
+        }
+    }
+
+    let ctx = PlanCtx {
+        program,
+        params: &params,
+        values: &values,
+        convert,
+        convert_args: &convert_args,
+        bn_scratch: &bn_scratch,
+    };
+    let (train_forward, train_cur) = forward(&ctx, Phase::Train, sink)?;
+    let train_values = train_written(program, &train_cur);
+    let head = sink.kernel(Kernel::HeadLoss { classes })?;
+    let mut train_forward = train_forward;
+    let n = program.ops.len();
+    train_forward.push(Call {
+        kernel: head,
+        args: vec![
+            Ptr::Arena(train_cur[n]),
+            Ptr::Labels,
+            Ptr::Arena(value_grads[n]),
+            Ptr::Arena(stats),
+        ],
+        key: Key::None,
+    });
+
+    let backward = backward(&ctx, &grad, &train_cur, &value_grads, &transposed, sink)?;
+    let (updates, transposes) = updates(program, &params, stats, &transposed, sink)?;
+
+    let head_probs = sink.kernel(Kernel::HeadProbs { classes })?;
+    let mut predict_plans = Vec::new();
+    for phase in [Phase::Infer, Phase::Mc] {
+        let (mut calls, cur) = forward(&ctx, phase, sink)?;
+        calls.push(Call {
+            kernel: head_probs,
+            args: vec![Ptr::Arena(cur[n]), Ptr::Arena(probs)],
+            key: Key::None,
+        });
+        predict_plans.push(calls);
+    }
+    let mc = predict_plans.pop().expect("two predict plans");
+    let infer = predict_plans.pop().expect("two predict plans");
+
+    let value_grads = value_grads
+        .iter()
+        .enumerate()
+        .map(|(v, off)| grad_written(&grad, v).then_some(*off))
+        .collect();
+    Ok(Plan {
+        train_values,
+        value_grads,
+        size: alloc.next,
+        rows,
+        params,
+        stats,
+        probs,
+        input_stats,
+        train_forward,
+        backward,
+        updates,
+        transposes,
+        infer,
+        mc,
+    })
+}
+
+/// Which values a training forward pass leaves readable, and where.
+fn train_written(program: &Program, cur: &[usize]) -> Vec<Option<usize>> {
+    let mut out: Vec<Option<usize>> = cur.iter().map(|c| Some(*c)).collect();
+    for (i, op) in program.ops.iter().enumerate() {
+        let fused_into_dense = i > 0
+            && matches!(program.ops[i - 1].kind, OpKind::Dense { .. })
+            && matches!(op.kind, OpKind::Activation(a) if a != Activation::Softmax
+                && a != Activation::Linear && !grad_needs_input(a));
+        if fused_into_dense {
+            // The pre-activation of a fused layer is only stored when its gradient needs it.
+            out[i] = None;
+        }
+    }
+    out
+}
+
+/// Whether the backward pass computes the gradient of value `v`.
+fn grad_written(grad: &GradProgram, v: usize) -> bool {
+    grad.head.logits.0 as usize == v
+        || grad
+            .steps
+            .iter()
+            .any(|s| s.dx.is_some_and(|x| x.0 as usize == v))
+}
+
+struct PlanCtx<'a> {
+    program: &'a Program,
+    params: &'a [ParamBuf],
+    values: &'a [usize],
+    convert: Convert,
+    convert_args: &'a [Ptr],
+    bn_scratch: &'a HashMap<u32, (usize, usize)>,
+}
+
+impl PlanCtx<'_> {
+    fn param(&self, id: crate::ir::ParamId) -> Ptr {
+        Ptr::Arena(self.params[id.index()].off)
+    }
+
+    fn grad(&self, id: crate::ir::ParamId) -> Ptr {
+        Ptr::Arena(
+            self.params[id.index()]
+                .grad
+                .expect("every parameter with a gradient rule has a gradient buffer"),
+        )
+    }
+}
+
+/// Whether op `i` does nothing in `phase` (its output is its input).
+fn is_identity(kind: &OpKind, phase: Phase) -> bool {
+    match kind {
+        OpKind::Activation(Activation::Linear) => true,
+        OpKind::Dropout { .. } | OpKind::AlphaDropout { .. } => phase == Phase::Infer,
+        _ => false,
+    }
+}
+
+/// The forward calls of one phase, and the buffer holding each value afterwards.
+fn forward(
+    ctx: &PlanCtx,
+    phase: Phase,
+    sink: &mut dyn Sink,
+) -> Result<(Vec<Call>, Vec<usize>), BackendError> {
+    let ops = &ctx.program.ops;
+    let mut cur = ctx.values.to_vec();
+    let mut calls = Vec::new();
+    let mut pending = if std::env::var("NETC_SPLIT").is_ok() { None } else { Some(ctx.convert) };
+    if pending.is_none() || ops.first().is_none_or(|op| is_identity(&op.kind, phase)) {
+        let kernel = sink.kernel(Kernel::Convert(ctx.convert))?;
+        calls.push(Call {
+            kernel,
+            args: ctx.convert_args.to_vec(),
+            key: Key::None,
+        });
+        pending = None;
+    }
+    let mut i = 0;
+    while i < ops.len() {
+        let op = &ops[i];
+        if is_identity(&op.kind, phase) {
+            cur[i + 1] = cur[i];
+            i += 1;
+            continue;
+        }
+        let convert = pending.take();
+        let mut args: Vec<Ptr> = match convert {
+            Some(_) => ctx.convert_args.to_vec(),
+            None => vec![Ptr::Arena(cur[i])],
+        };
+        let out = Ptr::Arena(ctx.values[i + 1]);
+        let mut key = Key::None;
+        let mut consumed = 1;
+        let kernel = match op.kind {
+            OpKind::Dense { kernel, bias, .. } => {
+                // Fuse a following element-wise activation into the epilogue (a linear one is
+                // an identity op on its own).
+                let fused = match ops.get(i + 1).map(|o| &o.kind) {
+                    Some(OpKind::Activation(a))
+                        if *a != Activation::Softmax && *a != Activation::Linear =>
+                    {
+                        Some(*a)
+                    }
+                    _ => None,
+                };
+                let activation = fused;
+                let store_pre = activation.is_some_and(grad_needs_input);
+                args.push(ctx.param(kernel));
+                if let Some(b) = bias {
+                    args.push(ctx.param(b));
+                }
+                if fused.is_some() {
+                    consumed = 2;
+                    args.push(Ptr::Arena(ctx.values[i + 2]));
+                    if store_pre {
+                        args.push(out);
+                    }
+                } else {
+                    args.push(out);
+                }
+                Kernel::Dense {
+                    convert,
+                    inputs: op.width_in,
+                    units: op.width,
+                    bias: bias.is_some(),
+                    activation,
+                    store_pre_activation: store_pre,
+                }
+            }
+            OpKind::Activation(activation) => {
+                args.push(out);
+                Kernel::Activation {
+                    convert,
+                    width: op.width,
+                    activation,
+                }
+            }
+            OpKind::Prelu { alpha } => {
+                args.extend([ctx.param(alpha), out]);
+                Kernel::Prelu {
+                    convert,
+                    width: op.width,
+                }
+            }
+            OpKind::BatchNorm {
+                gamma,
+                beta,
+                moving_mean,
+                moving_variance,
+                momentum,
+                epsilon,
+            } => {
+                args.extend([
+                    ctx.param(gamma),
+                    ctx.param(beta),
+                    ctx.param(moving_mean),
+                    ctx.param(moving_variance),
+                    out,
+                ]);
+                let training = phase == Phase::Train;
+                if training {
+                    let (m, s) = ctx.bn_scratch[&op.index];
+                    args.extend([Ptr::Arena(m), Ptr::Arena(s)]);
+                }
+                Kernel::BatchNorm {
+                    convert,
+                    width: op.width,
+                    training,
+                    momentum,
+                    epsilon,
+                }
+            }
+            OpKind::Dropout { rate } | OpKind::AlphaDropout { rate } => {
+                args.push(out);
+                key = Key::Op(op.index);
+                Kernel::Dropout {
+                    convert,
+                    width: op.width,
+                    rate,
+                    alpha: matches!(op.kind, OpKind::AlphaDropout { .. }),
+                }
+            }
+        };
+        calls.push(Call {
+            kernel: sink.kernel(kernel)?,
+            args,
+            key,
+        });
+        for v in i + 1..=i + consumed {
+            cur[v] = ctx.values[v];
+        }
+        i += consumed;
+    }
+    Ok((calls, cur))
+}
+
+/// The backward calls, one or none per `GradStep`, in the steps' order.
+fn backward(
+    ctx: &PlanCtx,
+    grad: &GradProgram,
+    cur: &[usize],
+    value_grads: &[usize],
+    transposed: &HashMap<u32, usize>,
+    sink: &mut dyn Sink,
+) -> Result<Vec<Call>, BackendError> {
+    let ops = &ctx.program.ops;
+    let mut gcur = value_grads.to_vec();
+    let mut calls = Vec::new();
+    for step in &grad.steps {
+        let op = &ops[step.op as usize];
+        let (x, y) = (op.input.0 as usize, op.output.0 as usize);
+        let dy = Ptr::Arena(gcur[y]);
+        let dx = step.dx.map(|_| Ptr::Arena(value_grads[x]));
+        let mut key = Key::None;
+        let (kernel, args) = match op.kind {
+            OpKind::Activation(Activation::Linear) => {
+                gcur[x] = gcur[y];
+                continue;
+            }
+            OpKind::Activation(activation) => {
+                let Some(dx) = dx else { continue };
+                let saved = if activation != Activation::Softmax && grad_needs_input(activation) {
+                    cur[x]
+                } else {
+                    cur[y]
+                };
+                (
+                    Kernel::ActivationBackward {
+                        width: op.width,
+                        activation,
+                    },
+                    vec![dy, Ptr::Arena(saved), dx],
+                )
+            }
+            OpKind::Dense { kernel, bias, .. } => {
+                let mut args = vec![Ptr::Arena(cur[x]), dy];
+                if dx.is_some() {
+                    args.push(Ptr::Arena(transposed[&op.index]));
+                }
+                args.push(ctx.grad(kernel));
+                if let Some(b) = bias {
+                    args.push(ctx.grad(b));
+                }
+                args.extend(dx);
+                (
+                    Kernel::DenseBackward {
+                        inputs: op.width_in,
+                        units: op.width,
+                        bias: bias.is_some(),
+                        input_grad: dx.is_some(),
+                    },
+                    args,
+                )
+            }
+            OpKind::Prelu { alpha } => {
+                let mut args = vec![Ptr::Arena(cur[x]), ctx.param(alpha), dy, ctx.grad(alpha)];
+                args.extend(dx);
+                (
+                    Kernel::PreluBackward {
+                        width: op.width,
+                        input_grad: dx.is_some(),
+                    },
+                    args,
+                )
+            }
+            OpKind::BatchNorm { gamma, beta, .. } => {
+                let (m, s) = ctx.bn_scratch[&op.index];
+                let mut args = vec![
+                    Ptr::Arena(cur[x]),
+                    ctx.param(gamma),
+                    Ptr::Arena(m),
+                    Ptr::Arena(s),
+                    dy,
+                    ctx.grad(gamma),
+                    ctx.grad(beta),
+                ];
+                args.extend(dx);
+                (
+                    Kernel::BatchNormBackward {
+                        width: op.width,
+                        input_grad: dx.is_some(),
+                    },
+                    args,
+                )
+            }
+            OpKind::Dropout { rate } | OpKind::AlphaDropout { rate } => {
+                let Some(dx) = dx else { continue };
+                key = Key::Op(op.index);
+                (
+                    Kernel::DropoutBackward {
+                        width: op.width,
+                        rate,
+                        alpha: matches!(op.kind, OpKind::AlphaDropout { .. }),
+                    },
+                    vec![dy, dx],
+                )
+            }
+        };
+        calls.push(Call {
+            kernel: sink.kernel(kernel)?,
+            args,
+            key,
+        });
+    }
+    Ok(calls)
+}
+
+/// One update call per trainable parameter, and the transposes that refresh `Wᵀ` copies.
+fn updates(
+    program: &Program,
+    params: &[ParamBuf],
+    stats: usize,
+    transposed: &HashMap<u32, usize>,
+    sink: &mut dyn Sink,
+) -> Result<(Vec<Call>, Vec<Call>), BackendError> {
+    let optimizer = &program.train.optimizer;
+    let mut constraints = HashMap::new();
+    let mut transposes = Vec::new();
+    for op in &program.ops {
+        if let OpKind::Dense {
+            kernel,
+            regularizer,
+            max_norm,
+            ..
+        } = op.kind
+        {
+            constraints.insert(kernel.index(), (regularizer, max_norm));
+            if let Some(&wt) = transposed.get(&op.index) {
+                let k = sink.kernel(Kernel::Transpose {
+                    rows: op.width_in,
+                    cols: op.width,
+                })?;
+                transposes.push(Call {
+                    kernel: k,
+                    args: vec![Ptr::Arena(params[kernel.index()].off), Ptr::Arena(wt)],
+                    key: Key::None,
+                });
+            }
+        }
+    }
+    let mut calls = Vec::new();
+    for (i, (p, buf)) in program.params.iter().zip(params).enumerate() {
+        if !p.trainable {
+            continue;
+        }
+        let Some(g) = buf.grad else { continue };
+        let (regularizer, max_norm) = constraints.get(&i).copied().unwrap_or_default();
+        let update = Update {
+            len: buf.padded_len(),
+            kind: optimizer.kind,
+            regularizer,
+            clipnorm: optimizer.clipnorm,
+            max_norm: max_norm.map(|m| (m, buf.rows, buf.ld)),
+        };
+        let mut args = vec![Ptr::Arena(buf.off), Ptr::Arena(g), Ptr::Arena(stats)];
+        args.extend(buf.slots.iter().map(|s| Ptr::Arena(*s)));
+        calls.push(Call {
+            kernel: sink.kernel(Kernel::Update(update))?,
+            args,
+            key: Key::None,
+        });
+    }
+    Ok((calls, transposes))
+}
+
+/// The buffers of all kernels: one allocation, its usable part aligned to 64 bytes.
+struct Arena {
+    data: Vec<f32>,
+    base: usize,
+}
+
+impl Arena {
+    fn new(floats: usize) -> Arena {
+        let data = vec![0.0f32; floats + 16];
+        let misalign = (data.as_ptr() as usize / 4) % 16;
+        let base = (16 - misalign) % 16;
+        Arena { data, base }
+    }
+
+    fn slice(&self, off: usize, len: usize) -> &[f32] {
+        &self.data[self.base + off..self.base + off + len]
+    }
+
+    fn slice_mut(&mut self, off: usize, len: usize) -> &mut [f32] {
+        &mut self.data[self.base + off..self.base + off + len]
+    }
+}
+
+/// The JIT backend. See the module documentation for its design.
+pub struct Jit {
+    program: Program,
+    kernels: KernelModule,
+    fns: Vec<KernelFn>,
+    arena: Arena,
+    plan: Plan,
+    step: u64,
+    /// Nadam's `u_product` after `step` steps, carried from step to step as Keras does.
+    nadam_u_product: f32,
+    compile_ms: f64,
+}
+
+impl Jit {
+    /// Plans, generates and compiles every kernel of `program`, and initializes the parameters
+    /// and optimizer state exactly as the reference executor does. `stats` are required when
+    /// the input is standardized.
+    pub fn new(program: &Program, stats: Option<InputStats>) -> Result<Jit, BackendError> {
+        let started = Instant::now();
+        let mut kernels = KernelModule::new()?;
+        let plan = plan(program, stats.is_some(), &mut kernels)?;
+        kernels.finalize()?;
+        let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+        let fns = (0..kernels.len())
+            .map(|i| kernels.get(KernelId(i)))
+            .collect();
+        let mut jit = Jit {
+            program: program.clone(),
+            kernels,
+            fns,
+            arena: Arena::new(plan.size),
+            plan,
+            step: 0,
+            nadam_u_product: 1.0,
+            compile_ms,
+        };
+        if let (Some((m, s)), Some(stats)) = (jit.plan.input_stats, stats) {
+            let f = program.input.features;
+            jit.arena.slice_mut(m, f).copy_from_slice(&stats.mean[..f]);
+            jit.arena.slice_mut(s, f).copy_from_slice(&stats.std[..f]);
+        }
+        let state = TrainState {
+            params: crate::init::init_params(program, program.train.seed),
+            slots: crate::optim::initial_slots(program),
+            step: 0,
+        };
+        jit.set_state(&state);
+        Ok(jit)
+    }
+
+    /// Wall time of planning, code generation and compilation in `new`, in milliseconds.
+    pub fn compile_ms(&self) -> f64 {
+        self.compile_ms
+    }
+
+    /// Loss (without the regularization penalty, which the update kernels add), correct count,
+    /// the gradient of every trainable parameter (without the regularization terms) and every
+    /// value of the training forward pass, at the current state and step, with the masks the
+    /// next `train_step` would draw. Nothing is updated: the moving averages that the forward
+    /// kernels advance are restored. For comparisons with the reference executor.
+    pub fn loss_and_grads(&mut self, batch: Batch<'_>) -> JitGrads {
+        let before = self.state();
+        let seed = self.program.train.seed;
+        let step = self.step;
+        let key = move |op: u32| dropout_key(seed, Stream::Train, step, op);
+        let scalars = [0.0; update_scalars::COUNT];
+        let rows = batch.len();
+        self.run(Phase2::TrainForward, rows, 0, batch, &key, &scalars);
+        self.run(Phase2::Backward, rows, 0, batch, &key, &scalars);
+        let s = self.arena.slice(self.plan.stats, 2);
+        let (loss, correct) = (s[0], s[1] as usize);
+        let grads = self
+            .program
+            .params
+            .iter()
+            .zip(&self.plan.params)
+            .map(|(p, buf)| {
+                let g = buf.grad.filter(|_| p.trainable)?;
+                Some(self.read_param(g, buf, &p.shape))
+            })
+            .collect();
+        let read = |offs: &[Option<usize>]| -> Vec<Option<Array2<f32>>> {
+            offs.iter()
+                .zip(self.value_widths())
+                .map(|(off, w)| off.map(|o| self.read_rows(o, rows, w)))
+                .collect()
+        };
+        let values = read(&self.plan.train_values);
+        let value_grads = read(&self.plan.value_grads);
+        self.set_state(&before);
+        JitGrads {
+            loss,
+            correct,
+            grads,
+            values,
+            value_grads,
+        }
+    }
+
+    fn value_widths(&self) -> Vec<usize> {
+        std::iter::once(self.program.input.features)
+            .chain(self.program.ops.iter().map(|op| op.width))
+            .collect()
+    }
+
+    /// `rows` rows of a padded `[rows, width]` buffer.
+    fn read_rows(&self, off: usize, rows: usize, width: usize) -> Array2<f32> {
+        let ld = pad4(width);
+        let data = self.arena.slice(off, rows * ld);
+        Array2::from_shape_fn((rows, width), |(r, c)| data[r * ld + c])
+    }
+
+    /// Number of distinct generated functions.
+    pub fn kernel_count(&self) -> usize {
+        self.kernels.len()
+    }
+
+    /// Runs `calls` on `rows` rows. The only place generated code is called.
+    fn run(
+        &mut self,
+        calls: Phase2,
+        rows: usize,
+        row0: usize,
+        batch: Batch<'_>,
+        key: KeyFn,
+        scalars: &[f32],
+    ) {
+        assert!(
+            rows <= self.plan.rows,
+            "batch of {rows} rows exceeds the capacity"
+        );
+        assert!(batch.pixels.len() >= rows * self.program.input.features);
+        let base = self.arena.data.as_mut_ptr().wrapping_add(self.arena.base);
+        let list = match calls {
+            Phase2::TrainForward => &self.plan.train_forward,
+            Phase2::Backward => &self.plan.backward,
+            Phase2::Updates => &self.plan.updates,
+            Phase2::Transposes => &self.plan.transposes,
+            Phase2::Infer => &self.plan.infer,
+            Phase2::Mc => &self.plan.mc,
+        };
+        let mut table: Vec<*mut u8> = Vec::with_capacity(16);
+        for call in list {
+            table.clear();
+            table.extend(call.args.iter().map(|a| match a {
+                Ptr::Arena(off) => base.wrapping_add(*off).cast::<u8>(),
+                Ptr::Pixels => batch.pixels.as_ptr().cast_mut(),
+                Ptr::Labels => batch.labels.as_ptr().cast_mut(),
+            }));
+            let k = match call.key {
+                Key::None => 0,
+                Key::Op(op) => key(op),
+            };
+            let f = self.fns[call.kernel.0];
+            // SAFETY: every pointer in `table` is either inside the arena (offsets planned with
+            // room for `plan.rows` rows, and `rows <= plan.rows` was checked) or the caller's
+            // pixels/labels, which hold at least `rows` examples (checked above; labels are only
+            // read for rows the loss kernel visits, and `train_step` passes matching lengths).
+            // The kernel was compiled for exactly this argument table and the host ABI.
+            unsafe {
+                f(
+                    table.as_ptr(),
+                    rows as i64,
+                    row0 as i64,
+                    k as i32,
+                    scalars.as_ptr(),
+                )
+            };
+        }
+    }
+
+    fn update_scalars(&self, lr: f32) -> [f32; update_scalars::COUNT] {
+        let mut s = [0.0; update_scalars::COUNT];
+        s[update_scalars::LR] = lr;
+        match self.program.train.optimizer.kind {
+            OptimizerKind::Adam { beta_1, beta_2, .. }
+            | OptimizerKind::AdamW { beta_1, beta_2, .. } => {
+                s[update_scalars::C1] = AdamStep::new(self.step, lr, beta_1, beta_2).alpha;
+            }
+            OptimizerKind::Nadam { beta_1, beta_2, .. } => {
+                let n = NadamStep::new(self.step, lr, beta_1, beta_2, self.nadam_u_product);
+                s[update_scalars::C1] = n.u_t1 / (1.0 - n.u_product_t1);
+                s[update_scalars::C2] = (1.0 - n.u_t) / (1.0 - n.u_product_t);
+                s[update_scalars::C3] = n.one_minus_beta_2_power;
+            }
+            _ => {}
+        }
+        s
+    }
+
+    /// Copies the padded parameter `p` out of the arena.
+    fn read_param(&self, off: usize, buf: &ParamBuf, shape: &[usize]) -> ArrayD<f32> {
+        let data = self.arena.slice(off, buf.padded_len());
+        let mut out = Vec::with_capacity(buf.rows * buf.cols);
+        for r in 0..buf.rows {
+            out.extend_from_slice(&data[r * buf.ld..r * buf.ld + buf.cols]);
+        }
+        ArrayD::from_shape_vec(IxDyn(shape), out).expect("parameter shapes match the plan")
+    }
+
+    fn write_param(&mut self, off: usize, buf: &ParamBuf, value: &ArrayD<f32>) {
+        let (rows, cols, ld) = (buf.rows, buf.cols, buf.ld);
+        let data = self.arena.slice_mut(off, rows * ld);
+        data.fill(0.0);
+        for (r, row) in value
+            .iter()
+            .copied()
+            .collect::<Vec<_>>()
+            .chunks(cols.max(1))
+            .enumerate()
+        {
+            data[r * ld..r * ld + row.len()].copy_from_slice(row);
+        }
+    }
+}
+
+/// What `Jit::loss_and_grads` measured; vectors are indexed like `Program::params` and by
+/// `ValueId`.
+#[derive(Clone, Debug)]
+pub struct JitGrads {
+    pub loss: f32,
+    pub correct: usize,
+    pub grads: Vec<Option<ArrayD<f32>>>,
+    pub values: Vec<Option<Array2<f32>>>,
+    pub value_grads: Vec<Option<Array2<f32>>>,
+}
+
+/// Which call list `run` executes.
+#[derive(Clone, Copy)]
+enum Phase2 {
+    TrainForward,
+    Backward,
+    Updates,
+    Transposes,
+    Infer,
+    Mc,
+}
+
+type KeyFn<'a> = &'a dyn Fn(u32) -> u32;
+
+impl Backend for Jit {
+    fn name(&self) -> &'static str {
+        "jit"
+    }
+
+    fn train_step(&mut self, batch: Batch<'_>, lr: f32) -> StepStats {
+        let rows = batch.len();
+        let seed = self.program.train.seed;
+        let step = self.step;
+        let key = move |op: u32| dropout_key(seed, Stream::Train, step, op);
+        let scalars = self.update_scalars(lr);
+        self.run(Phase2::TrainForward, rows, 0, batch, &key, &scalars);
+        self.run(Phase2::Backward, rows, 0, batch, &key, &scalars);
+        self.run(Phase2::Updates, rows, 0, batch, &key, &scalars);
+        self.run(Phase2::Transposes, rows, 0, batch, &key, &scalars);
+        if let OptimizerKind::Nadam { beta_1, .. } = self.program.train.optimizer.kind {
+            self.nadam_u_product *= crate::optim::nadam_u(beta_1, step + 1);
+        }
+        self.step += 1;
+        let s = self.arena.slice(self.plan.stats, 2);
+        StepStats {
+            loss: s[0],
+            correct: s[1] as usize,
+        }
+    }
+
+    fn predict(&mut self, pixels: &[u8], mode: Mode, probs: &mut [f32]) {
+        let features = self.program.input.features;
+        let classes = self.program.output_width();
+        let total = pixels.len() / features;
+        let cap = self.plan.rows;
+        let seed = self.program.train.seed;
+        let (phase, sample) = match mode {
+            Mode::Inference => (Phase2::Infer, 0),
+            Mode::McDropout { sample } => (Phase2::Mc, sample),
+        };
+        let key = move |op: u32| dropout_key(seed, Stream::McDropout, u64::from(sample), op);
+        let ld = pad4(classes);
+        let mut row0 = 0;
+        while row0 < total {
+            let rows = cap.min(total - row0);
+            let chunk = Batch {
+                pixels: &pixels[row0 * features..(row0 + rows) * features],
+                labels: &[],
+            };
+            self.run(
+                phase,
+                rows,
+                row0,
+                chunk,
+                &key,
+                &[0.0; update_scalars::COUNT],
+            );
+            let out = self.arena.slice(self.plan.probs, rows * ld);
+            for r in 0..rows {
+                probs[(row0 + r) * classes..(row0 + r + 1) * classes]
+                    .copy_from_slice(&out[r * ld..r * ld + classes]);
+            }
+            row0 += rows;
+        }
+    }
+
+    fn state(&self) -> TrainState {
+        let mut params = Vec::new();
+        let mut slots = Vec::new();
+        for (p, buf) in self.program.params.iter().zip(&self.plan.params) {
+            params.push(self.read_param(buf.off, buf, &p.shape));
+            slots.push(
+                buf.slots
+                    .iter()
+                    .map(|s| self.read_param(*s, buf, &p.shape))
+                    .collect(),
+            );
+        }
+        TrainState {
+            params,
+            slots,
+            step: self.step,
+        }
+    }
+
+    fn set_state(&mut self, state: &TrainState) {
+        let bufs = self.plan.params.clone();
+        for (i, buf) in bufs.iter().enumerate() {
+            self.write_param(buf.off, buf, &state.params[i]);
+            for (s, off) in buf.slots.iter().enumerate() {
+                self.write_param(*off, buf, &state.slots[i][s]);
+            }
+        }
+        self.step = state.step;
+        if let OptimizerKind::Nadam { beta_1, .. } = self.program.train.optimizer.kind {
+            self.nadam_u_product = nadam_u_product(beta_1, state.step);
+        }
+        let no_batch = Batch {
+            pixels: &[],
+            labels: &[],
+        };
+        self.run(
+            Phase2::Transposes,
+            0,
+            0,
+            no_batch,
+            &|_| 0,
+            &[0.0; update_scalars::COUNT],
+        );
+    }
+}

@@ -1,0 +1,1117 @@
+//! Tests of the JIT backend: single kernels against scalar f64 computations (matmul tiles of odd
+//! shapes, epilogues, batch reductions, the head), the polynomial transcendentals against their
+//! scalar twins and f64, the SIMD dropout masks bit for bit against `rng`, and whole programs
+//! against the reference executor `interp` (forward values, every gradient, and parameters after
+//! 20 optimizer steps).
+
+use cranelift_codegen::ir::Value;
+
+use super::emit::{ro, Fx};
+use super::kernels::{alpha_dropout_constants, pad4, Convert, Kernel};
+use super::math;
+use super::module::{KernelFn, KernelId, KernelModule};
+use super::*;
+use crate::backend::{Backend, Batch, Mode};
+use crate::interp::testing::{program, DenseLayer, Layer};
+use crate::interp::Interp;
+use crate::ir::{Activation, OptimizerKind, Regularizer};
+use crate::rng::{self, SplitMix64};
+use std::time::Instant;
+
+/// A compiled single kernel with its module kept alive.
+struct One {
+    module: KernelModule,
+    id: KernelId,
+}
+
+impl One {
+    fn new(kernel: &Kernel) -> One {
+        let mut module = KernelModule::new().expect("host ISA");
+        let id = module.kernel(kernel).expect("kernel compiles");
+        module.finalize().expect("finalize");
+        One { module, id }
+    }
+
+    fn probe(emit: impl Fn(&mut Fx, Value) -> Value) -> One {
+        let mut module = KernelModule::new().expect("host ISA");
+        let id = module
+            .define("probe", |fx| {
+                let x = fx.arg(0);
+                let y = fx.arg(1);
+                let zero = fx.iconst(0);
+                let rows = fx.rows;
+                fx.loop_up(zero, rows, 1, |fx, i| {
+                    let px = fx.offset(x, i, 16);
+                    let py = fx.offset(y, i, 16);
+                    let v = fx.load4(ro(), px, 0);
+                    let r = emit(fx, v);
+                    fx.store(r, py, 0);
+                });
+            })
+            .expect("probe compiles");
+        module.finalize().expect("finalize");
+        One { module, id }
+    }
+
+    fn call(&self, ptrs: &[*mut u8], rows: usize, row0: usize, key: u32, scalars: &[f32]) {
+        let f: KernelFn = self.module.get(self.id);
+        // SAFETY: every test passes buffers sized for `rows` rows in the kernel's layout.
+        unsafe {
+            f(
+                ptrs.as_ptr(),
+                rows as i64,
+                row0 as i64,
+                key as i32,
+                scalars.as_ptr(),
+            )
+        }
+    }
+
+    /// Applies a probe element-wise to `xs` (padded to whole vectors).
+    fn map(&self, xs: &[f32]) -> Vec<f32> {
+        let mut x = xs.to_vec();
+        x.resize(pad4(xs.len()), 0.0);
+        let mut y = vec![0.0f32; x.len()];
+        self.call(&[ptr(&mut x), ptr(&mut y)], x.len() / 4, 0, 0, &[]);
+        y.truncate(xs.len());
+        y
+    }
+}
+
+fn ptr(v: &mut [f32]) -> *mut u8 {
+    v.as_mut_ptr().cast()
+}
+
+/// Random values in `[-scale, scale)`.
+fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut rng = SplitMix64::new(seed, 77, 0);
+    (0..n)
+        .map(|_| ((rng.next_f64() * 2.0 - 1.0) as f32) * scale)
+        .collect()
+}
+
+/// A `[rows, cols]` row-major matrix in the padded layout.
+fn padded(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let ld = pad4(cols);
+    let mut out = vec![0.0; rows.max(1) * ld + 16];
+    for r in 0..rows {
+        out[r * ld..r * ld + cols].copy_from_slice(&m[r * cols..(r + 1) * cols]);
+    }
+    out
+}
+
+fn unpadded(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let ld = pad4(cols);
+    (0..rows)
+        .flat_map(|r| m[r * ld..r * ld + cols].iter().copied())
+        .collect()
+}
+
+#[track_caller]
+fn assert_close(got: &[f32], want: &[f64], rel: f64, abs: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (f64::from(g) - w).abs();
+        assert!(
+            err <= abs + rel * w.abs(),
+            "{what}[{i}]: got {g}, want {w} (error {err:e})"
+        );
+    }
+}
+
+fn grid(lo: f32, hi: f32, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| lo + (hi - lo) * i as f32 / (n - 1) as f32)
+        .collect()
+}
+
+/// Each polynomial: generated code against its scalar twin (a few ulps: only FMA contraction
+/// may differ), and the twin against f64 within the documented accuracy.
+#[test]
+fn transcendentals_match_twins_and_f64() {
+    type Emit = fn(&mut Fx, Value) -> Value;
+    let gelu64 = |x: f64| 0.5 * x * (1.0 + crate::interp::erf(x / std::f64::consts::SQRT_2));
+    let gelu_grad64 = |x: f64| {
+        0.5 * (1.0 + crate::interp::erf(x / std::f64::consts::SQRT_2))
+            + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
+    };
+    let cases: Vec<(
+        &str,
+        Emit,
+        fn(f32) -> f32,
+        Box<dyn Fn(f64) -> f64>,
+        Vec<f32>,
+        f64,
+        f64,
+    )> = vec![
+        (
+            "exp",
+            math::exp,
+            math::scalar::exp,
+            Box::new(f64::exp),
+            grid(-80.0, 80.0, 4001),
+            1e-6,
+            0.0,
+        ),
+        (
+            "expm1",
+            math::expm1,
+            math::scalar::expm1,
+            Box::new(f64::exp_m1),
+            [grid(-20.0, 20.0, 4001), grid(-1e-3, 1e-3, 101)].concat(),
+            1e-6,
+            0.0,
+        ),
+        (
+            "ln",
+            math::ln,
+            math::scalar::ln,
+            Box::new(f64::ln),
+            [
+                grid(1e-3, 10.0, 4001),
+                grid(0.9, 1.1, 1001),
+                vec![1e-30, 1e30, 3e38],
+            ]
+            .concat(),
+            1e-6,
+            1e-7,
+        ),
+        (
+            "tanh",
+            math::tanh,
+            math::scalar::tanh,
+            Box::new(f64::tanh),
+            [grid(-12.0, 12.0, 4001), grid(-1e-3, 1e-3, 101)].concat(),
+            1e-6,
+            0.0,
+        ),
+        (
+            "sigmoid",
+            math::sigmoid,
+            math::scalar::sigmoid,
+            Box::new(|x: f64| 1.0 / (1.0 + (-x).exp())),
+            grid(-80.0, 40.0, 4001),
+            2e-6,
+            0.0,
+        ),
+        (
+            "gelu",
+            math::gelu,
+            math::scalar::gelu,
+            Box::new(gelu64),
+            grid(-9.0, 9.0, 4001),
+            2e-6,
+            1e-12,
+        ),
+        (
+            "gelu_grad",
+            math::gelu_grad,
+            math::scalar::gelu_grad,
+            Box::new(gelu_grad64),
+            grid(-9.0, 9.0, 4001),
+            2e-6,
+            1e-7,
+        ),
+    ];
+    for (name, emit, twin, reference, xs, rel, abs) in cases {
+        let probe = One::probe(emit);
+        let got = probe.map(&xs);
+        let twin_values: Vec<f64> = xs.iter().map(|&x| f64::from(twin(x))).collect();
+        assert_close(
+            &got,
+            &twin_values,
+            4e-7,
+            abs,
+            &format!("{name} jit vs twin"),
+        );
+        let twin_f32: Vec<f32> = xs.iter().map(|&x| twin(x)).collect();
+        let want: Vec<f64> = xs.iter().map(|&x| reference(f64::from(x))).collect();
+        assert_close(&twin_f32, &want, rel, abs, &format!("{name} twin vs f64"));
+    }
+}
+
+/// Dropout keep masks drawn in i32x4 lanes equal `rng::keep` for every element, including
+/// rows numbered from a non-zero first row, and both dropout kinds scale as documented.
+#[test]
+fn dropout_masks_match_rng_bit_for_bit() {
+    let (rows, width, row0, rate) = (9, 7, 13, 0.3f32);
+    let key = rng::dropout_key(5, rng::Stream::Train, 3, 2);
+    for alpha in [false, true] {
+        let k = One::new(&Kernel::Dropout {
+            convert: None,
+            width,
+            rate,
+            alpha,
+        });
+        let mut x = padded(&vec![1.0; rows * width], rows, width);
+        let mut y = vec![0.0; x.len()];
+        k.call(&[ptr(&mut x), ptr(&mut y)], rows, row0, key, &[]);
+        let (alpha_p, a, b) = alpha_dropout_constants(rate);
+        let mut kept = 0;
+        for r in 0..rows {
+            for c in 0..width {
+                let element = ((row0 + r) * width + c) as u32;
+                let keep = rng::keep(key, element, rate);
+                kept += usize::from(keep);
+                let want = match (alpha, keep) {
+                    (false, true) => 1.0 / (1.0 - rate),
+                    (false, false) => 0.0,
+                    (true, true) => a + b,
+                    (true, false) => a * alpha_p + b,
+                };
+                let got = y[r * pad4(width) + c];
+                assert!(
+                    (got - want).abs() <= 1e-6,
+                    "({r}, {c}): got {got}, want {want}"
+                );
+            }
+        }
+        assert!(kept > 0 && kept < rows * width, "the mask is not constant");
+    }
+}
+
+fn matmul_ref(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut out = vec![0.0f64; rows * n];
+    for r in 0..rows {
+        for t in 0..k {
+            let xv = f64::from(x[r * k + t]);
+            for j in 0..n {
+                out[r * n + j] += xv * f64::from(w[t * n + j]);
+            }
+        }
+    }
+    out
+}
+
+/// `x · W + b` with a fused activation on shapes that exercise every block kind: full 4×12
+/// blocks, 1 and 2 vector column remainders, single-row remainders, k remainders.
+#[test]
+fn dense_forward_matches_scalar_on_odd_shapes() {
+    let shapes = [
+        (1, 1, 1),
+        (3, 5, 7),
+        (5, 13, 9),
+        (7, 3, 13),
+        (9, 17, 25),
+        (33, 11, 10),
+        (4, 8, 24),
+    ];
+    for (i, &(rows, k, n)) in shapes.iter().enumerate() {
+        for activation in [None, Some(Activation::Elu { alpha: 1.0 })] {
+            let x = random(rows * k, i as u64, 1.0);
+            let w = random(k * n, 100 + i as u64, 1.0);
+            let b = random(n, 200 + i as u64, 1.0);
+            let kernel = One::new(&Kernel::Dense {
+                convert: None,
+                inputs: k,
+                units: n,
+                bias: true,
+                activation,
+                store_pre_activation: activation.is_some(),
+            });
+            let mut xp = padded(&x, rows, k);
+            let mut wp = padded(&w, k, n);
+            let mut bp = padded(&b, 1, n);
+            let mut y = vec![0.0; rows * pad4(n) + 16];
+            let mut z = vec![0.0; rows * pad4(n) + 16];
+            let mut args = vec![ptr(&mut xp), ptr(&mut wp), ptr(&mut bp), ptr(&mut y)];
+            if activation.is_some() {
+                args.push(ptr(&mut z));
+            }
+            kernel.call(&args, rows, 0, 0, &[]);
+            let pre: Vec<f64> = matmul_ref(&x, &w, rows, k, n)
+                .iter()
+                .enumerate()
+                .map(|(e, v)| v + f64::from(b[e % n]))
+                .collect();
+            let want: Vec<f64> = match activation {
+                None => pre.clone(),
+                Some(_) => pre
+                    .iter()
+                    .map(|&v| if v > 0.0 { v } else { v.exp_m1() })
+                    .collect(),
+            };
+            let what = format!("dense {rows}x{k}x{n} {activation:?}");
+            assert_close(&unpadded(&y, rows, n), &want, 1e-5, 1e-5, &what);
+            if activation.is_some() {
+                assert_close(&unpadded(&z, rows, n), &pre, 1e-5, 1e-5, &what);
+            }
+        }
+    }
+}
+
+/// The first layer converts u8 pixels itself, scaled or standardized.
+#[test]
+fn dense_forward_converts_pixels() {
+    let (rows, k, n) = (5, 19, 6);
+    let pixels: Vec<u8> = (0..rows * k).map(|i| (i * 37 % 256) as u8).collect();
+    let w = random(k * n, 1, 1.0);
+    let mean: Vec<f32> = (0..k).map(|i| 100.0 + i as f32).collect();
+    let std: Vec<f32> = (0..k).map(|i| 50.0 + 2.0 * i as f32).collect();
+    for standardize in [false, true] {
+        let kernel = One::new(&Kernel::Dense {
+            convert: Some(Convert {
+                features: k,
+                standardize,
+            }),
+            inputs: k,
+            units: n,
+            bias: false,
+            activation: None,
+            store_pre_activation: false,
+        });
+        let mut px = pixels.clone();
+        let mut mp = padded(&mean, 1, k);
+        let mut sp = padded(&std, 1, k);
+        let mut v0 = vec![0.0; rows * pad4(k) + 16];
+        let mut wp = padded(&w, k, n);
+        let mut y = vec![0.0; rows * pad4(n) + 16];
+        let mut args = vec![px.as_mut_ptr()];
+        if standardize {
+            args.extend([ptr(&mut mp), ptr(&mut sp)]);
+        }
+        args.extend([ptr(&mut v0), ptr(&mut wp), ptr(&mut y)]);
+        kernel.call(&args, rows, 0, 0, &[]);
+        let x: Vec<f32> = pixels
+            .iter()
+            .enumerate()
+            .map(|(e, &p)| {
+                let c = e % k;
+                if standardize {
+                    (f32::from(p) - mean[c]) / std[c]
+                } else {
+                    f32::from(p) * (1.0f64 / 255.0) as f32
+                }
+            })
+            .collect();
+        let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        assert_close(&unpadded(&v0, rows, k), &x64, 0.0, 0.0, "converted input");
+        let want = matmul_ref(&x, &w, rows, k, n);
+        assert_close(&unpadded(&y, rows, n), &want, 1e-5, 1e-5, "converted dense");
+    }
+}
+
+/// `dW = xᵀ·dy`, `db = Σ dy`, `dx = dy·Wᵀ` (through the transposed copy) on odd shapes,
+/// including a row count that is not a multiple of the 4-row block.
+#[test]
+fn dense_backward_matches_scalar() {
+    for (i, &(rows, k, n)) in [(1, 1, 1), (3, 5, 7), (7, 13, 9), (10, 6, 14), (32, 20, 12)]
+        .iter()
+        .enumerate()
+    {
+        let x = random(rows * k, 10 + i as u64, 1.0);
+        let dy = random(rows * n, 20 + i as u64, 1.0);
+        let w = random(k * n, 30 + i as u64, 1.0);
+        let transpose = One::new(&Kernel::Transpose { rows: k, cols: n });
+        let backward = One::new(&Kernel::DenseBackward {
+            inputs: k,
+            units: n,
+            bias: true,
+            input_grad: true,
+        });
+        let mut wp = padded(&w, k, n);
+        let mut wt = vec![0.0; n * pad4(k) + 16];
+        transpose.call(&[ptr(&mut wp), ptr(&mut wt)], 0, 0, 0, &[]);
+        let mut xp = padded(&x, rows, k);
+        let mut dyp = padded(&dy, rows, n);
+        let mut dw = vec![f32::NAN; k * pad4(n) + 16];
+        let mut db = vec![f32::NAN; pad4(n) + 16];
+        let mut dx = vec![f32::NAN; rows * pad4(k) + 16];
+        backward.call(
+            &[
+                ptr(&mut xp),
+                ptr(&mut dyp),
+                ptr(&mut wt),
+                ptr(&mut dw),
+                ptr(&mut db),
+                ptr(&mut dx),
+            ],
+            rows,
+            0,
+            0,
+            &[],
+        );
+        let mut want_dw = vec![0.0f64; k * n];
+        let mut want_db = vec![0.0f64; n];
+        let mut want_dx = vec![0.0f64; rows * k];
+        for r in 0..rows {
+            for j in 0..n {
+                let g = f64::from(dy[r * n + j]);
+                want_db[j] += g;
+                for t in 0..k {
+                    want_dw[t * n + j] += f64::from(x[r * k + t]) * g;
+                    want_dx[r * k + t] += g * f64::from(w[t * n + j]);
+                }
+            }
+        }
+        let what = format!("dense backward {rows}x{k}x{n}");
+        assert_close(&unpadded(&dw, k, n), &want_dw, 1e-5, 1e-5, &what);
+        assert_close(&db[..n], &want_db, 1e-5, 1e-5, &what);
+        assert_close(&unpadded(&dx, rows, k), &want_dx, 1e-5, 1e-5, &what);
+        // Padding lanes of the parameter gradient stay zero, which the optimizer relies on.
+        for t in 0..k {
+            assert!(dw[t * pad4(n) + n..(t + 1) * pad4(n)]
+                .iter()
+                .all(|&v| v == 0.0));
+        }
+    }
+}
+
+/// Softmax cross-entropy: mean loss, `(p - onehot)/n`, and the arg-max count.
+#[test]
+fn head_matches_scalar() {
+    let (rows, classes) = (11, 10);
+    let logits = random(rows * classes, 3, 5.0);
+    let labels: Vec<u8> = (0..rows).map(|r| (r * 7 % classes) as u8).collect();
+    let head = One::new(&Kernel::HeadLoss { classes });
+    let mut lp = padded(&logits, rows, classes);
+    let mut lab = labels.clone();
+    let mut grad = vec![f32::NAN; rows * pad4(classes) + 16];
+    let mut stats = vec![0.0f32; 4];
+    head.call(
+        &[
+            ptr(&mut lp),
+            lab.as_mut_ptr(),
+            ptr(&mut grad),
+            ptr(&mut stats),
+        ],
+        rows,
+        0,
+        0,
+        &[],
+    );
+    let mut loss = 0.0f64;
+    let mut correct = 0;
+    let mut want_grad = vec![0.0f64; rows * classes];
+    for r in 0..rows {
+        let row: Vec<f64> = logits[r * classes..(r + 1) * classes]
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let s: f64 = row.iter().map(|v| (v - m).exp()).sum();
+        let label = usize::from(labels[r]);
+        loss += s.ln() + m - row[label];
+        let argmax = row.iter().position(|&v| v == m).expect("a maximum");
+        correct += usize::from(argmax == label);
+        for c in 0..classes {
+            let p = (row[c] - m).exp() / s;
+            want_grad[r * classes + c] = (p - f64::from(u8::from(c == label))) / rows as f64;
+        }
+    }
+    assert_close(&stats[..1], &[loss / rows as f64], 1e-6, 0.0, "loss");
+    assert_eq!(stats[1] as usize, correct);
+    assert_close(
+        &unpadded(&grad, rows, classes),
+        &want_grad,
+        1e-5,
+        1e-7,
+        "dlogits",
+    );
+}
+
+/// Random pixels and labels for `rows` examples of `program`.
+fn data(program: &Program, rows: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut rng = SplitMix64::new(seed, 99, 1);
+    let pixels = (0..rows * program.input.features)
+        .map(|_| rng.below(256) as u8)
+        .collect();
+    let labels = (0..rows)
+        .map(|_| rng.below(program.input.classes) as u8)
+        .collect();
+    (pixels, labels)
+}
+
+/// `got` matches `want` within `rel` of each element's magnitude, with a floor of `rel` times
+/// 1% of the tensor's largest magnitude (so elements that cancel to nearly zero are compared
+/// on the tensor's scale) and an absolute floor of 1e-6.
+#[track_caller]
+fn assert_tensor_close(got: &[f32], want: &[f32], rel: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        // The absolute floor covers results that are zero in exact arithmetic (the gradient of a
+        // bias feeding batch norm) and that both backends round to different tiny noise.
+        let tol = rel * (w.abs() + 0.01 * scale) + 1e-6;
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}[{i}]: jit {g}, interp {w} (tolerance {tol:e}, scale {scale})"
+        );
+    }
+}
+
+fn slice(a: &ArrayD<f32>) -> Vec<f32> {
+    a.iter().copied().collect()
+}
+
+/// One training-mode pass without update: loss, correct count, every forward value the JIT
+/// keeps and every parameter gradient agree with the interpreter.
+fn check_grads(program: &Program, rows: usize) {
+    let mut jit = Jit::new(program, None).expect("jit builds");
+    let interp = Interp::new(program, None);
+    let (pixels, labels) = data(program, rows, 7);
+    let batch = Batch {
+        pixels: &pixels,
+        labels: &labels,
+    };
+    let got = jit.loss_and_grads(batch);
+    let want = interp.loss_and_grads(batch);
+    let name = &program.name;
+    assert_tensor_close(&[got.loss], &[want.loss], 1e-5, &format!("{name}: loss"));
+    assert_eq!(got.correct, want.correct, "{name}: correct");
+    let x = interp.executor().input(&pixels);
+    let values = interp
+        .executor()
+        .forward_values(x.view(), crate::interp::Pass::Train { step: 0 });
+    let mut compared = 0;
+    for (v, (g, w)) in got.values.iter().zip(&values).enumerate() {
+        if let Some(g) = g {
+            let (g, w): (Vec<f32>, Vec<f32>) =
+                (g.iter().copied().collect(), w.iter().copied().collect());
+            assert_tensor_close(&g, &w, 1e-4, &format!("{name}: v{v}"));
+            compared += 1;
+        }
+    }
+    assert!(
+        compared >= 2,
+        "{name}: at least the input and the logits are compared"
+    );
+    for (p, (g, w)) in got.grads.iter().zip(&want.grads).enumerate() {
+        match (g, w) {
+            (Some(g), Some(w)) => assert_tensor_close(
+                &slice(g),
+                &slice(w),
+                1e-4,
+                &format!("{name}: gradient of {}", program.params[p].name),
+            ),
+            (None, None) => {}
+            _ => panic!("{name}: p{p} has a gradient on one backend only"),
+        }
+    }
+}
+
+/// Twenty training steps on both backends (the last on a partial batch): every step's loss and
+/// correct count, then all parameters and optimizer slots, then predictions in inference and
+/// MC Dropout mode agree.
+fn check_training(program: &Program, steps: usize, rel: f32) {
+    let mut jit = Jit::new(program, None).expect("jit builds");
+    let mut interp = Interp::new(program, None);
+    let name = &program.name;
+    assert_eq!(jit.state(), interp.state(), "{name}: same initial state");
+    let batch = program.train.batch;
+    for step in 0..steps {
+        let rows = if step + 1 == steps {
+            batch / 2 + 1
+        } else {
+            batch
+        };
+        let (pixels, labels) = data(program, rows, 100 + step as u64);
+        let b = Batch {
+            pixels: &pixels,
+            labels: &labels,
+        };
+        let lr = program.train.optimizer.lr;
+        let got = jit.train_step(b, lr);
+        let want = interp.train_step(b, lr);
+        assert_tensor_close(
+            &[got.loss],
+            &[want.loss],
+            rel,
+            &format!("{name}: loss at step {step}"),
+        );
+    }
+    let (got, want) = (jit.state(), interp.state());
+    assert_eq!(got.step, want.step);
+    for (p, (g, w)) in got.params.iter().zip(&want.params).enumerate() {
+        let what = format!("{name}: {} after {steps} steps", program.params[p].name);
+        assert_tensor_close(&slice(g), &slice(w), rel, &what);
+        for (s, (gs, ws)) in got.slots[p].iter().zip(&want.slots[p]).enumerate() {
+            assert_tensor_close(
+                &slice(gs),
+                &slice(ws),
+                rel * 10.0,
+                &format!("{what}, slot {s}"),
+            );
+        }
+    }
+    let (pixels, _) = data(program, 2 * batch + 3, 5);
+    let classes = program.output_width();
+    let n = pixels.len() / program.input.features;
+    for mode in [Mode::Inference, Mode::McDropout { sample: 3 }] {
+        let mut a = vec![0.0; n * classes];
+        let mut b = vec![0.0; n * classes];
+        jit.predict(&pixels, mode, &mut a);
+        interp.predict(&pixels, mode, &mut b);
+        assert_tensor_close(&a, &b, rel, &format!("{name}: predict {mode:?}"));
+    }
+}
+
+fn named(mut p: Program, name: &str, batch: usize) -> Program {
+    p.name = name.into();
+    p.train.batch = batch;
+    p
+}
+
+const ACTIVATIONS: [Activation; 10] = [
+    Activation::Linear,
+    Activation::Relu,
+    Activation::LeakyRelu { alpha: 0.2 },
+    Activation::Elu { alpha: 1.0 },
+    Activation::Selu,
+    Activation::Gelu,
+    Activation::Swish,
+    Activation::Tanh,
+    Activation::Sigmoid,
+    Activation::Softmax,
+];
+
+/// Every activation, fused into a dense layer and standalone (after batch norm), forward and
+/// backward.
+#[test]
+fn every_activation_matches_interp() {
+    for act in ACTIVATIONS {
+        let fused = program(13, &[Layer::Dense(9), Layer::Act(act), Layer::Dense(5)]);
+        check_grads(&named(fused, &format!("fused {}", act.name()), 8), 7);
+        let standalone = program(
+            6,
+            &[
+                Layer::Dense(7),
+                Layer::BatchNorm,
+                Layer::Act(act),
+                Layer::Dense(3),
+            ],
+        );
+        check_grads(
+            &named(standalone, &format!("standalone {}", act.name()), 8),
+            8,
+        );
+    }
+}
+
+/// PReLU, batch norm, both dropouts, and ops before the first dense layer (which then get no
+/// backward step, or convert the input themselves).
+#[test]
+fn every_op_kind_matches_interp() {
+    let cases: Vec<(&str, Vec<Layer>)> = vec![
+        (
+            "prelu",
+            vec![Layer::Dense(6), Layer::Prelu, Layer::Dense(3)],
+        ),
+        ("prelu first", vec![Layer::Prelu, Layer::Dense(3)]),
+        (
+            "batch norm",
+            vec![
+                Layer::Dense(6),
+                Layer::BatchNorm,
+                Layer::Act(Activation::Relu),
+                Layer::Dense(3),
+            ],
+        ),
+        ("batch norm first", vec![Layer::BatchNorm, Layer::Dense(4)]),
+        (
+            "dropout",
+            vec![Layer::Dense(9), Layer::Dropout(0.3), Layer::Dense(3)],
+        ),
+        (
+            "dropout first",
+            vec![Layer::Dropout(0.2), Layer::Dense(5), Layer::Dense(3)],
+        ),
+        (
+            "alpha dropout",
+            vec![
+                Layer::Dense(10),
+                Layer::Act(Activation::Selu),
+                Layer::AlphaDropout(0.2),
+                Layer::Dense(3),
+            ],
+        ),
+        ("linear only", vec![Layer::Dense(4)]),
+        (
+            "deep",
+            vec![
+                Layer::Dense(17),
+                Layer::Act(Activation::Elu { alpha: 1.0 }),
+                Layer::Dense(13),
+                Layer::Act(Activation::Elu { alpha: 1.0 }),
+                Layer::Dense(10),
+            ],
+        ),
+    ];
+    for (name, layers) in cases {
+        let p = named(program(11, &layers), name, 8);
+        check_grads(&p, 8);
+        check_grads(&p, 5);
+    }
+}
+
+fn optimizers() -> Vec<(&'static str, OptimizerKind, f32)> {
+    vec![
+        (
+            "sgd",
+            OptimizerKind::Sgd {
+                momentum: 0.0,
+                nesterov: false,
+            },
+            0.05,
+        ),
+        (
+            "sgd momentum",
+            OptimizerKind::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+            },
+            0.05,
+        ),
+        (
+            "sgd nesterov",
+            OptimizerKind::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+            },
+            0.05,
+        ),
+        (
+            "adam",
+            OptimizerKind::Adam {
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-7,
+            },
+            1e-3,
+        ),
+        (
+            "adamw",
+            OptimizerKind::AdamW {
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-7,
+                weight_decay: 0.004,
+            },
+            1e-3,
+        ),
+        (
+            "nadam",
+            OptimizerKind::Nadam {
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-7,
+            },
+            1e-3,
+        ),
+        (
+            "rmsprop",
+            OptimizerKind::RmsProp {
+                rho: 0.9,
+                momentum: 0.0,
+                epsilon: 1e-7,
+                centered: false,
+            },
+            1e-3,
+        ),
+        (
+            "rmsprop momentum centered",
+            OptimizerKind::RmsProp {
+                rho: 0.9,
+                momentum: 0.5,
+                epsilon: 1e-7,
+                centered: true,
+            },
+            1e-3,
+        ),
+        (
+            "rmsprop centered",
+            OptimizerKind::RmsProp {
+                rho: 0.9,
+                momentum: 0.0,
+                epsilon: 1e-7,
+                centered: true,
+            },
+            1e-3,
+        ),
+        (
+            "adagrad",
+            OptimizerKind::Adagrad {
+                initial_accumulator: 0.1,
+                epsilon: 1e-7,
+            },
+            0.05,
+        ),
+    ]
+}
+
+/// Every optimizer for 20 steps on a model with batch norm and dropout, with and without
+/// clipping.
+#[test]
+fn every_optimizer_matches_interp_after_20_steps() {
+    for (name, kind, lr) in optimizers() {
+        for clipnorm in [None, Some(0.05)] {
+            // No bias before batch norm: its exact gradient is zero, and Adam-like rules would
+            // turn two backends' different rounding noise into full-size steps.
+            let mut p = program(
+                10,
+                &[
+                    Layer::DenseWith(DenseLayer {
+                        bias: false,
+                        ..DenseLayer::new(12)
+                    }),
+                    Layer::BatchNorm,
+                    Layer::Act(Activation::Relu),
+                    Layer::Dropout(0.25),
+                    Layer::Dense(6),
+                    Layer::Act(Activation::Tanh),
+                    Layer::Dense(4),
+                ],
+            );
+            p.train.optimizer.kind = kind;
+            p.train.optimizer.lr = lr;
+            p.train.optimizer.clipnorm = clipnorm;
+            check_training(&named(p, &format!("{name} clip {clipnorm:?}"), 8), 20, 1e-4);
+        }
+    }
+}
+
+/// L1/L2 penalties (in the loss and the gradient) and max-norm, with Adam and SGD.
+#[test]
+fn regularizers_and_max_norm_match_interp() {
+    for (kind, lr) in [
+        (
+            OptimizerKind::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+            },
+            0.05,
+        ),
+        (
+            OptimizerKind::Adam {
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-7,
+            },
+            1e-3,
+        ),
+    ] {
+        let dense = |units, l1, l2, max_norm| {
+            Layer::DenseWith(DenseLayer {
+                regularizer: Regularizer { l1, l2 },
+                max_norm,
+                ..DenseLayer::new(units)
+            })
+        };
+        let mut p = program(
+            9,
+            &[
+                dense(11, 1e-3, 0.0, Some(0.5)),
+                Layer::Act(Activation::Selu),
+                Layer::AlphaDropout(0.1),
+                dense(7, 0.0, 1e-2, None),
+                Layer::Prelu,
+                dense(5, 1e-3, 1e-3, Some(1.0)),
+            ],
+        );
+        p.train.optimizer.kind = kind;
+        p.train.optimizer.lr = lr;
+        check_training(
+            &named(p, &format!("regularized {}", kind.name()), 8),
+            20,
+            1e-4,
+        );
+    }
+}
+
+/// Predict tiles inputs larger than the batch; set_state round-trips through the padded layout.
+#[test]
+fn state_round_trips_and_predict_tiles() {
+    let p = named(
+        program(
+            7,
+            &[
+                Layer::Dense(5),
+                Layer::Act(Activation::Relu),
+                Layer::Dense(3),
+            ],
+        ),
+        "tiles",
+        4,
+    );
+    let mut jit = Jit::new(&p, None).expect("jit builds");
+    let mut state = jit.state();
+    state.params[0].mapv_inplace(|v| v * 2.0);
+    state.step = 5;
+    jit.set_state(&state);
+    assert_eq!(jit.state(), state);
+    let mut interp = Interp::new(&p, None);
+    interp.set_state(&state);
+    let (pixels, _) = data(&p, 11, 3);
+    let mut a = vec![0.0; 11 * 3];
+    let mut b = vec![0.0; 11 * 3];
+    jit.predict(&pixels, Mode::Inference, &mut a);
+    interp.predict(&pixels, Mode::Inference, &mut b);
+    assert_tensor_close(&a, &b, 1e-5, "tiled predict");
+}
+
+/// The golden CLIF of a program is produced for the fixed ISA and passes the verifier.
+#[test]
+fn clif_is_emitted_and_verified() {
+    let p = program(
+        10,
+        &[
+            Layer::Dense(8),
+            Layer::Act(Activation::Gelu),
+            Layer::Dropout(0.5),
+            Layer::Dense(3),
+        ],
+    );
+    let clif = emit_clif(&p).expect("clif");
+    assert!(
+        clif.contains("function u0:0(i64, i64, i64, i32, i64)"),
+        "{}",
+        &clif[..200]
+    );
+    assert!(clif.contains(" = fma "), "the fixed ISA has FMA");
+    assert!(clif.contains("; k0_dense_10x8_gelu"));
+    assert_eq!(clif, emit_clif(&p).expect("clif"), "deterministic");
+}
+
+/// The baseline shape: 3,072 inputs, 20 dense layers of 100 ELU units, 10 classes, Nadam,
+/// batch 32.
+fn baseline() -> Program {
+    let mut layers = Vec::new();
+    for _ in 0..20 {
+        layers.push(Layer::Dense(100));
+        layers.push(Layer::Act(Activation::Elu { alpha: 1.0 }));
+    }
+    layers.push(Layer::Dense(10));
+    let mut p = program(3072, &layers);
+    p.train.optimizer.kind = OptimizerKind::Nadam {
+        beta_1: 0.9,
+        beta_2: 0.999,
+        epsilon: 1e-7,
+    };
+    p.train.batch = 32;
+    named(p, "baseline", 32)
+}
+
+/// Compile time of the baseline and one training epoch (50,000 generated examples) on the JIT
+/// and the interpreter. Not asserted (timings belong to benchmarks); run with
+/// `cargo test --release -p netc-compiler jit::tests::baseline_timing -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing report; run in release with --ignored --nocapture"]
+fn baseline_timing() {
+    let p = baseline();
+    let builds: Vec<f64> = (0..5)
+        .map(|_| Jit::new(&p, None).expect("jit builds").compile_ms())
+        .collect();
+    let mut jit = Jit::new(&p, None).expect("jit builds");
+    println!(
+        "baseline: {} kernels, compile {:.1} ms (runs: {builds:.1?})",
+        jit.kernel_count(),
+        jit.compile_ms()
+    );
+    let examples = 50_000;
+    let (pixels, labels) = data(&p, examples, 1);
+    let features = p.input.features;
+    let epoch = |backend: &mut dyn Backend| {
+        let started = Instant::now();
+        let mut loss = 0.0;
+        for first in (0..examples).step_by(p.train.batch) {
+            let end = (first + p.train.batch).min(examples);
+            let batch = Batch {
+                pixels: &pixels[first * features..end * features],
+                labels: &labels[first..end],
+            };
+            loss = backend.train_step(batch, 1e-3).loss;
+        }
+        (started.elapsed().as_secs_f64(), loss)
+    };
+    let (jit_s, jit_loss) = epoch(&mut jit);
+    println!("jit epoch: {jit_s:.2} s (last loss {jit_loss:.4})");
+    let mut interp = Interp::new(&p, None);
+    let (interp_s, interp_loss) = epoch(&mut interp);
+    println!(
+        "interp epoch: {interp_s:.2} s (last loss {interp_loss:.4}); jit speed-up {:.1}x",
+        interp_s / jit_s
+    );
+}
+
+/// Per-phase time of baseline training steps, to see where a step goes.
+#[test]
+#[ignore = "timing report; run in release with --ignored --nocapture"]
+fn baseline_phase_timing() {
+    let p = baseline();
+    let mut jit = Jit::new(&p, None).expect("jit builds");
+    let (pixels, labels) = data(&p, 32, 1);
+    let batch = Batch {
+        pixels: &pixels,
+        labels: &labels,
+    };
+    let scalars = jit.update_scalars(1e-3);
+    let key = |_: u32| 0;
+    let steps = 300;
+    for (name, phase) in [
+        ("forward", Phase2::TrainForward),
+        ("backward", Phase2::Backward),
+        ("updates", Phase2::Updates),
+        ("transposes", Phase2::Transposes),
+    ] {
+        let started = Instant::now();
+        for _ in 0..steps {
+            jit.run(phase, 32, 0, batch, &key, &scalars);
+        }
+        let ms = started.elapsed().as_secs_f64() * 1e3 / steps as f64;
+        println!("{name}: {ms:.3} ms per step");
+    }
+}
+
+#[test]
+#[ignore = "prints machine code"]
+fn print_dense_disassembly() {
+    let k = Kernel::Dense {
+        convert: Some(Convert {
+            features: 3072,
+            standardize: false,
+        }),
+        inputs: 3072,
+        units: 100,
+        bias: true,
+        activation: None,
+        store_pre_activation: false,
+    };
+    println!("{}", module::disassemble(&k).expect("compiles"));
+}
+
+/// Time of each forward and backward call of a baseline step, by kernel.
+#[test]
+#[ignore = "timing report; run in release with --ignored --nocapture"]
+fn baseline_call_timing() {
+    let p = baseline();
+    let mut jit = Jit::new(&p, None).expect("jit builds");
+    let (pixels, labels) = data(&p, 32, 1);
+    let batch = Batch {
+        pixels: &pixels,
+        labels: &labels,
+    };
+    let scalars = jit.update_scalars(1e-3);
+    let names = kernel_names(&p);
+    for phase in [Phase2::TrainForward, Phase2::Backward] {
+        let all = match phase {
+            Phase2::TrainForward => jit.plan.train_forward.clone(),
+            _ => jit.plan.backward.clone(),
+        };
+        for (i, call) in all.iter().enumerate().take(4) {
+            jit.plan.train_forward = vec![call.clone()];
+            let started = Instant::now();
+            for _ in 0..300 {
+                jit.run(Phase2::TrainForward, 32, 0, batch, &|_| 0, &scalars);
+            }
+            let us = started.elapsed().as_secs_f64() * 1e6 / 300.0;
+            println!("call {i}: {} {us:.1} us", names[call.kernel.0]);
+        }
+        jit.plan.train_forward = all;
+    }
+}
+
+fn kernel_names(p: &Program) -> Vec<String> {
+    let mut sink = Collect::default();
+    plan(p, true, &mut sink).expect("plans");
+    sink.specs.iter().map(Kernel::name).collect()
+}

@@ -226,6 +226,15 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let summary = netc_runtime::run::run(&program, &args.spec, &opts, |p, stats| {
         make_backend(kind, p, stats)
     })?;
+    if !args.quiet {
+        let dir = Path::new(&summary.run_dir);
+        let history =
+            netc_runtime::report::read_history_csv(&dir.join(netc_runtime::run::HISTORY_FILE))?;
+        eprint!(
+            "{}",
+            netc_runtime::report::render_report(&summary, &history)
+        );
+    }
     if args.json {
         println!("{}", netc_runtime::report::summary_json_line(&summary)?);
     }

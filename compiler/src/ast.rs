@@ -414,6 +414,7 @@ impl Builder<'_> {
         }
         match name {
             "model" => {
+                self.expect_item(entry);
                 if let Some(v) = self.single_item_arg(entry, "a model name, like `model baseline`")
                 {
                     if let Some(id) = self.ident_value(v, "a model name") {
@@ -556,12 +557,14 @@ impl Builder<'_> {
                 units.as_ref()?;
             }
             LayerKindName::Dropout | LayerKindName::AlphaDropout => {
-                if entry.args.is_empty() {
-                    // The rate may come from a `defaults` block or from `{ rate: ... }`.
-                } else {
-                    rate_arg = self
-                        .single_item_arg(entry, usage)
-                        .and_then(|v| self.number_value(v));
+                // Without a value, the rate may come from a `defaults` block or `{ rate: ... }`.
+                // A value that is not a rate was reported; the layer is dropped so the checker
+                // does not also call its rate missing.
+                if !entry.args.is_empty() {
+                    rate_arg = Some(
+                        self.single_item_arg(entry, usage)
+                            .and_then(|v| self.number_value(v))?,
+                    );
                 }
             }
             LayerKindName::Activation => {
@@ -656,6 +659,9 @@ impl Builder<'_> {
             &["standardize", "scale"],
             "`input`",
         );
+        for flag in ["standardize", "scale"].iter().filter_map(|f| props.get(f)) {
+            self.no_block(flag);
+        }
         let standardize = props.get("standardize").map(|e| e.span);
         if let (Some(s), Some(scale)) = (standardize, props.get("scale")) {
             self.push(
@@ -695,6 +701,7 @@ impl Builder<'_> {
             "`train` block",
         );
         let loss = props.get("loss").and_then(|e| {
+            self.no_block(e);
             let (name, _) = self.named_prop(e, &[])?;
             if name.value != "cross_entropy" {
                 self.unknown(&name.value, name.span, "loss", ["cross_entropy"]);
@@ -815,6 +822,7 @@ impl Builder<'_> {
         let keys = ["monitor", "patience", "min_delta", "restore_best"];
         let props = self.props(entry.block.as_ref(), &keys, &[], "`early_stopping`");
         let monitor = props.get("monitor").and_then(|e| {
+            self.no_block(e);
             let (name, _) = self.named_prop(e, &[])?;
             if !["val_loss", "val_accuracy"].contains(&name.value.as_str()) {
                 self.unknown(
@@ -849,6 +857,7 @@ impl Builder<'_> {
             let props = self.props(e.block.as_ref(), &["sparsity", "method"], &[], "`prune`");
             if let Some(m) = props.get("method") {
                 // Magnitude pruning is the only method; naming it is allowed for clarity.
+                self.no_block(m);
                 self.named_prop(m, &["magnitude"]);
             }
             let Some(sparsity) = props.get("sparsity").and_then(|s| self.number_prop(s)) else {
@@ -887,6 +896,32 @@ impl Builder<'_> {
             "leaky_relu" | "elu" => {
                 let props = self.props(block, &["alpha"], &[], &context);
                 let alpha = props.get("alpha").and_then(|e| self.number_prop(e));
+                if let Some(a) = alpha
+                    .as_ref()
+                    .filter(|a| a.value <= 0.0 && name.value == "elu")
+                {
+                    self.push(
+                        Diag::error(
+                            "check::out_of_range",
+                            format!("ELU `alpha` must be above 0, not {}", a.value),
+                        )
+                        .with_label(a.span, "must be above 0")
+                        .with_help("use 1.0, the usual value"),
+                    );
+                }
+                if let Some(a) = alpha
+                    .as_ref()
+                    .filter(|a| a.value < 0.0 && name.value == "leaky_relu")
+                {
+                    self.push(
+                        Diag::error(
+                            "check::out_of_range",
+                            format!("leaky ReLU `alpha` must be at least 0, not {}", a.value),
+                        )
+                        .with_label(a.span, "the slope for negative inputs")
+                        .with_help("use a small positive slope such as 0.2"),
+                    );
+                }
                 if name.value == "elu" {
                     ActivationSpec::Elu {
                         alpha: alpha.map_or(1.0, |a| a.value),

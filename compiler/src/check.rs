@@ -26,7 +26,7 @@ pub const MAX_MC_SAMPLES: u64 = 10_000;
 /// Training images in CIFAR-10's training files.
 pub const CIFAR10_TRAIN: u64 = 50_000;
 
-/// Every lint: name, and what it is about (shown by `netc check --explain`-like docs).
+/// Every lint: its name (as written in `allow`) and what it is about.
 pub const LINTS: [(&str, &str); 11] = [
     (
         "symmetric_init",
@@ -208,7 +208,7 @@ impl Cx {
                 format!("{what} must be {range}, not {value}"),
             )
             .with_label(span, format!("must be {range}"))
-            .with_help(format!("write a {what} that is {range}")),
+            .with_help(format!("change it to a value {range}")),
         );
     }
 
@@ -397,7 +397,6 @@ impl Cx {
                         self.check_f64(&p.l1, "`l1` factor", |x| x >= 0.0, "at least 0");
                         self.check_f64(&p.l2, "`l2` factor", |x| x >= 0.0, "at least 0");
                         self.check_f64(&p.max_norm, "`max_norm`", |x| x > 0.0, "above 0");
-                        self.check_activation(&p.activation);
                         for init in [&p.init, &p.bias_init].into_iter().flatten() {
                             if let InitSpec::Normal { stddev, .. }
                             | InitSpec::TruncatedNormal { stddev, .. } = init.value
@@ -462,16 +461,6 @@ impl Cx {
             );
         }
         self.check_output(layers, input, width);
-    }
-
-    fn check_activation(&mut self, a: &Option<Spanned<ActivationSpec>>) {
-        if let Some(a) = a {
-            if let ActivationSpec::Elu { alpha } = a.value {
-                if alpha <= 0.0 {
-                    self.range_error(a.span, "ELU `alpha`", alpha, "above 0");
-                }
-            }
-        }
     }
 
     fn check_output(&mut self, layers: &[FlatLayer], input: &ir::Input, width: u64) {
@@ -599,6 +588,7 @@ impl Cx {
         let early_stopping = t.early_stopping.as_ref().map(|e| {
             let s = &e.value;
             self.check_f64(&s.min_delta, "`min_delta`", |x| x >= 0.0, "at least 0");
+            self.check_u64(&s.patience, "`patience`", 0, MAX_EPOCHS);
             ir::EarlyStopping {
                 monitor: match s.monitor.as_ref().map(|m| m.value.as_str()) {
                     Some("val_accuracy") => ir::Monitor::ValAccuracy,
@@ -766,8 +756,13 @@ impl Cx {
                         .with_help("give one rate before the first boundary and one after each"),
                     );
                 }
-                if values.value.iter().any(|&v| v <= 0.0) {
-                    self.range_error(values.span, "learning rate", "a value ≤ 0", "above 0");
+                if values.value.iter().any(|&v| v <= 0.0 || v > 10.0) {
+                    self.range_error(
+                        values.span,
+                        "every learning rate",
+                        "a value outside",
+                        "above 0 and at most 10",
+                    );
                 }
                 ir::Schedule::PiecewiseConstant {
                     boundaries: boundaries.value.iter().map(|&b| b as usize).collect(),
@@ -785,7 +780,17 @@ impl Cx {
                     (start_lr, "`start_lr`"),
                     (end_lr, "`end_lr`"),
                 ] {
-                    self.check_f64(v, what, |x| x > 0.0, "above 0");
+                    self.check_f64(v, what, |x| x > 0.0 && x <= 10.0, "above 0 and at most 10");
+                }
+                if let (Some(start), Some(max)) = (start_lr, max_lr) {
+                    if start.value >= max.value {
+                        self.diags.push(
+                            Diag::error("check::out_of_range", "1cycle must start below its peak")
+                                .with_label(start.span, format!("starts at {}", start.value))
+                                .with_label(max.span, format!("peaks at {}", max.value))
+                                .with_help("make `start_lr` smaller than `max_lr` (by default it is a tenth of it)"),
+                        );
+                    }
                 }
                 self.check_f64(
                     final_fraction,
@@ -809,6 +814,7 @@ impl Cx {
             } => {
                 self.check_f64(factor, "`factor`", |x| x > 0.0 && x < 1.0, "in (0, 1)");
                 self.check_f64(min_lr, "`min_lr`", |x| x >= 0.0, "at least 0");
+                self.check_u64(patience, "`patience`", 0, MAX_EPOCHS);
                 ir::Schedule::ReduceOnPlateau {
                     factor: factor.as_ref().map_or(0.1, |v| v.value as f32),
                     patience: patience.as_ref().map_or(10, |v| v.value.min(MAX_EPOCHS)) as usize,
@@ -977,7 +983,11 @@ impl Cx {
                 note,
             );
         }
-        let last = layers.len().saturating_sub(1);
+        // The output layer is the last dense layer (a standalone softmax may follow it).
+        let last = layers
+            .iter()
+            .rposition(|l| l.kind == LayerKindName::Dense)
+            .unwrap_or(0);
         for (i, l) in layers.iter().enumerate() {
             match l.kind {
                 LayerKindName::Dense if i < last => {

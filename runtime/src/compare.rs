@@ -151,7 +151,7 @@ fn run_names(run_dirs: &[PathBuf]) -> Vec<String> {
         .iter()
         .zip(run_dirs)
         .map(|(name, dir)| {
-            if seen[name.as_str()] > 1 {
+            if seen.get(name.as_str()).is_some_and(|&count| count > 1) {
                 dir.display().to_string()
             } else {
                 name.clone()

@@ -16,7 +16,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
-use crate::report::{atomic_write, History, ReportError};
+use crate::report::{atomic_write, EpochRecord, History, ReportError};
 
 /// Size in pixels of `plot_curves` and `plot_compare` images (two panels side by side).
 pub const PANELS_SIZE: (u32, u32) = (1400, 560);
@@ -281,10 +281,7 @@ fn draw_panel(area: &Area<'_>, epochs: i32, panel: &Panel<'_>) -> DrawResult {
     Ok(())
 }
 
-fn epoch_points(
-    history: &History,
-    value: impl Fn(&crate::report::EpochRecord) -> f64,
-) -> Vec<(i32, f64)> {
+fn epoch_points(history: &History, value: impl Fn(&EpochRecord) -> f64) -> Vec<(i32, f64)> {
     history
         .epochs
         .iter()
@@ -388,7 +385,7 @@ pub fn plot_compare(path: &Path, runs: &[(String, History)]) -> Result<(), PlotE
         });
     }
     let epochs = last_epoch(runs.iter().map(|(_, h)| h));
-    let curves = |value: fn(&crate::report::EpochRecord) -> f64| {
+    let curves = |value: fn(&EpochRecord) -> f64| {
         runs.iter()
             .enumerate()
             .map(|(i, (name, history))| Curve {

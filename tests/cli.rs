@@ -117,3 +117,197 @@ fn every_golden_error_case_exits_1_without_panicking() {
         }
     }
 }
+
+/// Writes a small generated data set in CIFAR-10's layout (400 training, 80 test images).
+fn synthetic_data(dir: &Path) -> std::path::PathBuf {
+    use netc_runtime::data::{write_synthetic, SyntheticFormat, SyntheticSpec};
+    let spec = SyntheticSpec {
+        records_per_file: 80,
+        seed: 7,
+        format: SyntheticFormat::Tarball,
+    };
+    write_synthetic(dir, &spec).expect("synthetic data")
+}
+
+/// A spec small enough to train in a second on generated data.
+const TINY_SPEC: &str = "model tiny\ninput cifar10 { standardize }\n\
+    defaults dense { init: lecun_normal, activation: selu }\n\
+    repeat 2 { dense 16 }\nalpha_dropout 0.1\ndense 10 { activation: softmax }\n\
+    train {\n  optimizer: nadam { lr: 1e-3 }\n  batch: 32\n  epochs: 3\n  validation: 80\n  seed: 1\n}\n\
+    evaluate { mc_dropout: 3 }\n";
+
+fn json_line(o: &Output) -> serde_json::Value {
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not one JSON line ({e}): {out}"))
+}
+
+#[test]
+fn run_eval_compare_and_lr_find_on_generated_data() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = synthetic_data(tmp.path());
+    let spec = tmp.path().join("tiny.net");
+    std::fs::write(&spec, TINY_SPEC).expect("write spec");
+    let (spec, data) = (spec.to_str().expect("utf-8"), data.to_str().expect("utf-8"));
+    let mut runs = Vec::new();
+    for backend in ["interp", "jit"] {
+        let out = tmp.path().join(format!("run-{backend}"));
+        let o = netc(&[
+            "run",
+            spec,
+            "--data",
+            data,
+            "--backend",
+            backend,
+            "--out",
+            out.to_str().expect("utf-8"),
+            "--json",
+            "--quiet",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let summary = json_line(&o);
+        for key in [
+            "spec",
+            "backend",
+            "epochs_run",
+            "best_epoch",
+            "best_val_acc",
+            "best_val_loss",
+            "test_acc",
+            "sec_per_epoch",
+            "compile_ms",
+            "peak_rss_mb",
+            "run_dir",
+            "mc_test_acc",
+        ] {
+            assert!(summary.get(key).is_some(), "{key} missing from {summary}");
+        }
+        assert_eq!(summary["backend"], backend);
+        assert_eq!(summary["epochs_run"], 3);
+        for file in [
+            "spec.net",
+            "history.csv",
+            "summary.json",
+            "curves.png",
+            "weights.safetensors",
+        ] {
+            assert!(
+                out.join(file).is_file(),
+                "{file} missing from the run directory"
+            );
+        }
+        runs.push((out, summary));
+    }
+    // Both backends train the same model from the same seed on the same batches and masks.
+    let acc = |s: &serde_json::Value| s["test_acc"].as_f64().expect("number");
+    assert!(
+        (acc(&runs[0].1) - acc(&runs[1].1)).abs() < 0.02,
+        "{} vs {}",
+        runs[0].1,
+        runs[1].1
+    );
+
+    let run_dir = runs[1].0.to_str().expect("utf-8");
+    let o = netc(&["eval", run_dir, "--data", data, "--mc", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("MC Dropout (4 samples)"), "{out}");
+
+    let cmp = tmp.path().join("cmp");
+    let o = netc(&[
+        "compare",
+        runs[0].0.to_str().expect("utf-8"),
+        run_dir,
+        "--out",
+        cmp.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(cmp.join("compare.png").is_file() && cmp.join("compare.md").is_file());
+
+    let lr_out = tmp.path().join("lr");
+    let o = netc(&[
+        "lr-find",
+        spec,
+        "--data",
+        data,
+        "--steps",
+        "60",
+        "--min",
+        "1e-5",
+        "--max",
+        "1",
+        "--out",
+        lr_out.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r = json_line(&o);
+    let suggested = r["suggested_lr"].as_f64().expect("number");
+    assert!((1e-5..=1.0).contains(&suggested), "{r}");
+    assert!(lr_out.join("lr_find.png").is_file());
+}
+
+#[test]
+fn a_run_never_overwrites_and_bad_data_is_a_diagnostic() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let spec = tmp.path().join("tiny.net");
+    std::fs::write(&spec, TINY_SPEC).expect("write spec");
+    let o = netc(&[
+        "run",
+        spec.to_str().expect("utf-8"),
+        "--data",
+        "/nonexistent/cifar",
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("netc::data::"), "{}", stderr(&o));
+    assert_no_panic(&o);
+    let o = netc(&[
+        "run",
+        spec.to_str().expect("utf-8"),
+        "--out",
+        tmp.path().to_str().expect("utf-8"),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_no_panic(&o);
+    for args in [
+        vec!["run", "specs/baseline.net", "--epochs", "0"],
+        vec!["run", "specs/baseline.net", "--backend", "tpu"],
+    ] {
+        let o = netc(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert_no_panic(&o);
+    }
+}
+
+/// The acceptance check of the exercise's baseline: two epochs on the real CIFAR-10 reach 35%
+/// validation accuracy. Runs only when `NETC_DATA` points at the data (CI sets it).
+#[test]
+fn baseline_reaches_35_percent_in_two_epochs_on_real_data() {
+    let Some(data) = std::env::var_os("NETC_DATA") else {
+        eprintln!("NETC_DATA is not set: skipping the real-data run");
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let out = tmp.path().join("baseline");
+    let o = netc(&[
+        "run",
+        "specs/baseline.net",
+        "--epochs",
+        "2",
+        "--data",
+        data.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--json",
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let summary = json_line(&o);
+    let acc = summary["best_val_acc"].as_f64().expect("number");
+    assert!(
+        acc >= 0.35,
+        "validation accuracy {acc} after 2 epochs: {summary}"
+    );
+}

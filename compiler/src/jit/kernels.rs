@@ -508,9 +508,9 @@ fn emit_dense(
         slot - 1
     };
     let w = fx.arg(next());
-    let b = bias.then(|| next()).map(|s| fx.arg(s));
+    let b = bias.then(&mut next).map(|s| fx.arg(s));
     let y = fx.arg(next());
-    let z = store_pre_activation.then(|| next()).map(|s| fx.arg(s));
+    let z = store_pre_activation.then(next).map(|s| fx.arg(s));
     let n = pad4(units);
     emit_matmul(
         fx,
@@ -1061,10 +1061,10 @@ fn emit_dense_backward(fx: &mut Fx, inputs: usize, units: usize, bias: bool, inp
         slot += 1;
         slot - 1
     };
-    let wt = input_grad.then(|| next()).map(|s| fx.arg(s));
+    let wt = input_grad.then(&mut next).map(|s| fx.arg(s));
     let dw = fx.arg(next());
-    let db = bias.then(|| next()).map(|s| fx.arg(s));
-    let dx = input_grad.then(|| next()).map(|s| fx.arg(s));
+    let db = bias.then(&mut next).map(|s| fx.arg(s));
+    let dx = input_grad.then(next).map(|s| fx.arg(s));
     let n = pad4(units);
     let in_pad = pad4(inputs);
     emit_matmul(

@@ -7,8 +7,8 @@
 //! makes the same loop nest serve `x · W` (A = x), `xᵀ · dy` (A = x read down its columns) and
 //! `dy · Wᵀ` (B = the transposed kernel copy). Blocks are 4 rows × 3 vectors (12 accumulators,
 //! leaving 4 of x64's 16 XMM registers for the 3 `B` vectors and one broadcast); the column
-//! remainder (1 or 2 vectors) and the row remainder (single rows) get their own blocks. The `k`
-//! loop is unrolled 4 times with a static or looped remainder. Nothing here knows about layers.
+//! remainder (1 or 2 vectors) and the row remainder (single rows) get their own blocks. Nothing
+//! here knows about layers.
 
 use cranelift_codegen::ir::{MemFlagsData, Value};
 
@@ -71,7 +71,6 @@ pub struct MatMul {
 
 const MR: usize = 4;
 const NR: usize = 3;
-const K_UNROLL: usize = 1;
 
 pub fn emit_matmul(fx: &mut Fx, mm: &MatMul) {
     debug_assert_eq!(mm.n % 4, 0, "matmul columns are padded to whole vectors");
@@ -117,42 +116,34 @@ fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, j: Value, mr: usize, nr: usize
     let ap = fx.var(ptr_ty, a0);
     let bp = fx.var(ptr_ty, b0);
 
-    // One step of the k loop over `steps` consecutive values of t, then the pointer bumps.
-    let step = |fx: &mut Fx, steps: usize| {
+    // One step of the k loop (one value of t), then the pointer bumps.
+    let step = |fx: &mut Fx| {
         let pa = fx.get(ap);
         let pb = fx.get(bp);
-        for u in 0..steps {
-            let bv: Vec<Value> = (0..nr)
-                .map(|q| fx.load4(ro(), pb, (u * mm.ldb + 4 * q) as i64))
-                .collect();
-            for (r, row) in acc.iter().enumerate() {
-                let av = fx.bcast(mm.a_flags, pa, (r * mm.a_row + u * mm.a_col) as i64);
-                for (q, var) in row.iter().enumerate() {
-                    let c = fx.get(*var);
-                    let c = fx.fma(av, bv[q], c);
-                    fx.set(*var, c);
-                }
+        let bv: Vec<Value> = (0..nr)
+            .map(|q| fx.load4(ro(), pb, (4 * q) as i64))
+            .collect();
+        for (r, row) in acc.iter().enumerate() {
+            let av = fx.bcast(mm.a_flags, pa, (r * mm.a_row) as i64);
+            for (q, var) in row.iter().enumerate() {
+                let c = fx.get(*var);
+                let c = fx.fma(av, bv[q], c);
+                fx.set(*var, c);
             }
         }
-        let pa = fx.add_imm(pa, (steps * mm.a_col * 4) as i64);
-        let pb = fx.add_imm(pb, (steps * mm.ldb * 4) as i64);
+        let pa = fx.add_imm(pa, (mm.a_col * 4) as i64);
+        let pb = fx.add_imm(pb, (mm.ldb * 4) as i64);
         fx.set(ap, pa);
         fx.set(bp, pb);
     };
 
+    // The k loop is not unrolled: with 4 steps per iteration the e-graph elaborates each
+    // accumulator's whole chain at once and keeps all 12 `B` vectors of the 4 steps live, which
+    // spills the accumulators (measured); one step keeps 12 accumulators, 3 `B` vectors and one
+    // broadcast within the 16 XMM registers.
     let zero_i = fx.iconst(0);
     let k_limit = mm.k.value(fx);
-    let rest = fx.loop_up(zero_i, k_limit, K_UNROLL as i64, |fx, _| step(fx, K_UNROLL));
-    match mm.k {
-        Dim::Static(k) => {
-            for _ in 0..k % K_UNROLL {
-                step(fx, 1);
-            }
-        }
-        Dim::Rows => {
-            fx.loop_up(rest, k_limit, 1, |fx, _| step(fx, 1));
-        }
-    }
+    fx.loop_up(zero_i, k_limit, 1, |fx, _| step(fx));
 
     let c0 = fx.offset(mm.c, i, (mm.ldc * 4) as i64);
     let c0 = fx.offset(c0, j, 4);

@@ -382,8 +382,8 @@ fn forward(
     let ops = &ctx.program.ops;
     let mut cur = ctx.values.to_vec();
     let mut calls = Vec::new();
-    let mut pending = if std::env::var("NETC_SPLIT").is_ok() { None } else { Some(ctx.convert) };
-    if pending.is_none() || ops.first().is_none_or(|op| is_identity(&op.kind, phase)) {
+    let mut pending = Some(ctx.convert);
+    if ops.first().is_none_or(|op| is_identity(&op.kind, phase)) {
         let kernel = sink.kernel(Kernel::Convert(ctx.convert))?;
         calls.push(Call {
             kernel,
@@ -503,9 +503,7 @@ fn forward(
             args,
             key,
         });
-        for v in i + 1..=i + consumed {
-            cur[v] = ctx.values[v];
-        }
+        cur[i + 1..=i + consumed].copy_from_slice(&ctx.values[i + 1..=i + consumed]);
         i += consumed;
     }
     Ok((calls, cur))

@@ -125,108 +125,126 @@ fn grid(lo: f32, hi: f32, n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// One transcendental under test: its emitter, scalar twin, f64 reference, sample points and
+/// tolerance of the twin against f64.
+struct MathCase {
+    name: &'static str,
+    emit: fn(&mut Fx, Value) -> Value,
+    twin: fn(f32) -> f32,
+    reference: fn(f64) -> f64,
+    xs: Vec<f32>,
+    rel: f64,
+    abs: f64,
+}
+
+fn gelu64(x: f64) -> f64 {
+    0.5 * x * (1.0 + crate::interp::erf(x / std::f64::consts::SQRT_2))
+}
+
+fn gelu_grad64(x: f64) -> f64 {
+    0.5 * (1.0 + crate::interp::erf(x / std::f64::consts::SQRT_2))
+        + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
+}
+
 /// Each polynomial: generated code against its scalar twin (a few ulps: only FMA contraction
 /// may differ), and the twin against f64 within the documented accuracy.
 #[test]
 fn transcendentals_match_twins_and_f64() {
-    type Emit = fn(&mut Fx, Value) -> Value;
-    let gelu64 = |x: f64| 0.5 * x * (1.0 + crate::interp::erf(x / std::f64::consts::SQRT_2));
-    let gelu_grad64 = |x: f64| {
-        0.5 * (1.0 + crate::interp::erf(x / std::f64::consts::SQRT_2))
-            + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
-    };
-    let cases: Vec<(
-        &str,
-        Emit,
-        fn(f32) -> f32,
-        Box<dyn Fn(f64) -> f64>,
-        Vec<f32>,
-        f64,
-        f64,
-    )> = vec![
-        (
-            "exp",
-            math::exp,
-            math::scalar::exp,
-            Box::new(f64::exp),
-            grid(-80.0, 80.0, 4001),
-            1e-6,
-            0.0,
-        ),
-        (
-            "expm1",
-            math::expm1,
-            math::scalar::expm1,
-            Box::new(f64::exp_m1),
-            [grid(-20.0, 20.0, 4001), grid(-1e-3, 1e-3, 101)].concat(),
-            1e-6,
-            0.0,
-        ),
-        (
-            "ln",
-            math::ln,
-            math::scalar::ln,
-            Box::new(f64::ln),
-            [
+    let cases = [
+        MathCase {
+            name: "exp",
+            emit: math::exp,
+            twin: math::scalar::exp,
+            reference: f64::exp,
+            xs: grid(-80.0, 80.0, 4001),
+            rel: 1e-6,
+            abs: 0.0,
+        },
+        MathCase {
+            name: "expm1",
+            emit: math::expm1,
+            twin: math::scalar::expm1,
+            reference: f64::exp_m1,
+            xs: [grid(-20.0, 20.0, 4001), grid(-1e-3, 1e-3, 101)].concat(),
+            rel: 1e-6,
+            abs: 0.0,
+        },
+        MathCase {
+            name: "ln",
+            emit: math::ln,
+            twin: math::scalar::ln,
+            reference: f64::ln,
+            xs: [
                 grid(1e-3, 10.0, 4001),
                 grid(0.9, 1.1, 1001),
                 vec![1e-30, 1e30, 3e38],
             ]
             .concat(),
-            1e-6,
-            1e-7,
-        ),
-        (
-            "tanh",
-            math::tanh,
-            math::scalar::tanh,
-            Box::new(f64::tanh),
-            [grid(-12.0, 12.0, 4001), grid(-1e-3, 1e-3, 101)].concat(),
-            1e-6,
-            0.0,
-        ),
-        (
-            "sigmoid",
-            math::sigmoid,
-            math::scalar::sigmoid,
-            Box::new(|x: f64| 1.0 / (1.0 + (-x).exp())),
-            grid(-80.0, 40.0, 4001),
-            2e-6,
-            0.0,
-        ),
-        (
-            "gelu",
-            math::gelu,
-            math::scalar::gelu,
-            Box::new(gelu64),
-            grid(-9.0, 9.0, 4001),
-            2e-6,
-            1e-12,
-        ),
-        (
-            "gelu_grad",
-            math::gelu_grad,
-            math::scalar::gelu_grad,
-            Box::new(gelu_grad64),
-            grid(-9.0, 9.0, 4001),
-            2e-6,
-            1e-7,
-        ),
+            rel: 1e-6,
+            abs: 1e-7,
+        },
+        MathCase {
+            name: "tanh",
+            emit: math::tanh,
+            twin: math::scalar::tanh,
+            reference: f64::tanh,
+            xs: [grid(-12.0, 12.0, 4001), grid(-1e-3, 1e-3, 101)].concat(),
+            rel: 1e-6,
+            abs: 0.0,
+        },
+        MathCase {
+            name: "sigmoid",
+            emit: math::sigmoid,
+            twin: math::scalar::sigmoid,
+            reference: |x| 1.0 / (1.0 + (-x).exp()),
+            xs: grid(-80.0, 40.0, 4001),
+            rel: 2e-6,
+            abs: 0.0,
+        },
+        MathCase {
+            name: "gelu",
+            emit: math::gelu,
+            twin: math::scalar::gelu,
+            reference: gelu64,
+            xs: grid(-9.0, 9.0, 4001),
+            rel: 2e-6,
+            abs: 1e-12,
+        },
+        MathCase {
+            name: "gelu_grad",
+            emit: math::gelu_grad,
+            twin: math::scalar::gelu_grad,
+            reference: gelu_grad64,
+            xs: grid(-9.0, 9.0, 4001),
+            rel: 2e-6,
+            abs: 1e-7,
+        },
     ];
-    for (name, emit, twin, reference, xs, rel, abs) in cases {
-        let probe = One::probe(emit);
-        let got = probe.map(&xs);
-        let twin_values: Vec<f64> = xs.iter().map(|&x| f64::from(twin(x))).collect();
+    for case in cases {
+        let name = case.name;
+        let probe = One::probe(case.emit);
+        let got = probe.map(&case.xs);
+        let twin: Vec<f32> = case.xs.iter().map(|&x| (case.twin)(x)).collect();
+        let twin64: Vec<f64> = twin.iter().map(|&v| f64::from(v)).collect();
         assert_close(
             &got,
-            &twin_values,
+            &twin64,
             4e-7,
-            abs,
+            case.abs,
             &format!("{name} jit vs twin"),
         );
-        let twin_f32: Vec<f32> = xs.iter().map(|&x| twin(x)).collect();
-        let want: Vec<f64> = xs.iter().map(|&x| reference(f64::from(x))).collect();
-        assert_close(&twin_f32, &want, rel, abs, &format!("{name} twin vs f64"));
+        let want: Vec<f64> = case
+            .xs
+            .iter()
+            .map(|&x| (case.reference)(f64::from(x)))
+            .collect();
+        assert_close(
+            &twin,
+            &want,
+            case.rel,
+            case.abs,
+            &format!("{name} twin vs f64"),
+        );
     }
 }
 

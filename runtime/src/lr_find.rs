@@ -136,8 +136,11 @@ pub fn lr_find(
     }
 }
 
-/// The rate at the smoothed loss's minimum, and where it fell fastest before that.
+/// The rate at the smoothed loss's minimum, and where it fell fastest before that. The slope is
+/// taken over a window of `SLOPE_WINDOW` steps and the first tenth of the sweep is skipped: there
+/// the moving average is still settling and step-to-step noise would look like a steep fall.
 fn landmarks(lrs: &[f32], smoothed: &[f32]) -> (f32, f32) {
+    const SLOPE_WINDOW: usize = 5;
     let Some((min_i, _)) = smoothed
         .iter()
         .enumerate()
@@ -145,10 +148,11 @@ fn landmarks(lrs: &[f32], smoothed: &[f32]) -> (f32, f32) {
     else {
         return (f32::NAN, f32::NAN);
     };
-    let mut steepest = (0.0f32, lrs[0]);
-    for i in 1..=min_i {
-        let dlog = (lrs[i] / lrs[i - 1]).ln();
-        let slope = (smoothed[i] - smoothed[i - 1]) / dlog;
+    let start = (lrs.len() / 10).max(SLOPE_WINDOW);
+    let mut steepest = (0.0f32, lrs[min_i]);
+    for i in start..=min_i {
+        let dlog = (lrs[i] / lrs[i - SLOPE_WINDOW]).ln();
+        let slope = (smoothed[i] - smoothed[i - SLOPE_WINDOW]) / dlog;
         if slope < steepest.0 {
             steepest = (slope, lrs[i]);
         }
@@ -186,7 +190,8 @@ mod tests {
     use super::*;
     use netc_compiler::backend::{Batch, Mode, StepStats, TrainState};
 
-    /// A backend whose loss is a bowl in log(lr): minimal at lr 1e-2, exploding above 1e-1.
+    /// A backend with the loss curve of a real range test, in log10(lr): flat below 1e-4, falling
+    /// steadily to its minimum at 1e-2, then exploding, NaN above 0.3.
     struct Bowl;
 
     impl Backend for Bowl {
@@ -194,11 +199,15 @@ mod tests {
             "bowl"
         }
         fn train_step(&mut self, _: Batch<'_>, lr: f32) -> StepStats {
-            let x = (lr.log10() + 2.0).abs();
+            let l = lr.log10();
             let loss = if lr > 0.3 {
                 f32::NAN
+            } else if l < -4.0 {
+                2.3
+            } else if l < -2.0 {
+                2.3 - (l + 4.0) * 0.65
             } else {
-                1.0 + x * x * x.max(1.0)
+                1.0 + (l + 2.0) * (l + 2.0) * 10.0
             };
             StepStats { loss, correct: 0 }
         }
@@ -251,6 +260,12 @@ mod tests {
         assert_eq!(r.stop, LrFindStop::Exploded);
         assert!(r.lrs.len() < 400 && r.lrs.len() > 300, "{}", r.lrs.len());
         assert!(reasoning(&r).contains("fell fastest"));
+        // The curve falls fastest on its descent, between 1e-4 and its minimum.
+        assert!(
+            (1e-4..1e-2).contains(&r.steepest_lr),
+            "{}",
+            r.steepest_lr
+        );
     }
 
     #[test]

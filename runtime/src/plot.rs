@@ -481,13 +481,21 @@ pub fn plot_lr_find(
     } else {
         lr_lo / 2.0..lr_hi * 2.0
     };
-    let mut y = padded_range(raw.iter().chain(&smooth).map(|p| p.1));
-    if let Some(&(_, first)) = smooth.iter().find(|p| p.1.is_finite()) {
-        let cap = y.start + 2.0 * (first - y.start);
-        if cap > y.start && cap < y.end {
-            y.end = cap;
+    // The range comes from the smoothed curve alone: from its minimum up to twice the first
+    // value's distance from it. The raw losses of the last steps can be thousands of times
+    // larger, and letting them into the range would flatten everything that matters.
+    let lowest = smooth
+        .iter()
+        .map(|p| p.1)
+        .filter(|v| v.is_finite())
+        .fold(f64::INFINITY, f64::min);
+    let first = smooth.iter().map(|p| p.1).find(|v| v.is_finite());
+    let mut y = match first {
+        Some(first) if first > lowest => {
+            padded_range([lowest, lowest + 2.0 * (first - lowest)].into_iter())
         }
-    }
+        _ => padded_range(raw.iter().chain(&smooth).map(|p| p.1)),
+    };
     // plotters pins points outside the range to its edge, which would draw a false plateau along
     // the top; each excursion keeps its first point (so the line visibly leaves the chart) and
     // becomes a gap after it.

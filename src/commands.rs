@@ -62,6 +62,10 @@ pub enum Command {
     },
     /// Learning-rate range test: grow the rate every step and watch the loss.
     LrFind(LrFindArgs),
+    /// Time a spec's training step and inference on generated data of the real shape.
+    Bench(BenchArgs),
+    /// Train one run per combination of parameter values and tabulate them.
+    Sweep(SweepArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -115,6 +119,26 @@ pub struct LrFindArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Print the result as one JSON line on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    spec: PathBuf,
+    /// Batch size (default: the spec's).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    batch: Option<u64>,
+    /// Which executor to time.
+    #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
+    backend: BackendKind,
+    /// Training steps per timed repetition.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    steps: u64,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+    repeats: u64,
+    /// Print the report as one JSON line on stdout.
     #[arg(long)]
     json: bool,
 }
@@ -196,6 +220,8 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::LrFind(args) => lr_find(args),
+        Command::Bench(args) => bench(args),
+        Command::Sweep(args) => sweep(args),
     }
 }
 
@@ -396,6 +422,50 @@ fn lr_find(args: LrFindArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn bench(args: BenchArgs) -> Result<ExitCode> {
+    let Some(program) = program_of(&args.spec)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let opts = netc_runtime::bench::BenchOptions {
+        batch: args.batch.map(|b| b as usize),
+        steps: args.steps as usize,
+        repeats: args.repeats as usize,
+    };
+    let spec = args.spec.display().to_string();
+    let kind = args.backend;
+    let r = netc_runtime::bench::bench(&program, &spec, &opts, |p, s| make_backend(kind, p, s))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&r).map_err(|e| miette!("cannot render the report: {e}"))?
+        );
+    } else {
+        println!("{} on {}, batch {}", r.spec, r.backend, r.batch);
+        println!("  compile        {:>10.1} ms", r.compile_ms);
+        println!(
+            "  train step     {:>10.3} ms (median of {} runs of {} steps)",
+            r.step_ms,
+            r.step_ms_runs.len(),
+            opts.steps
+        );
+        println!(
+            "  epoch          {:>10.2} s  ({} images)",
+            r.sec_per_epoch,
+            netc_runtime::bench::EPOCH_IMAGES
+        );
+        println!(
+            "  throughput     {:>10.1} GFLOP/s ({:.1} MFLOP per step)",
+            r.gflops,
+            r.flops_per_step / 1e6
+        );
+        println!(
+            "  predict        {:>10.0} ms per 10,000 images",
+            r.predict_ms_per_10k
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The program of a spec that compiled; `None` after its errors were printed.
 fn program_of(path: &Path) -> Result<Option<Program>> {
     let (compiled, ok) = front_end(path)?;
@@ -471,4 +541,160 @@ fn plural(n: usize, what: &str) -> String {
     } else {
         format!("{n} {what}s")
     }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SweepArgs {
+    spec: PathBuf,
+    /// `PATH=VALUE[,VALUE...]`: the values one parameter takes, e.g.
+    /// `train.optimizer.lr=1e-4,3e-4`; repeat for a grid. Paths: docs/language.md, "Addressing
+    /// parameters (`--set`)".
+    #[arg(long = "set", value_name = "PATH=VALUES", required = true, value_parser = parse_set)]
+    set: Vec<netc_compiler::overrides::SetArg>,
+    #[command(flatten)]
+    common: DataArgs,
+    /// Train every run this many epochs instead of the spec's.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    epochs: Option<u64>,
+    /// Runs at once, each in its own process.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    jobs: u64,
+    /// Sweep directory (default: runs/sweep-<model>-<UTC time>); never overwritten.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// clap's parser for `--set`: a malformed argument is a usage error (exit code 2).
+fn parse_set(arg: &str) -> std::result::Result<netc_compiler::overrides::SetArg, String> {
+    netc_compiler::overrides::SetArg::parse(arg).map_err(|e| {
+        let help = miette::Diagnostic::help(&e).map(|h| format!("\n  help: {h}"));
+        format!("{e}{}", help.unwrap_or_default())
+    })
+}
+
+fn sweep(args: SweepArgs) -> Result<ExitCode> {
+    use netc_compiler::overrides;
+    use netc_runtime::sweep::{self, Axis, PlannedRun, SweepOptions};
+
+    let (base, ok) = front_end(&args.spec)?;
+    let Some(program) = base.program.as_ref().filter(|_| ok) else {
+        return Ok(ExitCode::from(1));
+    };
+    let source = std::fs::read_to_string(&args.spec).map_err(|e| {
+        miette!(
+            code = "netc::io::read",
+            "cannot read `{}`: {e}",
+            args.spec.display()
+        )
+    })?;
+    let mut paths: Vec<String> = Vec::new();
+    for set in &args.set {
+        let full = overrides::resolve(&source, &set.path)?;
+        if paths.contains(&full) {
+            return Err(overrides::OverrideError::Duplicate {
+                what: "the parameter",
+                item: full,
+            }
+            .into());
+        }
+        paths.push(full);
+    }
+    let axes: Vec<Axis> = sweep::column_names(&paths)
+        .into_iter()
+        .zip(paths)
+        .zip(&args.set)
+        .map(|((name, path), set)| Axis {
+            name,
+            path,
+            values: set.values.clone(),
+        })
+        .collect();
+
+    // Every combination is rewritten and checked before anything runs or is written.
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let base_warnings: Vec<(&str, &str)> = base
+        .diags
+        .iter()
+        .map(|d| (d.code.as_str(), d.message.as_str()))
+        .collect();
+    let mut planned = Vec::new();
+    let mut failed = 0;
+    for combination in sweep::grid(&axes) {
+        let text = overrides::apply_all(&source, &combination.values)?;
+        let compiled = netc_compiler::compile(&text);
+        let news = compiled.has_errors()
+            || compiled
+                .diags
+                .iter()
+                .any(|d| !base_warnings.contains(&(d.code.as_str(), d.message.as_str())));
+        if news {
+            let name = format!("{} [{}]", args.spec.display(), combination.label);
+            eprint!(
+                "{}",
+                diagnostics::render(&name, &text, &compiled.diags, DIAGNOSTIC_WIDTH, color)
+            );
+        }
+        if compiled.has_errors() {
+            failed += 1;
+        }
+        planned.push(PlannedRun {
+            combination,
+            spec_text: text,
+        });
+    }
+    if failed > 0 {
+        eprintln!(
+            "{}: {} of {} combinations have errors; nothing was run",
+            args.spec.display(),
+            failed,
+            planned.len()
+        );
+        return Ok(ExitCode::from(1));
+    }
+
+    let exe = std::env::current_exe().map_err(|e| {
+        miette!(
+            code = "netc::sweep::exe",
+            "cannot find the netc binary to run each combination: {e}"
+        )
+    })?;
+    let opts = SweepOptions {
+        exe,
+        jobs: args.jobs as usize,
+        epochs: args.epochs,
+        data: args.common.data.clone(),
+        backend: match args.common.backend {
+            BackendKind::Jit => "jit",
+            BackendKind::Interp => "interp",
+        }
+        .to_string(),
+        out: args.out.clone(),
+        model: program.name.clone(),
+    };
+    eprintln!(
+        "sweeping {} combinations of {}, {} at a time",
+        planned.len(),
+        args.spec.display(),
+        opts.jobs.min(planned.len())
+    );
+    let progress = |done: usize, total: usize, row: &sweep::SweepRow| {
+        let s = &row.summary;
+        eprintln!(
+            "[{done}/{total}] {}: best val acc {:.2}% at epoch {}, {:.1} s",
+            row.combination.label,
+            100.0 * s.best_val_acc,
+            s.best_epoch,
+            s.total_seconds
+        );
+    };
+    let result = sweep::sweep(&axes, &planned, &opts, &progress)?;
+    println!("{}", result.table);
+    println!("{}", sweep::best_line(&result));
+    eprintln!(
+        "wrote {}, {} and {}",
+        result.table_path.display(),
+        result.plot_path.display(),
+        result.json_path.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -311,3 +311,38 @@ fn baseline_reaches_35_percent_in_two_epochs_on_real_data() {
         "validation accuracy {acc} after 2 epochs: {summary}"
     );
 }
+
+#[test]
+fn bench_reports_timings_for_both_backends_without_data() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let spec = tmp.path().join("tiny.net");
+    std::fs::write(&spec, TINY_SPEC).expect("write spec");
+    for backend in ["jit", "interp"] {
+        let o = netc(&[
+            "bench",
+            spec.to_str().expect("utf-8"),
+            "--backend",
+            backend,
+            "--steps",
+            "3",
+            "--repeats",
+            "2",
+            "--batch",
+            "16",
+            "--json",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let r = json_line(&o);
+        for key in [
+            "sec_per_epoch",
+            "step_ms",
+            "gflops",
+            "compile_ms",
+            "predict_ms_per_10k",
+        ] {
+            assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {r}");
+        }
+        assert_eq!(r["batch"], 16);
+        assert_eq!(r["backend"], backend);
+    }
+}

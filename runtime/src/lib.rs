@@ -5,6 +5,7 @@
 //! Architecture invariant: the runtime sees only the IR (`netc_compiler::ir`) and the `Backend`
 //! trait, never the AST or a backend's internals.
 
+pub mod bench;
 pub mod compare;
 pub mod data;
 pub mod lr_find;
@@ -12,5 +13,6 @@ pub mod plot;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod sweep;
 pub mod train;
 pub mod weights;

@@ -1,0 +1,206 @@
+//! `netc bench`: time a spec's training step and inference on generated data of the real shape,
+//! so it needs no data set. Reports compile time, the median step time over several timed
+//! repetitions, the implied seconds per epoch, and achieved GFLOP/s counted from the IR.
+//!
+//! Timings are for people and for benchmarks, never for pass/fail tests: this module measures and
+//! returns numbers; it asserts nothing about them.
+
+use std::time::Instant;
+
+use netc_compiler::backend::{Backend, BackendError, Batch, InputStats, Mode};
+use netc_compiler::ir::{OpKind, Program};
+use netc_compiler::rng::SplitMix64;
+use serde::Serialize;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchOptions {
+    /// Batch size (default: the spec's).
+    pub batch: Option<usize>,
+    /// Training steps per timed repetition.
+    pub steps: usize,
+    /// Timed repetitions; the median is reported.
+    pub repeats: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            batch: None,
+            steps: 50,
+            repeats: 5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BenchReport {
+    pub spec: String,
+    pub backend: String,
+    pub batch: usize,
+    pub compile_ms: f64,
+    /// Median milliseconds per training step (forward, backward, update).
+    pub step_ms: f64,
+    /// All repetitions' milliseconds per step, in order.
+    pub step_ms_runs: Vec<f64>,
+    /// `step_ms` times the steps of one epoch of 45,000 training images.
+    pub sec_per_epoch: f64,
+    /// Floating-point operations of one training step, counted from the IR's matrix multiplies.
+    pub flops_per_step: f64,
+    pub gflops: f64,
+    /// Milliseconds to predict 10,000 images with dropout off.
+    pub predict_ms_per_10k: f64,
+}
+
+/// Training images per epoch in the exercise (50,000 minus the 5,000 validation images).
+pub const EPOCH_IMAGES: usize = 45_000;
+
+/// Multiply-adds of the dense layers, times two: forward `x·W`, backward `xᵀ·dy` for every
+/// kernel, and `dy·Wᵀ` for every dense layer but the first (whose input gradient is never
+/// needed). Element-wise work is small beside it and not counted.
+pub fn flops_per_step(program: &Program, batch: usize) -> f64 {
+    let mut flops = 0.0;
+    for (i, op) in program.ops.iter().enumerate() {
+        if let OpKind::Dense { .. } = op.kind {
+            let mac = (batch * op.width_in * op.width) as f64;
+            let needs_dx = program.ops[..i].iter().any(|o| {
+                matches!(
+                    o.kind,
+                    OpKind::Dense { .. } | OpKind::BatchNorm { .. } | OpKind::Prelu { .. }
+                )
+            });
+            flops += 2.0 * mac * if needs_dx { 3.0 } else { 2.0 };
+        }
+    }
+    flops
+}
+
+/// Generated pixels and labels of the program's shape, the same for every backend.
+fn generated(program: &Program, rows: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut rng = SplitMix64::new(seed, 0xbe7c, 0);
+    let pixels = (0..rows * program.input.features)
+        .map(|_| (rng.next_u64() >> 56) as u8)
+        .collect();
+    let labels = (0..rows)
+        .map(|_| rng.below(program.input.classes) as u8)
+        .collect();
+    (pixels, labels)
+}
+
+/// Builds the backend with `make` (timed as compile time) and times training and inference.
+pub fn bench<F>(
+    program: &Program,
+    spec: &str,
+    opts: &BenchOptions,
+    make: F,
+) -> Result<BenchReport, BackendError>
+where
+    F: FnOnce(&Program, Option<InputStats>) -> Result<Box<dyn Backend>, BackendError>,
+{
+    let mut program = program.clone();
+    if let Some(b) = opts.batch {
+        program.train.batch = b;
+    }
+    let batch = program.train.batch;
+    let stats = Some(InputStats {
+        mean: vec![120.0; program.input.features],
+        std: vec![64.0; program.input.features],
+    })
+    .filter(|_| program.input.preprocess == netc_compiler::ir::Preprocess::Standardize);
+    let started = Instant::now();
+    let mut backend = make(&program, stats)?;
+    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+    let steps = opts.steps.max(1);
+    let (pixels, labels) = generated(&program, batch * steps, program.train.seed);
+    let features = program.input.features;
+    let mut run_steps = |backend: &mut Box<dyn Backend>| {
+        for s in 0..steps {
+            let batch = Batch {
+                pixels: &pixels[s * batch * features..(s + 1) * batch * features],
+                labels: &labels[s * batch..(s + 1) * batch],
+            };
+            // A tiny rate keeps the weights (and so the arithmetic) in a normal range.
+            backend.train_step(batch, 1e-6);
+        }
+    };
+    run_steps(&mut backend);
+    let mut step_ms_runs = Vec::new();
+    for _ in 0..opts.repeats.max(1) {
+        let t = Instant::now();
+        run_steps(&mut backend);
+        step_ms_runs.push(t.elapsed().as_secs_f64() * 1e3 / steps as f64);
+    }
+    let step_ms = median(&step_ms_runs);
+    let (predict_pixels, _) = generated(&program, 10_000, program.train.seed + 1);
+    let mut probs = vec![0.0; 10_000 * program.output_width()];
+    let t = Instant::now();
+    backend.predict(&predict_pixels, Mode::Inference, &mut probs);
+    let predict_ms_per_10k = t.elapsed().as_secs_f64() * 1e3;
+    let flops = flops_per_step(&program, batch);
+    Ok(BenchReport {
+        spec: spec.to_string(),
+        backend: backend.name().to_string(),
+        batch,
+        compile_ms,
+        step_ms,
+        step_ms_runs,
+        sec_per_epoch: step_ms * EPOCH_IMAGES.div_ceil(batch) as f64 / 1e3,
+        flops_per_step: flops,
+        gflops: flops / (step_ms * 1e6),
+        predict_ms_per_10k,
+    })
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_forward_weight_and_input_gradient_flops() {
+        let source = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../specs/baseline.net"
+        ))
+        .expect("spec");
+        let program = netc_compiler::compile(&source).program.expect("compiles");
+        // Forward 2·32·(3072·100 + 19·100·100 + 100·10), weight gradients the same again, input
+        // gradients for all but the first layer.
+        let fwd = 2.0 * 32.0 * (3072.0 * 100.0 + 19.0 * 100.0 * 100.0 + 100.0 * 10.0);
+        let dx = 2.0 * 32.0 * (19.0 * 100.0 * 100.0 + 100.0 * 10.0);
+        assert_eq!(flops_per_step(&program, 32), 2.0 * fwd + dx);
+    }
+
+    #[test]
+    fn bench_runs_the_interpreter_on_generated_data() {
+        let source = "model m\ninput cifar10\ndense 16 { activation: relu, init: he_normal }\n\
+                      dense 10 { activation: softmax }\ntrain { optimizer: adam\n epochs: 1\n batch: 8 }\n";
+        let program = netc_compiler::compile(source).program.expect("compiles");
+        let opts = BenchOptions {
+            batch: None,
+            steps: 3,
+            repeats: 3,
+        };
+        let report = bench(&program, "m.net", &opts, |p, s| {
+            Ok(Box::new(netc_compiler::interp::Interp::new(p, s)))
+        })
+        .expect("bench");
+        assert_eq!(report.backend, "interp");
+        assert_eq!(report.step_ms_runs.len(), 3);
+        assert_eq!(report.batch, 8);
+        assert!(report.step_ms > 0.0 && report.gflops > 0.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}

@@ -112,7 +112,7 @@ where
     let steps = opts.steps.max(1);
     let (pixels, labels) = generated(&program, batch * steps, program.train.seed);
     let features = program.input.features;
-    let mut run_steps = |backend: &mut Box<dyn Backend>| {
+    let run_steps = |backend: &mut Box<dyn Backend>| {
         for s in 0..steps {
             let batch = Batch {
                 pixels: &pixels[s * batch * features..(s + 1) * batch * features],
@@ -129,7 +129,7 @@ where
         run_steps(&mut backend);
         step_ms_runs.push(t.elapsed().as_secs_f64() * 1e3 / steps as f64);
     }
-    let step_ms = median(&step_ms_runs);
+    let step_ms = crate::run::median(step_ms_runs.clone());
     let (predict_pixels, _) = generated(&program, 10_000, program.train.seed + 1);
     let mut probs = vec![0.0; 10_000 * program.output_width()];
     let t = Instant::now();
@@ -148,19 +148,6 @@ where
         gflops: flops / (step_ms * 1e6),
         predict_ms_per_10k,
     })
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 #[cfg(test)]
@@ -200,7 +187,5 @@ mod tests {
         assert_eq!(report.step_ms_runs.len(), 3);
         assert_eq!(report.batch, 8);
         assert!(report.step_ms > 0.0 && report.gflops > 0.0);
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
     }
 }

@@ -303,8 +303,14 @@ fn last_epoch<'a>(histories: impl Iterator<Item = &'a History>) -> i32 {
 }
 
 /// The learning curves of one run: loss (left) and accuracy (right) per epoch, training against
-/// validation, with the epoch of best validation accuracy marked in both panels.
-pub fn plot_curves(path: &Path, title: &str, history: &History) -> Result<(), PlotError> {
+/// validation, with `best_epoch` (the run's best epoch, whose weights it keeps; 0 for none)
+/// marked in both panels.
+pub fn plot_curves(
+    path: &Path,
+    title: &str,
+    history: &History,
+    best_epoch: usize,
+) -> Result<(), PlotError> {
     if history.epochs.is_empty() {
         return Err(PlotError::EmptyHistory {
             path: path.to_path_buf(),
@@ -312,7 +318,9 @@ pub fn plot_curves(path: &Path, title: &str, history: &History) -> Result<(), Pl
     }
     let epochs = last_epoch(std::iter::once(history));
     let best = history
-        .best_by_val_accuracy()
+        .epochs
+        .iter()
+        .find(|record| record.epoch == best_epoch)
         .map(|record| epoch_coord(record.epoch));
     let loss = Panel {
         caption: "loss",
@@ -490,7 +498,7 @@ pub fn plot_lr_find(
         .filter(|v| v.is_finite())
         .fold(f64::INFINITY, f64::min);
     let first = smooth.iter().map(|p| p.1).find(|v| v.is_finite());
-    let mut y = match first {
+    let y = match first {
         Some(first) if first > lowest => {
             padded_range([lowest, lowest + 2.0 * (first - lowest)].into_iter())
         }
@@ -585,7 +593,9 @@ mod tests {
     fn curves_are_a_png_of_the_expected_size_with_both_curves() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("curves.png");
-        plot_curves(&path, "mlp", &fixtures::history(20)).unwrap();
+        let history = fixtures::history(20);
+        let best = history.best_by_val_accuracy().unwrap().epoch;
+        plot_curves(&path, "mlp", &history, best).unwrap();
         let (size, pixels) = decode(&path);
         assert_eq!(size, PANELS_SIZE);
         assert!(count(&pixels, PALETTE[0]) > 500, "train curve missing");
@@ -601,14 +611,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("one.png");
         let history = fixtures::history(1);
-        plot_curves(&path, "one epoch", &history).unwrap();
+        plot_curves(&path, "one epoch", &history, 1).unwrap();
         let (size, pixels) = decode(&path);
         assert_eq!(size, PANELS_SIZE);
         // The same plot without the training values has only the legend samples in that colour.
         let mut without_train = history.clone();
         without_train.epochs[0].loss = f32::NAN;
         without_train.epochs[0].accuracy = f32::NAN;
-        plot_curves(&path, "one epoch", &without_train).unwrap();
+        plot_curves(&path, "one epoch", &without_train, 1).unwrap();
         let (_, baseline) = decode(&path);
         let (dots, legend) = (count(&pixels, PALETTE[0]), count(&baseline, PALETTE[0]));
         assert!(
@@ -627,7 +637,7 @@ mod tests {
             record.val_accuracy = f32::NAN;
             record.loss = f32::INFINITY;
         }
-        plot_curves(&path, "diverged", &history).unwrap();
+        plot_curves(&path, "diverged", &history, 0).unwrap();
         let (size, pixels) = decode(&path);
         assert_eq!(size, PANELS_SIZE);
         assert!(
@@ -640,7 +650,7 @@ mod tests {
     fn an_empty_history_is_an_error_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("empty.png");
-        let err = plot_curves(&path, "empty", &History::default()).unwrap_err();
+        let err = plot_curves(&path, "empty", &History::default(), 0).unwrap_err();
         assert!(matches!(err, PlotError::EmptyHistory { .. }), "{err:?}");
         assert!(!path.exists());
     }

@@ -199,7 +199,12 @@ where
     let history = &outcome.history;
     write_history(&run_dir, history)?;
     if !history.epochs.is_empty() {
-        plot::plot_curves(&run_dir.join(CURVES_FILE), &program.name, history)?;
+        plot::plot_curves(
+            &run_dir.join(CURVES_FILE),
+            &program.name,
+            history,
+            outcome.best_epoch,
+        )?;
     }
     if !opts.quiet {
         print_test_line(&test);
@@ -212,6 +217,11 @@ where
         }
     }
 
+    // The summary speaks of one epoch: the best one, whose weights the run keeps and tests.
+    let best = history
+        .epochs
+        .iter()
+        .find(|e| e.epoch == outcome.best_epoch);
     let summary = Summary {
         spec: spec_path.display().to_string(),
         model: program.name.clone(),
@@ -219,8 +229,8 @@ where
         seed: program.train.seed,
         epochs_run: history.epochs.len(),
         best_epoch: outcome.best_epoch,
-        best_val_acc: extreme(history.epochs.iter().map(|e| e.val_accuracy), f64::max),
-        best_val_loss: extreme(history.epochs.iter().map(|e| e.val_loss), f64::min),
+        best_val_acc: best.map_or(f64::NAN, |e| f64::from(e.val_accuracy)),
+        best_val_loss: best.map_or(f64::NAN, |e| f64::from(e.val_loss)),
         test_acc: test.standard.accuracy,
         test_loss: test.standard.loss,
         mc_test_acc: test.mc_dropout.as_ref().map(|m| m.metrics.accuracy),
@@ -266,17 +276,8 @@ fn print_test_line(test: &Evaluation) {
     eprintln!("{line}");
 }
 
-/// The largest (or smallest) non-NaN value, NaN when there is none.
-fn extreme(values: impl Iterator<Item = f32>, pick: fn(f64, f64) -> f64) -> f64 {
-    values
-        .map(f64::from)
-        .filter(|v| !v.is_nan())
-        .reduce(pick)
-        .unwrap_or(f64::NAN)
-}
-
 /// The median (mean of the middle two for an even count), NaN for no values.
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     match n {
@@ -552,6 +553,10 @@ mod tests {
         );
         let history = report::read_history_csv(&dir.join(HISTORY_FILE)).unwrap();
         assert_eq!(history.epochs.len(), 3);
+        // The summary's best numbers are those of the best epoch, not extremes over epochs.
+        let best = &history.epochs[summary.best_epoch - 1];
+        assert_eq!(summary.best_val_acc, f64::from(best.val_accuracy));
+        assert_eq!(summary.best_val_loss, f64::from(best.val_loss));
         assert_eq!(
             report::read_summary(&dir.join(SUMMARY_FILE)).unwrap(),
             summary
@@ -734,9 +739,5 @@ evaluate { mc_dropout: 4, prune { sparsity: 0.5 } }
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(vec![]).is_nan());
-        let vals = [0.5f32, f32::NAN, 0.75, 0.25];
-        assert_eq!(extreme(vals.into_iter(), f64::max), 0.75);
-        assert_eq!(extreme(vals.into_iter(), f64::min), 0.25);
-        assert!(extreme([f32::NAN].into_iter(), f64::max).is_nan());
     }
 }

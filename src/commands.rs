@@ -672,8 +672,8 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
         model: program.name.clone(),
     };
     eprintln!(
-        "sweeping {} combinations of {}, {} at a time",
-        planned.len(),
+        "sweeping {} of {}, {} at a time",
+        plural(planned.len(), "combination"),
         args.spec.display(),
         opts.jobs.min(planned.len())
     );

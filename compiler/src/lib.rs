@@ -15,6 +15,7 @@ pub mod ir;
 pub mod jit;
 pub mod lower;
 pub mod optim;
+pub mod overrides;
 pub mod print;
 pub mod rng;
 pub mod syntax;

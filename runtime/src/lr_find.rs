@@ -261,11 +261,7 @@ mod tests {
         assert!(r.lrs.len() < 400 && r.lrs.len() > 300, "{}", r.lrs.len());
         assert!(reasoning(&r).contains("fell fastest"));
         // The curve falls fastest on its descent, between 1e-4 and its minimum.
-        assert!(
-            (1e-4..1e-2).contains(&r.steepest_lr),
-            "{}",
-            r.steepest_lr
-        );
+        assert!((1e-4..1e-2).contains(&r.steepest_lr), "{}", r.steepest_lr);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Every `tests/golden/ok/NAME.net` must compile without errors; its AST, IR and summary dumps
 //! must equal `NAME.ast`, `NAME.ir` and `NAME.summary`, and its warnings (if any) `NAME.stderr`.
 //! Every `tests/golden/err/NAME.net` must fail to compile, and its rendered diagnostics must
-//! equal `NAME.stderr`. Adding a case is adding a file. A mismatch prints a unified diff;
+//! equal `NAME.stderr`. Every `tests/golden/clif/NAME.net` must produce the kernels in
+//! `NAME.clif`. Adding a case is adding a file. A mismatch prints a unified diff;
 //! `NETC_BLESS=1 cargo test --test golden` rewrites the expected files (read the diff, then
 //! commit it with the reason).
 
@@ -110,6 +111,37 @@ fn ok_cases_compile_and_match_their_dumps() {
 #[test]
 fn err_cases_fail_with_the_expected_diagnostics() {
     run_cases("err", true);
+}
+
+/// Every `tests/golden/clif/NAME.net` must compile without errors, and the CLIF of its kernels
+/// (generated for the fixed x86-64 ISA, never the host's) must equal `NAME.clif`.
+#[test]
+fn clif_cases_match_their_kernels() {
+    let mut failures = Vec::new();
+    let files = cases("clif");
+    assert!(!files.is_empty(), "no cases in tests/golden/clif");
+    for file in &files {
+        let source = std::fs::read_to_string(file).expect("golden specs are UTF-8");
+        let compiled = netc_compiler::compile(&source);
+        let name = display_name(file);
+        let Some(program) = compiled.program.as_ref().filter(|_| !compiled.has_errors()) else {
+            let rendered = diagnostics::render(&name, &source, &compiled.diags, WIDTH, false);
+            failures.push(format!("{name}: expected no errors, got:\n{rendered}"));
+            continue;
+        };
+        let clif = netc_compiler::jit::emit_clif(program)
+            .unwrap_or_else(|e| panic!("{name}: no CLIF: {e}"));
+        if let Some(f) = expect_file(&file.with_extension("clif"), &clif) {
+            failures.push(f);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n\n{} golden mismatch(es); if the change is intended, re-bless with \
+         `NETC_BLESS=1 cargo test --test golden`, read the diff and commit it with the reason",
+        failures.join("\n"),
+        failures.len()
+    );
 }
 
 /// The specs of the exercise compile cleanly (no errors, no lints) and keep their documented

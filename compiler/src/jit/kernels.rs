@@ -10,7 +10,7 @@
 //! table; `Kernel::args` says how many pointers it takes.
 
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4};
+use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::emit::{bytes, ro, rw, Fx};
@@ -186,6 +186,14 @@ impl Kernel {
             Kernel::Transpose { rows, cols } => format!("transpose_{rows}x{cols}"),
             Kernel::Update(u) => format!("update_{}_{}", u.kind.name(), u.len),
         }
+    }
+
+    /// Whether the kernel is compiled without the e-graph pass. The matrix multiplies are
+    /// emitted in the order they should run (see `matmul`); the e-graph would instead place each
+    /// pure instruction at its first use, which elaborates every accumulator's chain at once and
+    /// merges the per-FMA broadcasts the emitter relies on.
+    pub fn in_program_order(&self) -> bool {
+        matches!(self, Kernel::Dense { .. } | Kernel::DenseBackward { .. })
     }
 
     /// Emits the whole function body.
@@ -534,6 +542,7 @@ fn emit_dense(
                 pre_activation: z,
                 activation,
             },
+            rows_outer: false,
         },
     );
 }
@@ -1082,6 +1091,7 @@ fn emit_dense_backward(fx: &mut Fx, inputs: usize, units: usize, bias: bool, inp
             c: dw,
             ldc: n,
             epilogue: Epilogue::default(),
+            rows_outer: true,
         },
     );
     if let Some(db) = db {
@@ -1117,26 +1127,48 @@ fn emit_dense_backward(fx: &mut Fx, inputs: usize, units: usize, bias: bool, inp
                 c: dx,
                 ldc: in_pad,
                 epilogue: Epilogue::default(),
+                rows_outer: false,
             },
         );
     }
 }
 
-/// `wt[c][r] = w[r][c]` for a `[rows, cols]` kernel. Table: `[w, wt]`.
+/// `wt[c][r] = w[r][c]` for a `[rows, cols]` kernel. Table: `[w, wt]`. Reads whole vectors of
+/// `w` and stores their lanes one by one; only real columns are stored (`wt` has `cols` rows).
 fn emit_transpose(fx: &mut Fx, rows: usize, cols: usize) {
     let w = fx.arg(0);
     let wt = fx.arg(1);
     let ld_w = pad4(cols) as i64;
     let ld_t = pad4(rows) as i64;
+    let blocks = cols / 4;
+    let store_lanes = |fx: &mut Fx, v: Value, dst: Value, first: usize, lanes: usize| {
+        for l in 0..lanes {
+            let e = fx.b.ins().extractlane(v, l as u8);
+            fx.store(e, dst, (first + l) as i64 * ld_t);
+        }
+    };
     fx.loop_const(0, rows as i64, 1, |fx, r| {
         let src = fx.offset(w, r, ld_w * 4);
         let dst = fx.offset(wt, r, 4);
-        fx.loop_const(0, cols as i64, 1, |fx, c| {
-            let ps = fx.offset(src, c, 4);
-            let v = fx.b.ins().load(F32, ro(), ps, 0);
-            let pd = fx.offset(dst, c, ld_t * 4);
-            fx.b.ins().store(rw(), v, pd, 0);
-        });
+        if blocks > 0 {
+            let sp = fx.var(I64, src);
+            let dp = fx.var(I64, dst);
+            fx.loop_const(0, blocks as i64, 1, |fx, _| {
+                let s = fx.get(sp);
+                let d = fx.get(dp);
+                let v = fx.load4(ro(), s, 0);
+                store_lanes(fx, v, d, 0, 4);
+                let s = fx.add_imm(s, 16);
+                let d = fx.add_imm(d, 16 * ld_t);
+                fx.set(sp, s);
+                fx.set(dp, d);
+            });
+        }
+        let rem = cols - blocks * 4;
+        if rem > 0 {
+            let v = fx.load4(ro(), src, (blocks * 4) as i64);
+            store_lanes(fx, v, dst, blocks * 4, rem);
+        }
     });
 }
 

@@ -5,12 +5,19 @@
 //! `B` and `C` are row-major with rows padded to a multiple of 4 floats, so every column block is
 //! whole f32x4 vectors. `A` is read one scalar at a time and broadcast, through two strides, which
 //! makes the same loop nest serve `x · W` (A = x), `xᵀ · dy` (A = x read down its columns) and
-//! `dy · Wᵀ` (B = the transposed kernel copy). Blocks are 4 rows × 3 vectors (12 accumulators,
-//! leaving 4 of x64's 16 XMM registers for the 3 `B` vectors and one broadcast); the column
-//! remainder (1 or 2 vectors) and the row remainder (single rows) get their own blocks. Nothing
-//! here knows about layers.
+//! `dy · Wᵀ` (B = the transposed kernel copy). Nothing here knows about layers.
+//!
+//! The kernels that call this are compiled without the e-graph pass (`Kernel::in_program_order`),
+//! so the order written here is the schedule. Blocks are 4 rows × 2 vectors with two values of
+//! `t` per k iteration: 8 accumulators, the 2 `B` vectors of the step, and one broadcast per FMA,
+//! loaded straight from memory (`vbroadcastss m32`). x64 lowers `fma(a, b, c)` with `a` as the
+//! destination, so `a` is the broadcast, which dies there; with one shared broadcast per row, the
+//! lowering would copy it for every column and the 4 × 3 blocks tried before spilled. The column
+//! remainder (1 vector) and the row remainder (single rows) get their own blocks.
 
+use cranelift_codegen::ir::types::{F32X4, I64};
 use cranelift_codegen::ir::{MemFlagsData, Value};
+use cranelift_frontend::Variable;
 
 use super::emit::{ro, rw, Fx};
 use super::kernels::act_forward;
@@ -67,13 +74,28 @@ pub struct MatMul {
     pub c: Value,
     pub ldc: usize,
     pub epilogue: Epilogue,
+    /// Loop over row blocks outside column blocks. Right when `m` is large and `k` small (the
+    /// weight gradient `xᵀ·dy`): each block row of `C` is written once, with `B` in L1. Wrong
+    /// when `k` is large (`x · W`): every row block would stream all of `B` again.
+    pub rows_outer: bool,
 }
 
 const MR: usize = 4;
-const NR: usize = 3;
+const NR: usize = 2;
+/// Values of `t` per iteration of the k loop.
+const KU: usize = 2;
 
 pub fn emit_matmul(fx: &mut Fx, mm: &MatMul) {
     debug_assert_eq!(mm.n % 4, 0, "matmul columns are padded to whole vectors");
+    if mm.rows_outer {
+        let zero = fx.iconst(0);
+        let limit = mm.m.value(fx);
+        let rest = fx.loop_up(zero, limit, MR as i64, |fx, i| emit_columns(fx, mm, i, MR));
+        if !mm.m.multiple_of(MR) {
+            fx.loop_up(rest, limit, 1, |fx, i| emit_columns(fx, mm, i, 1));
+        }
+        return;
+    }
     let vectors = mm.n / 4;
     let full = vectors / NR;
     let rem = vectors % NR;
@@ -100,50 +122,66 @@ fn emit_rows(fx: &mut Fx, mm: &MatMul, j: Value, nr: usize) {
     }
 }
 
+/// All column blocks of the `mr` rows starting at row `i`.
+fn emit_columns(fx: &mut Fx, mm: &MatMul, i: Value, mr: usize) {
+    let vectors = mm.n / 4;
+    let full = vectors / NR;
+    let rem = vectors % NR;
+    if full > 0 {
+        fx.loop_const(0, (full * NR * 4) as i64, (NR * 4) as i64, |fx, j| {
+            emit_block(fx, mm, i, j, mr, NR);
+        });
+    }
+    if rem > 0 {
+        let j = fx.iconst((full * NR * 4) as i64);
+        emit_block(fx, mm, i, j, mr, rem);
+    }
+}
+
 /// One `mr × nr` block of `C` at row `i`, column element `j`.
 fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, j: Value, mr: usize, nr: usize) {
     let a0 = fx.offset(mm.a, i, (mm.a_row * 4) as i64);
     let b0 = fx.offset(mm.b, j, 4);
     let zero = fx.zero4();
-    let acc: Vec<Vec<_>> = (0..mr)
-        .map(|_| {
-            (0..nr)
-                .map(|_| fx.var(cranelift_codegen::ir::types::F32X4, zero))
-                .collect()
-        })
-        .collect();
-    let ptr_ty = cranelift_codegen::ir::types::I64;
-    let ap = fx.var(ptr_ty, a0);
-    let bp = fx.var(ptr_ty, b0);
+    let acc: Vec<Variable> = (0..mr * nr).map(|_| fx.var(F32X4, zero)).collect();
+    let ap = fx.var(I64, a0);
+    let bp = fx.var(I64, b0);
 
-    // One step of the k loop (one value of t), then the pointer bumps.
-    let step = |fx: &mut Fx| {
+    // `steps` values of t per iteration, then the pointer bumps.
+    let iteration = |fx: &mut Fx, steps: usize| {
+        let mut c: Vec<Value> = acc.iter().map(|v| fx.get(*v)).collect();
         let pa = fx.get(ap);
         let pb = fx.get(bp);
-        let bv: Vec<Value> = (0..nr)
-            .map(|q| fx.load4(ro(), pb, (4 * q) as i64))
-            .collect();
-        for (r, row) in acc.iter().enumerate() {
-            let av = fx.bcast(mm.a_flags, pa, (r * mm.a_row) as i64);
-            for (q, var) in row.iter().enumerate() {
-                let c = fx.get(*var);
-                let c = fx.fma(av, bv[q], c);
-                fx.set(*var, c);
+        for u in 0..steps {
+            let bv: Vec<Value> = (0..nr)
+                .map(|q| fx.load4(ro(), pb, (u * mm.ldb + 4 * q) as i64))
+                .collect();
+            for r in 0..mr {
+                let a_off = (r * mm.a_row + u * mm.a_col) as i64;
+                for q in 0..nr {
+                    // A fresh broadcast per FMA: x64 lowers `fma` with its first operand as
+                    // the destination, so that operand must die there (no copy), and a
+                    // broadcast used once is loaded straight from memory.
+                    let av = fx.bcast(mm.a_flags, pa, a_off);
+                    c[r * nr + q] = fx.fma(av, bv[q], c[r * nr + q]);
+                }
             }
         }
-        let pa = fx.add_imm(pa, (mm.a_col * 4) as i64);
-        let pb = fx.add_imm(pb, (mm.ldb * 4) as i64);
+        for (var, v) in acc.iter().zip(c) {
+            fx.set(*var, v);
+        }
+        let pa = fx.add_imm(pa, (steps * mm.a_col * 4) as i64);
+        let pb = fx.add_imm(pb, (steps * mm.ldb * 4) as i64);
         fx.set(ap, pa);
         fx.set(bp, pb);
     };
 
-    // The k loop is not unrolled: with 4 steps per iteration the e-graph elaborates each
-    // accumulator's whole chain at once and keeps all 12 `B` vectors of the 4 steps live, which
-    // spills the accumulators (measured); one step keeps 12 accumulators, 3 `B` vectors and one
-    // broadcast within the 16 XMM registers.
     let zero_i = fx.iconst(0);
     let k_limit = mm.k.value(fx);
-    fx.loop_up(zero_i, k_limit, 1, |fx, _| step(fx));
+    let rest = fx.loop_up(zero_i, k_limit, KU as i64, |fx, _| iteration(fx, KU));
+    if !mm.k.multiple_of(KU) {
+        fx.loop_up(rest, k_limit, 1, |fx, _| iteration(fx, 1));
+    }
 
     let c0 = fx.offset(mm.c, i, (mm.ldc * 4) as i64);
     let c0 = fx.offset(c0, j, 4);
@@ -153,10 +191,10 @@ fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, j: Value, mr: usize, nr: usize
         let z = fx.offset(z, i, (mm.ldc * 4) as i64);
         fx.offset(z, j, 4)
     });
-    for (r, row) in acc.iter().enumerate() {
-        for (q, var) in row.iter().enumerate() {
+    for r in 0..mr {
+        for q in 0..nr {
             let off = (r * mm.ldc + 4 * q) as i64;
-            let mut v = fx.get(*var);
+            let mut v = fx.get(acc[r * nr + q]);
             if ep.accumulate {
                 let old = fx.load4(rw(), c0, off);
                 v = fx.add(v, old);

@@ -17,6 +17,10 @@
 //! - **Fusion.** A dense op followed by an element-wise activation is one kernel with the
 //!   activation in the matmul epilogue. `dy · Wᵀ` reads a transposed copy of each kernel that
 //!   needs it, refreshed after every update.
+//! - **Matrix multiplies in program order.** Dense kernels are compiled at `opt_level` "none":
+//!   `matmul` writes its loads and FMAs in the order they should run, which the e-graph would
+//!   otherwise rearrange (see `matmul`). Their input is read with movable loads, so the pixels are
+//!   converted by a separate kernel before the first dense layer.
 //! - **Deduplication.** Kernels with equal specs are compiled once (the baseline's 19 identical
 //!   hidden layers share their kernels), which keeps compile time low.
 //!
@@ -383,7 +387,12 @@ fn forward(
     let mut cur = ctx.values.to_vec();
     let mut calls = Vec::new();
     let mut pending = Some(ctx.convert);
-    if ops.first().is_none_or(|op| is_identity(&op.kind, phase)) {
+    // A dense kernel reads its input through movable loads (see `matmul`), which must not
+    // follow stores of the same function, so it never converts the pixels itself.
+    let separate = ops
+        .first()
+        .is_none_or(|op| is_identity(&op.kind, phase) || matches!(op.kind, OpKind::Dense { .. }));
+    if separate {
         let kernel = sink.kernel(Kernel::Convert(ctx.convert))?;
         calls.push(Call {
             kernel,

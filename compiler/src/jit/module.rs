@@ -5,13 +5,14 @@
 
 use std::collections::HashMap;
 
+use cranelift_codegen::control::ControlPlane;
 use cranelift_codegen::ir::{Function, UserFuncName};
 use cranelift_codegen::isa::{self, OwnedTargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::{verify_function, Context};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module, ModuleReloc};
 
 use super::emit::{kernel_signature, Fx};
 use super::kernels::Kernel;
@@ -24,13 +25,13 @@ pub type KernelFn = unsafe extern "C" fn(*const *mut u8, i64, i64, i32, *const f
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelId(pub usize);
 
-fn shared_flags() -> Result<settings::Builder, BackendError> {
+fn shared_flags(opt_level: &str) -> Result<settings::Builder, BackendError> {
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k: &str, v: &str| {
         f.set(k, v)
             .map_err(|e| BackendError::Compile(format!("setting {k}: {e}")))
     };
-    set(&mut flags, "opt_level", "speed")?;
+    set(&mut flags, "opt_level", opt_level)?;
     // The verifier catches malformed CLIF at once in tests and debug builds; release builds
     // trust the emitters (their output is covered by the tests).
     set(
@@ -47,9 +48,10 @@ fn shared_flags() -> Result<settings::Builder, BackendError> {
     Ok(flags)
 }
 
-/// The host ISA, with every extension `cranelift_native` detects.
-fn host_isa() -> Result<OwnedTargetIsa, BackendError> {
-    let flags = shared_flags()?;
+/// The host ISA, with every extension `cranelift_native` detects, at `opt_level` "speed" or
+/// "none" (see `Kernel::in_program_order`).
+fn host_isa(opt_level: &str) -> Result<OwnedTargetIsa, BackendError> {
+    let flags = shared_flags(opt_level)?;
     let builder = cranelift_native::builder().map_err(|e| BackendError::Host(e.to_string()))?;
     builder
         .finish(settings::Flags::new(flags))
@@ -58,7 +60,7 @@ fn host_isa() -> Result<OwnedTargetIsa, BackendError> {
 
 /// The fixed ISA of the golden CLIF files: x86-64 with SSE4.1, AVX and FMA, whatever the host.
 pub fn fixed_isa() -> Result<OwnedTargetIsa, BackendError> {
-    let flags = shared_flags()?;
+    let flags = shared_flags("speed")?;
     let mut builder =
         isa::lookup_by_name("x86_64").map_err(|e| BackendError::Compile(e.to_string()))?;
     for ext in [
@@ -94,6 +96,9 @@ fn build(
 pub struct KernelModule {
     /// Always `Some` until `Drop` takes it to free the code.
     module: Option<JITModule>,
+    /// The host ISA without the e-graph optimizer, for kernels whose instruction order is their
+    /// schedule.
+    in_order: OwnedTargetIsa,
     ctx: Context,
     fctx: FunctionBuilderContext,
     fma: bool,
@@ -104,12 +109,13 @@ pub struct KernelModule {
 
 impl KernelModule {
     pub fn new() -> Result<Self, BackendError> {
-        let isa = host_isa()?;
+        let isa = host_isa("speed")?;
         let fma = isa.has_native_fma();
         let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
         let ctx = module.make_context();
         Ok(KernelModule {
             module: Some(module),
+            in_order: host_isa("none")?,
             ctx,
             fctx: FunctionBuilderContext::new(),
             fma,
@@ -125,15 +131,20 @@ impl KernelModule {
         if let Some(id) = self.by_spec.get(&spec) {
             return Ok(*id);
         }
-        let id = self.define(&kernel.name(), |fx| kernel.emit(fx))?;
+        let id = self.define(&kernel.name(), kernel.in_program_order(), |fx| {
+            kernel.emit(fx)
+        })?;
         self.by_spec.insert(spec, id);
         Ok(id)
     }
 
-    /// Emits and compiles one function with the kernel ABI; `emit` writes its body.
+    /// Emits and compiles one function with the kernel ABI; `emit` writes its body. With
+    /// `in_order`, the function is compiled without the e-graph pass, so instructions keep the
+    /// order in which `emit` wrote them.
     pub fn define(
         &mut self,
         name: &str,
+        in_order: bool,
         emit: impl FnOnce(&mut Fx),
     ) -> Result<KernelId, BackendError> {
         let id = KernelId(self.ids.len());
@@ -149,9 +160,28 @@ impl KernelModule {
         let mut fx = Fx::new(b, self.fma, module.isa().frontend_config());
         emit(&mut fx);
         fx.finish();
-        module
-            .define_function(func_id, &mut self.ctx)
-            .map_err(|e| BackendError::Compile(format!("{name}: {e:?}")))?;
+        let failed = |e: &dyn std::fmt::Debug| BackendError::Compile(format!("{name}: {e:?}"));
+        if in_order {
+            let isa = &*self.in_order;
+            self.ctx
+                .compile(isa, &mut ControlPlane::default())
+                .map_err(|e| failed(&e.inner))?;
+            let code = self.ctx.compiled_code().expect("compiled just above");
+            let align = u64::from(code.buffer.alignment);
+            let relocs: Vec<ModuleReloc> = code
+                .buffer
+                .relocs()
+                .iter()
+                .map(|r| ModuleReloc::from_mach_reloc(r, &self.ctx.func, func_id))
+                .collect();
+            module
+                .define_function_bytes(func_id, align, code.code_buffer(), &relocs)
+                .map_err(|e| failed(&e))?;
+        } else {
+            module
+                .define_function(func_id, &mut self.ctx)
+                .map_err(|e| failed(&e))?;
+        }
         module.clear_context(&mut self.ctx);
         self.ids.push(func_id);
         Ok(id)
@@ -221,7 +251,11 @@ pub fn clif_text(kernels: &[Kernel]) -> Result<String, BackendError> {
 /// The host disassembly of one kernel, for inspecting register allocation in the inner loops.
 #[cfg(test)]
 pub fn disassemble(kernel: &Kernel) -> Result<String, BackendError> {
-    let isa = host_isa()?;
+    let isa = host_isa(if kernel.in_program_order() {
+        "none"
+    } else {
+        "speed"
+    })?;
     let mut ctx = Context::new();
     ctx.func.signature = kernel_signature(isa.default_call_conv());
     let mut fctx = FunctionBuilderContext::new();

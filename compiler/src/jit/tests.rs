@@ -35,7 +35,7 @@ impl One {
     fn probe(emit: impl Fn(&mut Fx, Value) -> Value) -> One {
         let mut module = KernelModule::new().expect("host ISA");
         let id = module
-            .define("probe", |fx| {
+            .define("probe", false, |fx| {
                 let x = fx.arg(0);
                 let y = fx.arg(1);
                 let zero = fx.iconst(0);
@@ -986,7 +986,11 @@ fn clif_is_emitted_and_verified() {
         &clif[..200]
     );
     assert!(clif.contains(" = fma "), "the fixed ISA has FMA");
-    assert!(clif.contains("; k0_dense_10x8_gelu"));
+    assert!(
+        clif.contains("; k0_convert_10"),
+        "the first dense layer reads converted pixels"
+    );
+    assert!(clif.contains("; k1_dense_10x8_gelu"));
     assert_eq!(clif, emit_clif(&p).expect("clif"), "deterministic");
 }
 
@@ -1084,10 +1088,7 @@ fn baseline_phase_timing() {
 #[ignore = "prints machine code"]
 fn print_dense_disassembly() {
     let k = Kernel::Dense {
-        convert: Some(Convert {
-            features: 3072,
-            standardize: false,
-        }),
+        convert: None,
         inputs: 3072,
         units: 100,
         bias: true,

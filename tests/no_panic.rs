@@ -147,6 +147,12 @@ fn pathological_inputs_are_errors_not_crashes() {
         format!("model m\nrepeat {} {{ dense 10 }}", u64::MAX),
         "x".repeat(2 << 20),
         "model m\ninput cifar10\ndense 18446744073709551615\n".to_string(),
+        // Bodies that expand to nothing must not be iterated a quintillion times.
+        format!(
+            "model m\nrepeat {} {{ }}\nrepeat {} {{ dense x }}",
+            u64::MAX,
+            u64::MAX
+        ),
     ];
     for case in &cases {
         let compiled = netc_compiler::compile(case);

@@ -518,6 +518,13 @@ impl Builder<'_> {
             .iter()
             .filter_map(|e| self.layer_stmt(e))
             .collect();
+        if block.entries.is_empty() {
+            self.push(
+                Diag::error("check::missing_block", "`repeat` has no layers to repeat")
+                    .with_label(block.span, "empty")
+                    .with_help("put the layers to repeat in the block: `repeat 20 { dense 100 }`"),
+            );
+        }
         Some(RepeatDecl {
             count: count?,
             body,

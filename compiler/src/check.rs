@@ -318,6 +318,11 @@ impl Cx {
                         self.range_error(r.count.span, "repeat count", 0, "at least 1");
                         continue;
                     }
+                    // A body without layers (empty, or every layer rejected) expands to nothing
+                    // however large the count: do not spin through the count.
+                    if count_layers(&r.body) == 0 {
+                        continue;
+                    }
                     for _ in 0..r.count.value {
                         self.expand(&r.body, defaults, counters, out);
                     }

@@ -66,6 +66,34 @@ pub enum Command {
     Bench(BenchArgs),
     /// Train one run per combination of parameter values and tabulate them.
     Sweep(SweepArgs),
+    /// Manage the CIFAR-10 data set.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Download CIFAR-10's binary version (162 MB) into the cache dir, verifying its MD5.
+    Fetch(FetchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FetchArgs {
+    /// Directory to put `cifar-10-binary.tar.gz` in (default: the cache dir, where every command
+    /// looks for it).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Where to download from: the official URL or a mirror's.
+    #[arg(long, default_value = netc_runtime::fetch::CIFAR10_URL)]
+    url: String,
+    /// MD5 checksum of the file at --url (default: the official archive's).
+    #[arg(long, default_value = netc_runtime::fetch::CIFAR10_MD5, value_parser = parse_md5)]
+    md5: String,
+    /// Seconds to wait for a connection, and for the server to send anything, before giving up.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    timeout: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -74,16 +102,58 @@ pub struct DataArgs {
     /// (default: $NETC_DATA, ./data, then the cache dir).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Which executor trains and evaluates.
-    #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
-    backend: BackendKind,
+    /// Which executor trains and evaluates [default: interp, which is faster than the JIT for
+    /// now; when resuming, the run's].
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
+    /// Never download: when no data is found, stop with an error (also NETC_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
+}
+
+impl DataArgs {
+    /// The executor asked for; the interpreter by default until the JIT is faster per epoch.
+    fn backend(&self) -> BackendKind {
+        self.backend.unwrap_or(BackendKind::Interp)
+    }
+
+    /// Where this command's data is. This is the one place a command may download the data set:
+    /// when it is nowhere and neither --data, NETC_DATA, --offline nor NETC_OFFLINE was given.
+    fn locate(&self) -> Result<PathBuf> {
+        let mut announce = |looked: &[PathBuf], opts: &netc_runtime::fetch::FetchOptions| {
+            let places: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
+            eprintln!(
+                "CIFAR-10 not found (looked in {}); downloading it ({} MB) from {} into {}\n\
+                 (pass --offline or set NETC_OFFLINE=1 to stop instead, or --data to use a copy)",
+                places.join(", "),
+                netc_runtime::fetch::CIFAR10_MEGABYTES,
+                opts.url,
+                opts.dir.display()
+            );
+        };
+        let source = netc_runtime::fetch::locate_or_fetch(
+            self.data.as_deref(),
+            self.offline,
+            &mut announce,
+        )?;
+        Ok(source.path().to_path_buf())
+    }
 }
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    spec: PathBuf,
+    /// The spec to train (not with --resume, which trains the run's own copy).
+    #[arg(required_unless_present = "resume")]
+    spec: Option<PathBuf>,
     #[command(flatten)]
     common: DataArgs,
+    /// Continue an interrupted run from its checkpoint, exactly where it stopped.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["spec", "epochs", "seed", "out"])]
+    resume: Option<PathBuf>,
+    /// Write a checkpoint to RUN_DIR/checkpoint/ every N epochs and when training ends (0: only
+    /// when interrupted).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    checkpoint_every: u64,
     /// Train this many epochs instead of the spec's.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     epochs: Option<u64>,
@@ -130,7 +200,7 @@ pub struct BenchArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     batch: Option<u64>,
     /// Which executor to time.
-    #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
+    #[arg(long, value_enum, default_value_t = BackendKind::Interp)]
     backend: BackendKind,
     /// Training steps per timed repetition.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
@@ -147,7 +217,7 @@ pub struct BenchArgs {
 pub enum BackendKind {
     /// Kernels specialized for the spec, compiled with Cranelift.
     Jit,
-    /// The ndarray reference executor (the oracle; slower).
+    /// The ndarray reference executor (the oracle).
     Interp,
 }
 
@@ -222,6 +292,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::LrFind(args) => lr_find(args),
         Command::Bench(args) => bench(args),
         Command::Sweep(args) => sweep(args),
+        Command::Data {
+            command: DataCommand::Fetch(args),
+        } => data_fetch(args),
     }
 }
 
@@ -238,20 +311,68 @@ fn make_backend(
 }
 
 fn run(args: RunArgs) -> Result<ExitCode> {
-    let Some(program) = program_of(&args.spec)? else {
-        return Ok(ExitCode::from(1));
+    let interrupt = install_interrupt_handler()?;
+    let checkpoint_every = usize::try_from(args.checkpoint_every).unwrap_or(usize::MAX);
+    let result = match (&args.resume, &args.spec) {
+        (Some(run_dir), _) => {
+            netc_runtime::checkpoint::check_resumable(run_dir)?;
+            let Some(program) = program_of(&run_dir.join(netc_runtime::run::SPEC_FILE))? else {
+                return Ok(ExitCode::from(1));
+            };
+            let opts = netc_runtime::run::ResumeOptions {
+                data: Some(args.common.locate()?),
+                quiet: args.quiet,
+                checkpoint_every,
+                interrupt: Some(interrupt),
+            };
+            let asked = args.common.backend;
+            netc_runtime::run::resume(&program, run_dir, &opts, |p, stats, trained_with| {
+                let kind = asked.unwrap_or(match trained_with {
+                    "interp" => BackendKind::Interp,
+                    _ => BackendKind::Jit,
+                });
+                make_backend(kind, p, stats)
+            })
+        }
+        (None, Some(spec)) => {
+            let Some(program) = program_of(spec)? else {
+                return Ok(ExitCode::from(1));
+            };
+            let opts = RunOptions {
+                data: Some(args.common.locate()?),
+                epochs: args.epochs.map(|e| e as usize),
+                seed: args.seed,
+                out: args.out.clone(),
+                quiet: args.quiet,
+                checkpoint_every,
+                interrupt: Some(interrupt),
+            };
+            let kind = args.common.backend();
+            netc_runtime::run::run(&program, spec, &opts, |p, stats| {
+                make_backend(kind, p, stats)
+            })
+        }
+        // clap requires one of the two.
+        (None, None) => return Ok(ExitCode::from(2)),
     };
-    let opts = RunOptions {
-        data: args.common.data.clone(),
-        epochs: args.epochs.map(|e| e as usize),
-        seed: args.seed,
-        out: args.out.clone(),
-        quiet: args.quiet,
+    let summary = match result {
+        Err(netc_runtime::run::RunError::Interrupted {
+            run_dir,
+            epochs_completed,
+            steps,
+        }) => {
+            eprintln!(
+                "interrupted after {epochs_completed} epochs and {steps} steps of the next; \
+                 checkpoint written to {}\nresume with: netc run --resume {}",
+                run_dir
+                    .join(netc_runtime::checkpoint::CHECKPOINT_DIR)
+                    .display(),
+                run_dir.display()
+            );
+            return Ok(ExitCode::from(130));
+        }
+        other => other?,
     };
-    let kind = args.common.backend;
-    let summary = netc_runtime::run::run(&program, &args.spec, &opts, |p, stats| {
-        make_backend(kind, p, stats)
-    })?;
     if !args.quiet {
         let dir = Path::new(&summary.run_dir);
         let history =
@@ -267,6 +388,30 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Makes Ctrl-C, SIGTERM and SIGHUP ask training to stop after its current step and checkpoint;
+/// a second one exits at once with status 130, as a shell reports a process killed by SIGINT.
+fn install_interrupt_handler() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let flag = std::sync::Arc::new(AtomicBool::new(false));
+    let seen = flag.clone();
+    ctrlc::set_handler(move || {
+        if seen.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupted: finishing the current step and writing a checkpoint \
+             (interrupt again to quit at once)"
+        );
+    })
+    .map_err(|e| {
+        miette!(
+            code = "netc::run::signals",
+            "cannot install the interrupt handler: {e}"
+        )
+    })?;
+    Ok(flag)
+}
+
 fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result<ExitCode> {
     let spec_path = run_dir.join(netc_runtime::run::SPEC_FILE);
     let summary =
@@ -275,7 +420,7 @@ fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result<ExitCode> 
         return Ok(ExitCode::from(1));
     };
     program.train.seed = summary.seed;
-    let data = netc_runtime::data::load(common.data.as_deref())?;
+    let data = netc_runtime::data::load(Some(&common.locate()?))?;
     let stats = match program.input.preprocess {
         Preprocess::Standardize => {
             let split = netc_runtime::data::split_validation(
@@ -287,7 +432,7 @@ fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result<ExitCode> 
         }
         Preprocess::Scale01 => None,
     };
-    let mut backend = make_backend(common.backend, &program, stats)?;
+    let mut backend = make_backend(common.backend(), &program, stats)?;
     let mut state = backend.state();
     state.params = netc_runtime::weights::load_params(
         &run_dir.join(netc_runtime::run::WEIGHTS_FILE),
@@ -361,7 +506,7 @@ fn lr_find(args: LrFindArgs) -> Result<ExitCode> {
     let Some(program) = program_of(&args.spec)? else {
         return Ok(ExitCode::from(1));
     };
-    let data = netc_runtime::data::load(args.common.data.as_deref())?;
+    let data = netc_runtime::data::load(Some(&args.common.locate()?))?;
     let split = netc_runtime::data::split_validation(
         data.train.len(),
         program.train.validation,
@@ -371,7 +516,7 @@ fn lr_find(args: LrFindArgs) -> Result<ExitCode> {
         Preprocess::Standardize => Some(netc_runtime::data::input_stats(&data.train, &split.train)),
         Preprocess::Scale01 => None,
     };
-    let mut backend = make_backend(args.common.backend, &program, stats)?;
+    let mut backend = make_backend(args.common.backend(), &program, stats)?;
     let opts = LrFindOptions {
         min_lr: args.min,
         max_lr: args.max,
@@ -662,8 +807,8 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
         exe,
         jobs: args.jobs as usize,
         epochs: args.epochs,
-        data: args.common.data.clone(),
-        backend: match args.common.backend {
+        data: Some(args.common.locate()?),
+        backend: match args.common.backend() {
             BackendKind::Jit => "jit",
             BackendKind::Interp => "interp",
         }
@@ -696,5 +841,62 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
         result.plot_path.display(),
         result.json_path.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// clap's parser for `--md5`: a malformed checksum is a usage error (exit code 2).
+fn parse_md5(arg: &str) -> std::result::Result<String, String> {
+    netc_runtime::fetch::parse_md5(arg).map_err(|e| {
+        let help = miette::Diagnostic::help(&e).map(|h| format!("\n  help: {h}"));
+        format!("{e}{}", help.unwrap_or_default())
+    })
+}
+
+fn data_fetch(args: FetchArgs) -> Result<ExitCode> {
+    use netc_runtime::fetch::{self, FetchError, FetchOptions};
+    let cache = netc_runtime::data::cache_dir();
+    let dir = match args.dir.clone().or_else(|| cache.clone()) {
+        Some(dir) => dir,
+        None => return Err(FetchError::NoCacheDir.into()),
+    };
+    let timeout = std::time::Duration::from_secs(args.timeout);
+    let opts = FetchOptions {
+        url: args.url,
+        md5: args.md5,
+        dir,
+        connect_timeout: timeout,
+        read_timeout: timeout,
+        progress: true,
+    };
+    eprintln!("downloading {}\n  to {}", opts.url, opts.target().display());
+    let fetched = fetch::fetch(&opts)?;
+    let mb = fetched.bytes as f64 / 1e6;
+    if fetched.already_present {
+        eprintln!(
+            "{} is already there and its MD5 matches; nothing to download",
+            fetched.path.display()
+        );
+    } else if fetched.resumed_from > 0 {
+        eprintln!(
+            "saved {} ({mb:.1} MB, resumed after {:.1} MB), MD5 verified",
+            fetched.path.display(),
+            fetched.resumed_from as f64 / 1e6
+        );
+    } else {
+        eprintln!(
+            "saved {} ({mb:.1} MB), MD5 verified",
+            fetched.path.display()
+        );
+    }
+    // Commands search ./data and the cache dir; anywhere else they must be told.
+    let found_by_default =
+        [Some(Path::new("data")), cache.as_deref()].contains(&Some(opts.dir.as_path()));
+    if !found_by_default {
+        eprintln!(
+            "commands look in ./data and the cache dir only: pass --data {} or set NETC_DATA to it",
+            fetched.path.display()
+        );
+    }
+    println!("{}", fetched.path.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,8 @@ fn netc(args: &[&str]) -> Output {
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("NO_COLOR", "1")
+        // A command that finds no data would otherwise download it; tests never leave 127.0.0.1.
+        .env("NETC_OFFLINE", "1")
         .output()
         .expect("netc runs")
 }
@@ -345,4 +347,154 @@ fn bench_reports_timings_for_both_backends_without_data() {
         assert_eq!(r["batch"], 16);
         assert_eq!(r["backend"], backend);
     }
+}
+
+/// history.csv of a run directory without its last column (wall-clock seconds).
+fn history_without_seconds(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("history.csv"))
+        .expect("history.csv")
+        .lines()
+        .map(|l| l.rsplit_once(',').map_or(l, |(rest, _)| rest).to_owned())
+        .collect()
+}
+
+/// The bits of every weight a finished run kept.
+fn weight_bits(dir: &Path, spec_text: &str) -> Vec<Vec<u32>> {
+    let program = netc_compiler::compile(spec_text)
+        .program
+        .expect("the spec checks");
+    netc_runtime::weights::load_params(&dir.join("weights.safetensors"), &program)
+        .expect("weights")
+        .iter()
+        .map(|a| a.iter().map(|v| v.to_bits()).collect())
+        .collect()
+}
+
+#[test]
+fn sigint_checkpoints_exits_130_and_the_run_resumes_exactly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = synthetic_data(tmp.path());
+    let spec = tmp.path().join("tiny.net");
+    std::fs::write(&spec, TINY_SPEC).expect("write spec");
+    let (spec, data) = (spec.to_str().expect("utf-8"), data.to_str().expect("utf-8"));
+    let stopped = tmp.path().join("stopped");
+    let full = tmp.path().join("full");
+    let run_args = |out: &Path| {
+        [
+            "run",
+            spec,
+            "--data",
+            data,
+            "--backend",
+            "interp",
+            "--epochs",
+            "150",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.to_str().expect("utf-8").to_owned()])
+        .collect::<Vec<String>>()
+    };
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netc"))
+        .args(run_args(&stopped))
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("netc starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut err = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("utf-8 stderr");
+        err.push_str(&line);
+        err.push('\n');
+        if line.starts_with("epoch ") {
+            let kill = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(kill.success());
+            break;
+        }
+    }
+    for line in lines {
+        err.push_str(&line.expect("utf-8 stderr"));
+        err.push('\n');
+    }
+    let status = child.wait().expect("netc exits");
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(
+        err.contains(&format!(
+            "resume with: netc run --resume {}",
+            stopped.display()
+        )),
+        "{err}"
+    );
+    assert!(!stopped.join("summary.json").exists(), "{err}");
+    assert!(stopped.join("checkpoint/trainer.json").is_file());
+
+    let resumed = netc(&[
+        "run",
+        "--resume",
+        stopped.to_str().expect("utf-8"),
+        "--data",
+        data,
+        "--quiet",
+    ]);
+    assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
+    let o = netc(
+        &run_args(&full)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        history_without_seconds(&full),
+        history_without_seconds(&stopped)
+    );
+    assert_eq!(history_without_seconds(&full).len(), 151);
+    assert!(weight_bits(&full, TINY_SPEC) == weight_bits(&stopped, TINY_SPEC));
+
+    // Finished now: resuming again is refused with a diagnostic.
+    let again = netc(&[
+        "run",
+        "--resume",
+        stopped.to_str().expect("utf-8"),
+        "--data",
+        data,
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("netc::resume::finished"),
+        "{}",
+        stderr(&again)
+    );
+    assert_no_panic(&again);
+}
+
+#[test]
+fn resume_without_a_checkpoint_or_with_other_flags_is_refused() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("run");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::write(dir.join("spec.net"), TINY_SPEC).expect("write spec");
+    let dir = dir.to_str().expect("utf-8");
+    let o = netc(&["run", "--resume", dir, "--offline"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("netc::resume::no_checkpoint"),
+        "{}",
+        stderr(&o)
+    );
+    assert_no_panic(&o);
+    let o = netc(&["run", "--resume", dir, "--epochs", "3"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = netc(&["run", "specs/baseline.net", "--resume", dir]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }

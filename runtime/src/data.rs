@@ -45,10 +45,10 @@ pub const SYNTHETIC_MARKER: &str = "netc-synthetic.txt";
 /// `rng::purpose` constants so synthetic data never correlates with a split or a shuffle.
 const SYNTHETIC_PURPOSE: u64 = 0x5359_4e54;
 
-const HOW_TO_GET: &str = "download the binary version of CIFAR-10 \
-(https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz) and put `cifar-10-binary.tar.gz` \
-(or its extracted `cifar-10-batches-bin` folder) in ./data, or pass its path with --data, or set \
-NETC_DATA to it";
+const HOW_TO_GET: &str = "run `netc data fetch` to download it (162 MB) into the cache dir; or \
+download the binary version of CIFAR-10 (https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz) \
+and put `cifar-10-binary.tar.gz` (or its extracted `cifar-10-batches-bin` folder) in ./data, or \
+pass its path with --data, or set NETC_DATA to it";
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum DataError {
@@ -311,13 +311,20 @@ pub fn cache_dir() -> Option<PathBuf> {
     }
 }
 
+/// `NETC_DATA`, when set to a path.
+pub fn env_data() -> Option<PathBuf> {
+    std::env::var_os("NETC_DATA")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
 /// Finds the data through `explicit`, else `NETC_DATA`, else `./data`, else the cache dir.
 pub fn locate(explicit: Option<&Path>) -> Result<DataSource, DataError> {
-    let env = std::env::var_os("NETC_DATA").filter(|v| !v.is_empty());
+    let env = env_data();
     let cache = cache_dir();
     let roots = search_roots(
         explicit,
-        env.as_deref().map(Path::new),
+        env.as_deref(),
         Path::new("data"),
         cache.as_deref(),
     );
@@ -1001,7 +1008,9 @@ mod tests {
         assert!(text.contains(&b.join(TARBALL_NAME).display().to_string()));
         let help = err.help().map(|h| h.to_string()).unwrap_or_default();
         assert!(
-            help.contains("NETC_DATA") && help.contains("--data"),
+            help.contains("NETC_DATA")
+                && help.contains("--data")
+                && help.contains("netc data fetch"),
             "{help}"
         );
     }

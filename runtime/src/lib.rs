@@ -6,8 +6,10 @@
 //! trait, never the AST or a backend's internals.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod compare;
 pub mod data;
+pub mod fetch;
 pub mod lr_find;
 pub mod plot;
 pub mod report;

@@ -45,7 +45,39 @@ pub enum StopReason {
     /// Early stopping: the monitored metric did not improve for `patience` epochs.
     EarlyStopping { patience: usize },
     /// The loss became NaN or infinite at this (0-based, global) step; the last good weights kept.
-    Diverged { step: u64, epoch: usize },
+    Diverged {
+        step: u64,
+        epoch: usize,
+        /// What made the step's loss non-finite, when training could tell.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<DivergenceCause>,
+    },
+}
+
+/// Why a step's loss was not finite: the parameters going into the step, checked by replaying
+/// the epoch's steps from the last good state (see `train::train`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DivergenceCause {
+    /// The previous step's update left this parameter (the first in layer order) non-finite.
+    NonFiniteParam { param: String, layer: String },
+    /// Every parameter was finite: the forward pass itself overflowed.
+    FiniteParams,
+}
+
+impl DivergenceCause {
+    /// One clause for a sentence: what the parameters going into the step looked like.
+    pub fn describe(&self) -> String {
+        match self {
+            DivergenceCause::NonFiniteParam { param, layer } => format!(
+                "the update before it made `{param}` non-finite ({layer} is the first layer \
+                 that blew up)"
+            ),
+            DivergenceCause::FiniteParams => {
+                "every parameter was still finite, so the forward pass overflowed".to_owned()
+            }
+        }
+    }
 }
 
 /// Sparsity of one dense kernel.
@@ -452,10 +484,16 @@ fn describe_stop(stop: &StopReason, epochs_run: usize) -> String {
         StopReason::EarlyStopping { patience } => {
             format!("stopped early after {epochs_run} epochs: no improvement for {patience} epochs")
         }
-        StopReason::Diverged { step, epoch } => format!(
-            "diverged in epoch {epoch} (step {step}): the loss became NaN or infinite; \
-             the last good weights were kept"
-        ),
+        StopReason::Diverged { step, epoch, cause } => {
+            let why = cause
+                .as_ref()
+                .map(|c| format!("; {}", c.describe()))
+                .unwrap_or_default();
+            format!(
+                "diverged in epoch {epoch} (step {step}): the loss became NaN or infinite{why}; \
+                 the last good weights were kept"
+            )
+        }
     }
 }
 
@@ -716,6 +754,10 @@ mod tests {
         summary.stop = StopReason::Diverged {
             step: 1234,
             epoch: 3,
+            cause: Some(DivergenceCause::NonFiniteParam {
+                param: "dense_2.kernel".to_owned(),
+                layer: "dense_2".to_owned(),
+            }),
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("summary.json");
@@ -724,6 +766,14 @@ mod tests {
         assert!(text.lines().count() > 20, "not pretty-printed:\n{text}");
         assert!(text.contains("\"kind\": \"diverged\""), "{text}");
         assert_eq!(read_summary(&path).unwrap(), summary);
+        let report = render_report(&summary, &history);
+        assert!(
+            report.contains(
+                "step 1234): the loss became NaN or infinite; the update before it \
+                 made `dense_2.kernel` non-finite (dense_2 is the first layer that blew up)"
+            ),
+            "{report}"
+        );
 
         summary.mc_test_acc = None;
         summary.mc_samples = None;

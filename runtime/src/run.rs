@@ -1,7 +1,9 @@
 //! One complete run of a checked program: load the data, build a backend through the caller's
 //! factory (so the CLI chooses `interp` or `jit`), train, evaluate on the test set (with MC
 //! Dropout and magnitude pruning when the spec asks), and leave a run directory behind: a copy of
-//! the spec, `history.csv`, `summary.json`, `curves.png` and `weights.safetensors`.
+//! the spec, `history.csv`, `summary.json`, `curves.png` and `weights.safetensors`, and during
+//! training a `checkpoint/` (see `checkpoint`) that `resume` continues from. A run is finished
+//! once `summary.json` exists.
 //!
 //! A run directory is never overwritten: the default name gets a numeric suffix when taken, and
 //! an explicit `--out` that exists is an error. Every file in it is written atomically.
@@ -9,19 +11,22 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use netc_compiler::backend::{Backend, BackendError, InputStats, TrainState};
 use netc_compiler::ir::{OpKind, ParamId, Preprocess, Program};
 
+use crate::checkpoint::{self, CheckpointError, Checkpointer, ResumeError, RunIdentity};
 use crate::data::{self, DataError};
 use crate::plot::{self, PlotError};
 use crate::report::{self, LayerSparsity, ReportError, Summary};
-use crate::train::{self, Evaluation, TrainOptions};
+use crate::train::{self, Evaluation, TrainOptions, TrainStop};
 use crate::weights::{self, WeightsError};
 
 /// What the command line can change about a run.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// Where CIFAR-10 is; see `data::locate` for where it is looked for otherwise.
     pub data: Option<PathBuf>,
@@ -33,6 +38,12 @@ pub struct RunOptions {
     pub out: Option<PathBuf>,
     /// No progress output on stderr.
     pub quiet: bool,
+    /// Write a checkpoint after every this many epochs and when training ends; 0 writes one
+    /// only when interrupted.
+    pub checkpoint_every: usize,
+    /// Once set (by a signal handler), training stops after the current step, writes a
+    /// checkpoint and the run returns `RunError::Interrupted`.
+    pub interrupt: Option<Arc<AtomicBool>>,
 }
 
 /// Name of the spec's copy in the run directory, fixed so tools can find it.
@@ -82,6 +93,29 @@ pub enum RunError {
         source: io::Error,
     },
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Checkpoint(Box<CheckpointError>),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Resume(Box<ResumeError>),
+
+    #[error(
+        "training was interrupted after {epochs_completed} epochs and {steps} steps of the next; \
+         the checkpoint in {} holds everything so far",
+        run_dir.display()
+    )]
+    #[diagnostic(
+        code(netc::run::interrupted),
+        help("continue exactly where it stopped with `netc run --resume {}`", run_dir.display())
+    )]
+    Interrupted {
+        run_dir: PathBuf,
+        epochs_completed: usize,
+        steps: usize,
+    },
+
     #[error("cannot read the spec {}: {source}", path.display())]
     #[diagnostic(code(netc::run::read_spec))]
     ReadSpec {
@@ -105,6 +139,18 @@ impl From<PlotError> for RunError {
     }
 }
 
+impl From<CheckpointError> for RunError {
+    fn from(e: CheckpointError) -> Self {
+        RunError::Checkpoint(Box::new(e))
+    }
+}
+
+impl From<Box<ResumeError>> for RunError {
+    fn from(e: Box<ResumeError>) -> Self {
+        RunError::Resume(e)
+    }
+}
+
 impl From<WeightsError> for RunError {
     fn from(e: WeightsError) -> Self {
         RunError::Weights(Box::new(e))
@@ -114,7 +160,7 @@ impl From<WeightsError> for RunError {
 /// Runs `program` (parsed from `spec_path`) end to end and returns its summary, also written to
 /// the run directory. `make_backend` builds the executor from the program as run (seed and epochs
 /// overridden) and, for standardized inputs, the training split's statistics; the time it takes
-/// is reported as `compile_ms`.
+/// is reported as `compile_ms`. Checkpoints go to `RUN_DIR/checkpoint/` (see `checkpoint`).
 pub fn run<F>(
     program: &Program,
     spec_path: &Path,
@@ -138,117 +184,306 @@ where
     })?;
 
     let data = data::load(opts.data.as_deref())?;
-    let split = data::split_validation(
-        data.train.len(),
-        program.train.validation,
-        program.train.seed,
-    )?;
-    let stats = match program.input.preprocess {
-        Preprocess::Standardize => Some(data::input_stats(&data.train, &split.train)),
-        Preprocess::Scale01 => None,
-    };
+    let (split, stats) = split_and_stats(&program, &data.train)?;
 
     let compile_started = Instant::now();
-    let mut backend = make_backend(&program, stats)?;
+    let backend = make_backend(&program, stats)?;
     let compile_ms = compile_started.elapsed().as_secs_f64() * 1e3;
 
     // Reserve the directory before the long part, so a taken `--out` fails in seconds.
     let run_dir = create_run_dir(opts.out.as_deref(), &program.name)?;
     write_file(&run_dir.join(SPEC_FILE), &spec_text)?;
 
-    let train_opts = TrainOptions {
-        epochs: None,
-        quiet: opts.quiet,
-    };
-    let outcome = train::train(backend.as_mut(), &program, &data.train, &split, &train_opts);
-
-    let test_indices = data.test.all_indices();
-    let classes = program.output_width();
-    let mc_samples = program.eval.mc_dropout;
-    let (test, unpruned_test_acc) = match program.eval.prune {
-        Some(prune) => {
-            let before =
-                train::evaluate(backend.as_mut(), &data.test, &test_indices, classes, None);
-            let mut state = backend.state();
-            prune_dense_kernels(&program, &mut state, prune.sparsity);
-            backend.set_state(&state);
-            let after = train::evaluate(
-                backend.as_mut(),
-                &data.test,
-                &test_indices,
-                classes,
-                mc_samples,
-            );
-            (after, Some(before.standard.accuracy))
-        }
-        None => (
-            train::evaluate(
-                backend.as_mut(),
-                &data.test,
-                &test_indices,
-                classes,
-                mc_samples,
-            ),
-            None,
-        ),
-    };
-    let final_state = backend.state();
-    let (sparsity, layer_sparsity) = dense_sparsity(&program, &final_state);
-
-    weights::save_params(&run_dir.join(WEIGHTS_FILE), &program, &final_state)?;
-    let history = &outcome.history;
-    write_history(&run_dir, history)?;
-    if !history.epochs.is_empty() {
-        plot::plot_curves(
-            &run_dir.join(CURVES_FILE),
-            &program.name,
-            history,
-            outcome.best_epoch,
-        )?;
-    }
-    if !opts.quiet {
-        print_test_line(&test);
-        if let Some(before) = unpruned_test_acc {
-            eprintln!(
-                "pruned dense kernels to {:.1}% zeros: test acc {before:.4} before, {:.4} after",
-                sparsity * 100.0,
-                test.standard.accuracy
-            );
-        }
-    }
-
-    // The summary speaks of one epoch: the best one, whose weights the run keeps and tests.
-    let best = history
-        .epochs
-        .iter()
-        .find(|e| e.epoch == outcome.best_epoch);
-    let summary = Summary {
+    let identity = RunIdentity {
         spec: spec_path.display().to_string(),
+        spec_hash: checkpoint::fnv1a64(&spec_text),
         model: program.name.clone(),
         backend: backend.name().to_owned(),
         seed: program.train.seed,
-        epochs_run: history.epochs.len(),
-        best_epoch: outcome.best_epoch,
-        best_val_acc: best.map_or(f64::NAN, |e| f64::from(e.val_accuracy)),
-        best_val_loss: best.map_or(f64::NAN, |e| f64::from(e.val_loss)),
-        test_acc: test.standard.accuracy,
-        test_loss: test.standard.loss,
-        mc_test_acc: test.mc_dropout.as_ref().map(|m| m.metrics.accuracy),
-        mc_samples: test.mc_dropout.as_ref().map(|m| m.samples),
-        sparsity,
-        layer_sparsity,
-        unpruned_test_acc,
-        param_count: program.param_count(),
-        trainable_params: program.trainable_param_count(),
-        sec_per_epoch: median(history.epochs.iter().map(|e| e.seconds).collect()),
-        total_seconds: started.elapsed().as_secs_f64(),
-        compile_ms,
-        peak_rss_mb: peak_rss_mb(),
-        stop: outcome.stop,
-        run_dir: run_dir.display().to_string(),
+        epochs: program.train.epochs,
+        data: checkpoint::data_fingerprint(&data.train),
     };
-    report::write_summary(&run_dir.join(SUMMARY_FILE), &summary)?;
-    Ok(summary)
+    let checkpointer = Checkpointer::new(&run_dir, &program, identity.clone());
+    let session = Session {
+        program: &program,
+        data: &data,
+        split: &split,
+        backend,
+        run_dir,
+        identity,
+        compile_ms,
+        started,
+        quiet: opts.quiet,
+        checkpoint_every: opts.checkpoint_every,
+        interrupt: opts.interrupt.as_deref(),
+        checkpointer,
+        resumed: None,
+    };
+    session.finish()
+}
+
+/// What `resume` takes from the command line; the rest comes from the checkpoint.
+#[derive(Clone, Debug, Default)]
+pub struct ResumeOptions {
+    /// Where CIFAR-10 is (it must be the data the run started with).
+    pub data: Option<PathBuf>,
+    pub quiet: bool,
+    /// As `RunOptions::checkpoint_every`.
+    pub checkpoint_every: usize,
+    /// As `RunOptions::interrupt`.
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+/// Continues the run in `run_dir` from its checkpoint and finishes it as `run` would have, with
+/// the same weights and history (bit for bit, on the same backend). `program` is compiled from
+/// the run's `spec.net`; the seed and epochs come from the checkpoint. `make_backend` gets the
+/// name of the backend that trained the run.
+pub fn resume<F>(
+    program: &Program,
+    run_dir: &Path,
+    opts: &ResumeOptions,
+    make_backend: F,
+) -> Result<Summary, RunError>
+where
+    F: FnOnce(&Program, Option<InputStats>, &str) -> Result<Box<dyn Backend>, BackendError>,
+{
+    let started = Instant::now();
+    let spec_path = run_dir.join(SPEC_FILE);
+    let spec_text = fs::read(&spec_path).map_err(|source| RunError::ReadSpec {
+        path: spec_path.clone(),
+        source,
+    })?;
+    let loaded = checkpoint::load(run_dir, program, &spec_text).map_err(Box::new)?;
+    let mut program = program.clone();
+    program.train.seed = loaded.identity.seed;
+    program.train.epochs = loaded.identity.epochs;
+
+    let data = data::load(opts.data.as_deref())?;
+    let fingerprint = checkpoint::data_fingerprint(&data.train);
+    if fingerprint != loaded.identity.data {
+        return Err(Box::new(ResumeError::DataMismatch {
+            expected: loaded.identity.data.clone(),
+            found: fingerprint,
+        })
+        .into());
+    }
+    let (split, stats) = split_and_stats(&program, &data.train)?;
+    let steps_per_epoch = data::batch_count(split.train.len(), program.train.batch);
+    let ls = &loaded.resumed.loop_state;
+    let expected_step =
+        (ls.epochs_completed * steps_per_epoch + ls.partial.map_or(0, |p| p.steps)) as u64;
+    if loaded.state.step != expected_step || ls.partial.is_some_and(|p| p.steps >= steps_per_epoch)
+    {
+        return Err(Box::new(ResumeError::BadCheckpoint {
+            path: run_dir.join(checkpoint::CHECKPOINT_DIR),
+            reason: format!(
+                "its state is at step {}, but {} epochs of {steps_per_epoch} steps and {} more \
+                 make step {expected_step}",
+                loaded.state.step,
+                ls.epochs_completed,
+                ls.partial.map_or(0, |p| p.steps)
+            ),
+        })
+        .into());
+    }
+
+    let compile_started = Instant::now();
+    let mut backend = make_backend(&program, stats, &loaded.identity.backend)?;
+    let compile_ms = compile_started.elapsed().as_secs_f64() * 1e3;
+    backend.set_state(&loaded.state);
+
+    let checkpointer = Checkpointer::resume(run_dir, &program, &loaded);
+    let mut identity = loaded.identity;
+    identity.backend = backend.name().to_owned();
+    let session = Session {
+        program: &program,
+        data: &data,
+        split: &split,
+        backend,
+        run_dir: run_dir.to_path_buf(),
+        identity,
+        compile_ms,
+        started,
+        quiet: opts.quiet,
+        checkpoint_every: opts.checkpoint_every,
+        interrupt: opts.interrupt.as_deref(),
+        checkpointer,
+        resumed: Some(loaded.resumed),
+    };
+    session.finish()
+}
+
+/// The validation split and, for standardized inputs, the training split's statistics.
+fn split_and_stats(
+    program: &Program,
+    train: &data::Examples,
+) -> Result<(data::Split, Option<InputStats>), RunError> {
+    let split = data::split_validation(train.len(), program.train.validation, program.train.seed)?;
+    let stats = match program.input.preprocess {
+        Preprocess::Standardize => Some(data::input_stats(train, &split.train)),
+        Preprocess::Scale01 => None,
+    };
+    Ok((split, stats))
+}
+
+/// A run with its data, backend and directory in place: what `run` and `resume` share.
+struct Session<'a> {
+    program: &'a Program,
+    data: &'a data::Cifar10,
+    split: &'a data::Split,
+    backend: Box<dyn Backend>,
+    run_dir: PathBuf,
+    identity: RunIdentity,
+    compile_ms: f64,
+    started: Instant,
+    quiet: bool,
+    checkpoint_every: usize,
+    interrupt: Option<&'a AtomicBool>,
+    checkpointer: Checkpointer,
+    resumed: Option<train::Resumed>,
+}
+
+impl Session<'_> {
+    /// Trains (from the checkpoint when resuming), tests, and writes the run directory.
+    fn finish(mut self) -> Result<Summary, RunError> {
+        let program = self.program;
+        let data = self.data;
+        let interrupted = || self.interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
+        let train_opts = TrainOptions {
+            epochs: None,
+            quiet: self.quiet,
+        };
+        let checkpointer = &mut self.checkpointer;
+        let mut save = |snapshot: &train::Snapshot<'_>| checkpointer.save(snapshot);
+        let mut control = train::Control {
+            interrupt: self.interrupt,
+            checkpoint_every: self.checkpoint_every,
+            save: &mut save,
+        };
+        let outcome = train::train_from(
+            self.backend.as_mut(),
+            program,
+            &data.train,
+            self.split,
+            &train_opts,
+            self.resumed.take(),
+            &mut control,
+        );
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(TrainStop::Save(e)) => return Err(e.into()),
+            Err(TrainStop::Interrupted { epoch, steps }) => {
+                return Err(RunError::Interrupted {
+                    run_dir: self.run_dir.clone(),
+                    epochs_completed: epoch - 1,
+                    steps,
+                })
+            }
+        };
+        // An interrupt during the last epoch's validation stops here, before testing: training is
+        // over and checkpointed (unless checkpoints are off), so a resumed run only tests.
+        if interrupted() && self.checkpoint_every > 0 {
+            return Err(RunError::Interrupted {
+                run_dir: self.run_dir.clone(),
+                epochs_completed: outcome.history.epochs.len(),
+                steps: 0,
+            });
+        }
+        let backend = &mut self.backend;
+        let run_dir = &self.run_dir;
+        let opts_quiet = self.quiet;
+
+        let test_indices = data.test.all_indices();
+        let classes = program.output_width();
+        let mc_samples = program.eval.mc_dropout;
+        let (test, unpruned_test_acc) = match program.eval.prune {
+            Some(prune) => {
+                let before =
+                    train::evaluate(backend.as_mut(), &data.test, &test_indices, classes, None);
+                let mut state = backend.state();
+                prune_dense_kernels(program, &mut state, prune.sparsity);
+                backend.set_state(&state);
+                let after = train::evaluate(
+                    backend.as_mut(),
+                    &data.test,
+                    &test_indices,
+                    classes,
+                    mc_samples,
+                );
+                (after, Some(before.standard.accuracy))
+            }
+            None => (
+                train::evaluate(
+                    backend.as_mut(),
+                    &data.test,
+                    &test_indices,
+                    classes,
+                    mc_samples,
+                ),
+                None,
+            ),
+        };
+        let final_state = backend.state();
+        let (sparsity, layer_sparsity) = dense_sparsity(program, &final_state);
+
+        weights::save_params(&run_dir.join(WEIGHTS_FILE), program, &final_state)?;
+        let history = &outcome.history;
+        write_history(run_dir, history)?;
+        if !history.epochs.is_empty() {
+            plot::plot_curves(
+                &run_dir.join(CURVES_FILE),
+                &program.name,
+                history,
+                outcome.best_epoch,
+            )?;
+        }
+        if !opts_quiet {
+            print_test_line(&test);
+            if let Some(before) = unpruned_test_acc {
+                eprintln!(
+                    "pruned dense kernels to {:.1}% zeros: test acc {before:.4} before, {:.4} after",
+                    sparsity * 100.0,
+                    test.standard.accuracy
+                );
+            }
+        }
+
+        // The summary speaks of one epoch: the best one, whose weights the run keeps and tests.
+        let best = history
+            .epochs
+            .iter()
+            .find(|e| e.epoch == outcome.best_epoch);
+        let summary = Summary {
+            spec: self.identity.spec.clone(),
+            model: program.name.clone(),
+            backend: backend.name().to_owned(),
+            seed: program.train.seed,
+            epochs_run: history.epochs.len(),
+            best_epoch: outcome.best_epoch,
+            best_val_acc: best.map_or(f64::NAN, |e| f64::from(e.val_accuracy)),
+            best_val_loss: best.map_or(f64::NAN, |e| f64::from(e.val_loss)),
+            test_acc: test.standard.accuracy,
+            test_loss: test.standard.loss,
+            mc_test_acc: test.mc_dropout.as_ref().map(|m| m.metrics.accuracy),
+            mc_samples: test.mc_dropout.as_ref().map(|m| m.samples),
+            sparsity,
+            layer_sparsity,
+            unpruned_test_acc,
+            param_count: program.param_count(),
+            trainable_params: program.trainable_param_count(),
+            sec_per_epoch: median(history.epochs.iter().map(|e| e.seconds).collect()),
+            total_seconds: self
+                .checkpointer
+                .seconds()
+                .max(self.started.elapsed().as_secs_f64()),
+            compile_ms: self.compile_ms,
+            peak_rss_mb: peak_rss_mb(),
+            stop: outcome.stop.clone(),
+            run_dir: run_dir.display().to_string(),
+        };
+        report::write_summary(&run_dir.join(SUMMARY_FILE), &summary)?;
+        Ok(summary)
+    }
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
@@ -500,6 +735,8 @@ mod tests {
             seed: Some(5),
             out: Some(f.dir.path().join(out)),
             quiet: true,
+            checkpoint_every: 1,
+            interrupt: None,
         }
     }
 

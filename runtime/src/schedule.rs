@@ -2,8 +2,9 @@
 //!
 //! Steps are 0-based global step numbers (the number of updates already applied, as Keras passes
 //! `optimizer.iterations` to a schedule), so step 0 always gets the initial rate. Only
-//! reduce-on-plateau keeps state, fed once per epoch with the validation loss; everything else is
-//! a pure function of the step. Arithmetic is in f64 and only the result is rounded to f32.
+//! reduce-on-plateau keeps state, fed once per epoch with the validation loss (`PlateauState`,
+//! which a checkpoint saves and a resumed run restores); everything else is a pure function of
+//! the step. Arithmetic is in f64 and only the result is rounded to f32.
 
 use netc_compiler::ir::Schedule;
 
@@ -17,15 +18,18 @@ pub struct LrSchedule {
     base_lr: f64,
     steps_per_epoch: u64,
     total_steps: u64,
-    plateau: Plateau,
+    plateau: PlateauState,
 }
 
-/// Reduce-on-plateau's state, as Keras keeps it.
-#[derive(Clone, Debug)]
-struct Plateau {
-    lr: f64,
-    best: f64,
-    wait: usize,
+/// Reduce-on-plateau's state, as Keras keeps it. Other schedules carry it unchanged.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PlateauState {
+    /// The current rate.
+    pub lr: f64,
+    /// The lowest validation loss so far (infinity before the first epoch).
+    pub best: f64,
+    /// Epochs since the last improvement or reduction.
+    pub wait: usize,
 }
 
 impl LrSchedule {
@@ -38,12 +42,22 @@ impl LrSchedule {
             base_lr: f64::from(base_lr),
             steps_per_epoch,
             total_steps: steps_per_epoch * epochs as u64,
-            plateau: Plateau {
+            plateau: PlateauState {
                 lr: f64::from(base_lr),
                 best: f64::INFINITY,
                 wait: 0,
             },
         }
+    }
+
+    /// Reduce-on-plateau's state after the epochs fed so far.
+    pub fn plateau(&self) -> PlateauState {
+        self.plateau
+    }
+
+    /// Continues from a state `plateau` returned (for the same schedule), as a resumed run does.
+    pub fn set_plateau(&mut self, state: PlateauState) {
+        self.plateau = state;
     }
 
     /// The rate for 0-based global `step`.
@@ -272,6 +286,32 @@ mod tests {
         assert_eq!(seen, [1.0, 1.0, 0.5, 0.5, 0.5, 0.3, 0.3, 0.3, 0.3]);
         s.end_epoch(f64::NAN);
         assert_eq!(s.lr(0), 0.3);
+    }
+
+    #[test]
+    fn a_restored_plateau_state_continues_where_it_stopped() {
+        let schedule = Schedule::ReduceOnPlateau {
+            factor: 0.5,
+            patience: 2,
+            min_lr: 0.01,
+        };
+        let losses = [1.0, 1.1, 0.9, 0.95, 0.97, 0.99, 0.5];
+        let mut straight = sched(schedule.clone(), 1.0, 10, 10);
+        let mut resumed = sched(schedule.clone(), 1.0, 10, 10);
+        for &loss in &losses[..4] {
+            straight.end_epoch(loss);
+            resumed.end_epoch(loss);
+        }
+        let saved = resumed.plateau();
+        let mut resumed = sched(schedule, 1.0, 10, 10);
+        assert_ne!(resumed.plateau(), saved);
+        resumed.set_plateau(saved);
+        for &loss in &losses[4..] {
+            straight.end_epoch(loss);
+            resumed.end_epoch(loss);
+            assert_eq!(resumed.plateau(), straight.plateau());
+        }
+        assert_eq!(resumed.lr(0), 0.5);
     }
 
     #[test]

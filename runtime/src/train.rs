@@ -1,10 +1,22 @@
 //! The training loop and evaluation, over any `Backend`.
 //!
 //! `train` runs epochs of shuffled batches with the scheduled learning rate, validates after each
-//! epoch, stops early or on divergence, and returns the history. `evaluate` measures a set,
-//! optionally with MC Dropout. Progress goes to stderr (a bar per epoch, then one line), never to
-//! stdout, which belongs to `--json`. Nothing here knows which backend it drives or reads files.
+//! epoch, stops early or on divergence, and returns the history. `train_from` is the same loop
+//! made resumable: it can start from a `Resumed` loop state, hands `Snapshot`s to a caller's
+//! `save` (every `checkpoint_every` epochs, at the end, and when interrupted), and stops between
+//! two steps when asked to. `evaluate` measures a set, optionally with MC Dropout. Progress goes
+//! to stderr (a bar per epoch, then one line), never to stdout, which belongs to `--json`.
+//! Nothing here knows which backend it drives or reads or writes files.
+//!
+//! Exact resumption needs no random-number state: the only randomness in training is the
+//! epoch's shuffle, `data::epoch_order(train, seed, epoch)`, and the dropout masks, which the
+//! backends draw with `rng::dropout_key(seed, Stream::Train, step, op)` from
+//! `TrainState::step` (see `interp::exec::dropout_key` and `Jit::train_step`). Initialization
+//! and the validation split depend on the seed alone, and Nadam's running `u_product` is
+//! recomputed from the step by `set_state`. So `(seed, epoch, step)` plus the `TrainState` and
+//! the `LoopState` below determine everything that follows.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -12,8 +24,8 @@ use netc_compiler::backend::{Backend, Mode, TrainState};
 use netc_compiler::ir::{Monitor, Program};
 
 use crate::data::{batch_count, epoch_order, Batcher, Examples, Split};
-use crate::report::{EpochRecord, History, StopReason};
-use crate::schedule::LrSchedule;
+use crate::report::{DivergenceCause, EpochRecord, History, StopReason};
+use crate::schedule::{LrSchedule, PlateauState};
 
 /// Examples per `predict` call when evaluating: bounds the activations a backend allocates.
 pub const EVAL_CHUNK: usize = 1_000;
@@ -40,6 +52,86 @@ pub struct TrainOutcome {
     pub stop: StopReason,
 }
 
+/// Everything the loop carries from step to step besides the backend's state: what a
+/// checkpoint stores next to the weights, and where a resumed loop starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoopState {
+    /// Epochs trained and validated.
+    pub epochs_completed: usize,
+    /// The epoch in progress, when training stopped between two of its steps.
+    pub partial: Option<PartialEpoch>,
+    pub history: History,
+    pub tracker: TrackerState,
+    pub plateau: PlateauState,
+    /// Why training ended, once it has; a loop resumed with a stop set trains no more.
+    pub stop: Option<StopReason>,
+}
+
+/// The sums of an epoch interrupted after `steps` of its steps (in the epoch's shuffled order).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PartialEpoch {
+    pub steps: usize,
+    /// Sum of the batch losses, each weighted by its batch size.
+    pub loss_sum: f64,
+    pub correct: usize,
+    pub seen: usize,
+    /// The rate of the last step taken (the history's `lr` column).
+    pub lr: f32,
+    /// Wall-clock seconds spent on the epoch so far.
+    pub seconds: f64,
+}
+
+/// Early stopping's bookkeeping (see `BestTracker`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TrackerState {
+    /// Best value of the monitored metric, `None` before the first validated epoch.
+    pub best: Option<f64>,
+    pub best_epoch: usize,
+    /// Epochs in a row without improvement.
+    pub wait: usize,
+}
+
+/// Where a resumed loop starts: its loop state and the two backend states it may fall back to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resumed {
+    pub loop_state: LoopState,
+    /// The state at the end of the last completed epoch (the initial one before the first).
+    pub last_good: TrainState,
+    /// The best epoch's state, when early stopping restores it.
+    pub best: Option<TrainState>,
+}
+
+/// What a checkpoint must hold to resume the loop exactly.
+#[derive(Clone, Copy, Debug)]
+pub struct Snapshot<'a> {
+    pub loop_state: &'a LoopState,
+    /// The backend's state now.
+    pub state: &'a TrainState,
+    /// See `Resumed::last_good`; the same as `state` at the end of an epoch.
+    pub last_good: &'a TrainState,
+    pub best: Option<&'a TrainState>,
+}
+
+/// How `train_from` checkpoints and when it stops early on request.
+pub struct Control<'a, E> {
+    /// Set (by a signal handler) to stop after the current step.
+    pub interrupt: Option<&'a AtomicBool>,
+    /// Save a snapshot after every this many epochs and when training ends; 0 saves only when
+    /// interrupted.
+    pub checkpoint_every: usize,
+    pub save: &'a mut dyn FnMut(&Snapshot<'_>) -> Result<(), E>,
+}
+
+/// Why `train_from` returned without finishing.
+#[derive(Debug, PartialEq)]
+pub enum TrainStop<E> {
+    /// The interrupt flag was set; a snapshot was saved. `epoch` is the 1-based epoch in
+    /// progress, `steps` the steps of it done.
+    Interrupted { epoch: usize, steps: usize },
+    /// `save` failed; the previous checkpoint is whatever `save` left.
+    Save(E),
+}
+
 /// Trains `backend` on `split.train` of `data`, validating on `split.validation` after every
 /// epoch. Shuffles use `program.train.seed`.
 ///
@@ -54,6 +146,31 @@ pub fn train(
     split: &Split,
     opts: &TrainOptions,
 ) -> TrainOutcome {
+    let mut save = |_: &Snapshot<'_>| Ok::<(), std::convert::Infallible>(());
+    let mut control = Control {
+        interrupt: None,
+        checkpoint_every: 0,
+        save: &mut save,
+    };
+    match train_from(backend, program, data, split, opts, None, &mut control) {
+        Ok(outcome) => outcome,
+        Err(TrainStop::Save(never)) => match never {},
+        Err(TrainStop::Interrupted { .. }) => unreachable!("no interrupt flag was given"),
+    }
+}
+
+/// `train`, resumable: starts from `resumed` when given (a loop state `save` received, with its
+/// backend state already `set_state`), saves snapshots through `control`, and stops between two
+/// steps once `control.interrupt` is set, after saving one.
+pub fn train_from<E>(
+    backend: &mut dyn Backend,
+    program: &Program,
+    data: &Examples,
+    split: &Split,
+    opts: &TrainOptions,
+    resumed: Option<Resumed>,
+    control: &mut Control<'_, E>,
+) -> Result<TrainOutcome, TrainStop<E>> {
     let cfg = &program.train;
     let epochs = opts.epochs.unwrap_or(cfg.epochs);
     let steps_per_epoch = batch_count(split.train.len(), cfg.batch);
@@ -61,43 +178,132 @@ pub fn train(
     let classes = program.output_width();
     let progress = Progress::new(opts.quiet, epochs);
     let mut tracker = BestTracker::new(program, !split.validation.is_empty());
+    let interrupt = control.interrupt;
+    let interrupted = || interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
 
-    let mut history = History::default();
-    let mut stop = StopReason::Completed;
-    let mut last_good = backend.state();
-    let mut step: u64 = 0;
-    'epochs: for epoch in 0..epochs {
-        let started = Instant::now();
+    let (mut ls, mut last_good) = match resumed {
+        Some(r) => {
+            schedule.set_plateau(r.loop_state.plateau);
+            tracker.restore(r.loop_state.tracker, r.best);
+            (r.loop_state, r.last_good)
+        }
+        None => {
+            let fresh = LoopState {
+                epochs_completed: 0,
+                partial: None,
+                history: History::default(),
+                tracker: TrackerState::default(),
+                plateau: schedule.plateau(),
+                stop: None,
+            };
+            (fresh, backend.state())
+        }
+    };
+    let save = |control: &mut Control<'_, E>,
+                ls: &LoopState,
+                state: &TrainState,
+                last_good: &TrainState,
+                best: Option<&TrainState>| {
+        let snapshot = Snapshot {
+            loop_state: ls,
+            state,
+            last_good,
+            best,
+        };
+        (control.save)(&snapshot).map_err(TrainStop::Save)
+    };
+
+    let training = ls.stop.is_none();
+    'epochs: for epoch in ls.epochs_completed..epochs {
+        if ls.stop.is_some() {
+            break;
+        }
+        let partial = ls.partial.take();
+        let done_before = partial.map_or(0, |p| p.steps);
+        let started = Instant::now()
+            .checked_sub(Duration::from_secs_f64(partial.map_or(0.0, |p| p.seconds)))
+            .unwrap_or_else(Instant::now);
         let order = epoch_order(&split.train, cfg.seed, epoch);
-        let mut batcher = Batcher::new(data, &order, cfg.batch);
+        // Batches are consecutive runs of the order, so skipping the steps already done is
+        // starting the batcher that many batches in.
+        let skip = (done_before * cfg.batch).min(order.len());
+        let mut batcher = Batcher::new(data, &order[skip..], cfg.batch);
         let bar = progress.start_epoch(epoch + 1, steps_per_epoch);
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        let mut lr = schedule.lr(step);
+        bar.set_position(done_before as u64);
+        let (mut loss_sum, mut correct, mut seen) = partial.map_or((0.0f64, 0usize, 0usize), |p| {
+            (p.loss_sum, p.correct, p.seen)
+        });
+        let mut done = done_before;
+        let epoch_start_step = (epoch * steps_per_epoch) as u64;
+        let mut lr = match partial {
+            Some(p) => p.lr,
+            None => schedule.lr(epoch_start_step),
+        };
+        // The interrupt is looked at before each step that exists, so an epoch whose steps are
+        // all done is validated and ends normally; the next one's first look then stops.
         while let Some(batch) = batcher.next_batch() {
+            if interrupted() {
+                bar.finish_and_clear();
+                ls.partial = (done > 0).then(|| PartialEpoch {
+                    steps: done,
+                    loss_sum,
+                    correct,
+                    seen,
+                    lr,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+                let state = backend.state();
+                save(
+                    control,
+                    &ls,
+                    &state,
+                    &last_good,
+                    tracker.best_state.as_ref(),
+                )?;
+                return Err(TrainStop::Interrupted {
+                    epoch: epoch + 1,
+                    steps: done,
+                });
+            }
+            let step = epoch_start_step + done as u64;
             lr = schedule.lr(step);
             let stats = backend.train_step(batch, lr);
             if !stats.loss.is_finite() {
                 bar.finish_and_clear();
-                backend.set_state(&last_good);
-                stop = StopReason::Diverged {
-                    step,
-                    epoch: epoch + 1,
+                let replay = Replay {
+                    data,
+                    order: &order,
+                    batch: cfg.batch,
+                    first_step: epoch_start_step,
+                    steps: done,
+                    interrupt,
                 };
+                let cause = replay.cause(backend, program, &schedule, &last_good);
+                backend.set_state(&last_good);
                 let kept = match epoch {
                     0 => "the initial weights".to_owned(),
                     e => format!("the weights from the end of epoch {e}"),
                 };
+                let why = cause
+                    .as_ref()
+                    .map(|c| format!("; {}", c.describe()))
+                    .unwrap_or_default();
                 progress.line(&format!(
-                    "epoch {}: the loss became {} at step {step}; keeping {kept}",
+                    "epoch {}: the loss became {} at step {step}{why}; keeping {kept}",
                     epoch + 1,
                     stats.loss
                 ));
+                ls.stop = Some(StopReason::Diverged {
+                    step,
+                    epoch: epoch + 1,
+                    cause,
+                });
                 break 'epochs;
             }
             loss_sum += f64::from(stats.loss) * batch.len() as f64;
             correct += stats.correct;
             seen += batch.len();
-            step += 1;
+            done += 1;
             bar.inc(1);
             bar.set_message(format!(
                 "loss {:.4}  acc {:.4}  {:.1} ms/step",
@@ -121,11 +327,14 @@ pub fn train(
         schedule.end_epoch(val.loss);
         last_good = backend.state();
         let verdict = tracker.observe(&record, &last_good);
-        history.epochs.push(record);
+        ls.history.epochs.push(record);
+        ls.epochs_completed = epoch + 1;
+        ls.tracker = tracker.state();
+        ls.plateau = schedule.plateau();
         if verdict == Verdict::Stop {
-            stop = StopReason::EarlyStopping {
+            ls.stop = Some(StopReason::EarlyStopping {
                 patience: tracker.patience,
-            };
+            });
             progress.line(&format!(
                 "early stopping: {} has not improved for {} epochs; best epoch {}",
                 tracker.monitor.name(),
@@ -134,6 +343,30 @@ pub fn train(
             ));
             break;
         }
+        let every = control.checkpoint_every;
+        if every > 0 && (epoch + 1) % every == 0 && epoch + 1 < epochs {
+            save(
+                control,
+                &ls,
+                &last_good,
+                &last_good,
+                tracker.best_state.as_ref(),
+            )?;
+        }
+    }
+    if ls.stop.is_none() {
+        ls.stop = Some(StopReason::Completed);
+    }
+    if training && control.checkpoint_every > 0 {
+        // The end of training is saved too, so a run killed while testing resumes there. The
+        // backend holds `last_good` now, also after a divergence.
+        save(
+            control,
+            &ls,
+            &last_good,
+            &last_good,
+            tracker.best_state.as_ref(),
+        )?;
     }
     if let Some(best) = &tracker.best_state {
         backend.set_state(best);
@@ -141,13 +374,76 @@ pub fn train(
     let best_epoch = if tracker.active {
         tracker.best_epoch
     } else {
-        history.epochs.len()
+        ls.history.epochs.len()
     };
-    TrainOutcome {
-        history,
+    Ok(TrainOutcome {
+        history: ls.history,
         best_epoch,
-        stop,
+        stop: ls.stop.unwrap_or(StopReason::Completed),
+    })
+}
+
+/// The steps of one epoch from its start, replayed to look at the parameters going into a step
+/// whose loss was not finite.
+struct Replay<'a> {
+    data: &'a Examples,
+    order: &'a [u32],
+    batch: usize,
+    /// Global step of the epoch's first step.
+    first_step: u64,
+    /// Steps that went well before the one whose loss was not finite.
+    steps: usize,
+    interrupt: Option<&'a AtomicBool>,
+}
+
+impl Replay<'_> {
+    /// Replays the epoch's good steps from `epoch_start` (the same batches, rates and dropout
+    /// masks, hence the same updates) and names the first parameter, in layer order, that was
+    /// not finite going into the failed step. A non-finite loss poisons every gradient, so the
+    /// state after the failed step cannot tell; this costs at most one epoch of steps, once,
+    /// after a divergence. `None` when interrupted meanwhile. Leaves the backend in any state.
+    fn cause(
+        &self,
+        backend: &mut dyn Backend,
+        program: &Program,
+        schedule: &LrSchedule,
+        epoch_start: &TrainState,
+    ) -> Option<DivergenceCause> {
+        backend.set_state(epoch_start);
+        let mut batcher = Batcher::new(self.data, self.order, self.batch);
+        for i in 0..self.steps {
+            if self.interrupt.is_some_and(|f| f.load(Ordering::SeqCst)) {
+                return None;
+            }
+            let batch = batcher.next_batch()?;
+            backend.train_step(batch, schedule.lr(self.first_step + i as u64));
+        }
+        let state = backend.state();
+        Some(match first_non_finite_param(program, &state) {
+            Some((param, layer)) => DivergenceCause::NonFiniteParam { param, layer },
+            None => DivergenceCause::FiniteParams,
+        })
     }
+}
+
+/// The first parameter holding a NaN or an infinity, in the order of the layers that use it,
+/// with its layer's name.
+fn first_non_finite_param(program: &Program, state: &TrainState) -> Option<(String, String)> {
+    let non_finite = |i: usize| {
+        state
+            .params
+            .get(i)
+            .is_some_and(|a| a.iter().any(|v| !v.is_finite()))
+    };
+    program.ops.iter().find_map(|op| {
+        program.params.iter().enumerate().find_map(|(i, p)| {
+            let own = p
+                .name
+                .strip_prefix(op.layer.as_str())
+                .is_some_and(|rest| rest.starts_with('.'));
+            (own && non_finite(i)).then(|| (p.name.clone(), op.layer.clone()))
+        })
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,6 +484,22 @@ impl BestTracker {
             best_epoch: 0,
             best_state: None,
             wait: 0,
+        }
+    }
+
+    /// Continues from a saved `state()` and the best state saved with it.
+    fn restore(&mut self, saved: TrackerState, best_state: Option<TrainState>) {
+        self.best = saved.best;
+        self.best_epoch = saved.best_epoch;
+        self.wait = saved.wait;
+        self.best_state = best_state.filter(|_| self.keep_state);
+    }
+
+    fn state(&self) -> TrackerState {
+        TrackerState {
+            best: self.best,
+            best_epoch: self.best_epoch,
+            wait: self.wait,
         }
     }
 
@@ -818,16 +1130,52 @@ mod tests {
         let mut backend = Scripted::new(3, vec![(0.6, 7)]);
         backend.nan_at = Some(7);
         let out = train(&mut backend, &scripted_program(5), &data, &split, &QUIET);
-        assert_eq!(out.stop, StopReason::Diverged { step: 7, epoch: 3 });
+        // Replaying step 6 from the end of epoch 2 shows finite parameters going into step 7.
+        let finite = Some(DivergenceCause::FiniteParams);
+        assert_eq!(
+            out.stop,
+            StopReason::Diverged {
+                step: 7,
+                epoch: 3,
+                cause: finite.clone()
+            }
+        );
         assert_eq!(out.history.epochs.len(), 2);
         assert_eq!(backend.state().step, 6);
 
         let mut backend = Scripted::new(3, vec![(0.6, 7)]);
         backend.nan_at = Some(0);
         let out = train(&mut backend, &scripted_program(5), &data, &split, &QUIET);
-        assert_eq!(out.stop, StopReason::Diverged { step: 0, epoch: 1 });
+        assert_eq!(
+            out.stop,
+            StopReason::Diverged {
+                step: 0,
+                epoch: 1,
+                cause: finite
+            }
+        );
         assert!(out.history.epochs.is_empty());
         assert_eq!((out.best_epoch, backend.state().step), (0, 0));
+    }
+
+    #[test]
+    fn the_first_non_finite_parameter_is_named_in_layer_order() {
+        let program = fake::program(4, 3, 2, 1);
+        let mut state = TrainState {
+            params: vec![ArrayD::zeros(IxDyn(&[4, 3])), ArrayD::zeros(IxDyn(&[3]))],
+            slots: vec![vec![], vec![]],
+            step: 0,
+        };
+        assert_eq!(first_non_finite_param(&program, &state), None);
+        state.params[1][[2]] = f32::INFINITY;
+        let found = first_non_finite_param(&program, &state);
+        assert_eq!(
+            found,
+            Some(("dense_1.bias".to_owned(), "dense_1".to_owned()))
+        );
+        state.params[0][[3, 1]] = f32::NAN;
+        let found = first_non_finite_param(&program, &state).map(|(p, _)| p);
+        assert_eq!(found.as_deref(), Some("dense_1.kernel"));
     }
 
     #[test]

@@ -1,0 +1,494 @@
+//! Checkpoints and `run::resume` end to end, with the real front end and both backends on
+//! generated data: a run interrupted anywhere and resumed ends with the same weights (byte for
+//! byte) and the same history (but for the `seconds` column) as a run that was never stopped,
+//! and runs that cannot be resumed say why.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use netc_compiler::backend::TrainState;
+use netc_compiler::backend::{Backend, BackendError, Batch, InputStats, Mode, StepStats};
+use netc_compiler::ir::Program;
+use netc_runtime::checkpoint::{self, ResumeError, CHECKPOINT_DIR, TRAINER_FILE};
+use netc_runtime::data::{self, SyntheticFormat, SyntheticSpec};
+use netc_runtime::report::StopReason;
+use netc_runtime::run::{self, ResumeOptions, RunError, RunOptions};
+
+/// Dropout, Nadam, reduce-on-plateau and early stopping with restore_best: every piece of state
+/// a resumed run must carry over. 240 training examples in batches of 32: 8 steps per epoch.
+const SPEC: &str = "model resumable
+input cifar10 { standardize }
+dense 24 { init: he_normal, activation: relu }
+dropout 0.3
+dense 10 { activation: softmax }
+train {
+  optimizer: nadam { lr: 2e-2 }
+  schedule: reduce_on_plateau { factor: 0.5, patience: 1 }
+  batch: 32
+  epochs: 7
+  validation: 60
+  early_stopping { patience: 4, restore_best: true }
+  seed: 3
+}
+";
+
+const STEPS_PER_EPOCH: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Interp,
+    Jit,
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    spec: PathBuf,
+}
+
+fn fixture(spec_text: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let synthetic = SyntheticSpec {
+        records_per_file: 60,
+        seed: 11,
+        format: SyntheticFormat::Folder,
+    };
+    let data = data::write_synthetic(&dir.path().join("data"), &synthetic).unwrap();
+    let spec = dir.path().join("resumable.net");
+    fs::write(&spec, spec_text).unwrap();
+    Fixture { dir, data, spec }
+}
+
+fn program(text: &str) -> Program {
+    netc_compiler::compile(text)
+        .program
+        .expect("the spec checks")
+}
+
+/// A backend that raises the interrupt flag after its `after`-th training step, as a signal
+/// arriving during that step would.
+struct Interrupting {
+    inner: Box<dyn Backend>,
+    flag: Arc<AtomicBool>,
+    after: Option<usize>,
+    steps: usize,
+}
+
+impl Backend for Interrupting {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn train_step(&mut self, batch: Batch<'_>, lr: f32) -> StepStats {
+        let stats = self.inner.train_step(batch, lr);
+        self.steps += 1;
+        if Some(self.steps) == self.after {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+        stats
+    }
+
+    fn predict(&mut self, pixels: &[u8], mode: Mode, probs: &mut [f32]) {
+        self.inner.predict(pixels, mode, probs);
+    }
+
+    fn state(&self) -> TrainState {
+        self.inner.state()
+    }
+
+    fn set_state(&mut self, state: &TrainState) {
+        self.inner.set_state(state);
+    }
+}
+
+fn build(
+    kind: Kind,
+    program: &Program,
+    stats: Option<InputStats>,
+) -> Result<Box<dyn Backend>, BackendError> {
+    Ok(match kind {
+        Kind::Interp => Box::new(netc_compiler::interp::Interp::new(program, stats)),
+        Kind::Jit => Box::new(netc_compiler::jit::Jit::new(program, stats)?),
+    })
+}
+
+/// A backend of `kind` that interrupts after `after` steps of this process.
+fn interrupting(
+    kind: Kind,
+    flag: &Arc<AtomicBool>,
+    after: Option<usize>,
+) -> impl FnOnce(&Program, Option<InputStats>) -> Result<Box<dyn Backend>, BackendError> {
+    let flag = flag.clone();
+    move |program, stats| {
+        Ok(Box::new(Interrupting {
+            inner: build(kind, program, stats)?,
+            flag,
+            after,
+            steps: 0,
+        }))
+    }
+}
+
+fn run_options(f: &Fixture, out: &str, flag: &Arc<AtomicBool>) -> RunOptions {
+    RunOptions {
+        data: Some(f.data.clone()),
+        out: Some(f.dir.path().join(out)),
+        quiet: true,
+        checkpoint_every: 1,
+        interrupt: Some(flag.clone()),
+        ..RunOptions::default()
+    }
+}
+
+fn resume(
+    f: &Fixture,
+    dir: &Path,
+    kind: Kind,
+    after: Option<usize>,
+) -> Result<netc_runtime::report::Summary, RunError> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let opts = ResumeOptions {
+        data: Some(f.data.clone()),
+        quiet: true,
+        checkpoint_every: 1,
+        interrupt: Some(flag.clone()),
+    };
+    let spec = fs::read_to_string(dir.join(run::SPEC_FILE)).unwrap();
+    let make = interrupting(kind, &flag, after);
+    run::resume(&program(&spec), dir, &opts, |p, stats, trained_with| {
+        assert_eq!(trained_with, format!("{kind:?}").to_lowercase());
+        make(p, stats)
+    })
+}
+
+/// history.csv without its last column (wall-clock seconds).
+fn history_without_seconds(dir: &Path) -> Vec<String> {
+    fs::read_to_string(dir.join(run::HISTORY_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit_once(',').map_or(l, |(rest, _)| rest).to_owned())
+        .collect()
+}
+
+/// The same history (but for wall-clock seconds) and bit for bit the same weights. The files'
+/// bytes are not compared: safetensors writes its metadata map in no fixed order.
+fn assert_same_run(expected: &Path, actual: &Path) {
+    assert_eq!(
+        history_without_seconds(expected),
+        history_without_seconds(actual)
+    );
+    let spec = fs::read_to_string(expected.join(run::SPEC_FILE)).unwrap();
+    let weights = |dir: &Path| -> Vec<Vec<u32>> {
+        netc_runtime::weights::load_params(&dir.join(run::WEIGHTS_FILE), &program(&spec))
+            .unwrap()
+            .iter()
+            .map(|a| a.iter().map(|v| v.to_bits()).collect())
+            .collect()
+    };
+    assert!(weights(expected) == weights(actual), "the weights differ");
+}
+
+fn interrupted(result: Result<netc_runtime::report::Summary, RunError>) -> (usize, usize) {
+    match result {
+        Err(RunError::Interrupted {
+            epochs_completed,
+            steps,
+            ..
+        }) => (epochs_completed, steps),
+        other => panic!("expected an interruption, got {other:?}"),
+    }
+}
+
+fn trainer_json(dir: &Path) -> serde_json::Value {
+    let text = fs::read_to_string(dir.join(CHECKPOINT_DIR).join(TRAINER_FILE)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Interrupts mid-epoch, then again at an epoch boundary, then lets the run finish; compares
+/// it with a run that was never interrupted.
+fn interrupted_runs_resume_exactly(kind: Kind) {
+    let f = fixture(SPEC);
+    let p = program(SPEC);
+    let flag = Arc::new(AtomicBool::new(false));
+    let full = run::run(
+        &p,
+        &f.spec,
+        &run_options(&f, "full", &flag),
+        interrupting(kind, &flag, None),
+    )
+    .unwrap();
+    assert!(full.epochs_run >= 3, "{full:?}");
+
+    let flag = Arc::new(AtomicBool::new(false));
+    let dir = f.dir.path().join("stopped");
+    let mid_epoch = 2 * STEPS_PER_EPOCH + 3;
+    let first = run::run(
+        &p,
+        &f.spec,
+        &run_options(&f, "stopped", &flag),
+        interrupting(kind, &flag, Some(mid_epoch)),
+    );
+    assert_eq!(interrupted(first), (2, 3));
+    let trainer = trainer_json(&dir);
+    assert_eq!(trainer["epochs_completed"], 2);
+    assert_eq!(trainer["partial"]["steps"], 3);
+    assert_eq!(trainer["state"]["step"], mid_epoch);
+    assert_eq!(trainer["last_good"]["step"], 2 * STEPS_PER_EPOCH);
+    assert!(!dir.join(run::SUMMARY_FILE).exists());
+
+    // The rest of epoch 3 is 5 steps: interrupted after its last one, the epoch is validated
+    // and the checkpoint is taken at its end.
+    let second = resume(&f, &dir, kind, Some(STEPS_PER_EPOCH - 3));
+    assert_eq!(interrupted(second), (3, 0));
+    let trainer = trainer_json(&dir);
+    assert_eq!(trainer["partial"], serde_json::Value::Null);
+    assert_eq!(trainer["state"]["step"], 3 * STEPS_PER_EPOCH);
+
+    let resumed = resume(&f, &dir, kind, None).unwrap();
+    assert_same_run(Path::new(&full.run_dir), &dir);
+    assert_eq!(resumed.test_acc.to_bits(), full.test_acc.to_bits());
+    assert_eq!(
+        (resumed.best_epoch, resumed.epochs_run, &resumed.stop),
+        (full.best_epoch, full.epochs_run, &full.stop)
+    );
+    assert_eq!(resumed.spec, full.spec);
+
+    // Finished: refused, with the stable code.
+    let err = resume(&f, &dir, kind, None).unwrap_err();
+    assert!(
+        matches!(&err, RunError::Resume(e) if matches!(**e, ResumeError::Finished { .. })),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn interpreter_runs_resume_bit_for_bit() {
+    interrupted_runs_resume_exactly(Kind::Interp);
+}
+
+#[test]
+fn jit_runs_resume_bit_for_bit() {
+    interrupted_runs_resume_exactly(Kind::Jit);
+}
+
+#[test]
+fn early_stopping_restores_the_best_state_after_a_resume() {
+    // A high rate and patience 1 stop early; restore_best must bring back the best epoch's
+    // weights from the checkpoint's best state, written before the interruption.
+    let text = SPEC
+        .replace("lr: 2e-2", "lr: 2e-1")
+        .replace("patience: 4", "patience: 1")
+        .replace("epochs: 7", "epochs: 12");
+    let f = fixture(&text);
+    let p = program(&text);
+    let flag = Arc::new(AtomicBool::new(false));
+    let full = run::run(
+        &p,
+        &f.spec,
+        &run_options(&f, "full", &flag),
+        interrupting(Kind::Interp, &flag, None),
+    )
+    .unwrap();
+    assert!(
+        matches!(full.stop, StopReason::EarlyStopping { .. }),
+        "{full:?}"
+    );
+    assert!(full.best_epoch < full.epochs_run, "{full:?}");
+
+    // Interrupt one step into the epoch after the best one.
+    let flag = Arc::new(AtomicBool::new(false));
+    let after = full.best_epoch * STEPS_PER_EPOCH + 1;
+    let dir = f.dir.path().join("stopped");
+    let first = run::run(
+        &p,
+        &f.spec,
+        &run_options(&f, "stopped", &flag),
+        interrupting(Kind::Interp, &flag, Some(after)),
+    );
+    assert_eq!(interrupted(first), (full.best_epoch, 1));
+    let trainer = trainer_json(&dir);
+    assert_eq!(
+        trainer["best"]["step"],
+        full.best_epoch * STEPS_PER_EPOCH,
+        "{trainer}"
+    );
+    let resumed = resume(&f, &dir, Kind::Interp, None).unwrap();
+    assert_same_run(Path::new(&full.run_dir), &dir);
+    assert_eq!(resumed.best_epoch, full.best_epoch);
+}
+
+/// The interrupted run's directory, for the diagnostics tests.
+fn stopped_run(f: &Fixture) -> PathBuf {
+    let flag = Arc::new(AtomicBool::new(false));
+    let result = run::run(
+        &program(SPEC),
+        &f.spec,
+        &run_options(f, "stopped", &flag),
+        interrupting(Kind::Interp, &flag, Some(STEPS_PER_EPOCH + 2)),
+    );
+    assert_eq!(interrupted(result), (1, 2));
+    f.dir.path().join("stopped")
+}
+
+fn resume_error(result: Result<netc_runtime::report::Summary, RunError>) -> ResumeError {
+    match result {
+        Err(RunError::Resume(e)) => *e,
+        other => panic!("expected a resume error, got {other:?}"),
+    }
+}
+
+fn code(e: &ResumeError) -> String {
+    miette::Diagnostic::code(e)
+        .map(|c| c.to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn runs_that_cannot_resume_say_why() {
+    let f = fixture(SPEC);
+    let dir = stopped_run(&f);
+
+    // A changed spec.net.
+    let edited = SPEC.replace("dropout 0.3", "dropout 0.4");
+    fs::write(dir.join(run::SPEC_FILE), &edited).unwrap();
+    let opts = ResumeOptions {
+        data: Some(f.data.clone()),
+        quiet: true,
+        ..ResumeOptions::default()
+    };
+    let err = resume_error(run::resume(&program(&edited), &dir, &opts, |p, s, _| {
+        build(Kind::Interp, p, s)
+    }));
+    assert_eq!(code(&err), "netc::resume::spec_mismatch", "{err:?}");
+
+    // A spec whose parameters differ: the weights files list the mismatch.
+    let wider = SPEC.replace("dense 24", "dense 25");
+    fs::write(dir.join(run::SPEC_FILE), SPEC).unwrap();
+    let err = resume_error(run::resume(&program(&wider), &dir, &opts, |p, s, _| {
+        build(Kind::Interp, p, s)
+    }));
+    assert_eq!(code(&err), "netc::resume::spec_mismatch", "{err:?}");
+    assert!(err.to_string().contains("3 mismatched tensor"), "{err}");
+
+    // Other data.
+    let other = data::write_synthetic(
+        &f.dir.path().join("other"),
+        &SyntheticSpec {
+            records_per_file: 61,
+            seed: 12,
+            format: SyntheticFormat::Folder,
+        },
+    )
+    .unwrap();
+    let other_opts = ResumeOptions {
+        data: Some(other),
+        ..opts.clone()
+    };
+    let err = resume_error(run::resume(&program(SPEC), &dir, &other_opts, |p, s, _| {
+        build(Kind::Interp, p, s)
+    }));
+    assert_eq!(code(&err), "netc::resume::data_mismatch", "{err:?}");
+
+    // A damaged trainer.json.
+    let trainer = dir.join(CHECKPOINT_DIR).join(TRAINER_FILE);
+    let good = fs::read(&trainer).unwrap();
+    fs::write(&trainer, &good[..good.len() / 2]).unwrap();
+    let err = resume_error(run::resume(&program(SPEC), &dir, &opts, |p, s, _| {
+        build(Kind::Interp, p, s)
+    }));
+    assert_eq!(code(&err), "netc::resume::bad_checkpoint", "{err:?}");
+
+    // No checkpoint at all, and no run at all.
+    fs::remove_dir_all(dir.join(CHECKPOINT_DIR)).unwrap();
+    let err = checkpoint::check_resumable(&dir).unwrap_err();
+    assert_eq!(code(&err), "netc::resume::no_checkpoint");
+    let err = checkpoint::check_resumable(f.dir.path()).unwrap_err();
+    assert_eq!(code(&err), "netc::resume::not_a_run");
+}
+
+#[test]
+fn a_save_killed_half_way_leaves_the_previous_checkpoint() {
+    let f = fixture(SPEC);
+    let dir = stopped_run(&f);
+    let ckpt = dir.join(CHECKPOINT_DIR);
+    // What a kill between writing the state files and trainer.json leaves: files of a later
+    // step that no trainer.json names, and a temporary file.
+    let step = 2 * STEPS_PER_EPOCH;
+    fs::copy(
+        ckpt.join(format!("params-{}.safetensors", STEPS_PER_EPOCH + 2)),
+        ckpt.join(format!("params-{step}.safetensors")),
+    )
+    .unwrap();
+    fs::write(ckpt.join(".netc-abc123.tmp"), b"half a file").unwrap();
+
+    // The resumed run ignores and removes them, and still matches the uninterrupted run.
+    let flag = Arc::new(AtomicBool::new(false));
+    let full = run::run(
+        &program(SPEC),
+        &f.spec,
+        &run_options(&f, "full", &flag),
+        interrupting(Kind::Interp, &flag, None),
+    )
+    .unwrap();
+    resume(&f, &dir, Kind::Interp, Some(1)).unwrap_err();
+    assert!(!ckpt.join(".netc-abc123.tmp").exists());
+    let mut names: Vec<String> = fs::read_dir(&ckpt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // Now at step 11 (mid-epoch 2); the last good state is the end of epoch 1.
+    assert_eq!(
+        names,
+        [
+            "optimizer-11.safetensors",
+            "optimizer-8.safetensors",
+            "params-11.safetensors",
+            "params-8.safetensors",
+            "trainer.json"
+        ]
+    );
+    resume(&f, &dir, Kind::Interp, None).unwrap();
+    assert_same_run(Path::new(&full.run_dir), &dir);
+}
+
+#[test]
+fn divergence_names_the_cause_and_checkpoints_the_last_good_state() {
+    let text = SPEC
+        .replace("nadam { lr: 2e-2 }", "sgd { lr: 10 }")
+        .replace("activation: relu", "activation: linear")
+        .replace(
+            "schedule: reduce_on_plateau { factor: 0.5, patience: 1 }",
+            "",
+        );
+    let f = fixture(&text);
+    let flag = Arc::new(AtomicBool::new(false));
+    let summary = run::run(
+        &program(&text),
+        &f.spec,
+        &run_options(&f, "diverged", &flag),
+        interrupting(Kind::Interp, &flag, None),
+    )
+    .unwrap();
+    let StopReason::Diverged { step, epoch, cause } = &summary.stop else {
+        panic!("expected divergence: {summary:?}");
+    };
+    assert!(cause.is_some(), "{summary:?}");
+    let dir = PathBuf::from(&summary.run_dir);
+    let trainer = trainer_json(&dir);
+    let good = (epoch - 1) * STEPS_PER_EPOCH;
+    assert!(*step as usize >= good);
+    assert_eq!(trainer["state"]["step"], good, "{trainer}");
+    assert_eq!(trainer["stop"]["kind"], "diverged");
+    let state = netc_runtime::weights::load_params(
+        &dir.join(CHECKPOINT_DIR)
+            .join(format!("params-{good}.safetensors")),
+        &program(&text),
+    )
+    .unwrap();
+    assert!(state.iter().all(|a| a.iter().all(|v| v.is_finite())));
+    let err = resume_error(resume(&f, &dir, Kind::Interp, None));
+    assert_eq!(code(&err), "netc::resume::finished");
+}

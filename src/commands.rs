@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use miette::{miette, Result};
 use netc_compiler::backend::{Backend, BackendError, InputStats};
 use netc_compiler::diagnostics::{self, Diag, Span};
-use netc_compiler::ir::{Preprocess, Program};
+use netc_compiler::ir::Program;
 use netc_compiler::print;
 use netc_runtime::run::RunOptions;
 
@@ -421,17 +421,7 @@ fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result<ExitCode> 
     };
     program.train.seed = summary.seed;
     let data = netc_runtime::data::load(Some(&common.locate()?))?;
-    let stats = match program.input.preprocess {
-        Preprocess::Standardize => {
-            let split = netc_runtime::data::split_validation(
-                data.train.len(),
-                program.train.validation,
-                program.train.seed,
-            )?;
-            Some(netc_runtime::data::input_stats(&data.train, &split.train))
-        }
-        Preprocess::Scale01 => None,
-    };
+    let (_, stats) = netc_runtime::run::split_and_stats(&program, &data.train)?;
     let mut backend = make_backend(common.backend(), &program, stats)?;
     let mut state = backend.state();
     state.params = netc_runtime::weights::load_params(
@@ -507,15 +497,7 @@ fn lr_find(args: LrFindArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let data = netc_runtime::data::load(Some(&args.common.locate()?))?;
-    let split = netc_runtime::data::split_validation(
-        data.train.len(),
-        program.train.validation,
-        program.train.seed,
-    )?;
-    let stats = match program.input.preprocess {
-        Preprocess::Standardize => Some(netc_runtime::data::input_stats(&data.train, &split.train)),
-        Preprocess::Scale01 => None,
-    };
+    let (split, stats) = netc_runtime::run::split_and_stats(&program, &data.train)?;
     let mut backend = make_backend(args.common.backend(), &program, stats)?;
     let opts = LrFindOptions {
         min_lr: args.min,

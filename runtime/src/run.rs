@@ -313,8 +313,9 @@ where
     session.finish()
 }
 
-/// The validation split and, for standardized inputs, the training split's statistics.
-fn split_and_stats(
+/// The validation split and, for standardized inputs, the training split's statistics: what
+/// every command that builds a backend for real data needs.
+pub fn split_and_stats(
     program: &Program,
     train: &data::Examples,
 ) -> Result<(data::Split, Option<InputStats>), RunError> {

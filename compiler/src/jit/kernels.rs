@@ -3,7 +3,7 @@
 //! specs share one compiled function, since buffers arrive through the argument table.
 //!
 //! Layout conventions every kernel relies on: a value `[rows, width]` is stored row-major with
-//! rows padded to `pad4(width)` floats; a dense kernel `[in, out]` as `in` rows of `pad4(out)`
+//! `row_stride(width)` floats per row, of which the first `pad4(width)` are read; a dense kernel `[in, out]` as `in` rows of `pad4(out)`
 //! floats; vectors of `width` floats as `pad4(width)`. Padding lanes of parameters, gradients and
 //! optimizer slots stay exactly zero (the kernels keep them so), and padding lanes of activations
 //! stay finite and are never read by a reduction over columns. Each `emit_*` documents its argument
@@ -24,6 +24,19 @@ const INV_255: f32 = (1.0f64 / 255.0) as f32;
 /// Rounds a width up to whole f32x4 vectors.
 pub fn pad4(n: usize) -> usize {
     n.div_ceil(4) * 4
+}
+
+/// Floats from one row of a `[rows, width]` value to the next: whole vectors, plus one cache
+/// line when the rows would otherwise lie a multiple of 2 KiB apart. Such rows (3,072 input
+/// features: 12 KiB) all fall into the same L1 set, and the weight gradient `xᵀ·dy`, which reads
+/// down the columns of `x`, then misses on every row; the extra line spreads them over the sets.
+pub fn row_stride(width: usize) -> usize {
+    let pad = pad4(width);
+    if pad.is_multiple_of(512) {
+        pad + 16
+    } else {
+        pad
+    }
 }
 
 /// The u8 → f32 conversion that the first op's forward kernel performs before its own work.
@@ -92,6 +105,8 @@ pub enum Kernel {
     DenseBackward {
         inputs: usize,
         units: usize,
+        /// The batch size, for which the weight gradient's loop over rows is unrolled.
+        batch: usize,
         bias: bool,
         input_grad: bool,
     },
@@ -269,9 +284,10 @@ impl Kernel {
             Kernel::DenseBackward {
                 inputs,
                 units,
+                batch,
                 bias,
                 input_grad,
-            } => emit_dense_backward(fx, *inputs, *units, *bias, *input_grad),
+            } => emit_dense_backward(fx, *inputs, *units, *batch, *bias, *input_grad),
             Kernel::PreluBackward { width, input_grad } => {
                 emit_prelu_backward(fx, *width, *input_grad)
             }
@@ -385,10 +401,11 @@ fn act_backward(fx: &mut Fx, act: Activation, dy: Value, saved: Value) -> Value 
 /// of the vector (the same in every buffer of that shape), with the row index alongside.
 fn for_each_vector(fx: &mut Fx, width: usize, mut body: impl FnMut(&mut Fx, Value, Value, Value)) {
     let pad = pad4(width) as i64;
+    let stride = row_stride(width) as i64;
     let zero = fx.iconst(0);
     let rows = fx.rows;
     fx.loop_up(zero, rows, 1, |fx, r| {
-        let row_off = fx.b.ins().imul_imm_s(r, pad * 4);
+        let row_off = fx.b.ins().imul_imm_s(r, stride * 4);
         fx.loop_const(0, pad, 4, |fx, j| {
             let col_off = fx.b.ins().imul_imm_s(j, 4);
             let off = fx.b.ins().iadd(row_off, col_off);
@@ -407,11 +424,11 @@ fn for_each_column_block(fx: &mut Fx, width: usize, mut body: impl FnMut(&mut Fx
 
 /// Runs `body(fx, row_off_bytes)` for every row; reductions over rows loop inside column blocks.
 fn for_each_row(fx: &mut Fx, width: usize, mut body: impl FnMut(&mut Fx, Value)) {
-    let pad = pad4(width) as i64;
+    let stride = row_stride(width) as i64;
     let zero = fx.iconst(0);
     let rows = fx.rows;
     fx.loop_up(zero, rows, 1, |fx, r| {
-        let off = fx.b.ins().imul_imm_s(r, pad * 4);
+        let off = fx.b.ins().imul_imm_s(r, stride * 4);
         body(fx, off);
     });
 }
@@ -425,13 +442,13 @@ fn emit_convert_prologue(fx: &mut Fx, convert: Option<Convert>) -> usize {
     let pixels = fx.arg(0);
     let stats = c.standardize.then(|| (fx.arg(1), fx.arg(2)));
     let out = fx.arg(c.args() - 1);
-    let pad = pad4(c.features) as i64;
+    let stride = row_stride(c.features) as i64;
     let zero = fx.iconst(0);
     let rows = fx.rows;
     let groups = (c.features / 8 * 8) as i64;
     fx.loop_up(zero, rows, 1, |fx, r| {
         let src = fx.offset(pixels, r, c.features as i64);
-        let dst = fx.offset(out, r, pad * 4);
+        let dst = fx.offset(out, r, stride * 4);
         // Eight pixels at a time: zero-extend u8 → i16 → i32, convert, then scale.
         fx.loop_const(0, groups, 8, |fx, k| {
             let p = fx.b.ins().iadd(src, k);
@@ -527,7 +544,7 @@ fn emit_dense(
             k: Dim::Static(inputs),
             n,
             a: x,
-            a_row: pad4(inputs),
+            a_row: row_stride(inputs),
             a_col: 1,
             // The conversion prologue wrote x in this same function: its loads must stay after
             // those stores, so they cannot be marked movable.
@@ -535,7 +552,7 @@ fn emit_dense(
             b: w,
             ldb: n,
             c: y,
-            ldc: n,
+            ldc: row_stride(units),
             epilogue: Epilogue {
                 accumulate: false,
                 bias: b,
@@ -543,6 +560,7 @@ fn emit_dense(
                 activation,
             },
             rows_outer: false,
+            k_unroll: None,
         },
     );
 }
@@ -972,8 +990,8 @@ fn emit_dropout_backward(fx: &mut Fx, width: usize, rate: f32, alpha: bool) {
 /// Without: table `[logits, probs]`, probabilities in the padded layout.
 fn emit_head(fx: &mut Fx, classes: usize, loss: bool) {
     let logits = fx.arg(0);
-    let pad = pad4(classes);
-    let blocks = pad / 4;
+    let stride = row_stride(classes);
+    let blocks = pad4(classes) / 4;
     if !loss {
         let probs = fx.arg(1);
         for_each_row(fx, classes, |fx, off| {
@@ -997,7 +1015,7 @@ fn emit_head(fx: &mut Fx, classes: usize, loss: bool) {
     let rows = fx.rows;
     let last_mask = real_lanes(fx, classes);
     fx.loop_up(zero, rows, 1, |fx, r| {
-        let off = fx.b.ins().imul_imm_s(r, (pad * 4) as i64);
+        let off = fx.b.ins().imul_imm_s(r, (stride * 4) as i64);
         let row = fx.b.ins().iadd(logits, off);
         let grad = fx.b.ins().iadd(dlogits, off);
         // Probabilities go to the gradient buffer first, then are turned into the gradient.
@@ -1062,7 +1080,14 @@ fn emit_head(fx: &mut Fx, classes: usize, loss: bool) {
 
 /// Table: `[x, dy, (kernel_t,) dkernel, (dbias,) (dx)]`: `dW = xᵀ·dy`, `db = Σ dy`,
 /// `dx = dy·Wᵀ` from the transposed copy `kernel_t` (`[units, pad4(inputs)]`).
-fn emit_dense_backward(fx: &mut Fx, inputs: usize, units: usize, bias: bool, input_grad: bool) {
+fn emit_dense_backward(
+    fx: &mut Fx,
+    inputs: usize,
+    units: usize,
+    batch: usize,
+    bias: bool,
+    input_grad: bool,
+) {
     let x = fx.arg(0);
     let dy = fx.arg(1);
     let mut slot = 2;
@@ -1076,6 +1101,7 @@ fn emit_dense_backward(fx: &mut Fx, inputs: usize, units: usize, bias: bool, inp
     let dx = input_grad.then(next).map(|s| fx.arg(s));
     let n = pad4(units);
     let in_pad = pad4(inputs);
+    let (x_ld, dy_ld) = (row_stride(inputs), row_stride(units));
     emit_matmul(
         fx,
         &MatMul {
@@ -1084,14 +1110,15 @@ fn emit_dense_backward(fx: &mut Fx, inputs: usize, units: usize, bias: bool, inp
             n,
             a: x,
             a_row: 1,
-            a_col: in_pad,
+            a_col: x_ld,
             a_flags: ro(),
             b: dy,
-            ldb: n,
+            ldb: dy_ld,
             c: dw,
             ldc: n,
             epilogue: Epilogue::default(),
             rows_outer: true,
+            k_unroll: Some(batch),
         },
     );
     if let Some(db) = db {
@@ -1119,15 +1146,16 @@ fn emit_dense_backward(fx: &mut Fx, inputs: usize, units: usize, bias: bool, inp
                 k: Dim::Static(units),
                 n: in_pad,
                 a: dy,
-                a_row: n,
+                a_row: dy_ld,
                 a_col: 1,
                 a_flags: ro(),
                 b: wt,
                 ldb: in_pad,
                 c: dx,
-                ldc: in_pad,
+                ldc: x_ld,
                 epilogue: Epilogue::default(),
                 rows_outer: false,
+                k_unroll: None,
             },
         );
     }

@@ -15,7 +15,9 @@
 //! lowering would copy it for every column and the 4 × 3 blocks tried before spilled. The column
 //! remainder (1 vector) and the row remainder (single rows) get their own blocks.
 
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32X4, I64};
+use cranelift_codegen::ir::InstBuilder;
 use cranelift_codegen::ir::{MemFlagsData, Value};
 use cranelift_frontend::Variable;
 
@@ -78,12 +80,17 @@ pub struct MatMul {
     /// weight gradient `xᵀ·dy`): each block row of `C` is written once, with `B` in L1. Wrong
     /// when `k` is large (`x · W`): every row block would stream all of `B` again.
     pub rows_outer: bool,
+    /// When `k` is `Rows`: the usual row count (the batch size). A full batch then runs a k loop
+    /// unrolled completely, a smaller last batch the generic loop.
+    pub k_unroll: Option<usize>,
 }
 
 const MR: usize = 4;
 const NR: usize = 2;
 /// Values of `t` per iteration of the k loop.
-const KU: usize = 2;
+const KU: usize = 4;
+/// Longest k loop that is unrolled completely.
+const FULL_UNROLL: usize = 64;
 
 pub fn emit_matmul(fx: &mut Fx, mm: &MatMul) {
     debug_assert_eq!(mm.n % 4, 0, "matmul columns are padded to whole vectors");
@@ -176,11 +183,36 @@ fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, j: Value, mr: usize, nr: usize
         fx.set(bp, pb);
     };
 
-    let zero_i = fx.iconst(0);
-    let k_limit = mm.k.value(fx);
-    let rest = fx.loop_up(zero_i, k_limit, KU as i64, |fx, _| iteration(fx, KU));
-    if !mm.k.multiple_of(KU) {
-        fx.loop_up(rest, k_limit, 1, |fx, _| iteration(fx, 1));
+    let k_loop = |fx: &mut Fx| {
+        let zero_i = fx.iconst(0);
+        let k_limit = mm.k.value(fx);
+        let rest = fx.loop_up(zero_i, k_limit, KU as i64, |fx, _| iteration(fx, KU));
+        if !mm.k.multiple_of(KU) {
+            fx.loop_up(rest, k_limit, 1, |fx, _| iteration(fx, 1));
+        }
+    };
+    match (mm.k, mm.k_unroll) {
+        // Straight-line code: no loop-carried accumulators, so no register shuffles at a back
+        // edge, and no mispredicted loop exit per block.
+        (Dim::Static(k), _) if k <= FULL_UNROLL => iteration(fx, k),
+        (Dim::Rows, Some(full)) if full <= FULL_UNROLL => {
+            let unrolled = fx.b.create_block();
+            let looped = fx.b.create_block();
+            let join = fx.b.create_block();
+            let is_full = fx.b.ins().icmp_imm_s(IntCC::Equal, fx.rows, full as i64);
+            fx.b.ins().brif(is_full, unrolled, &[], looped, &[]);
+            fx.b.switch_to_block(unrolled);
+            fx.b.seal_block(unrolled);
+            iteration(fx, full);
+            fx.b.ins().jump(join, &[]);
+            fx.b.switch_to_block(looped);
+            fx.b.seal_block(looped);
+            k_loop(fx);
+            fx.b.ins().jump(join, &[]);
+            fx.b.switch_to_block(join);
+            fx.b.seal_block(join);
+        }
+        _ => k_loop(fx),
     }
 
     let c0 = fx.offset(mm.c, i, (mm.ldc * 4) as i64);

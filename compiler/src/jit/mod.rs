@@ -28,6 +28,8 @@
 //! host that cannot run JIT code.
 
 mod emit;
+#[cfg(test)]
+mod kernel_timing;
 mod kernels;
 mod math;
 mod matmul;
@@ -45,7 +47,7 @@ use crate::backend::{Backend, BackendError, Batch, InputStats, Mode, StepStats, 
 use crate::ir::{Activation, OpKind, OptimizerKind, ParamRole, Preprocess, Program};
 use crate::optim::{nadam_u_product, AdamStep, NadamStep};
 use crate::rng::{dropout_key, Stream};
-use kernels::{grad_needs_input, pad4, update_scalars, Convert, Kernel, Update};
+use kernels::{grad_needs_input, pad4, row_stride, update_scalars, Convert, Kernel, Update};
 use module::{KernelFn, KernelId, KernelModule};
 
 /// The CLIF text of every kernel of `program` (deduplicated, in planning order), generated for
@@ -215,11 +217,17 @@ fn plan(
     let widths: Vec<usize> = std::iter::once(program.input.features)
         .chain(program.ops.iter().map(|op| op.width))
         .collect();
-    let values: Vec<usize> = widths.iter().map(|w| alloc.take(rows * pad4(*w))).collect();
-    let value_grads: Vec<usize> = widths.iter().map(|w| alloc.take(rows * pad4(*w))).collect();
+    let values: Vec<usize> = widths
+        .iter()
+        .map(|w| alloc.take(rows * row_stride(*w)))
+        .collect();
+    let value_grads: Vec<usize> = widths
+        .iter()
+        .map(|w| alloc.take(rows * row_stride(*w)))
+        .collect();
     let stats = alloc.take(2);
     let classes = program.output_width();
-    let probs = alloc.take(rows * pad4(classes));
+    let probs = alloc.take(rows * row_stride(classes));
 
     let convert = Convert {
         features: program.input.features,
@@ -570,6 +578,7 @@ fn backward(
                     Kernel::DenseBackward {
                         inputs: op.width_in,
                         units: op.width,
+                        batch: ctx.program.train.batch.max(1),
                         bias: bias.is_some(),
                         input_grad: dx.is_some(),
                     },
@@ -817,7 +826,7 @@ impl Jit {
 
     /// `rows` rows of a padded `[rows, width]` buffer.
     fn read_rows(&self, off: usize, rows: usize, width: usize) -> Array2<f32> {
-        let ld = pad4(width);
+        let ld = row_stride(width);
         let data = self.arena.slice(off, rows * ld);
         Array2::from_shape_fn((rows, width), |(r, c)| data[r * ld + c])
     }
@@ -987,7 +996,7 @@ impl Backend for Jit {
             Mode::McDropout { sample } => (Phase2::Mc, sample),
         };
         let key = move |op: u32| dropout_key(seed, Stream::McDropout, u64::from(sample), op);
-        let ld = pad4(classes);
+        let ld = row_stride(classes);
         let mut row0 = 0;
         while row0 < total {
             let rows = cap.min(total - row0);

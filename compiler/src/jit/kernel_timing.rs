@@ -66,27 +66,25 @@ fn dense_kernels() {
             fwd.name(),
             flop / us / 1e3
         );
-        let input_grad = inputs < 1000;
-        let bwd = Kernel::DenseBackward {
+        let weight_grad = Kernel::WeightGrad {
             inputs,
+            x_ld: ip,
             units,
             batch: rows,
             bias: true,
-            input_grad,
         };
-        let mut lens = vec![rows * ip, rows * up];
-        if input_grad {
-            lens.push(units * ip);
-        }
-        lens.extend([inputs * up, up]);
-        if input_grad {
-            lens.push(rows * ip);
-        }
-        let us = time_kernel(&bwd, rows, &lens);
-        let flop = if input_grad { 2.0 * flop } else { flop };
+        let us = time_kernel(&weight_grad, rows, &[rows * ip, rows * up, inputs * up, up]);
         println!(
             "{:<28} {us:8.1} us {:6.1} GFLOP/s",
-            bwd.name(),
+            weight_grad.name(),
+            flop / us / 1e3
+        );
+        let input_grad = Kernel::InputGrad { inputs, units };
+        let wt = units * pad4(inputs);
+        let us = time_kernel(&input_grad, rows, &[rows * up, wt, rows * ip]);
+        println!(
+            "{:<28} {us:8.1} us {:6.1} GFLOP/s",
+            input_grad.name(),
             flop / us / 1e3
         );
     }

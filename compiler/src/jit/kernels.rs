@@ -102,13 +102,21 @@ pub enum Kernel {
         width: usize,
         activation: Activation,
     },
-    DenseBackward {
+    /// `dW = xᵀ·dy` (and `db = Σ dy`) for `inputs` rows of the kernel: all of them, or one
+    /// thread's share, whose `x` columns then start inside the rows of `x`.
+    WeightGrad {
         inputs: usize,
+        /// Floats between rows of `x` (`row_stride` of the layer's whole input width).
+        x_ld: usize,
         units: usize,
-        /// The batch size, for which the weight gradient's loop over rows is unrolled.
+        /// The batch size, for which the loop over rows is unrolled.
         batch: usize,
         bias: bool,
-        input_grad: bool,
+    },
+    /// `dx = dy·Wᵀ` from the transposed kernel copy.
+    InputGrad {
+        inputs: usize,
+        units: usize,
     },
     PreluBackward {
         width: usize,
@@ -189,9 +197,10 @@ impl Kernel {
             Kernel::ActivationBackward { width, activation } => {
                 format!("{}_backward_{width}", activation.name())
             }
-            Kernel::DenseBackward { inputs, units, .. } => {
-                format!("dense_backward_{inputs}x{units}")
+            Kernel::WeightGrad { inputs, units, .. } => {
+                format!("dense_weight_grad_{inputs}x{units}")
             }
+            Kernel::InputGrad { inputs, units } => format!("dense_input_grad_{inputs}x{units}"),
             Kernel::PreluBackward { width, .. } => format!("prelu_backward_{width}"),
             Kernel::BatchNormBackward { width, .. } => format!("batch_norm_backward_{width}"),
             Kernel::DropoutBackward { width, alpha, .. } => format!(
@@ -208,7 +217,10 @@ impl Kernel {
     /// pure instruction at its first use, which elaborates every accumulator's chain at once and
     /// merges the per-FMA broadcasts the emitter relies on.
     pub fn in_program_order(&self) -> bool {
-        matches!(self, Kernel::Dense { .. } | Kernel::DenseBackward { .. })
+        matches!(
+            self,
+            Kernel::Dense { .. } | Kernel::WeightGrad { .. } | Kernel::InputGrad { .. }
+        )
     }
 
     /// Emits the whole function body.
@@ -281,13 +293,14 @@ impl Kernel {
                     emit_activation_backward(fx, *width, *activation);
                 }
             }
-            Kernel::DenseBackward {
+            Kernel::WeightGrad {
                 inputs,
+                x_ld,
                 units,
                 batch,
                 bias,
-                input_grad,
-            } => emit_dense_backward(fx, *inputs, *units, *batch, *bias, *input_grad),
+            } => emit_weight_grad(fx, *inputs, *x_ld, *units, *batch, *bias),
+            Kernel::InputGrad { inputs, units } => emit_input_grad(fx, *inputs, *units),
             Kernel::PreluBackward { width, input_grad } => {
                 emit_prelu_backward(fx, *width, *input_grad)
             }
@@ -1078,30 +1091,21 @@ fn emit_head(fx: &mut Fx, classes: usize, loss: bool) {
     fx.b.ins().store(rw(), c, stats, 4);
 }
 
-/// Table: `[x, dy, (kernel_t,) dkernel, (dbias,) (dx)]`: `dW = xᵀ·dy`, `db = Σ dy`,
-/// `dx = dy·Wᵀ` from the transposed copy `kernel_t` (`[units, pad4(inputs)]`).
-fn emit_dense_backward(
+/// Table: `[x, dy, dkernel, (dbias,)]`: `dW = xᵀ·dy` for `inputs` rows of the kernel, and
+/// `db = Σ dy`.
+fn emit_weight_grad(
     fx: &mut Fx,
     inputs: usize,
+    x_ld: usize,
     units: usize,
     batch: usize,
     bias: bool,
-    input_grad: bool,
 ) {
     let x = fx.arg(0);
     let dy = fx.arg(1);
-    let mut slot = 2;
-    let mut next = || {
-        slot += 1;
-        slot - 1
-    };
-    let wt = input_grad.then(&mut next).map(|s| fx.arg(s));
-    let dw = fx.arg(next());
-    let db = bias.then(&mut next).map(|s| fx.arg(s));
-    let dx = input_grad.then(next).map(|s| fx.arg(s));
+    let dw = fx.arg(2);
+    let db = bias.then(|| fx.arg(3));
     let n = pad4(units);
-    let in_pad = pad4(inputs);
-    let (x_ld, dy_ld) = (row_stride(inputs), row_stride(units));
     emit_matmul(
         fx,
         &MatMul {
@@ -1113,7 +1117,7 @@ fn emit_dense_backward(
             a_col: x_ld,
             a_flags: ro(),
             b: dy,
-            ldb: dy_ld,
+            ldb: row_stride(units),
             c: dw,
             ldc: n,
             epilogue: Epilogue::default(),
@@ -1138,27 +1142,34 @@ fn emit_dense_backward(
             fx.store(s, p, 0);
         });
     }
-    if let (Some(wt), Some(dx)) = (wt, dx) {
-        emit_matmul(
-            fx,
-            &MatMul {
-                m: Dim::Rows,
-                k: Dim::Static(units),
-                n: in_pad,
-                a: dy,
-                a_row: dy_ld,
-                a_col: 1,
-                a_flags: ro(),
-                b: wt,
-                ldb: in_pad,
-                c: dx,
-                ldc: x_ld,
-                epilogue: Epilogue::default(),
-                rows_outer: false,
-                k_unroll: None,
-            },
-        );
-    }
+}
+
+/// Table: `[dy, kernel_t, dx]`: `dx = dy·Wᵀ` from the transposed copy `kernel_t`
+/// (`[units, pad4(inputs)]`).
+fn emit_input_grad(fx: &mut Fx, inputs: usize, units: usize) {
+    let dy = fx.arg(0);
+    let wt = fx.arg(1);
+    let dx = fx.arg(2);
+    let in_pad = pad4(inputs);
+    emit_matmul(
+        fx,
+        &MatMul {
+            m: Dim::Rows,
+            k: Dim::Static(units),
+            n: in_pad,
+            a: dy,
+            a_row: row_stride(units),
+            a_col: 1,
+            a_flags: ro(),
+            b: wt,
+            ldb: in_pad,
+            c: dx,
+            ldc: row_stride(inputs),
+            epilogue: Epilogue::default(),
+            rows_outer: false,
+            k_unroll: None,
+        },
+    );
 }
 
 /// `wt[c][r] = w[r][c]` for a `[rows, cols]` kernel. Table: `[w, wt]`. Reads whole vectors of

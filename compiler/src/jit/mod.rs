@@ -34,6 +34,7 @@ mod kernels;
 mod math;
 mod matmul;
 mod module;
+mod parallel;
 #[cfg(test)]
 mod tests;
 
@@ -49,12 +50,13 @@ use crate::optim::{nadam_u_product, AdamStep, NadamStep};
 use crate::rng::{dropout_key, Stream};
 use kernels::{grad_needs_input, pad4, row_stride, update_scalars, Convert, Kernel, Update};
 use module::{KernelFn, KernelId, KernelModule};
+use parallel::{Invocation, Pool, Segment, Share, MAX_ARGS};
 
 /// The CLIF text of every kernel of `program` (deduplicated, in planning order), generated for
 /// a fixed x86-64 ISA with SSE4.1, AVX and FMA so that golden files do not depend on the host.
 pub fn emit_clif(program: &Program) -> Result<String, BackendError> {
     let mut sink = Collect::default();
-    plan(program, true, &mut sink)?;
+    plan(program, true, 1, &mut sink)?;
     module::clif_text(&sink.specs)
 }
 
@@ -156,12 +158,13 @@ struct Plan {
     probs: usize,
     /// `(mean, std)` buffers when the input is standardized.
     input_stats: Option<(usize, usize)>,
-    train_forward: Vec<Call>,
-    backward: Vec<Call>,
-    updates: Vec<Call>,
-    transposes: Vec<Call>,
-    infer: Vec<Call>,
-    mc: Vec<Call>,
+    threads: usize,
+    train_forward: Vec<Segment>,
+    backward: Vec<Segment>,
+    updates: Vec<Segment>,
+    transposes: Vec<Segment>,
+    infer: Vec<Segment>,
+    mc: Vec<Segment>,
 }
 
 /// Forward behaviour of the layers that differ between training and prediction.
@@ -172,11 +175,31 @@ enum Phase {
     Mc,
 }
 
+/// Remembers the spec of every kernel id handed out, to decide how calls are shared.
+struct Recording<'a> {
+    inner: &'a mut dyn Sink,
+    specs: HashMap<usize, Kernel>,
+}
+
+impl Sink for Recording<'_> {
+    fn kernel(&mut self, kernel: Kernel) -> Result<KernelId, BackendError> {
+        let id = self.inner.kernel(kernel.clone())?;
+        self.specs.insert(id.0, kernel);
+        Ok(id)
+    }
+}
+
 fn plan(
     program: &Program,
     standardized_ok: bool,
+    threads: usize,
     sink: &mut dyn Sink,
 ) -> Result<Plan, BackendError> {
+    let threads = threads.max(1);
+    let sink = &mut Recording {
+        inner: sink,
+        specs: HashMap::new(),
+    };
     let rows = program.train.batch.max(1);
     let mut alloc = Alloc::default();
     let grad = GradProgram::new(program);
@@ -305,6 +328,52 @@ fn plan(
     let mc = predict_plans.pop().expect("two predict plans");
     let infer = predict_plans.pop().expect("two predict plans");
 
+    // Bytes per row of every per-row buffer, for sharing calls out by rows.
+    let mut row_bytes: HashMap<usize, usize> = HashMap::new();
+    for (w, (v, g)) in widths.iter().zip(values.iter().zip(&value_grads)) {
+        row_bytes.insert(*v, row_stride(*w) * 4);
+        row_bytes.insert(*g, row_stride(*w) * 4);
+    }
+    row_bytes.insert(probs, row_stride(classes) * 4);
+    let sharing = Sharing {
+        row_bytes: &row_bytes,
+        features: program.input.features,
+        threads,
+    };
+    let mut sequence = |calls: Vec<Call>| -> Result<Vec<Segment>, BackendError> {
+        let shared = calls
+            .into_iter()
+            .map(|c| {
+                let spec = sink.specs[&c.kernel.0].clone();
+                let share = sharing.share(&c, &spec, sink)?;
+                Ok((c, share))
+            })
+            .collect::<Result<Vec<_>, BackendError>>()?;
+        Ok(parallel::segments(shared, threads))
+    };
+    let train_forward = sequence(train_forward)?;
+    let backward = sequence(backward)?;
+    let infer = sequence(infer)?;
+    let mc = sequence(mc)?;
+    let mut independent = |calls: Vec<Call>| -> Result<Vec<Segment>, BackendError> {
+        let shared = calls
+            .into_iter()
+            .map(|c| {
+                let spec = sink.specs[&c.kernel.0].clone();
+                let (cost, first_only) = match &spec {
+                    Kernel::Update(u) => (u.len, !u.regularizer.is_zero()),
+                    Kernel::Transpose { rows, cols } => (rows * cols, false),
+                    _ => (1, true),
+                };
+                let share = sharing.share(&c, &spec, sink)?;
+                Ok((c, share, cost, first_only))
+            })
+            .collect::<Result<Vec<_>, BackendError>>()?;
+        Ok(parallel::independent(shared, threads))
+    };
+    let updates = independent(updates)?;
+    let transposes = independent(transposes)?;
+
     let value_grads = value_grads
         .iter()
         .enumerate()
@@ -319,6 +388,7 @@ fn plan(
         stats,
         probs,
         input_stats,
+        threads,
         train_forward,
         backward,
         updates,
@@ -326,6 +396,120 @@ fn plan(
         infer,
         mc,
     })
+}
+
+/// What deciding how to share a call needs to know.
+struct Sharing<'a> {
+    row_bytes: &'a HashMap<usize, usize>,
+    features: usize,
+    threads: usize,
+}
+
+impl Sharing<'_> {
+    /// How `call` of kernel `spec` is shared among the threads (see `parallel`).
+    fn share(
+        &self,
+        call: &Call,
+        spec: &Kernel,
+        sink: &mut dyn Sink,
+    ) -> Result<Share, BackendError> {
+        if call.args.len() > MAX_ARGS {
+            return Err(BackendError::Compile(format!(
+                "{} takes {} pointers, more than {MAX_ARGS}",
+                spec.name(),
+                call.args.len()
+            )));
+        }
+        if self.threads == 1 {
+            return Ok(Share::Whole);
+        }
+        let arena = |i: usize| match call.args[i] {
+            Ptr::Arena(off) => off,
+            _ => unreachable!("divided kernels take arena buffers only"),
+        };
+        let divided = |sink: &mut dyn Sink, kernel: Kernel, args: Vec<Ptr>| {
+            Ok::<_, BackendError>(Call {
+                kernel: sink.kernel(kernel)?,
+                args,
+                key: call.key,
+            })
+        };
+        Ok(match spec {
+            Kernel::Dense { .. }
+            | Kernel::Activation { .. }
+            | Kernel::Prelu { .. }
+            | Kernel::Dropout { .. }
+            | Kernel::Convert(_)
+            | Kernel::HeadProbs { .. }
+            | Kernel::ActivationBackward { .. }
+            | Kernel::DropoutBackward { .. }
+            | Kernel::InputGrad { .. }
+            | Kernel::BatchNorm {
+                training: false, ..
+            } => Share::Rows(
+                call.args
+                    .iter()
+                    .map(|a| match a {
+                        Ptr::Pixels => self.features,
+                        Ptr::Labels => 1,
+                        Ptr::Arena(off) => self.row_bytes.get(off).copied().unwrap_or(0),
+                    })
+                    .collect(),
+            ),
+            // Rows of the kernel gradient: thread t reads columns of x from its first row on.
+            Kernel::WeightGrad {
+                inputs,
+                x_ld,
+                units,
+                batch,
+                bias,
+            } => {
+                let mut parts = Vec::new();
+                for (first, n) in parallel::divide(*inputs, self.threads, 4) {
+                    let with_bias = *bias && first == 0;
+                    let mut args = vec![
+                        Ptr::Arena(arena(0) + first),
+                        call.args[1],
+                        Ptr::Arena(arena(2) + first * pad4(*units)),
+                    ];
+                    if with_bias {
+                        args.push(call.args[3]);
+                    }
+                    let kernel = Kernel::WeightGrad {
+                        inputs: n,
+                        x_ld: *x_ld,
+                        units: *units,
+                        batch: *batch,
+                        bias: with_bias,
+                    };
+                    parts.push(divided(sink, kernel, args)?);
+                }
+                Share::Divided(parts)
+            }
+            // An update without terms over the whole parameter is element-wise.
+            Kernel::Update(u)
+                if u.regularizer.is_zero() && u.clipnorm.is_none() && u.max_norm.is_none() =>
+            {
+                let mut parts = Vec::new();
+                for (first, n) in parallel::divide(u.len, self.threads, 16) {
+                    let mut args = call.args.clone();
+                    for (i, arg) in args.iter_mut().enumerate() {
+                        // Pointer 2 is the loss statistics, which such an update leaves alone.
+                        if i != 2 {
+                            *arg = Ptr::Arena(arena(i) + first);
+                        }
+                    }
+                    let kernel = Kernel::Update(Update {
+                        len: n,
+                        ..u.clone()
+                    });
+                    parts.push(divided(sink, kernel, args)?);
+                }
+                Share::Divided(parts)
+            }
+            _ => Share::Whole,
+        })
+    }
 }
 
 /// Which values a training forward pass leaves readable, and where.
@@ -565,25 +749,34 @@ fn backward(
                 )
             }
             OpKind::Dense { kernel, bias, .. } => {
-                let mut args = vec![Ptr::Arena(cur[x]), dy];
-                if dx.is_some() {
-                    args.push(Ptr::Arena(transposed[&op.index]));
-                }
-                args.push(ctx.grad(kernel));
+                let mut args = vec![Ptr::Arena(cur[x]), dy, ctx.grad(kernel)];
                 if let Some(b) = bias {
                     args.push(ctx.grad(b));
                 }
-                args.extend(dx);
-                (
-                    Kernel::DenseBackward {
-                        inputs: op.width_in,
-                        units: op.width,
-                        batch: ctx.program.train.batch.max(1),
-                        bias: bias.is_some(),
-                        input_grad: dx.is_some(),
-                    },
-                    args,
-                )
+                let weight_grad = Kernel::WeightGrad {
+                    inputs: op.width_in,
+                    x_ld: row_stride(op.width_in),
+                    units: op.width,
+                    batch: ctx.program.train.batch.max(1),
+                    bias: bias.is_some(),
+                };
+                match dx {
+                    None => (weight_grad, args),
+                    Some(dx) => {
+                        calls.push(Call {
+                            kernel: sink.kernel(weight_grad)?,
+                            args,
+                            key: Key::None,
+                        });
+                        (
+                            Kernel::InputGrad {
+                                inputs: op.width_in,
+                                units: op.width,
+                            },
+                            vec![dy, Ptr::Arena(transposed[&op.index]), dx],
+                        )
+                    }
+                }
             }
             OpKind::Prelu { alpha } => {
                 let mut args = vec![Ptr::Arena(cur[x]), ctx.param(alpha), dy, ctx.grad(alpha)];
@@ -730,6 +923,10 @@ pub struct Jit {
     /// Nadam's `u_product` after `step` steps, carried from step to step as Keras does.
     nadam_u_product: f32,
     compile_ms: f64,
+    /// The other threads of a multi-threaded plan.
+    pool: Option<Pool>,
+    /// This thread's resolved calls of the running segment.
+    own: Vec<Invocation>,
 }
 
 impl Jit {
@@ -737,10 +934,28 @@ impl Jit {
     /// and optimizer state exactly as the reference executor does. `stats` are required when
     /// the input is standardized.
     pub fn new(program: &Program, stats: Option<InputStats>) -> Result<Jit, BackendError> {
+        Jit::with_threads(program, stats, 1)
+    }
+
+    /// `new`, running every step on `threads` threads (this one and `threads - 1` workers that
+    /// live as long as the `Jit`). Results do not depend on the thread count.
+    pub fn with_threads(
+        program: &Program,
+        stats: Option<InputStats>,
+        threads: usize,
+    ) -> Result<Jit, BackendError> {
         let started = Instant::now();
         let mut kernels = KernelModule::new()?;
-        let plan = plan(program, stats.is_some(), &mut kernels)?;
+        let plan = plan(program, stats.is_some(), threads, &mut kernels)?;
         kernels.finalize()?;
+        let pool = if plan.threads > 1 {
+            let pool = Pool::new(plan.threads - 1).map_err(|e| {
+                BackendError::Host(format!("cannot start {} threads: {e}", plan.threads))
+            })?;
+            Some(pool)
+        } else {
+            None
+        };
         let compile_ms = started.elapsed().as_secs_f64() * 1e3;
         let fns = (0..kernels.len())
             .map(|i| kernels.get(KernelId(i)))
@@ -754,6 +969,8 @@ impl Jit {
             step: 0,
             nadam_u_product: 1.0,
             compile_ms,
+            pool,
+            own: Vec::with_capacity(64),
         };
         if let (Some((m, s)), Some(stats)) = (jit.plan.input_stats, stats) {
             let f = program.input.features;
@@ -836,7 +1053,12 @@ impl Jit {
         self.kernels.len()
     }
 
-    /// Runs `calls` on `rows` rows. The only place generated code is called.
+    /// Threads a training step runs on.
+    pub fn threads(&self) -> usize {
+        self.plan.threads
+    }
+
+    /// Runs the segments of `calls` on `rows` rows. The only place generated code is called.
     fn run(
         &mut self,
         calls: Phase2,
@@ -852,41 +1074,87 @@ impl Jit {
         );
         assert!(batch.pixels.len() >= rows * self.program.input.features);
         let base = self.arena.data.as_mut_ptr().wrapping_add(self.arena.base);
-        let list = match calls {
-            Phase2::TrainForward => &self.plan.train_forward,
-            Phase2::Backward => &self.plan.backward,
-            Phase2::Updates => &self.plan.updates,
-            Phase2::Transposes => &self.plan.transposes,
-            Phase2::Infer => &self.plan.infer,
-            Phase2::Mc => &self.plan.mc,
+        let Jit {
+            plan,
+            fns,
+            pool,
+            own,
+            ..
+        } = self;
+        let segments = match calls {
+            Phase2::TrainForward => &plan.train_forward,
+            Phase2::Backward => &plan.backward,
+            Phase2::Updates => &plan.updates,
+            Phase2::Transposes => &plan.transposes,
+            Phase2::Infer => &plan.infer,
+            Phase2::Mc => &plan.mc,
         };
-        let mut table: Vec<*mut u8> = Vec::with_capacity(16);
-        for call in list {
-            table.clear();
-            table.extend(call.args.iter().map(|a| match a {
-                Ptr::Arena(off) => base.wrapping_add(*off).cast::<u8>(),
-                Ptr::Pixels => batch.pixels.as_ptr().cast_mut(),
-                Ptr::Labels => batch.labels.as_ptr().cast_mut(),
-            }));
-            let k = match call.key {
-                Key::None => 0,
-                Key::Op(op) => key(op),
-            };
-            let f = self.fns[call.kernel.0];
-            // SAFETY: every pointer in `table` is either inside the arena (offsets planned with
-            // room for `plan.rows` rows, and `rows <= plan.rows` was checked) or the caller's
-            // pixels/labels, which hold at least `rows` examples (checked above; labels are only
-            // read for rows the loss kernel visits, and `train_step` passes matching lengths).
-            // The kernel was compiled for exactly this argument table and the host ABI.
-            unsafe {
-                f(
-                    table.as_ptr(),
-                    rows as i64,
-                    row0 as i64,
-                    k as i32,
-                    scalars.as_ptr(),
-                )
-            };
+        // Thread `t`'s calls of a segment, with pointers, rows and first row of its share.
+        let resolve = |tasks: &[parallel::Task], t: usize, of: usize, out: &mut Vec<Invocation>| {
+            for task in tasks {
+                let (first, n) = match task.row_bytes {
+                    Some(_) => parallel::row_share(rows, t, of),
+                    None => (0, rows),
+                };
+                if n == 0 && task.row_bytes.is_some() {
+                    // An empty share (a batch smaller than a row block per thread).
+                    continue;
+                }
+                let mut table = [std::ptr::null_mut::<u8>(); MAX_ARGS];
+                for (i, a) in task.call.args.iter().enumerate() {
+                    let p = match a {
+                        Ptr::Arena(off) => base.wrapping_add(*off).cast::<u8>(),
+                        Ptr::Pixels => batch.pixels.as_ptr().cast_mut(),
+                        Ptr::Labels => batch.labels.as_ptr().cast_mut(),
+                    };
+                    let skip = task.row_bytes.as_ref().map_or(0, |b| b[i] * first);
+                    table[i] = p.wrapping_add(skip);
+                }
+                out.push(Invocation {
+                    f: fns[task.call.kernel.0],
+                    table,
+                    rows: n as i64,
+                    row0: (row0 + first) as i64,
+                    key: match task.call.key {
+                        Key::None => 0,
+                        Key::Op(op) => key(op) as i32,
+                    },
+                    scalars: scalars.as_ptr(),
+                });
+            }
+        };
+        // SAFETY (for every call below): every pointer is inside the arena (offsets planned with
+        // room for `plan.rows` rows, and `rows <= plan.rows` was checked; a thread's share of
+        // rows starts inside the batch) or the caller's pixels/labels, which hold at least
+        // `rows` examples (checked above; labels are only read for rows the loss kernel visits,
+        // and `train_step` passes matching lengths). Each kernel was compiled for exactly this
+        // argument table and the host ABI. Threads of one segment write disjoint rows or
+        // elements (`parallel`), and `Pool::run` returns only when all of them are done.
+        for seg in segments {
+            own.clear();
+            let of = seg.parts.len();
+            match pool {
+                Some(pool) if of > 1 => {
+                    debug_assert_eq!(of, pool.workers() + 1);
+                    pool.run(
+                        |t, list| resolve(&seg.parts[t], t, of, list),
+                        || {
+                            resolve(&seg.parts[0], 0, of, own);
+                            for inv in own.iter() {
+                                unsafe { inv.call() };
+                            }
+                        },
+                    );
+                }
+                _ => {
+                    for (t, part) in seg.parts.iter().enumerate() {
+                        resolve(part, t, of, own);
+                    }
+                    for inv in own.iter() {
+                        unsafe { inv.call() };
+                    }
+                }
+            }
         }
     }
 

@@ -421,12 +421,18 @@ fn dense_backward_matches_scalar() {
         let dy = random(rows * n, 20 + i as u64, 1.0);
         let w = random(k * n, 30 + i as u64, 1.0);
         let transpose = One::new(&Kernel::Transpose { rows: k, cols: n });
-        let backward = One::new(&Kernel::DenseBackward {
+        // Even cases run the weight gradient's unrolled loop (a full batch), odd ones the loop.
+        let batch = if i % 2 == 0 { rows } else { rows + 1 };
+        let weight_grad = One::new(&Kernel::WeightGrad {
+            inputs: k,
+            x_ld: pad4(k),
+            units: n,
+            batch,
+            bias: true,
+        });
+        let input_grad = One::new(&Kernel::InputGrad {
             inputs: k,
             units: n,
-            batch: 4,
-            bias: true,
-            input_grad: true,
         });
         let mut wp = padded(&w, k, n);
         let mut wt = vec![0.0; n * pad4(k) + 16];
@@ -436,19 +442,45 @@ fn dense_backward_matches_scalar() {
         let mut dw = vec![f32::NAN; k * pad4(n) + 16];
         let mut db = vec![f32::NAN; pad4(n) + 16];
         let mut dx = vec![f32::NAN; rows * pad4(k) + 16];
-        backward.call(
+        weight_grad.call(
+            &[ptr(&mut xp), ptr(&mut dyp), ptr(&mut dw), ptr(&mut db)],
+            rows,
+            0,
+            0,
+            &[],
+        );
+        input_grad.call(
+            &[ptr(&mut dyp), ptr(&mut wt), ptr(&mut dx)],
+            rows,
+            0,
+            0,
+            &[],
+        );
+        // One thread's share of the weight gradient: kernel rows k0.. from x's columns k0...
+        let k0 = k / 2;
+        let part = One::new(&Kernel::WeightGrad {
+            inputs: k - k0,
+            x_ld: pad4(k),
+            units: n,
+            batch,
+            bias: false,
+        });
+        let mut dw_part = vec![f32::NAN; (k - k0) * pad4(n) + 16];
+        part.call(
             &[
-                ptr(&mut xp),
+                xp[k0..].as_mut_ptr().cast(),
                 ptr(&mut dyp),
-                ptr(&mut wt),
-                ptr(&mut dw),
-                ptr(&mut db),
-                ptr(&mut dx),
+                ptr(&mut dw_part),
             ],
             rows,
             0,
             0,
             &[],
+        );
+        assert_eq!(
+            dw_part[..(k - k0) * pad4(n)],
+            dw[k0 * pad4(n)..k * pad4(n)],
+            "a share of the weight gradient is bit-for-bit the same rows of the whole"
         );
         let mut want_dw = vec![0.0f64; k * n];
         let mut want_db = vec![0.0f64; n];
@@ -970,6 +1002,87 @@ fn regularizers_and_max_norm_match_interp() {
     }
 }
 
+/// Training on 2 or 3 threads is bit-for-bit training on one: every step's loss, the final
+/// parameters and optimizer state, and predictions in both modes. Odd batch sizes give threads
+/// unequal shares and leave a share empty on the last, partial batch.
+#[test]
+fn threads_do_not_change_results() {
+    let dense = |units, l1, l2, max_norm| {
+        Layer::DenseWith(DenseLayer {
+            regularizer: Regularizer { l1, l2 },
+            max_norm,
+            ..DenseLayer::new(units)
+        })
+    };
+    let mut deep = program(
+        37,
+        &[
+            Layer::Dense(40),
+            Layer::Act(Activation::Elu { alpha: 1.0 }),
+            Layer::Dropout(0.3),
+            Layer::Dense(36),
+            Layer::BatchNorm,
+            Layer::Act(Activation::Relu),
+            Layer::Dense(20),
+            Layer::Prelu,
+            Layer::Dense(10),
+        ],
+    );
+    deep.train.optimizer.kind = OptimizerKind::Nadam {
+        beta_1: 0.9,
+        beta_2: 0.999,
+        epsilon: 1e-7,
+    };
+    let mut constrained = program(
+        24,
+        &[
+            dense(30, 1e-3, 0.0, Some(0.5)),
+            Layer::Act(Activation::Selu),
+            Layer::AlphaDropout(0.1),
+            dense(17, 0.0, 1e-2, None),
+            Layer::Dense(5),
+        ],
+    );
+    constrained.train.optimizer.kind = OptimizerKind::Adam {
+        beta_1: 0.9,
+        beta_2: 0.999,
+        epsilon: 1e-7,
+    };
+    constrained.train.optimizer.clipnorm = Some(0.5);
+    for (p, batch) in [(deep, 13), (constrained, 9)] {
+        let p = named(p, "threads", batch);
+        let run = |threads: usize| {
+            let mut jit = Jit::with_threads(&p, None, threads).expect("jit builds");
+            assert_eq!(jit.threads(), threads);
+            let mut losses = Vec::new();
+            for step in 0..12 {
+                let rows = if step == 11 { 3 } else { batch };
+                let (pixels, labels) = data(&p, rows, 300 + step as u64);
+                let b = Batch {
+                    pixels: &pixels,
+                    labels: &labels,
+                };
+                losses.push(jit.train_step(b, 1e-3).loss.to_bits());
+            }
+            let (pixels, _) = data(&p, 2 * batch + 3, 5);
+            let mut predictions = Vec::new();
+            for mode in [Mode::Inference, Mode::McDropout { sample: 2 }] {
+                let mut probs = vec![0.0; (2 * batch + 3) * p.output_width()];
+                jit.predict(&pixels, mode, &mut probs);
+                predictions.push(probs);
+            }
+            (losses, jit.state(), predictions)
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            let many = run(threads);
+            assert_eq!(one.0, many.0, "losses on {threads} threads");
+            assert!(one.1 == many.1, "state after training on {threads} threads");
+            assert_eq!(one.2, many.2, "predictions on {threads} threads");
+        }
+    }
+}
+
 /// Predict tiles inputs larger than the batch; set_state round-trips through the padded layout.
 #[test]
 fn state_round_trips_and_predict_tiles() {
@@ -1081,6 +1194,12 @@ fn baseline_timing() {
     };
     let (jit_s, jit_loss) = epoch(&mut jit);
     println!("jit epoch: {jit_s:.2} s (last loss {jit_loss:.4})");
+    let mut jit2 = Jit::with_threads(&p, None, 2).expect("jit builds");
+    let (jit2_s, jit2_loss) = epoch(&mut jit2);
+    println!(
+        "jit epoch on 2 threads: {jit2_s:.2} s (last loss {jit2_loss:.4}); {:.2}x one thread",
+        jit_s / jit2_s
+    );
     let mut interp = Interp::new(&p, None);
     let (interp_s, interp_loss) = epoch(&mut interp);
     println!(
@@ -1130,41 +1249,4 @@ fn print_dense_disassembly() {
         store_pre_activation: false,
     };
     println!("{}", module::disassemble(&k).expect("compiles"));
-}
-
-/// Time of each forward and backward call of a baseline step, by kernel.
-#[test]
-#[ignore = "timing report; run in release with --ignored --nocapture"]
-fn baseline_call_timing() {
-    let p = baseline();
-    let mut jit = Jit::new(&p, None).expect("jit builds");
-    let (pixels, labels) = data(&p, 32, 1);
-    let batch = Batch {
-        pixels: &pixels,
-        labels: &labels,
-    };
-    let scalars = jit.update_scalars(1e-3);
-    let names = kernel_names(&p);
-    for phase in [Phase2::TrainForward, Phase2::Backward] {
-        let all = match phase {
-            Phase2::TrainForward => jit.plan.train_forward.clone(),
-            _ => jit.plan.backward.clone(),
-        };
-        for (i, call) in all.iter().enumerate().take(4) {
-            jit.plan.train_forward = vec![call.clone()];
-            let started = Instant::now();
-            for _ in 0..300 {
-                jit.run(Phase2::TrainForward, 32, 0, batch, &|_| 0, &scalars);
-            }
-            let us = started.elapsed().as_secs_f64() * 1e6 / 300.0;
-            println!("call {i}: {} {us:.1} us", names[call.kernel.0]);
-        }
-        jit.plan.train_forward = all;
-    }
-}
-
-fn kernel_names(p: &Program) -> Vec<String> {
-    let mut sink = Collect::default();
-    plan(p, true, &mut sink).expect("plans");
-    sink.specs.iter().map(Kernel::name).collect()
 }

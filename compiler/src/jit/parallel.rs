@@ -1,0 +1,404 @@
+//! Running one training step on several cores: the schedule (which thread runs which share of
+//! which kernel call, and where threads must wait for each other) and the persistent worker pool
+//! that runs it.
+//!
+//! A phase's calls become *segments*. Within a segment every thread runs its own list of calls
+//! without waiting; between segments all threads meet. Three kinds of call:
+//! - **row-parallel** calls (dense forward, activations, dropout, `dx = dy·Wᵀ`, …) compute each
+//!   row of their output from the same row of their inputs. Every thread runs the same kernel on
+//!   its own rows, so a chain of them needs no meeting at all: a thread only ever reads rows it
+//!   wrote itself.
+//! - **divided** calls were split at planning into one kernel per thread over disjoint outputs
+//!   (the rows of `dW = xᵀ·dy`, the elements of an optimizer update); a divided call reads rows
+//!   every thread wrote, so it opens a new segment. The row-parallel calls after it may join it.
+//! - **whole** calls (batch statistics, the loss, reductions over the batch) run on the first
+//!   thread alone, in a segment of their own.
+//!
+//! Every element is computed by the same code in the same order whatever the thread count, so
+//! training with N threads is bit-for-bit training with one (`tests::threads_do_not_change_results`).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::module::KernelFn;
+use super::Call;
+
+/// The most pointers any kernel's argument table holds.
+pub const MAX_ARGS: usize = 16;
+
+/// A call in a segment: with `row_bytes`, it runs on the thread's share of the batch rows and
+/// each argument pointer advances by its bytes per row (0 for arguments that are not per-row).
+#[derive(Clone, Debug)]
+pub struct Task {
+    pub call: Call,
+    pub row_bytes: Option<Vec<usize>>,
+}
+
+/// Calls every thread runs before the next meeting: `parts[t]` is thread `t`'s list.
+#[derive(Clone, Debug)]
+pub struct Segment {
+    pub parts: Vec<Vec<Task>>,
+}
+
+/// How planning may divide a call.
+pub enum Share {
+    Whole,
+    /// Row-parallel, with each argument's bytes per row.
+    Rows(Vec<usize>),
+    /// Divided into these calls, at most one per thread.
+    Divided(Vec<Call>),
+}
+
+/// Groups `calls` into segments for `threads` threads (see the module documentation).
+pub fn segments(calls: Vec<(Call, Share)>, threads: usize) -> Vec<Segment> {
+    #[derive(PartialEq)]
+    enum Open {
+        None,
+        Whole,
+        Parallel,
+    }
+    let mut out: Vec<Segment> = Vec::new();
+    let mut open = Open::None;
+    for (call, share) in calls {
+        let share = match share {
+            _ if threads == 1 => Share::Whole,
+            Share::Divided(parts) if parts.len() == 1 => Share::Whole,
+            other => other,
+        };
+        match share {
+            Share::Whole => {
+                if open != Open::Whole {
+                    out.push(Segment {
+                        parts: vec![Vec::new()],
+                    });
+                    open = Open::Whole;
+                }
+                let seg = out.last_mut().expect("a segment is open");
+                seg.parts[0].push(Task {
+                    call,
+                    row_bytes: None,
+                });
+            }
+            Share::Rows(row_bytes) => {
+                if open != Open::Parallel {
+                    out.push(Segment {
+                        parts: vec![Vec::new(); threads],
+                    });
+                    open = Open::Parallel;
+                }
+                let seg = out.last_mut().expect("a segment is open");
+                for part in &mut seg.parts {
+                    part.push(Task {
+                        call: call.clone(),
+                        row_bytes: Some(row_bytes.clone()),
+                    });
+                }
+            }
+            Share::Divided(parts) => {
+                debug_assert!(parts.len() <= threads);
+                let mut seg = Segment {
+                    parts: vec![Vec::new(); threads],
+                };
+                for (t, call) in parts.into_iter().enumerate() {
+                    seg.parts[t].push(Task {
+                        call,
+                        row_bytes: None,
+                    });
+                }
+                out.push(seg);
+                open = Open::Parallel;
+            }
+        }
+    }
+    out
+}
+
+/// Calls that are independent of each other (the optimizer updates, the kernel transposes):
+/// one segment, each call whole or divided, whole calls on the first thread when `first_only`
+/// says so (they add to a shared total) and otherwise on the least loaded thread by `cost`.
+pub fn independent(calls: Vec<(Call, Share, usize, bool)>, threads: usize) -> Vec<Segment> {
+    let mut seg = Segment {
+        parts: vec![Vec::new(); threads],
+    };
+    let mut load = vec![0usize; threads];
+    for (call, share, cost, first_only) in calls {
+        match share {
+            Share::Divided(parts) if threads > 1 => {
+                let n = parts.len();
+                for (t, call) in parts.into_iter().enumerate() {
+                    load[t] += cost / n;
+                    seg.parts[t].push(Task {
+                        call,
+                        row_bytes: None,
+                    });
+                }
+            }
+            _ => {
+                let t = if first_only {
+                    0
+                } else {
+                    (0..threads).min_by_key(|t| load[*t]).unwrap_or(0)
+                };
+                load[t] += cost;
+                seg.parts[t].push(Task {
+                    call,
+                    row_bytes: None,
+                });
+            }
+        }
+    }
+    if seg.parts.iter().all(Vec::is_empty) {
+        return Vec::new();
+    }
+    if seg.parts[1..].iter().all(Vec::is_empty) {
+        seg.parts.truncate(1);
+    }
+    vec![seg]
+}
+
+/// Thread `t` of `threads`' rows of a batch of `rows`: `(first, count)`. Shares start on
+/// multiples of 4 rows, the matrix multiplies' row block.
+pub fn row_share(rows: usize, t: usize, threads: usize) -> (usize, usize) {
+    let start = |t: usize| {
+        if t >= threads {
+            rows
+        } else {
+            rows * t / threads / 4 * 4
+        }
+    };
+    let (a, b) = (start(t), start(t + 1));
+    (a, b - a)
+}
+
+/// Boundaries dividing `len` into `parts` ranges that start on multiples of `align`.
+pub fn divide(len: usize, parts: usize, align: usize) -> Vec<(usize, usize)> {
+    let start = |t: usize| {
+        if t >= parts {
+            len
+        } else {
+            len * t / parts / align * align
+        }
+    };
+    (0..parts)
+        .map(|t| (start(t), start(t + 1) - start(t)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// One resolved kernel call, ready to run on any thread.
+#[derive(Clone, Copy)]
+pub struct Invocation {
+    pub f: KernelFn,
+    pub table: [*mut u8; MAX_ARGS],
+    pub rows: i64,
+    pub row0: i64,
+    pub key: i32,
+    pub scalars: *const f32,
+}
+
+// SAFETY: an invocation is a function pointer and pointers into buffers that the `Jit` owning
+// the pool keeps alive and unmoved while a segment runs (`Pool::run` returns only after every
+// worker has finished), and the schedule gives threads disjoint outputs.
+unsafe impl Send for Invocation {}
+
+impl Invocation {
+    /// # Safety
+    /// The table must match the kernel's argument table, with buffers large enough for `rows`.
+    pub unsafe fn call(&self) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            (self.f)(
+                self.table.as_ptr(),
+                self.rows,
+                self.row0,
+                self.key,
+                self.scalars,
+            )
+        }
+    }
+}
+
+struct Shared {
+    generation: AtomicU64,
+    remaining: AtomicUsize,
+    stop: AtomicBool,
+    work: Vec<Mutex<Vec<Invocation>>>,
+}
+
+/// Worker threads that live as long as the `Jit`: they spin briefly between segments (a step
+/// has a few dozen) and park when idle, so no thread is spawned per step.
+pub struct Pool {
+    shared: Arc<Shared>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+/// How long a worker spins for the next segment before it parks.
+const SPIN: Duration = Duration::from_micros(300);
+
+impl Pool {
+    /// A pool of `workers` threads besides the caller's.
+    pub fn new(workers: usize) -> std::io::Result<Pool> {
+        let shared = Arc::new(Shared {
+            generation: AtomicU64::new(0),
+            remaining: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            work: (0..workers)
+                .map(|_| Mutex::new(Vec::with_capacity(64)))
+                .collect(),
+        });
+        let mut handles = Vec::new();
+        for w in 0..workers {
+            let mine = Arc::clone(&shared);
+            let handle = thread::Builder::new()
+                .name(format!("netc-jit-{}", w + 1))
+                .spawn(move || worker(&mine, w));
+            match handle {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    let pool = Pool { shared, handles };
+                    drop(pool);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Pool { shared, handles })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.shared.work.len()
+    }
+
+    /// Fills worker `w`'s list with `fill(w + 1, list)`, lets the workers run their lists while
+    /// this thread runs `own`, and returns when every worker has finished.
+    pub fn run(&self, mut fill: impl FnMut(usize, &mut Vec<Invocation>), own: impl FnOnce()) {
+        let s = &*self.shared;
+        for (w, work) in s.work.iter().enumerate() {
+            let mut list = work.lock().unwrap_or_else(|e| e.into_inner());
+            list.clear();
+            fill(w + 1, &mut list);
+        }
+        s.remaining.store(s.work.len(), Ordering::Relaxed);
+        s.generation.fetch_add(1, Ordering::Release);
+        for h in &self.handles {
+            h.thread().unpark();
+        }
+        own();
+        let mut spins = 0u32;
+        while s.remaining.load(Ordering::Acquire) != 0 {
+            spins = spins.saturating_add(1);
+            if spins < 1 << 16 {
+                std::hint::spin_loop();
+            } else {
+                thread::yield_now();
+            }
+        }
+    }
+}
+
+fn worker(s: &Shared, w: usize) {
+    let mut seen = 0u64;
+    loop {
+        let started = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            if s.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let g = s.generation.load(Ordering::Acquire);
+            if g != seen {
+                seen = g;
+                break;
+            }
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(64) || started.elapsed() < SPIN {
+                std::hint::spin_loop();
+            } else {
+                thread::park_timeout(Duration::from_millis(5));
+            }
+        }
+        {
+            let list = s.work[w].lock().unwrap_or_else(|e| e.into_inner());
+            for inv in list.iter() {
+                // SAFETY: `Pool::run` filled the list from the schedule of the `Jit` that owns
+                // this pool and waits for this worker before its buffers can change.
+                unsafe { inv.call() };
+            }
+        }
+        s.remaining.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for h in &self.handles {
+            h.thread().unpark();
+        }
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_shares_cover_the_batch_once_on_row_blocks() {
+        for rows in [1, 3, 4, 5, 31, 32, 33, 256] {
+            for threads in 1..=4 {
+                let mut next = 0;
+                for t in 0..threads {
+                    let (first, n) = row_share(rows, t, threads);
+                    assert_eq!(first, next, "{rows} rows, {threads} threads");
+                    assert!(first % 4 == 0 || n == 0);
+                    next = first + n;
+                }
+                assert_eq!(next, rows);
+            }
+        }
+    }
+
+    #[test]
+    fn divisions_cover_the_range_on_alignment() {
+        for len in [4, 16, 100, 400, 307_200] {
+            for parts in 1..=3 {
+                let d = divide(len, parts, 16);
+                assert_eq!(d.iter().map(|p| p.1).sum::<usize>(), len);
+                assert!(d.iter().all(|p| p.0 % 16 == 0));
+                assert!(d.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0));
+            }
+        }
+    }
+
+    #[test]
+    fn pool_runs_every_list_and_waits_for_it() {
+        use std::sync::atomic::AtomicU32;
+        static HITS: AtomicU32 = AtomicU32::new(0);
+        unsafe extern "C" fn count(_: *const *mut u8, rows: i64, _: i64, _: i32, _: *const f32) {
+            HITS.fetch_add(rows as u32, Ordering::Relaxed);
+        }
+        let pool = Pool::new(2).expect("threads start");
+        let inv = |rows| Invocation {
+            f: count,
+            table: [std::ptr::null_mut(); MAX_ARGS],
+            rows,
+            row0: 0,
+            key: 0,
+            scalars: std::ptr::null(),
+        };
+        for round in 0..1000u32 {
+            pool.run(
+                |w, list| list.push(inv(w as i64)),
+                || {
+                    // SAFETY: `count` ignores its table.
+                    unsafe { inv(10).call() }
+                },
+            );
+            assert_eq!(HITS.load(Ordering::Relaxed), (round + 1) * 13);
+        }
+    }
+}

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use miette::{miette, Result};
 use netc_compiler::backend::{Backend, BackendError, InputStats};
 use netc_compiler::diagnostics::{self, Diag, Span};
-use netc_compiler::ir::Program;
+use netc_compiler::ir::{Preprocess, Program};
 use netc_compiler::print;
 use netc_runtime::run::RunOptions;
 
@@ -102,19 +102,23 @@ pub struct DataArgs {
     /// (default: $NETC_DATA, ./data, then the cache dir).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Which executor trains and evaluates [default: interp, which is faster than the JIT for
-    /// now; when resuming, the run's].
+    /// Which executor trains and evaluates [default: jit; when resuming, the run's].
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
+    /// Threads the JIT trains and predicts with [default: one per core]. Results do not depend
+    /// on it; on a machine busy with other work, 1 is faster.
+    #[arg(long, env = "NETC_THREADS", value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: Option<u64>,
     /// Never download: when no data is found, stop with an error (also NETC_OFFLINE=1).
     #[arg(long)]
     offline: bool,
 }
 
 impl DataArgs {
-    /// The executor asked for; the interpreter by default until the JIT is faster per epoch.
+    /// The executor asked for; the JIT by default (faster per epoch than the interpreter, and
+    /// checked against it).
     fn backend(&self) -> BackendKind {
-        self.backend.unwrap_or(BackendKind::Interp)
+        self.backend.unwrap_or(BackendKind::Jit)
     }
 
     /// Where this command's data is. This is the one place a command may download the data set:
@@ -200,8 +204,11 @@ pub struct BenchArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     batch: Option<u64>,
     /// Which executor to time.
-    #[arg(long, value_enum, default_value_t = BackendKind::Interp)]
+    #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
     backend: BackendKind,
+    /// Threads the JIT runs a step on [default: one per core].
+    #[arg(long, env = "NETC_THREADS", value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: Option<u64>,
     /// Training steps per timed repetition.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     steps: u64,
@@ -264,7 +271,15 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             };
             print!("{text}");
             if timings {
-                let jit = netc_compiler::jit::Jit::new(program, None)?;
+                // The kernels read standardization statistics from buffers, so any values
+                // compile the same code.
+                let features = program.input.features;
+                let stats =
+                    (program.input.preprocess == Preprocess::Standardize).then(|| InputStats {
+                        mean: vec![0.0; features],
+                        std: vec![1.0; features],
+                    });
+                let jit = netc_compiler::jit::Jit::new(program, stats)?;
                 eprintln!(
                     "compiled {} JIT kernels in {:.1} ms",
                     jit.kernel_count(),
@@ -298,14 +313,25 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Threads for the JIT: the flag, or one per core.
+fn threads(flag: Option<u64>) -> usize {
+    flag.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n as usize,
+    )
+}
+
 /// Builds the executor the user asked for.
 fn make_backend(
     kind: BackendKind,
+    threads: usize,
     program: &Program,
     stats: Option<InputStats>,
 ) -> std::result::Result<Box<dyn Backend>, BackendError> {
     Ok(match kind {
-        BackendKind::Jit => Box::new(netc_compiler::jit::Jit::new(program, stats)?),
+        BackendKind::Jit => Box::new(netc_compiler::jit::Jit::with_threads(
+            program, stats, threads,
+        )?),
         BackendKind::Interp => Box::new(netc_compiler::interp::Interp::new(program, stats)),
     })
 }
@@ -326,12 +352,13 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 interrupt: Some(interrupt),
             };
             let asked = args.common.backend;
+            let threads = threads(args.common.threads);
             netc_runtime::run::resume(&program, run_dir, &opts, |p, stats, trained_with| {
                 let kind = asked.unwrap_or(match trained_with {
                     "interp" => BackendKind::Interp,
                     _ => BackendKind::Jit,
                 });
-                make_backend(kind, p, stats)
+                make_backend(kind, threads, p, stats)
             })
         }
         (None, Some(spec)) => {
@@ -348,8 +375,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 interrupt: Some(interrupt),
             };
             let kind = args.common.backend();
+            let threads = threads(args.common.threads);
             netc_runtime::run::run(&program, spec, &opts, |p, stats| {
-                make_backend(kind, p, stats)
+                make_backend(kind, threads, p, stats)
             })
         }
         // clap requires one of the two.
@@ -422,7 +450,7 @@ fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result<ExitCode> 
     program.train.seed = summary.seed;
     let data = netc_runtime::data::load(Some(&common.locate()?))?;
     let (_, stats) = netc_runtime::run::split_and_stats(&program, &data.train)?;
-    let mut backend = make_backend(common.backend(), &program, stats)?;
+    let mut backend = make_backend(common.backend(), threads(common.threads), &program, stats)?;
     let mut state = backend.state();
     state.params = netc_runtime::weights::load_params(
         &run_dir.join(netc_runtime::run::WEIGHTS_FILE),
@@ -498,7 +526,8 @@ fn lr_find(args: LrFindArgs) -> Result<ExitCode> {
     };
     let data = netc_runtime::data::load(Some(&args.common.locate()?))?;
     let (split, stats) = netc_runtime::run::split_and_stats(&program, &data.train)?;
-    let mut backend = make_backend(args.common.backend(), &program, stats)?;
+    let threads = threads(args.common.threads);
+    let mut backend = make_backend(args.common.backend(), threads, &program, stats)?;
     let opts = LrFindOptions {
         min_lr: args.min,
         max_lr: args.max,
@@ -560,14 +589,23 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     };
     let spec = args.spec.display().to_string();
     let kind = args.backend;
-    let r = netc_runtime::bench::bench(&program, &spec, &opts, |p, s| make_backend(kind, p, s))?;
+    let threads = threads(args.threads);
+    let r = netc_runtime::bench::bench(&program, &spec, &opts, |p, s| {
+        make_backend(kind, threads, p, s)
+    })?;
     if args.json {
         println!(
             "{}",
             serde_json::to_string(&r).map_err(|e| miette!("cannot render the report: {e}"))?
         );
     } else {
-        println!("{} on {}, batch {}", r.spec, r.backend, r.batch);
+        println!(
+            "{} on {}, batch {}, {}",
+            r.spec,
+            r.backend,
+            r.batch,
+            plural(r.threads, "thread")
+        );
         println!("  compile        {:>10.1} ms", r.compile_ms);
         println!(
             "  train step     {:>10.3} ms (median of {} runs of {} steps)",
@@ -586,9 +624,30 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             r.flops_per_step / 1e6
         );
         println!(
+            "  of peak        {:>10.1} %  (f32x4 FMA peak {:.1} GFLOP/s per core, measured)",
+            r.peak_fraction * 100.0,
+            r.peak_gflops_per_core
+        );
+        println!(
             "  predict        {:>10.0} ms per 10,000 images",
             r.predict_ms_per_10k
         );
+        if !r.calls.is_empty() {
+            println!("  each call of a step on its own (median):");
+            let mut totals: Vec<(&str, f64)> = Vec::new();
+            for c in &r.calls {
+                println!("    {:<10} {:<36} {:>8.3} ms", c.phase, c.kernel, c.ms);
+                match totals.iter_mut().find(|t| t.0 == c.phase) {
+                    Some(t) => t.1 += c.ms,
+                    None => totals.push((c.phase, c.ms)),
+                }
+            }
+            let line: Vec<String> = totals
+                .iter()
+                .map(|(p, ms)| format!("{p} {ms:.3} ms"))
+                .collect();
+            println!("    total: {}", line.join(", "));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -795,6 +854,8 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
             BackendKind::Interp => "interp",
         }
         .to_string(),
+        // The cores are shared among the runs that train at once.
+        threads: (threads(args.common.threads) / (args.jobs as usize).max(1)).max(1),
         out: args.out.clone(),
         model: program.name.clone(),
     };

@@ -37,6 +37,11 @@ fn install_panic_hook() {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_default();
+        // `netc ... | head`: the reader went away. Stop quietly, as a program killed by
+        // SIGPIPE would (status 128 + 13), instead of calling it a bug.
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
         eprintln!(
             "error[netc::internal]: netc hit an internal error{location}: {message}\n  \
              help: this is a bug in netc, not in your spec; please report it with the command you ran"

@@ -11,6 +11,8 @@ fn netc(args: &[&str]) -> Output {
         .env("NO_COLOR", "1")
         // A command that finds no data would otherwise download it; tests never leave 127.0.0.1.
         .env("NETC_OFFLINE", "1")
+        // Tests run several netc processes at once on few cores; threads would only fight.
+        .env("NETC_THREADS", "1")
         .output()
         .expect("netc runs")
 }
@@ -339,6 +341,8 @@ fn bench_reports_timings_for_both_backends_without_data() {
             "sec_per_epoch",
             "step_ms",
             "gflops",
+            "peak_fraction",
+            "peak_gflops_per_core",
             "compile_ms",
             "predict_ms_per_10k",
         ] {
@@ -346,6 +350,33 @@ fn bench_reports_timings_for_both_backends_without_data() {
         }
         assert_eq!(r["batch"], 16);
         assert_eq!(r["backend"], backend);
+        let calls = r["calls"].as_array().expect("calls");
+        assert_eq!(calls.is_empty(), backend == "interp", "{r}");
+    }
+}
+
+/// `--timings` compiles the JIT kernels of every spec of the exercise, standardized inputs too.
+#[test]
+fn compile_timings_work_for_every_spec() {
+    for entry in
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("specs")).expect("specs")
+    {
+        let path = entry.expect("entry").path();
+        let o = netc(&[
+            "compile",
+            path.to_str().expect("utf-8"),
+            "--emit",
+            "summary",
+            "--timings",
+        ]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}: {}",
+            path.display(),
+            stderr(&o)
+        );
+        assert!(stderr(&o).contains("JIT kernels in"), "{}", stderr(&o));
     }
 }
 
@@ -497,4 +528,30 @@ fn resume_without_a_checkpoint_or_with_other_flags_is_refused() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let o = netc(&["run", "specs/baseline.net", "--resume", dir]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// `netc ... | head`: when the reader goes away, netc stops quietly (status 141, as after
+/// SIGPIPE) instead of reporting an internal error.
+#[test]
+fn a_closed_pipe_is_not_an_internal_error() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netc"))
+        .args(["compile", "specs/baseline.net", "--emit", "clif"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("netc starts");
+    let mut first = [0u8; 64];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("some CLIF");
+    // The read end is dropped here, with megabytes of CLIF still to come.
+    let out = child.wait_with_output().expect("netc ends");
+    assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
 }

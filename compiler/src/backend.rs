@@ -99,4 +99,25 @@ pub trait Backend {
 
     /// Replace the full training state (shapes must match the program's).
     fn set_state(&mut self, state: &TrainState);
+
+    /// Threads a training step runs on.
+    fn threads(&self) -> usize {
+        1
+    }
+
+    /// The time of each call of a training step on `batch` (median of `reps`), where the
+    /// backend can tell; empty otherwise.
+    fn profile(&mut self, _batch: Batch<'_>, _lr: f32, _reps: usize) -> Vec<CallTime> {
+        Vec::new()
+    }
+}
+
+/// The time of one call, or of a group of calls, of a training step (`Backend::profile`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CallTime {
+    /// `forward`, `backward`, `optimizer` or `transposes`.
+    pub phase: &'static str,
+    /// The kernel's symbol, or how many calls the group holds.
+    pub kernel: String,
+    pub ms: f64,
 }

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use netc_compiler::backend::{Backend, BackendError, Batch, InputStats, Mode};
+use netc_compiler::backend::{Backend, BackendError, Batch, CallTime, InputStats, Mode};
 use netc_compiler::ir::{OpKind, Program};
 use netc_compiler::rng::SplitMix64;
 use serde::Serialize;
@@ -37,6 +37,8 @@ pub struct BenchReport {
     pub spec: String,
     pub backend: String,
     pub batch: usize,
+    /// Threads a step runs on.
+    pub threads: usize,
     pub compile_ms: f64,
     /// Median milliseconds per training step (forward, backward, update).
     pub step_ms: f64,
@@ -47,9 +49,19 @@ pub struct BenchReport {
     /// Floating-point operations of one training step, counted from the IR's matrix multiplies.
     pub flops_per_step: f64,
     pub gflops: f64,
+    /// This machine's f32x4 FMA peak on one core, measured by a tiny JIT kernel at start.
+    pub peak_gflops_per_core: f64,
+    /// `gflops` over the peak of the cores the step runs on.
+    pub peak_fraction: f64,
     /// Milliseconds to predict 10,000 images with dropout off.
     pub predict_ms_per_10k: f64,
+    /// Each call of a step on its own (the JIT only): forward and backward by layer, the
+    /// optimizer and the transposes as a whole.
+    pub calls: Vec<CallTime>,
 }
+
+/// Iterations of the peak-calibration kernel: about 20 ms per run.
+const PEAK_ITERATIONS: i64 = 10_000_000;
 
 /// Training images per epoch in the exercise (50,000 minus the 5,000 validation images).
 pub const EPOCH_IMAGES: usize = 45_000;
@@ -135,18 +147,32 @@ where
     let t = Instant::now();
     backend.predict(&predict_pixels, Mode::Inference, &mut probs);
     let predict_ms_per_10k = t.elapsed().as_secs_f64() * 1e3;
+    let calls = {
+        let batch = Batch {
+            pixels: &pixels[..batch * features],
+            labels: &labels[..batch],
+        };
+        backend.profile(batch, 1e-6, opts.repeats.max(1) * 4)
+    };
     let flops = flops_per_step(&program, batch);
+    let gflops = flops / (step_ms * 1e6);
+    let threads = backend.threads();
+    let peak = netc_compiler::jit::fma_peak_gflops(PEAK_ITERATIONS, 5)?;
     Ok(BenchReport {
         spec: spec.to_string(),
         backend: backend.name().to_string(),
         batch,
+        threads,
         compile_ms,
         step_ms,
         step_ms_runs,
         sec_per_epoch: step_ms * EPOCH_IMAGES.div_ceil(batch) as f64 / 1e3,
         flops_per_step: flops,
-        gflops: flops / (step_ms * 1e6),
+        gflops,
+        peak_gflops_per_core: peak,
+        peak_fraction: gflops / (peak * threads as f64),
         predict_ms_per_10k,
+        calls,
     })
 }
 
@@ -187,5 +213,37 @@ mod tests {
         assert_eq!(report.step_ms_runs.len(), 3);
         assert_eq!(report.batch, 8);
         assert!(report.step_ms > 0.0 && report.gflops > 0.0);
+        assert!(report.peak_fraction > 0.0 && report.peak_gflops_per_core > 0.0);
+        assert!(
+            report.calls.is_empty(),
+            "the interpreter has no per-call times"
+        );
+    }
+
+    #[test]
+    fn bench_profiles_every_call_of_the_jit() {
+        let source = "model m\ninput cifar10\ndense 16 { activation: elu, init: he_normal }\n\
+                      dense 10 { activation: softmax }\ntrain { optimizer: nadam\n epochs: 1\n batch: 8 }\n";
+        let program = netc_compiler::compile(source).program.expect("compiles");
+        let opts = BenchOptions {
+            batch: None,
+            steps: 2,
+            repeats: 1,
+        };
+        let report = bench(&program, "m.net", &opts, |p, s| {
+            Ok(Box::new(netc_compiler::jit::Jit::with_threads(p, s, 2)?))
+        })
+        .expect("bench");
+        assert_eq!((report.backend.as_str(), report.threads), ("jit", 2));
+        let phases: Vec<&str> = report.calls.iter().map(|c| c.phase).collect();
+        // convert, dense+elu, dense, loss; weight gradient, input gradient, elu', weight
+        // gradient (on two threads: two shares each); the optimizer; the transposes.
+        assert_eq!(
+            phases.iter().filter(|p| **p == "forward").count(),
+            4,
+            "{phases:?}"
+        );
+        assert!(phases.contains(&"backward") && phases.contains(&"optimizer"));
+        assert!(report.calls.iter().all(|c| c.ms >= 0.0));
     }
 }

@@ -244,6 +244,8 @@ pub struct SweepOptions {
     pub data: Option<PathBuf>,
     /// `--backend` of every run (`jit` or `interp`).
     pub backend: String,
+    /// `--threads` of every run.
+    pub threads: usize,
     /// The sweep directory; by default `runs/sweep-<model>-<UTC time>`. Never overwritten.
     pub out: Option<PathBuf>,
     /// The model's name, for the default directory.
@@ -409,6 +411,7 @@ fn run_one(job: &Job<'_>, data: &Path, opts: &SweepOptions) -> Result<SweepRow, 
         .arg("run")
         .arg(&job.spec)
         .args(["--json", "--quiet", "--backend", &opts.backend])
+        .args(["--threads", &opts.threads.to_string()])
         .arg("--data")
         .arg(data)
         .arg("--out")
@@ -761,6 +764,7 @@ mod tests {
             epochs: None,
             data: Some(tmp.path().join("nowhere")),
             backend: "interp".to_string(),
+            threads: 1,
             out: Some(tmp.path().join("sweep")),
             model: "m".to_string(),
         };

@@ -90,49 +90,9 @@ fn dense_kernels() {
     }
 }
 
-/// `accumulators` independent f32x4 FMA chains, `iters` times: the register-only peak.
-fn peak(accumulators: usize, iters: i64) -> f64 {
-    use super::emit::Fx;
-    use cranelift_codegen::ir::types::F32X4;
-    let mut module = KernelModule::new().expect("module");
-    let id = module
-        .define("peak", true, |fx: &mut Fx| {
-            let x = fx.splat(1.0001);
-            let y = fx.splat(0.9999);
-            let z = fx.zero4();
-            let acc: Vec<_> = (0..accumulators).map(|_| fx.var(F32X4, z)).collect();
-            fx.loop_const(0, iters, 1, |fx, _| {
-                for a in &acc {
-                    let c = fx.get(*a);
-                    let c = fx.fma(c, x, y);
-                    fx.set(*a, c);
-                }
-            });
-            let out = fx.arg(0);
-            for (i, a) in acc.iter().enumerate() {
-                let c = fx.get(*a);
-                fx.store(c, out, 4 * i as i64);
-            }
-        })
-        .expect("compiles");
-    module.finalize().expect("finalizes");
-    let f = module.get(id);
-    let mut out = vec![0f32; 4 * accumulators];
-    let table = [out.as_mut_ptr().cast::<u8>()];
-    let mut best = f64::MAX;
-    for _ in 0..7 {
-        let started = Instant::now();
-        // SAFETY: the kernel stores `accumulators` vectors to the one buffer of the table.
-        unsafe { f(table.as_ptr(), 0, 0, 0, [0f32].as_ptr()) };
-        best = best.min(started.elapsed().as_secs_f64());
-    }
-    (accumulators as f64 * iters as f64 * 8.0) / best / 1e9
-}
-
 #[test]
 #[ignore = "timing report; run in release with --ignored --nocapture"]
 fn fma_peak() {
-    for acc in [4, 8, 10, 12] {
-        println!("{acc} chains: {:.1} GFLOP/s", peak(acc, 10_000_000));
-    }
+    let g = super::calibrate::fma_peak_gflops(10_000_000, 7).expect("compiles");
+    println!("f32x4 FMA peak on one core: {g:.1} GFLOP/s");
 }

@@ -27,6 +27,7 @@
 //! This module must not report user errors (see `backend`); `BackendError` means a netc bug or a
 //! host that cannot run JIT code.
 
+mod calibrate;
 mod emit;
 #[cfg(test)]
 mod kernel_timing;
@@ -44,13 +45,17 @@ use std::time::Instant;
 use ndarray::{Array2, ArrayD, IxDyn};
 
 use crate::autodiff::GradProgram;
-use crate::backend::{Backend, BackendError, Batch, InputStats, Mode, StepStats, TrainState};
+use crate::backend::{
+    Backend, BackendError, Batch, CallTime, InputStats, Mode, StepStats, TrainState,
+};
 use crate::ir::{Activation, OpKind, OptimizerKind, ParamRole, Preprocess, Program};
 use crate::optim::{nadam_u_product, AdamStep, NadamStep};
 use crate::rng::{dropout_key, Stream};
 use kernels::{grad_needs_input, pad4, row_stride, update_scalars, Convert, Kernel, Update};
 use module::{KernelFn, KernelId, KernelModule};
 use parallel::{Invocation, Pool, Segment, Share, MAX_ARGS};
+
+pub use calibrate::fma_peak_gflops;
 
 /// The CLIF text of every kernel of `program` (deduplicated, in planning order), generated for
 /// a fixed x86-64 ISA with SSE4.1, AVX and FMA so that golden files do not depend on the host.
@@ -1058,10 +1063,94 @@ impl Jit {
         self.plan.threads
     }
 
-    /// Runs the segments of `calls` on `rows` rows. The only place generated code is called.
+    /// Runs the segments of `calls` on `rows` rows.
     fn run(
         &mut self,
         calls: Phase2,
+        rows: usize,
+        row0: usize,
+        batch: Batch<'_>,
+        key: KeyFn,
+        scalars: &[f32],
+    ) {
+        // Moved out while they run (no copy, no allocation) and put back.
+        let segments = std::mem::take(self.segments_mut(calls));
+        self.execute(&segments, rows, row0, batch, key, scalars);
+        *self.segments_mut(calls) = segments;
+    }
+
+    fn segments_mut(&mut self, calls: Phase2) -> &mut Vec<Segment> {
+        match calls {
+            Phase2::TrainForward => &mut self.plan.train_forward,
+            Phase2::Backward => &mut self.plan.backward,
+            Phase2::Updates => &mut self.plan.updates,
+            Phase2::Transposes => &mut self.plan.transposes,
+            Phase2::Infer => &mut self.plan.infer,
+            Phase2::Mc => &mut self.plan.mc,
+        }
+    }
+
+    /// Times a training step call by call on `batch`: every forward and backward call on its
+    /// own (all threads run their share of it, then meet), the optimizer updates and the kernel
+    /// transposes as a whole. Milliseconds are the median of `reps` runs. The calls run again
+    /// and again on the same state, so the parameters end where one step leaves them.
+    pub fn profile_calls(&mut self, batch: Batch<'_>, lr: f32, reps: usize) -> Vec<CallTime> {
+        let rows = batch.len();
+        let seed = self.program.train.seed;
+        let step = self.step;
+        let key = move |op: u32| dropout_key(seed, Stream::Train, step, op);
+        let scalars = self.update_scalars(lr);
+        let mut out = Vec::new();
+        for (phase, calls, by_call) in [
+            ("forward", Phase2::TrainForward, true),
+            ("backward", Phase2::Backward, true),
+            ("optimizer", Phase2::Updates, false),
+            ("transposes", Phase2::Transposes, false),
+        ] {
+            let segments = std::mem::take(self.segments_mut(calls));
+            let mut groups: Vec<(String, Vec<Segment>)> = Vec::new();
+            if by_call {
+                for seg in &segments {
+                    let columns = seg.parts.iter().map(Vec::len).max().unwrap_or(0);
+                    for i in 0..columns {
+                        let parts: Vec<Vec<parallel::Task>> = seg
+                            .parts
+                            .iter()
+                            .map(|p| p.get(i).cloned().into_iter().collect())
+                            .collect();
+                        let first = parts.iter().flatten().next().expect("a call per column");
+                        let name = self.kernels.name(first.call.kernel).to_string();
+                        groups.push((name, vec![Segment { parts }]));
+                    }
+                }
+            } else if !segments.is_empty() {
+                let calls = segments.iter().flat_map(|s| &s.parts).flatten().count();
+                groups.push((format!("{calls} calls"), segments.clone()));
+            }
+            for (kernel, group) in groups {
+                let mut ms: Vec<f64> = (0..reps.max(1))
+                    .map(|_| {
+                        let started = Instant::now();
+                        self.execute(&group, rows, 0, batch, &key, &scalars);
+                        started.elapsed().as_secs_f64() * 1e3
+                    })
+                    .collect();
+                ms.sort_by(f64::total_cmp);
+                out.push(CallTime {
+                    phase,
+                    kernel,
+                    ms: ms[ms.len() / 2],
+                });
+            }
+            *self.segments_mut(calls) = segments;
+        }
+        out
+    }
+
+    /// Runs `segments` on `rows` rows. The only place generated code is called.
+    fn execute(
+        &mut self,
+        segments: &[Segment],
         rows: usize,
         row0: usize,
         batch: Batch<'_>,
@@ -1074,21 +1163,7 @@ impl Jit {
         );
         assert!(batch.pixels.len() >= rows * self.program.input.features);
         let base = self.arena.data.as_mut_ptr().wrapping_add(self.arena.base);
-        let Jit {
-            plan,
-            fns,
-            pool,
-            own,
-            ..
-        } = self;
-        let segments = match calls {
-            Phase2::TrainForward => &plan.train_forward,
-            Phase2::Backward => &plan.backward,
-            Phase2::Updates => &plan.updates,
-            Phase2::Transposes => &plan.transposes,
-            Phase2::Infer => &plan.infer,
-            Phase2::Mc => &plan.mc,
-        };
+        let Jit { fns, pool, own, .. } = self;
         // Thread `t`'s calls of a segment, with pointers, rows and first row of its share.
         let resolve = |tasks: &[parallel::Task], t: usize, of: usize, out: &mut Vec<Invocation>| {
             for task in tasks {
@@ -1230,6 +1305,14 @@ type KeyFn<'a> = &'a dyn Fn(u32) -> u32;
 impl Backend for Jit {
     fn name(&self) -> &'static str {
         "jit"
+    }
+
+    fn threads(&self) -> usize {
+        self.plan.threads
+    }
+
+    fn profile(&mut self, batch: Batch<'_>, lr: f32, reps: usize) -> Vec<CallTime> {
+        self.profile_calls(batch, lr, reps)
     }
 
     fn train_step(&mut self, batch: Batch<'_>, lr: f32) -> StepStats {

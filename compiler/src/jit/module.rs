@@ -104,6 +104,7 @@ pub struct KernelModule {
     fma: bool,
     by_spec: HashMap<String, KernelId>,
     ids: Vec<FuncId>,
+    names: Vec<String>,
     fns: Vec<KernelFn>,
 }
 
@@ -121,6 +122,7 @@ impl KernelModule {
             fma,
             by_spec: HashMap::new(),
             ids: Vec::new(),
+            names: Vec::new(),
             fns: Vec::new(),
         })
     }
@@ -184,6 +186,7 @@ impl KernelModule {
         }
         module.clear_context(&mut self.ctx);
         self.ids.push(func_id);
+        self.names.push(name);
         Ok(id)
     }
 
@@ -211,6 +214,11 @@ impl KernelModule {
 
     pub fn get(&self, id: KernelId) -> KernelFn {
         self.fns[id.0]
+    }
+
+    /// The symbol name of a kernel (`k<id>_<kernel name>`).
+    pub fn name(&self, id: KernelId) -> &str {
+        &self.names[id.0]
     }
 
     /// Number of distinct compiled functions.

@@ -200,7 +200,7 @@ pub struct Invocation {
 
 // SAFETY: an invocation is a function pointer and pointers into buffers that the `Jit` owning
 // the pool keeps alive and unmoved while a segment runs (`Pool::run` returns only after every
-// worker has finished), and the schedule gives threads disjoint outputs.
+// list has run), and the schedule gives the lists of a segment disjoint outputs.
 unsafe impl Send for Invocation {}
 
 impl Invocation {
@@ -220,11 +220,84 @@ impl Invocation {
     }
 }
 
+/// One worker's list of a segment. Its calls run in order, each after the one before it has
+/// finished, but not necessarily on the same thread: the caller of `Pool::run`, done with its
+/// own list, takes the next calls of any list whose worker is late, one at a time. A worker the
+/// OS has descheduled then costs at most the call it is in, not a time slice.
+struct List {
+    calls: Mutex<Vec<Invocation>>,
+    /// `(generation, next call nobody has taken, number of calls)` in one word, so that a
+    /// thread still looking at an earlier segment can never take a call of this one.
+    state: AtomicU64,
+    /// Number of calls finished (they finish in order).
+    done: AtomicUsize,
+}
+
+fn pack(generation: u64, next: usize, len: usize) -> u64 {
+    (generation & 0xffff_ffff) << 32 | (next as u64) << 16 | len as u64
+}
+
+fn unpack(state: u64) -> (u64, usize, usize) {
+    (
+        state >> 32,
+        ((state >> 16) & 0xffff) as usize,
+        (state & 0xffff) as usize,
+    )
+}
+
+/// Most calls one list of a segment may hold.
+const MAX_LIST: usize = 0xffff;
+
 struct Shared {
     generation: AtomicU64,
+    /// Lists of the running segment not finished yet.
     remaining: AtomicUsize,
     stop: AtomicBool,
-    work: Vec<Mutex<Vec<Invocation>>>,
+    work: Vec<List>,
+}
+
+impl Shared {
+    /// Takes and runs calls of list `w` of segment `generation` until none is left to take.
+    fn help(&self, w: usize, generation: u64) {
+        let list = &self.work[w];
+        loop {
+            let state = list.state.load(Ordering::Acquire);
+            let (g, i, len) = unpack(state);
+            if g != generation & 0xffff_ffff || i >= len {
+                return;
+            }
+            let taken = pack(g, i + 1, len);
+            if list
+                .state
+                .compare_exchange(state, taken, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue;
+            }
+            // The call before this one may still run on another thread.
+            let mut spins = 0u32;
+            while list.done.load(Ordering::Acquire) != i {
+                spins = spins.saturating_add(1);
+                if spins < 1 << 12 {
+                    std::hint::spin_loop();
+                } else {
+                    thread::yield_now();
+                }
+            }
+            let inv = {
+                let calls = list.calls.lock().unwrap_or_else(|e| e.into_inner());
+                calls[i]
+            };
+            // SAFETY: `Pool::run` filled the list from the schedule of the `Jit` that owns this
+            // pool and waits until every list has run before its buffers can change; the calls
+            // of a list run in order.
+            unsafe { inv.call() };
+            list.done.store(i + 1, Ordering::Release);
+            if i + 1 == len {
+                self.remaining.fetch_sub(1, Ordering::Release);
+            }
+        }
+    }
 }
 
 /// Worker threads that live as long as the `Jit`: they spin briefly between segments (a step
@@ -245,7 +318,11 @@ impl Pool {
             remaining: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             work: (0..workers)
-                .map(|_| Mutex::new(Vec::with_capacity(64)))
+                .map(|_| List {
+                    calls: Mutex::new(Vec::with_capacity(64)),
+                    state: AtomicU64::new(0),
+                    done: AtomicUsize::new(0),
+                })
                 .collect(),
         });
         let mut handles = Vec::new();
@@ -271,24 +348,41 @@ impl Pool {
     }
 
     /// Fills worker `w`'s list with `fill(w + 1, list)`, lets the workers run their lists while
-    /// this thread runs `own`, and returns when every worker has finished.
+    /// this thread runs `own`, then helps with what is left of theirs, and returns when every
+    /// list has run.
     pub fn run(&self, mut fill: impl FnMut(usize, &mut Vec<Invocation>), own: impl FnOnce()) {
         let s = &*self.shared;
-        for (w, work) in s.work.iter().enumerate() {
-            let mut list = work.lock().unwrap_or_else(|e| e.into_inner());
-            list.clear();
-            fill(w + 1, &mut list);
+        let generation = s.generation.load(Ordering::Relaxed) + 1;
+        let mut lists = 0;
+        for (w, list) in s.work.iter().enumerate() {
+            let mut calls = list.calls.lock().unwrap_or_else(|e| e.into_inner());
+            calls.clear();
+            fill(w + 1, &mut calls);
+            assert!(
+                calls.len() <= MAX_LIST,
+                "a segment list of {} calls",
+                calls.len()
+            );
+            // Every call of the last segment has finished, and a thread still looking at it
+            // cannot take one of this one (the state names the generation).
+            list.done.store(0, Ordering::Relaxed);
+            list.state
+                .store(pack(generation, 0, calls.len()), Ordering::Release);
+            lists += usize::from(!calls.is_empty());
         }
-        s.remaining.store(s.work.len(), Ordering::Relaxed);
-        s.generation.fetch_add(1, Ordering::Release);
+        s.remaining.store(lists, Ordering::Relaxed);
+        s.generation.store(generation, Ordering::Release);
         for h in &self.handles {
             h.thread().unpark();
         }
         own();
+        for w in 0..s.work.len() {
+            s.help(w, generation);
+        }
         let mut spins = 0u32;
         while s.remaining.load(Ordering::Acquire) != 0 {
             spins = spins.saturating_add(1);
-            if spins < 1 << 16 {
+            if spins < 1 << 12 {
                 std::hint::spin_loop();
             } else {
                 thread::yield_now();
@@ -318,15 +412,7 @@ fn worker(s: &Shared, w: usize) {
                 thread::park_timeout(Duration::from_millis(5));
             }
         }
-        {
-            let list = s.work[w].lock().unwrap_or_else(|e| e.into_inner());
-            for inv in list.iter() {
-                // SAFETY: `Pool::run` filled the list from the schedule of the `Jit` that owns
-                // this pool and waits for this worker before its buffers can change.
-                unsafe { inv.call() };
-            }
-        }
-        s.remaining.fetch_sub(1, Ordering::Release);
+        s.help(w, seen);
     }
 }
 
@@ -391,14 +477,16 @@ mod tests {
             scalars: std::ptr::null(),
         };
         for round in 0..1000u32 {
+            // Three calls per worker list, so that the caller also takes calls of a list whose
+            // worker is late, in order, each exactly once.
             pool.run(
-                |w, list| list.push(inv(w as i64)),
+                |w, list| list.extend([inv(w as i64), inv(w as i64), inv(w as i64)]),
                 || {
                     // SAFETY: `count` ignores its table.
                     unsafe { inv(10).call() }
                 },
             );
-            assert_eq!(HITS.load(Ordering::Relaxed), (round + 1) * 13);
+            assert_eq!(HITS.load(Ordering::Relaxed), (round + 1) * 19);
         }
     }
 }

@@ -555,3 +555,51 @@ fn a_closed_pipe_is_not_an_internal_error() {
     assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
     assert_eq!(stderr(&out), "");
 }
+
+/// A full disk, as the kernel reports it to a process over its file-size limit (EFBIG, with
+/// SIGXFSZ ignored): the first checkpoint cannot be written. netc says which file, exits 1
+/// without a panic, and leaves no temporary file and an intact `spec.net` behind.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_is_a_diagnostic_that_names_the_file() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = synthetic_data(tmp.path());
+    let spec = tmp.path().join("tiny.net");
+    std::fs::write(&spec, TINY_SPEC).expect("write spec");
+    let out = tmp.path().join("run");
+    // 100 KiB: the spec and small files fit, the first parameter checkpoint (~200 KB) does not.
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 100; exec \"$@\"")
+        .arg("bash")
+        .arg(env!("CARGO_BIN_EXE_netc"))
+        .args(["run", spec.to_str().expect("utf-8"), "--quiet", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .env("NO_COLOR", "1")
+        .env("NETC_OFFLINE", "1")
+        .env("NETC_THREADS", "1")
+        .output()
+        .expect("bash runs");
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("could not write"), "{err}");
+    assert!(err.contains("File too large"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("spec.net")).expect("spec.net"),
+        TINY_SPEC
+    );
+    let mut left = Vec::new();
+    for dir in [out.clone(), out.join("checkpoint")] {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten() {
+            let name = entry.expect("entry").file_name();
+            let name = name.to_string_lossy().into_owned();
+            if name.ends_with(".tmp") || name.starts_with(".netc-") {
+                left.push(name);
+            }
+        }
+    }
+    assert!(left.is_empty(), "temporary files left behind: {left:?}");
+}

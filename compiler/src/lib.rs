@@ -12,6 +12,7 @@ pub mod diagnostics;
 pub mod init;
 pub mod interp;
 pub mod ir;
+#[cfg(feature = "jit")]
 pub mod jit;
 pub mod lower;
 pub mod optim;

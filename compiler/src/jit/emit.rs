@@ -6,7 +6,7 @@
 //! Everything here emits CLIF only, so the same code serves the JIT and the golden `.clif` dumps.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64};
+use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64, I8X16};
 use cranelift_codegen::ir::{
     AbiParam, BlockArg, ConstantData, InstBuilder, MemFlagsData, Signature, Type, Value,
 };
@@ -244,6 +244,34 @@ impl<'a> Fx<'a> {
 
     pub fn set(&mut self, v: Variable, x: Value) {
         self.b.def_var(v, x);
+    }
+
+    /// The f32x4 whose lane `k` is lane `lanes[k]` of the eight lanes of `a` then `b`.
+    pub fn shuffle4(&mut self, a: Value, b: Value, lanes: [u8; 4]) -> Value {
+        let bytes: Vec<u8> = lanes
+            .iter()
+            .flat_map(|l| (0..4).map(move |i| 4 * l + i))
+            .collect();
+        let mask = self.b.func.dfg.immediates.push(ConstantData::from(bytes));
+        let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+        let a = self.b.ins().bitcast(I8X16, le, a);
+        let b = self.b.ins().bitcast(I8X16, le, b);
+        let s = self.b.ins().shuffle(a, b, mask);
+        self.b.ins().bitcast(F32X4, le, s)
+    }
+
+    /// Transposes the 4×4 block whose rows are `r`: returns its columns.
+    pub fn transpose4(&mut self, r: [Value; 4]) -> [Value; 4] {
+        let t0 = self.shuffle4(r[0], r[1], [0, 4, 1, 5]);
+        let t1 = self.shuffle4(r[0], r[1], [2, 6, 3, 7]);
+        let t2 = self.shuffle4(r[2], r[3], [0, 4, 1, 5]);
+        let t3 = self.shuffle4(r[2], r[3], [2, 6, 3, 7]);
+        [
+            self.shuffle4(t0, t2, [0, 1, 4, 5]),
+            self.shuffle4(t0, t2, [2, 3, 6, 7]),
+            self.shuffle4(t1, t3, [0, 1, 4, 5]),
+            self.shuffle4(t1, t3, [2, 3, 6, 7]),
+        ]
     }
 
     /// Horizontal sum of the four lanes.

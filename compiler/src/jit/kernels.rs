@@ -10,7 +10,7 @@
 //! table; `Kernel::args` says how many pointers it takes.
 
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64};
+use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::emit::{bytes, ro, rw, Fx};
@@ -18,8 +18,9 @@ use super::math;
 use super::matmul::{emit_matmul, Dim, Epilogue, MatMul};
 use crate::ir::{Activation, OptimizerKind, Regularizer, SELU_ALPHA, SELU_LAMBDA};
 
-/// `x / 255` is computed as `x * (1/255)`, the reference executor's rounding.
-const INV_255: f32 = (1.0f64 / 255.0) as f32;
+/// Pixels are scaled as `x / 255`, a division like the reference executor's: `x * (1/255)`
+/// rounds 126 of the 256 values one ulp differently. The conversion is a sliver of a step.
+const PIXEL_MAX: f32 = 255.0;
 
 /// Rounds a width up to whole f32x4 vectors.
 pub fn pad4(n: usize) -> usize {
@@ -368,14 +369,11 @@ fn act_backward(fx: &mut Fx, act: Activation, dy: Value, saved: Value) -> Value 
             return fx.select(pos, dy, zero);
         }
         Activation::LeakyRelu { alpha } => {
-            // The output has the input's sign for a positive slope; a zero or negative slope
-            // makes the output lose it, so compare against the slope's sign as well.
+            // `saved` is the output. With the slope `alpha >= 0` (the checker's range) it is
+            // positive exactly where the input is; at an input of exactly 0 the gradient rule
+            // (and the interpreter) takes the negative side's slope, so `>` and not `>=`.
             let a = fx.splat(alpha);
-            let pos = if alpha > 0.0 {
-                fx.cmp(FloatCC::GreaterThanOrEqual, saved, zero)
-            } else {
-                fx.cmp(FloatCC::GreaterThan, saved, zero)
-            };
+            let pos = fx.cmp(FloatCC::GreaterThan, saved, zero);
             fx.select(pos, one, a)
         }
         Activation::Elu { alpha } => {
@@ -490,8 +488,8 @@ fn emit_convert_prologue(fx: &mut Fx, convert: Option<Convert>) -> usize {
                     fx.b.ins().fdiv(d, s)
                 }
                 None => {
-                    let k = fx.fconst(INV_255);
-                    fx.b.ins().fmul(x, k)
+                    let k = fx.fconst(PIXEL_MAX);
+                    fx.b.ins().fdiv(x, k)
                 }
             };
             fx.b.ins().store(rw(), y, dst, (k * 4) as i32);
@@ -516,7 +514,10 @@ fn convert_scale(
             let d = fx.sub(x, m);
             fx.div(d, s)
         }
-        None => fx.mulc(x, INV_255),
+        None => {
+            let k = fx.splat(PIXEL_MAX);
+            fx.div(x, k)
+        }
     }
 }
 
@@ -1145,7 +1146,7 @@ fn emit_weight_grad(
 }
 
 /// Table: `[dy, kernel_t, dx]`: `dx = dy·Wᵀ` from the transposed copy `kernel_t`
-/// (`[units, pad4(inputs)]`).
+/// (`[units, row_stride(inputs)]`).
 fn emit_input_grad(fx: &mut Fx, inputs: usize, units: usize) {
     let dy = fx.arg(0);
     let wt = fx.arg(1);
@@ -1162,7 +1163,7 @@ fn emit_input_grad(fx: &mut Fx, inputs: usize, units: usize) {
             a_col: 1,
             a_flags: ro(),
             b: wt,
-            ldb: in_pad,
+            ldb: row_stride(inputs),
             c: dx,
             ldc: row_stride(inputs),
             epilogue: Epilogue::default(),
@@ -1172,43 +1173,47 @@ fn emit_input_grad(fx: &mut Fx, inputs: usize, units: usize) {
     );
 }
 
-/// `wt[c][r] = w[r][c]` for a `[rows, cols]` kernel. Table: `[w, wt]`. Reads whole vectors of
-/// `w` and stores their lanes one by one; only real columns are stored (`wt` has `cols` rows).
+/// `wt[c][r] = w[r][c]` for a `[rows, cols]` kernel. Table: `[w, wt]`. Blocks of 4 rows are
+/// read as whole vectors, transposed in registers 4×4 and stored as whole vectors of `wt`; the
+/// rows after the last whole block are stored lane by lane. Only real columns are stored (`wt`
+/// has `cols` rows), and the padding lanes of `wt`'s rows are never written.
 fn emit_transpose(fx: &mut Fx, rows: usize, cols: usize) {
     let w = fx.arg(0);
     let wt = fx.arg(1);
     let ld_w = pad4(cols) as i64;
-    let ld_t = pad4(rows) as i64;
-    let blocks = cols / 4;
+    // Rows of `wt` are as long as rows of the layer's input, and padded the same way.
+    let ld_t = row_stride(rows) as i64;
+    let blocks = pad4(cols) / 4;
+    let whole_rows = rows / 4 * 4;
+    if whole_rows > 0 {
+        fx.loop_const(0, whole_rows as i64, 4, |fx, r| {
+            let src = fx.offset(w, r, ld_w * 4);
+            let dst = fx.offset(wt, r, 4);
+            for blk in 0..blocks {
+                let c0 = 4 * blk;
+                let block: [Value; 4] =
+                    std::array::from_fn(|q| fx.load4(ro(), src, q as i64 * ld_w + c0 as i64));
+                let columns = fx.transpose4(block);
+                for (k, col) in columns.into_iter().enumerate().take(cols - c0) {
+                    fx.store(col, dst, (c0 + k) as i64 * ld_t);
+                }
+            }
+        });
+    }
     let store_lanes = |fx: &mut Fx, v: Value, dst: Value, first: usize, lanes: usize| {
         for l in 0..lanes {
             let e = fx.b.ins().extractlane(v, l as u8);
             fx.store(e, dst, (first + l) as i64 * ld_t);
         }
     };
-    fx.loop_const(0, rows as i64, 1, |fx, r| {
-        let src = fx.offset(w, r, ld_w * 4);
-        let dst = fx.offset(wt, r, 4);
-        if blocks > 0 {
-            let sp = fx.var(I64, src);
-            let dp = fx.var(I64, dst);
-            fx.loop_const(0, blocks as i64, 1, |fx, _| {
-                let s = fx.get(sp);
-                let d = fx.get(dp);
-                let v = fx.load4(ro(), s, 0);
-                store_lanes(fx, v, d, 0, 4);
-                let s = fx.add_imm(s, 16);
-                let d = fx.add_imm(d, 16 * ld_t);
-                fx.set(sp, s);
-                fx.set(dp, d);
-            });
+    for r in whole_rows..rows {
+        let dst = fx.add_imm(wt, r as i64 * 4);
+        for blk in 0..blocks {
+            let c0 = 4 * blk;
+            let v = fx.load4(ro(), w, r as i64 * ld_w + c0 as i64);
+            store_lanes(fx, v, dst, c0, 4.min(cols - c0));
         }
-        let rem = cols - blocks * 4;
-        if rem > 0 {
-            let v = fx.load4(ro(), src, (blocks * 4) as i64);
-            store_lanes(fx, v, dst, blocks * 4, rem);
-        }
-    });
+    }
 }
 
 /// Table: `[param, grad, stats, slot0, slot1, slot2]` (as many slots as the rule keeps); scalars

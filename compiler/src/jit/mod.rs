@@ -37,6 +37,8 @@ mod matmul;
 mod module;
 mod parallel;
 #[cfg(test)]
+mod random_specs;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
@@ -287,7 +289,7 @@ fn plan(
         if let OpKind::Dense { .. } = op.kind {
             let input_grad = grad.step_of(op.index).is_some_and(|s| s.dx.is_some());
             if input_grad {
-                transposed.insert(op.index, alloc.take(op.width * pad4(op.width_in)));
+                transposed.insert(op.index, alloc.take(op.width * row_stride(op.width_in)));
             }
         }
     }

@@ -398,7 +398,7 @@ fn dense_forward_converts_pixels() {
                 if standardize {
                     (f32::from(p) - mean[c]) / std[c]
                 } else {
-                    f32::from(p) * (1.0f64 / 255.0) as f32
+                    f32::from(p) / 255.0
                 }
             })
             .collect();
@@ -563,7 +563,7 @@ fn head_matches_scalar() {
 
 /// Fixed per-feature statistics for a program that standardizes its input (the runtime computes
 /// them from the training split); `None` for one that scales it.
-fn input_stats(program: &Program) -> Option<InputStats> {
+pub(super) fn input_stats(program: &Program) -> Option<InputStats> {
     let features = program.input.features;
     (program.input.preprocess == Preprocess::Standardize).then(|| InputStats {
         mean: (0..features).map(|f| 96.0 + (f % 64) as f32).collect(),
@@ -572,7 +572,7 @@ fn input_stats(program: &Program) -> Option<InputStats> {
 }
 
 /// Random pixels and labels for `rows` examples of `program`.
-fn data(program: &Program, rows: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+pub(super) fn data(program: &Program, rows: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
     let mut rng = SplitMix64::new(seed, 99, 1);
     let pixels = (0..rows * program.input.features)
         .map(|_| rng.below(256) as u8)
@@ -607,7 +607,12 @@ fn slice(a: &ArrayD<f32>) -> Vec<f32> {
 
 /// One training-mode pass without update: loss, correct count, every forward value the JIT
 /// keeps and every parameter gradient agree with the interpreter.
-pub(super) fn check_grads(program: &Program, rows: usize) {
+fn check_grads(program: &Program, rows: usize) {
+    check_grads_within(program, rows, 1e-4);
+}
+
+/// `check_grads` with values and gradients compared within `rel` (the loss within `rel / 10`).
+pub(super) fn check_grads_within(program: &Program, rows: usize, rel: f32) {
     let mut jit = Jit::new(program, input_stats(program)).expect("jit builds");
     let interp = Interp::new(program, input_stats(program));
     let (pixels, labels) = data(program, rows, 7);
@@ -618,7 +623,12 @@ pub(super) fn check_grads(program: &Program, rows: usize) {
     let got = jit.loss_and_grads(batch);
     let want = interp.loss_and_grads(batch);
     let name = &program.name;
-    assert_tensor_close(&[got.loss], &[want.loss], 1e-5, &format!("{name}: loss"));
+    assert_tensor_close(
+        &[got.loss],
+        &[want.loss],
+        rel / 10.0,
+        &format!("{name}: loss"),
+    );
     assert_eq!(got.correct, want.correct, "{name}: correct");
     let x = interp.executor().input(&pixels);
     let values = interp
@@ -629,7 +639,7 @@ pub(super) fn check_grads(program: &Program, rows: usize) {
         if let Some(g) = g {
             let (g, w): (Vec<f32>, Vec<f32>) =
                 (g.iter().copied().collect(), w.iter().copied().collect());
-            assert_tensor_close(&g, &w, 1e-4, &format!("{name}: v{v}"));
+            assert_tensor_close(&g, &w, rel, &format!("{name}: v{v}"));
             compared += 1;
         }
     }
@@ -642,7 +652,7 @@ pub(super) fn check_grads(program: &Program, rows: usize) {
             (Some(g), Some(w)) => assert_tensor_close(
                 &slice(g),
                 &slice(w),
-                1e-4,
+                rel,
                 &format!("{name}: gradient of {}", program.params[p].name),
             ),
             (None, None) => {}
@@ -651,7 +661,7 @@ pub(super) fn check_grads(program: &Program, rows: usize) {
     }
 }
 
-/// Twenty training steps on both backends (the last on a partial batch): every step's loss and
+/// `steps` training steps on both backends (the last on a partial batch): every step's loss and
 /// correct count, then all parameters and optimizer slots, then predictions in inference and
 /// MC Dropout mode agree.
 pub(super) fn check_training(program: &Program, steps: usize, rel: f32) {
@@ -822,7 +832,15 @@ fn wide_rows_match_interp() {
         Layer::Dense(3),
     ];
     assert_eq!(kernels::row_stride(512), 528);
-    let p = named(program(512, &layers), "wide rows", 6);
+    let mut p = program(512, &layers);
+    // Plain SGD: this test is about layouts, and an adaptive rule turns the rounding noise of
+    // near-zero gradients into whole steps.
+    p.train.optimizer.kind = OptimizerKind::Sgd {
+        momentum: 0.0,
+        nesterov: false,
+    };
+    p.train.optimizer.lr = 0.01;
+    let p = named(p, "wide rows", 6);
     check_grads(&p, 6);
     check_grads(&p, 5);
     check_training(&p, 3, 1e-4);

@@ -803,7 +803,7 @@ const DEFAULT_SEED: u64 = 0x6e65_7463;
 /// terms to the update kernels while `Interp::loss_and_grads` includes them, so `check_grads`
 /// compares the data term only; the penalties are compared through the updates of
 /// `check_training`, which is where the JIT computes them.
-fn without_penalties(program: &Program) -> Program {
+pub(super) fn without_penalties(program: &Program) -> Program {
     let mut program = program.clone();
     for op in &mut program.ops {
         if let OpKind::Dense { regularizer, .. } = &mut op.kind {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use miette::{miette, Result};
 use netc_compiler::backend::{Backend, BackendError, InputStats};
-use netc_compiler::diagnostics::{self, Diag, Span};
+use netc_compiler::diagnostics;
 use netc_compiler::ir::{Preprocess, Program};
 use netc_compiler::print;
 use netc_runtime::run::RunOptions;
@@ -674,21 +674,9 @@ pub fn front_end(path: &Path) -> Result<(netc_compiler::Compiled, bool)> {
     })?;
     let name = path.display().to_string();
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let source = match String::from_utf8(bytes) {
+    let source = match netc_compiler::decode(&bytes) {
         Ok(s) => s,
-        Err(e) => {
-            let at = e.utf8_error().valid_up_to();
-            let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
-            let at_lossy = String::from_utf8_lossy(&e.as_bytes()[..at]).len();
-            let diag = Diag::error("syntax::not_utf8", "this file is not UTF-8 text")
-                .with_label(
-                    Span::new(
-                        at_lossy,
-                        at_lossy + lossy[at_lossy..].chars().next().map_or(0, char::len_utf8),
-                    ),
-                    "invalid UTF-8 here",
-                )
-                .with_help("save the spec as UTF-8; is this the right file?");
+        Err((lossy, diag)) => {
             eprint!(
                 "{}",
                 diagnostics::render(&name, &lossy, &[diag], DIAGNOSTIC_WIDTH, color)
@@ -701,7 +689,7 @@ pub fn front_end(path: &Path) -> Result<(netc_compiler::Compiled, bool)> {
             return Ok((compiled, false));
         }
     };
-    let compiled = netc_compiler::compile(&source);
+    let compiled = netc_compiler::compile(source);
     if !compiled.diags.is_empty() {
         eprint!(
             "{}",

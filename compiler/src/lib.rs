@@ -38,6 +38,23 @@ impl Compiled {
     }
 }
 
+/// A spec file's bytes as text. Bytes that are not UTF-8 give their lossy decoding (to show)
+/// and the `syntax::not_utf8` diagnostic pointing at the first bad byte.
+pub fn decode(bytes: &[u8]) -> Result<&str, (String, Diag)> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            let lossy = String::from_utf8_lossy(bytes).into_owned();
+            let at = String::from_utf8_lossy(&bytes[..e.valid_up_to()]).len();
+            let end = at + lossy[at..].chars().next().map_or(0, char::len_utf8);
+            let diag = Diag::error("syntax::not_utf8", "this file is not UTF-8 text")
+                .with_label(diagnostics::Span::new(at, end), "invalid UTF-8 here")
+                .with_help("save the spec as UTF-8; is this the right file?");
+            Err((lossy, diag))
+        }
+    }
+}
+
 /// Runs the front end on one file's text: parse, build the AST, check, lower.
 pub fn compile(source: &str) -> Compiled {
     let (entries, mut diags) = syntax::parse(source);

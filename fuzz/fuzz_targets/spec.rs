@@ -3,14 +3,14 @@
 //!
 //! UTF-8 input goes through `netc_compiler::compile`, the diagnostics are rendered as text, and a
 //! spec that lowers is printed with every dump. Other bytes get the CLI's `syntax::not_utf8`
-//! diagnostic, then their lossy decoding is compiled too, so that mutations which break UTF-8 still
+//! diagnostic (`netc_compiler::decode`), then their lossy decoding is compiled too, so that mutations which break UTF-8 still
 //! exercise the parser. Nothing here may panic (the "no input makes netc panic" invariant of
 //! `docs/ARCHITECTURE.md`), and a spec without errors must lower to a program.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use netc_compiler::diagnostics::{self, Diag, Span};
+use netc_compiler::diagnostics;
 use netc_compiler::print;
 
 /// The CLI's width for diagnostics (`DIAGNOSTIC_WIDTH` in `src/commands.rs`).
@@ -19,11 +19,11 @@ const WIDTH: usize = 100;
 const FILE_NAME: &str = "fuzz.net";
 
 fuzz_target!(|data: &[u8]| {
-    match std::str::from_utf8(data) {
+    match netc_compiler::decode(data) {
         Ok(source) => front_end(source),
-        Err(e) => {
-            not_utf8(data, e.valid_up_to());
-            front_end(&String::from_utf8_lossy(data));
+        Err((lossy, diag)) => {
+            let _ = diagnostics::render(FILE_NAME, &lossy, &[diag], WIDTH, false);
+            front_end(&lossy);
         }
     }
 });
@@ -45,21 +45,4 @@ fn front_end(source: &str) {
             "a spec without errors did not lower; `netc compile` would fail without saying why"
         ),
     }
-}
-
-/// The diagnostic `front_end` in `src/commands.rs` renders for a file that is not UTF-8; that
-/// function reads a path and prints, so its branch is mirrored here and must be kept in step.
-fn not_utf8(bytes: &[u8], valid_up_to: usize) {
-    let lossy = String::from_utf8_lossy(bytes).into_owned();
-    let at_lossy = String::from_utf8_lossy(&bytes[..valid_up_to]).len();
-    let diag = Diag::error("syntax::not_utf8", "this file is not UTF-8 text")
-        .with_label(
-            Span::new(
-                at_lossy,
-                at_lossy + lossy[at_lossy..].chars().next().map_or(0, char::len_utf8),
-            ),
-            "invalid UTF-8 here",
-        )
-        .with_help("save the spec as UTF-8; is this the right file?");
-    let _ = diagnostics::render(FILE_NAME, &lossy, &[diag], WIDTH, false);
 }

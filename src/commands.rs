@@ -676,10 +676,10 @@ pub fn front_end(path: &Path) -> Result<(netc_compiler::Compiled, bool)> {
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let source = match netc_compiler::decode(&bytes) {
         Ok(s) => s,
-        Err((lossy, diag)) => {
+        Err(bad) => {
             eprint!(
                 "{}",
-                diagnostics::render(&name, &lossy, &[diag], DIAGNOSTIC_WIDTH, color)
+                diagnostics::render(&name, &bad.lossy, &[bad.diag], DIAGNOSTIC_WIDTH, color)
             );
             let compiled = netc_compiler::Compiled {
                 ast: None,
@@ -693,7 +693,7 @@ pub fn front_end(path: &Path) -> Result<(netc_compiler::Compiled, bool)> {
     if !compiled.diags.is_empty() {
         eprint!(
             "{}",
-            diagnostics::render(&name, &source, &compiled.diags, DIAGNOSTIC_WIDTH, color)
+            diagnostics::render(&name, source, &compiled.diags, DIAGNOSTIC_WIDTH, color)
         );
         let errors = compiled.diags.iter().filter(|d| d.is_error()).count();
         let warnings = compiled.diags.len() - errors;

@@ -38,9 +38,16 @@ impl Compiled {
     }
 }
 
-/// A spec file's bytes as text. Bytes that are not UTF-8 give their lossy decoding (to show)
-/// and the `syntax::not_utf8` diagnostic pointing at the first bad byte.
-pub fn decode(bytes: &[u8]) -> Result<&str, (String, Diag)> {
+/// A spec file that is not UTF-8: its lossy decoding (to show) and the `syntax::not_utf8`
+/// diagnostic pointing at the first bad byte.
+#[derive(Clone, Debug)]
+pub struct NotUtf8 {
+    pub lossy: String,
+    pub diag: Diag,
+}
+
+/// A spec file's bytes as text, or what to tell the user when they are not UTF-8.
+pub fn decode(bytes: &[u8]) -> Result<&str, Box<NotUtf8>> {
     match std::str::from_utf8(bytes) {
         Ok(s) => Ok(s),
         Err(e) => {
@@ -50,7 +57,7 @@ pub fn decode(bytes: &[u8]) -> Result<&str, (String, Diag)> {
             let diag = Diag::error("syntax::not_utf8", "this file is not UTF-8 text")
                 .with_label(diagnostics::Span::new(at, end), "invalid UTF-8 here")
                 .with_help("save the spec as UTF-8; is this the right file?");
-            Err((lossy, diag))
+            Err(Box::new(NotUtf8 { lossy, diag }))
         }
     }
 }

@@ -21,9 +21,9 @@ const FILE_NAME: &str = "fuzz.net";
 fuzz_target!(|data: &[u8]| {
     match netc_compiler::decode(data) {
         Ok(source) => front_end(source),
-        Err((lossy, diag)) => {
-            let _ = diagnostics::render(FILE_NAME, &lossy, &[diag], WIDTH, false);
-            front_end(&lossy);
+        Err(bad) => {
+            let _ = diagnostics::render(FILE_NAME, &bad.lossy, &[bad.diag], WIDTH, false);
+            front_end(&bad.lossy);
         }
     }
 });

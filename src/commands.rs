@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use miette::{miette, Result};
 use netc_compiler::backend::{Backend, BackendError, InputStats};
 use netc_compiler::diagnostics;
-use netc_compiler::ir::{Preprocess, Program};
+use netc_compiler::ir::Program;
 use netc_compiler::print;
 use netc_runtime::run::RunOptions;
 
@@ -271,15 +271,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             };
             print!("{text}");
             if timings {
-                // The kernels read standardization statistics from buffers, so any values
-                // compile the same code.
-                let features = program.input.features;
-                let stats =
-                    (program.input.preprocess == Preprocess::Standardize).then(|| InputStats {
-                        mean: vec![0.0; features],
-                        std: vec![1.0; features],
-                    });
-                let jit = netc_compiler::jit::Jit::new(program, stats)?;
+                let jit = netc_compiler::jit::Jit::new(program, InputStats::placeholder(program))?;
                 eprintln!(
                     "compiled {} JIT kernels in {:.1} ms",
                     jit.kernel_count(),

@@ -16,6 +16,20 @@ pub struct InputStats {
     pub std: Vec<f32>,
 }
 
+impl InputStats {
+    /// Pixel-like statistics (mean 120, std 64 for every feature) for a program that
+    /// standardizes its input, `None` for one that scales it: what compiling and timing a spec
+    /// without its data set need (kernels read the statistics from buffers, so the values do
+    /// not change the code).
+    pub fn placeholder(program: &crate::ir::Program) -> Option<InputStats> {
+        let features = program.input.features;
+        (program.input.preprocess == crate::ir::Preprocess::Standardize).then(|| InputStats {
+            mean: vec![120.0; features],
+            std: vec![64.0; features],
+        })
+    }
+}
+
 /// A batch of raw examples: `pixels` is `labels.len() * features` bytes, row-major, in the
 /// dataset's order (for CIFAR-10: 1,024 red, 1,024 green, 1,024 blue values per image).
 #[derive(Clone, Copy, Debug)]

@@ -113,11 +113,7 @@ where
         program.train.batch = b;
     }
     let batch = program.train.batch;
-    let stats = Some(InputStats {
-        mean: vec![120.0; program.input.features],
-        std: vec![64.0; program.input.features],
-    })
-    .filter(|_| program.input.preprocess == netc_compiler::ir::Preprocess::Standardize);
+    let stats = InputStats::placeholder(&program);
     let started = Instant::now();
     let mut backend = make(&program, stats)?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;

@@ -1060,11 +1060,6 @@ impl Jit {
         self.kernels.len()
     }
 
-    /// Threads a training step runs on.
-    pub fn threads(&self) -> usize {
-        self.plan.threads
-    }
-
     /// Runs the segments of `calls` on `rows` rows.
     fn run(
         &mut self,
@@ -1092,11 +1087,11 @@ impl Jit {
         }
     }
 
-    /// Times a training step call by call on `batch`: every forward and backward call on its
-    /// own (all threads run their share of it, then meet), the optimizer updates and the kernel
-    /// transposes as a whole. Milliseconds are the median of `reps` runs. The calls run again
-    /// and again on the same state, so the parameters end where one step leaves them.
-    pub fn profile_calls(&mut self, batch: Batch<'_>, lr: f32, reps: usize) -> Vec<CallTime> {
+    /// `Backend::profile`: every forward and backward call of a step on its own (all threads
+    /// run their share of it, then meet), the optimizer updates and the kernel transposes as a
+    /// whole; milliseconds are the median of `reps` runs. The calls run again and again on the
+    /// same state, so the parameters end where one step leaves them.
+    fn profile_calls(&mut self, batch: Batch<'_>, lr: f32, reps: usize) -> Vec<CallTime> {
         let rows = batch.len();
         let seed = self.program.train.seed;
         let step = self.step;

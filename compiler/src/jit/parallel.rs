@@ -275,15 +275,7 @@ impl Shared {
                 continue;
             }
             // The call before this one may still run on another thread.
-            let mut spins = 0u32;
-            while list.done.load(Ordering::Acquire) != i {
-                spins = spins.saturating_add(1);
-                if spins < 1 << 12 {
-                    std::hint::spin_loop();
-                } else {
-                    thread::yield_now();
-                }
-            }
+            wait_until(|| list.done.load(Ordering::Acquire) == i);
             let inv = {
                 let calls = list.calls.lock().unwrap_or_else(|e| e.into_inner());
                 calls[i]
@@ -379,14 +371,20 @@ impl Pool {
         for w in 0..s.work.len() {
             s.help(w, generation);
         }
-        let mut spins = 0u32;
-        while s.remaining.load(Ordering::Acquire) != 0 {
-            spins = spins.saturating_add(1);
-            if spins < 1 << 12 {
-                std::hint::spin_loop();
-            } else {
-                thread::yield_now();
-            }
+        wait_until(|| s.remaining.load(Ordering::Acquire) == 0);
+    }
+}
+
+/// Spins until `done()` (another thread is a few microseconds from it), then yields the core
+/// while it waits longer (that thread may need the core to get there).
+fn wait_until(done: impl Fn() -> bool) {
+    let mut spins = 0u32;
+    while !done() {
+        spins = spins.saturating_add(1);
+        if spins < 1 << 12 {
+            std::hint::spin_loop();
+        } else {
+            thread::yield_now();
         }
     }
 }

@@ -1071,7 +1071,7 @@ fn threads_do_not_change_results() {
         let p = named(p, "threads", batch);
         let run = |threads: usize| {
             let mut jit = Jit::with_threads(&p, None, threads).expect("jit builds");
-            assert_eq!(jit.threads(), threads);
+            assert_eq!(Backend::threads(&jit), threads);
             let mut losses = Vec::new();
             for step in 0..12 {
                 let rows = if step == 11 { 3 } else { batch };

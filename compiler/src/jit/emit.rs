@@ -111,8 +111,7 @@ impl<'a> Fx<'a> {
 
     /// `v` in all four lanes.
     pub fn splat(&mut self, v: f32) -> Value {
-        let s = self.b.ins().f32const(v);
-        self.b.ins().splat(F32X4, s)
+        self.const_f4([v; 4])
     }
 
     pub fn splat_i(&mut self, v: i32) -> Value {

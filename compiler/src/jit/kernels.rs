@@ -158,7 +158,8 @@ pub mod update_scalars {
     pub const C1: usize = 1;
     /// Nadam: `(1 - u_t) / (1 - Π u_{..t})`.
     pub const C2: usize = 2;
-    /// Nadam: `1 - β2^t`.
+    /// Nadam: `1 / (1 - β2^t)`. A product where Keras divides: each update then takes one
+    /// division and one square root, which share one divider unit and bound Nadam's time.
     pub const C3: usize = 3;
     pub const COUNT: usize = 4;
 }
@@ -1361,7 +1362,7 @@ fn update_rule(
             let (m, v) = moments(fx, g, ps, beta_1, beta_2);
             let a = fx.mul(c1, m);
             let m_hat = fx.fma(c2, g, a);
-            let v_hat = fx.div(v, c3);
+            let v_hat = fx.mul(v, c3);
             let num = fx.mul(m_hat, lr);
             let sq = fx.b.ins().sqrt(v_hat);
             let den = fx.addc(sq, epsilon);

@@ -1231,22 +1231,12 @@ impl Jit {
     }
 
     fn update_scalars(&self, lr: f32) -> [f32; update_scalars::COUNT] {
-        let mut s = [0.0; update_scalars::COUNT];
-        s[update_scalars::LR] = lr;
-        match self.program.train.optimizer.kind {
-            OptimizerKind::Adam { beta_1, beta_2, .. }
-            | OptimizerKind::AdamW { beta_1, beta_2, .. } => {
-                s[update_scalars::C1] = AdamStep::new(self.step, lr, beta_1, beta_2).alpha;
-            }
-            OptimizerKind::Nadam { beta_1, beta_2, .. } => {
-                let n = NadamStep::new(self.step, lr, beta_1, beta_2, self.nadam_u_product);
-                s[update_scalars::C1] = n.u_t1 / (1.0 - n.u_product_t1);
-                s[update_scalars::C2] = (1.0 - n.u_t) / (1.0 - n.u_product_t);
-                s[update_scalars::C3] = n.one_minus_beta_2_power;
-            }
-            _ => {}
-        }
-        s
+        step_scalars(
+            self.program.train.optimizer.kind,
+            self.step,
+            lr,
+            self.nadam_u_product,
+        )
     }
 
     /// Copies the padded parameter `p` out of the arena.
@@ -1284,6 +1274,32 @@ pub struct JitGrads {
     pub grads: Vec<Option<ArrayD<f32>>>,
     pub values: Vec<Option<Array2<f32>>>,
     pub value_grads: Vec<Option<Array2<f32>>>,
+}
+
+/// The per-step scalars of the update kernels (`kernels::update_scalars`) for step `step`
+/// (counted from 0) at learning rate `lr`; `nadam_u_product` is Nadam's `Π u` before the step.
+pub(crate) fn step_scalars(
+    kind: OptimizerKind,
+    step: u64,
+    lr: f32,
+    nadam_u_product: f32,
+) -> [f32; update_scalars::COUNT] {
+    let mut s = [0.0; update_scalars::COUNT];
+    s[update_scalars::LR] = lr;
+    match kind {
+        OptimizerKind::Adam { beta_1, beta_2, .. }
+        | OptimizerKind::AdamW { beta_1, beta_2, .. } => {
+            s[update_scalars::C1] = AdamStep::new(step, lr, beta_1, beta_2).alpha;
+        }
+        OptimizerKind::Nadam { beta_1, beta_2, .. } => {
+            let n = NadamStep::new(step, lr, beta_1, beta_2, nadam_u_product);
+            s[update_scalars::C1] = n.u_t1 / (1.0 - n.u_product_t1);
+            s[update_scalars::C2] = (1.0 - n.u_t) / (1.0 - n.u_product_t);
+            s[update_scalars::C3] = 1.0 / n.one_minus_beta_2_power;
+        }
+        _ => {}
+    }
+    s
 }
 
 /// Which call list `run` executes.

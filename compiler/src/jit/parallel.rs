@@ -222,8 +222,11 @@ impl Invocation {
 
 /// One worker's list of a segment. Its calls run in order, each after the one before it has
 /// finished, but not necessarily on the same thread: the caller of `Pool::run`, done with its
-/// own list, takes the next calls of any list whose worker is late, one at a time. A worker the
-/// OS has descheduled then costs at most the call it is in, not a time slice.
+/// own list, takes the rest of a list whose worker has made no progress for `STALL`. A worker
+/// the OS has descheduled then costs at most the call it is in, not a time slice. A worker that
+/// is merely behind keeps its list: taking its calls one at a time would bounce the rows of a
+/// chain of row-parallel calls between the cores and leave the two threads waiting on each
+/// other by turns.
 struct List {
     calls: Mutex<Vec<Invocation>>,
     /// `(generation, next call nobody has taken, number of calls)` in one word, so that a
@@ -257,23 +260,11 @@ struct Shared {
 }
 
 impl Shared {
-    /// Takes and runs calls of list `w` of segment `generation` until none is left to take.
-    fn help(&self, w: usize, generation: u64) {
+    /// Runs calls `first..end` of list `w` of `len` calls, which this thread has taken, each
+    /// after the one before it has finished.
+    fn run_taken(&self, w: usize, first: usize, end: usize, len: usize) {
         let list = &self.work[w];
-        loop {
-            let state = list.state.load(Ordering::Acquire);
-            let (g, i, len) = unpack(state);
-            if g != generation & 0xffff_ffff || i >= len {
-                return;
-            }
-            let taken = pack(g, i + 1, len);
-            if list
-                .state
-                .compare_exchange(state, taken, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-            {
-                continue;
-            }
+        for i in first..end {
             // The call before this one may still run on another thread.
             wait_until(|| list.done.load(Ordering::Acquire) == i);
             let inv = {
@@ -290,6 +281,65 @@ impl Shared {
             }
         }
     }
+
+    /// The worker's loop over its list `w` of segment `generation`: takes and runs one call at
+    /// a time until none is left to take.
+    fn help(&self, w: usize, generation: u64) {
+        let list = &self.work[w];
+        loop {
+            let state = list.state.load(Ordering::Acquire);
+            let (g, i, len) = unpack(state);
+            if g != generation & 0xffff_ffff || i >= len {
+                return;
+            }
+            let taken = pack(g, i + 1, len);
+            if list
+                .state
+                .compare_exchange(state, taken, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue;
+            }
+            self.run_taken(w, i, i + 1, len);
+        }
+    }
+
+    /// The caller's wait for list `w` of segment `generation`: returns once every call of it
+    /// is taken, and takes all that are left itself when the list has not moved for `STALL`.
+    fn finish_or_take(&self, w: usize, generation: u64) {
+        let list = &self.work[w];
+        let mut seen = (u64::MAX, usize::MAX);
+        let mut since = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            let state = list.state.load(Ordering::Acquire);
+            let (g, next, len) = unpack(state);
+            if g != generation & 0xffff_ffff || next >= len {
+                return;
+            }
+            let now = (state, list.done.load(Ordering::Acquire));
+            if now != seen {
+                seen = now;
+                since = Instant::now();
+            } else if since.elapsed() >= STALL {
+                let taken = pack(g, len, len);
+                if list
+                    .state
+                    .compare_exchange(state, taken, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    self.run_taken(w, next, len, len);
+                    return;
+                }
+            }
+            spins = spins.saturating_add(1);
+            if spins < 1 << 12 {
+                std::hint::spin_loop();
+            } else {
+                thread::yield_now();
+            }
+        }
+    }
 }
 
 /// Worker threads that live as long as the `Jit`: they spin briefly between segments (a step
@@ -301,6 +351,10 @@ pub struct Pool {
 
 /// How long a worker spins for the next segment before it parks.
 const SPIN: Duration = Duration::from_micros(300);
+
+/// How long the caller waits for a list that does not move before it takes the rest: far
+/// longer than a worker takes to notice a segment, and far shorter than an OS time slice.
+const STALL: Duration = Duration::from_micros(200);
 
 impl Pool {
     /// A pool of `workers` threads besides the caller's.
@@ -340,8 +394,8 @@ impl Pool {
     }
 
     /// Fills worker `w`'s list with `fill(w + 1, list)`, lets the workers run their lists while
-    /// this thread runs `own`, then helps with what is left of theirs, and returns when every
-    /// list has run.
+    /// this thread runs `own`, then takes the rest of any list whose worker stalls, and returns
+    /// when every list has run.
     pub fn run(&self, mut fill: impl FnMut(usize, &mut Vec<Invocation>), own: impl FnOnce()) {
         let s = &*self.shared;
         let generation = s.generation.load(Ordering::Relaxed) + 1;
@@ -369,7 +423,7 @@ impl Pool {
         }
         own();
         for w in 0..s.work.len() {
-            s.help(w, generation);
+            s.finish_or_take(w, generation);
         }
         wait_until(|| s.remaining.load(Ordering::Acquire) == 0);
     }
@@ -475,8 +529,7 @@ mod tests {
             scalars: std::ptr::null(),
         };
         for round in 0..1000u32 {
-            // Three calls per worker list, so that the caller also takes calls of a list whose
-            // worker is late, in order, each exactly once.
+            // Three calls per worker list: every call runs exactly once, whoever takes it.
             pool.run(
                 |w, list| list.extend([inv(w as i64), inv(w as i64), inv(w as i64)]),
                 || {

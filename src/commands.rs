@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use miette::{miette, Result};
-use netc_compiler::backend::{Backend, BackendError, InputStats};
+use netc_compiler::backend::{Backend, BackendError, InputStats, WHOLE_PHASE};
 use netc_compiler::diagnostics;
 use netc_compiler::ir::Program;
 use netc_compiler::print;
@@ -626,17 +626,21 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         );
         if !r.calls.is_empty() {
             println!("  each call of a step on its own (median):");
-            let mut totals: Vec<(&str, f64)> = Vec::new();
+            // A phase timed as a whole (several threads) has its total from that timing.
+            let mut totals: Vec<(&str, f64, bool)> = Vec::new();
             for c in &r.calls {
                 println!("    {:<10} {:<36} {:>8.3} ms", c.phase, c.kernel, c.ms);
+                let whole = c.kernel.starts_with(WHOLE_PHASE);
                 match totals.iter_mut().find(|t| t.0 == c.phase) {
-                    Some(t) => t.1 += c.ms,
-                    None => totals.push((c.phase, c.ms)),
+                    Some(t) if whole => *t = (c.phase, c.ms, true),
+                    Some(t) if !t.2 => t.1 += c.ms,
+                    Some(_) => {}
+                    None => totals.push((c.phase, c.ms, whole)),
                 }
             }
             let line: Vec<String> = totals
                 .iter()
-                .map(|(p, ms)| format!("{p} {ms:.3} ms"))
+                .map(|(p, ms, _)| format!("{p} {ms:.3} ms"))
                 .collect();
             println!("    total: {}", line.join(", "));
         }

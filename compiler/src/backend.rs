@@ -126,6 +126,10 @@ pub trait Backend {
     }
 }
 
+/// The kernel name of a `CallTime` that times a whole forward or backward phase on several
+/// threads, meetings included, beside its calls on their own.
+pub const WHOLE_PHASE: &str = "whole phase";
+
 /// The time of one call, or of a group of calls, of a training step (`Backend::profile`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct CallTime {

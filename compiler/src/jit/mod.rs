@@ -48,7 +48,7 @@ use ndarray::{Array2, ArrayD, IxDyn};
 
 use crate::autodiff::GradProgram;
 use crate::backend::{
-    Backend, BackendError, Batch, CallTime, InputStats, Mode, StepStats, TrainState,
+    Backend, BackendError, Batch, CallTime, InputStats, Mode, StepStats, TrainState, WHOLE_PHASE,
 };
 use crate::ir::{Activation, OpKind, OptimizerKind, ParamRole, Preprocess, Program};
 use crate::optim::{nadam_u_product, AdamStep, NadamStep};
@@ -1123,6 +1123,14 @@ impl Jit {
             } else if !segments.is_empty() {
                 let calls = segments.iter().flat_map(|s| &s.parts).flatten().count();
                 groups.push((format!("{calls} calls"), segments.clone()));
+            }
+            if by_call && self.plan.threads > 1 {
+                // The phase as it runs in a step: the calls above plus the meetings.
+                let meetings = segments.len();
+                groups.push((
+                    format!("{WHOLE_PHASE}, {meetings} meetings"),
+                    segments.clone(),
+                ));
             }
             for (kernel, group) in groups {
                 let mut ms: Vec<f64> = (0..reps.max(1))

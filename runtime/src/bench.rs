@@ -86,8 +86,13 @@ pub fn flops_per_step(program: &Program, batch: usize) -> f64 {
     flops
 }
 
-/// Generated pixels and labels of the program's shape, the same for every backend.
-fn generated(program: &Program, rows: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+/// The learning rate of timed steps: tiny, so that the weights (and so the arithmetic) stay in a
+/// normal range however many steps run.
+pub const STEP_LR: f32 = 1e-6;
+
+/// Generated pixels and labels of `rows` examples of the program's shape, the same for every
+/// backend: what timed steps train on.
+pub fn generated(program: &Program, rows: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
     let mut rng = SplitMix64::new(seed, 0xbe7c, 0);
     let pixels = (0..rows * program.input.features)
         .map(|_| (rng.next_u64() >> 56) as u8)
@@ -126,8 +131,7 @@ where
                 pixels: &pixels[s * batch * features..(s + 1) * batch * features],
                 labels: &labels[s * batch..(s + 1) * batch],
             };
-            // A tiny rate keeps the weights (and so the arithmetic) in a normal range.
-            backend.train_step(batch, 1e-6);
+            backend.train_step(batch, STEP_LR);
         }
     };
     run_steps(&mut backend);
@@ -148,7 +152,7 @@ where
             pixels: &pixels[..batch * features],
             labels: &labels[..batch],
         };
-        backend.profile(batch, 1e-6, opts.repeats.max(1) * 4)
+        backend.profile(batch, STEP_LR, opts.repeats.max(1) * 4)
     };
     let flops = flops_per_step(&program, batch);
     let gflops = flops / (step_ms * 1e6);

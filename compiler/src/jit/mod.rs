@@ -29,6 +29,7 @@
 
 mod calibrate;
 mod emit;
+mod kernel_bench;
 #[cfg(test)]
 mod kernel_timing;
 mod kernels;
@@ -58,6 +59,7 @@ use module::{KernelFn, KernelId, KernelModule};
 use parallel::{Invocation, Pool, Segment, Share, MAX_ARGS};
 
 pub use calibrate::fma_peak_gflops;
+pub use kernel_bench::{KernelBench, KernelShare};
 
 /// The CLIF text of every kernel of `program` (deduplicated, in planning order), generated for
 /// a fixed x86-64 ISA with SSE4.1, AVX and FMA so that golden files do not depend on the host.

@@ -904,13 +904,43 @@ struct Arena {
     base: usize,
 }
 
+/// Huge pages are this large and aligned; the arena's usable part starts on one.
+const HUGE_PAGE: usize = 2 << 20;
+
 impl Arena {
     fn new(floats: usize) -> Arena {
-        let data = vec![0.0f32; floats + 16];
-        let misalign = (data.as_ptr() as usize / 4) % 16;
-        let base = (16 - misalign) % 16;
-        Arena { data, base }
+        let pad = HUGE_PAGE / 4;
+        // Zeroed memory comes from the OS untouched, so the advice below applies before any
+        // page exists.
+        let data = vec![0.0f32; floats + pad];
+        let misalign = (data.as_ptr() as usize / 4) % pad;
+        let base = (pad - misalign) % pad;
+        let arena = Arena { data, base };
+        arena.advise_huge_pages(floats);
+        arena
     }
+
+    /// Asks Linux to back the arena with 2 MiB pages: a step walks several MiB of parameters,
+    /// slots and activations (3 MiB of inputs alone at batch 256, 12 KiB a row), and with 4 KiB
+    /// pages the weight gradient of the first layer missed the TLB on almost every row.
+    #[cfg(target_os = "linux")]
+    fn advise_huge_pages(&self, floats: usize) {
+        let start = self.data.as_ptr().wrapping_add(self.base);
+        let bytes = (floats * 4).div_ceil(HUGE_PAGE) * HUGE_PAGE;
+        // SAFETY: `[start, start + bytes)` lies inside `data` (it has a huge page of floats to
+        // spare beyond `base + floats`, and `base` starts a huge page), and madvise only gives
+        // advice: it neither moves nor frees memory. Failure (no THP) just leaves 4 KiB pages.
+        unsafe {
+            libc::madvise(
+                start.cast_mut().cast(),
+                bytes.min((self.data.len() - self.base) * 4),
+                libc::MADV_HUGEPAGE,
+            );
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn advise_huge_pages(&self, _floats: usize) {}
 
     fn slice(&self, off: usize, len: usize) -> &[f32] {
         &self.data[self.base + off..self.base + off + len]

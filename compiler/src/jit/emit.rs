@@ -316,6 +316,31 @@ impl<'a> Fx<'a> {
         done
     }
 
+    /// Runs `then` where `cond` is non-zero and `otherwise` where it is zero, and goes on after
+    /// both.
+    pub fn if_else(
+        &mut self,
+        cond: Value,
+        then: impl FnOnce(&mut Self),
+        otherwise: impl FnOnce(&mut Self),
+    ) {
+        let yes = self.b.create_block();
+        let no = self.b.create_block();
+        let join = self.b.create_block();
+        self.b.ins().brif(cond, yes, &[], no, &[]);
+        for (block, body) in [
+            (yes, Box::new(then) as Box<dyn FnOnce(&mut Self)>),
+            (no, Box::new(otherwise)),
+        ] {
+            self.b.switch_to_block(block);
+            self.b.seal_block(block);
+            body(self);
+            self.b.ins().jump(join, &[]);
+        }
+        self.b.switch_to_block(join);
+        self.b.seal_block(join);
+    }
+
     /// `loop_up` from constant bounds.
     pub fn loop_const(
         &mut self,

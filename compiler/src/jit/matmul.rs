@@ -30,6 +30,8 @@ use crate::ir::Activation;
 pub enum Dim {
     Static(usize),
     Rows,
+    /// A count computed in the kernel (the rows of the last chunk of a batch).
+    Dyn(Value),
 }
 
 impl Dim {
@@ -37,6 +39,7 @@ impl Dim {
         match self {
             Dim::Static(v) => fx.iconst(v as i64),
             Dim::Rows => fx.rows,
+            Dim::Dyn(v) => v,
         }
     }
 
@@ -95,11 +98,9 @@ const FULL_UNROLL: usize = 64;
 pub fn emit_matmul(fx: &mut Fx, mm: &MatMul) {
     debug_assert_eq!(mm.n % 4, 0, "matmul columns are padded to whole vectors");
     if mm.rows_outer {
-        let zero = fx.iconst(0);
-        let limit = mm.m.value(fx);
-        let rest = fx.loop_up(zero, limit, MR as i64, |fx, i| emit_columns(fx, mm, i, MR));
-        if !mm.m.multiple_of(MR) {
-            fx.loop_up(rest, limit, 1, |fx, i| emit_columns(fx, mm, i, 1));
+        match (mm.k, mm.k_unroll) {
+            (Dim::Rows, Some(full)) if full > FULL_UNROLL => emit_k_chunks(fx, mm),
+            _ => emit_rows_outer(fx, mm),
         }
         return;
     }
@@ -115,6 +116,71 @@ pub fn emit_matmul(fx: &mut Fx, mm: &MatMul) {
         let j = fx.iconst((full * NR * 4) as i64);
         emit_rows(fx, mm, j, rem);
     }
+}
+
+/// Every block of `C`, row block by row block.
+fn emit_rows_outer(fx: &mut Fx, mm: &MatMul) {
+    let zero = fx.iconst(0);
+    let limit = mm.m.value(fx);
+    let rest = fx.loop_up(zero, limit, MR as i64, |fx, i| emit_columns(fx, mm, i, MR));
+    if !mm.m.multiple_of(MR) {
+        fx.loop_up(rest, limit, 1, |fx, i| emit_columns(fx, mm, i, 1));
+    }
+}
+
+/// `emit_rows_outer` for a batch (k) longer than `FULL_UNROLL` rows: `C` is cleared, then
+/// chunk by chunk of `FULL_UNROLL` rows each pass adds its chunk's products into it. A chunk of
+/// `B` (`dy`: 25 KiB of a 100-unit layer) then stays in L1 for all the blocks of a pass, where
+/// the whole batch of 256 (100 KiB) came from L2 again for every row block, and every full
+/// chunk runs the unrolled k loop, emitted once. The order of the sums is fixed by the row
+/// count alone.
+fn emit_k_chunks(fx: &mut Fx, mm: &MatMul) {
+    let chunk = FULL_UNROLL;
+    let pass = |fx: &mut Fx, k0: Value, k: Dim, accumulate: bool| {
+        let a = fx.offset(mm.a, k0, (mm.a_col * 4) as i64);
+        let b = fx.offset(mm.b, k0, (mm.ldb * 4) as i64);
+        let epilogue = Epilogue {
+            accumulate: accumulate || mm.epilogue.accumulate,
+            ..mm.epilogue
+        };
+        emit_rows_outer(
+            fx,
+            &MatMul {
+                k,
+                a,
+                b,
+                epilogue,
+                k_unroll: None,
+                ..*mm
+            },
+        );
+    };
+    let rows = fx.rows;
+    let zero = fx.iconst(0);
+    let long =
+        fx.b.ins()
+            .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, rows, chunk as i64);
+    fx.if_else(
+        long,
+        |fx| {
+            if !mm.epilogue.accumulate {
+                let m = mm.m.value(fx);
+                let floats = fx.b.ins().imul_imm_s(m, mm.ldc as i64);
+                let zero4 = fx.zero4();
+                fx.loop_up(zero, floats, 4, |fx, e| {
+                    let p = fx.offset(mm.c, e, 4);
+                    fx.store(zero4, p, 0);
+                });
+            }
+            let rest = fx.loop_up(zero, rows, chunk as i64, |fx, k0| {
+                pass(fx, k0, Dim::Static(chunk), true);
+            });
+            let left = fx.b.ins().isub(rows, rest);
+            let some = fx.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, left, 0);
+            fx.if_else(some, |fx| pass(fx, rest, Dim::Dyn(left), true), |_| {});
+        },
+        |fx| pass(fx, zero, Dim::Rows, false),
+    );
 }
 
 /// All row blocks of the column block starting at element `j`, `nr` vectors wide.

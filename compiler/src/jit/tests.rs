@@ -1067,7 +1067,9 @@ fn threads_do_not_change_results() {
         epsilon: 1e-7,
     };
     constrained.train.optimizer.clipnorm = Some(0.5);
-    for (p, batch) in [(deep, 13), (constrained, 9)] {
+    // A batch of 150 runs the weight gradients in chunks (see `long_batches_match_interp`).
+    let long = deep.clone();
+    for (p, batch) in [(deep, 13), (constrained, 9), (long, 150)] {
         let p = named(p, "threads", batch);
         let run = |threads: usize| {
             let mut jit = Jit::with_threads(&p, None, threads).expect("jit builds");
@@ -1099,6 +1101,29 @@ fn threads_do_not_change_results() {
             assert_eq!(one.2, many.2, "predictions on {threads} threads");
         }
     }
+}
+
+/// Batches longer than the weight gradient's unrolled k loop run it in chunks of 64 rows that
+/// add into the gradient: whole chunks and a remainder (200, 130 rows), exactly one chunk (64),
+/// and a last batch shorter than a chunk (10) all match the interpreter.
+#[test]
+fn long_batches_match_interp() {
+    let p = named(
+        program(
+            37,
+            &[
+                Layer::Dense(40),
+                Layer::Act(Activation::Elu { alpha: 1.0 }),
+                Layer::Dense(10),
+            ],
+        ),
+        "long batches",
+        200,
+    );
+    for rows in [200, 130, 64, 10] {
+        check_grads(&p, rows);
+    }
+    check_training(&p, 3, 1e-4);
 }
 
 /// Predict tiles inputs larger than the batch; set_state round-trips through the padded layout.

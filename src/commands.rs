@@ -40,6 +40,10 @@ pub enum Command {
         /// Also print how long building the JIT kernels took.
         #[arg(long)]
         timings: bool,
+        /// Threads the timed JIT is built for [default: one per core]: more threads, more
+        /// kernels (each thread's share of a divided call is a kernel of its own).
+        #[arg(long, env = "NETC_THREADS", value_parser = clap::value_parser!(u64).range(1..=256))]
+        threads: Option<u64>,
     },
     /// Train a spec on CIFAR-10, evaluate it, and write a run directory.
     Run(RunArgs),
@@ -258,6 +262,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             file,
             emit,
             timings,
+            threads: thread_flag,
         } => {
             let (compiled, ok) = front_end(&file)?;
             let (Some(program), true) = (compiled.program.as_ref(), ok) else {
@@ -271,10 +276,16 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             };
             print!("{text}");
             if timings {
-                let jit = netc_compiler::jit::Jit::new(program, InputStats::placeholder(program))?;
+                let threads = threads(thread_flag);
+                let jit = netc_compiler::jit::Jit::with_threads(
+                    program,
+                    InputStats::placeholder(program),
+                    threads,
+                )?;
                 eprintln!(
-                    "compiled {} JIT kernels in {:.1} ms",
+                    "compiled {} JIT kernels for {} in {:.1} ms",
                     jit.kernel_count(),
+                    plural(threads, "thread"),
                     jit.compile_ms()
                 );
             }

@@ -2,8 +2,16 @@
 //! (the host's for running, a fixed x86-64 one for golden CLIF), deduplicates kernels by spec,
 //! emits and defines them, finalizes, and holds the only `unsafe` conversion from a finalized
 //! code pointer to a callable `KernelFn`. Dropping it frees the generated code.
+//!
+//! Kernels asked for by spec (`kernel`) get their id at once and are compiled together by
+//! `finalize`, on one thread per core: each is a function of its own (no calls, no data but its
+//! constant pool), so the compilations are independent, and the code they produce does not
+//! depend on which thread compiled it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::thread;
 
 use cranelift_codegen::control::ControlPlane;
 use cranelift_codegen::ir::{Function, UserFuncName};
@@ -93,54 +101,175 @@ fn build(
     fx.finish();
 }
 
+/// Machine code of one function, ready for `define_function_bytes`.
+struct Compiled {
+    align: u64,
+    code: Vec<u8>,
+    relocs: Vec<ModuleReloc>,
+}
+
+/// Builds and compiles one function with the kernel ABI for `isa`; `emit` writes its body.
+fn compile(
+    isa: &dyn isa::TargetIsa,
+    ctx: &mut Context,
+    fctx: &mut FunctionBuilderContext,
+    func_id: FuncId,
+    name: &str,
+    emit: impl FnOnce(&mut Fx),
+) -> Result<Compiled, BackendError> {
+    ctx.clear();
+    ctx.func.signature = kernel_signature(isa.default_call_conv());
+    ctx.func.name = UserFuncName::user(0, func_id.as_u32());
+    let b = FunctionBuilder::new(&mut ctx.func, fctx);
+    let mut fx = Fx::new(b, isa.has_native_fma(), isa.frontend_config());
+    emit(&mut fx);
+    fx.finish();
+    ctx.compile(isa, &mut ControlPlane::default())
+        .map_err(|e| BackendError::Compile(format!("{name}: {:?}", e.inner)))?;
+    let code = ctx.compiled_code().expect("compiled just above");
+    let relocs = code
+        .buffer
+        .relocs()
+        .iter()
+        .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, func_id))
+        .collect();
+    Ok(Compiled {
+        align: u64::from(code.buffer.alignment),
+        code: code.code_buffer().to_vec(),
+        relocs,
+    })
+}
+
 pub struct KernelModule {
     /// Always `Some` until `Drop` takes it to free the code.
     module: Option<JITModule>,
+    /// The host ISA with the e-graph optimizer, for most kernels.
+    speed: OwnedTargetIsa,
     /// The host ISA without the e-graph optimizer, for kernels whose instruction order is their
     /// schedule.
     in_order: OwnedTargetIsa,
     ctx: Context,
     fctx: FunctionBuilderContext,
-    fma: bool,
     by_spec: HashMap<String, KernelId>,
     ids: Vec<FuncId>,
     names: Vec<String>,
     fns: Vec<KernelFn>,
+    /// Kernels declared by `kernel` and not compiled yet: `(index in ids, spec)`.
+    pending: Vec<(usize, Kernel)>,
 }
 
 impl KernelModule {
     pub fn new() -> Result<Self, BackendError> {
         let isa = host_isa("speed")?;
-        let fma = isa.has_native_fma();
         let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
         let ctx = module.make_context();
         Ok(KernelModule {
             module: Some(module),
+            speed: host_isa("speed")?,
             in_order: host_isa("none")?,
             ctx,
             fctx: FunctionBuilderContext::new(),
-            fma,
             by_spec: HashMap::new(),
             ids: Vec::new(),
             names: Vec::new(),
             fns: Vec::new(),
+            pending: Vec::new(),
         })
     }
 
-    /// The id of the function for `kernel`, compiling it unless an equal spec already was.
+    /// The id of the function for `kernel`, unless an equal spec already has one; `finalize`
+    /// compiles it.
     pub fn kernel(&mut self, kernel: &Kernel) -> Result<KernelId, BackendError> {
         let spec = format!("{kernel:?}");
         if let Some(id) = self.by_spec.get(&spec) {
             return Ok(*id);
         }
-        let id = self.define(&kernel.name(), kernel.in_program_order(), |fx| {
-            kernel.emit(fx)
-        })?;
+        let id = self.declare(&kernel.name())?;
+        self.pending.push((id.0, kernel.clone()));
         self.by_spec.insert(spec, id);
         Ok(id)
     }
 
-    /// Emits and compiles one function with the kernel ABI; `emit` writes its body. With
+    /// Declares the next function with the kernel ABI.
+    fn declare(&mut self, name: &str) -> Result<KernelId, BackendError> {
+        let id = KernelId(self.ids.len());
+        let name = format!("k{}_{name}", id.0);
+        let module = self.module.as_mut().expect("the module lives until drop");
+        let sig = kernel_signature(module.isa().default_call_conv());
+        let func_id = module
+            .declare_function(&name, Linkage::Local, &sig)
+            .map_err(|e| BackendError::Compile(e.to_string()))?;
+        self.ids.push(func_id);
+        self.names.push(name);
+        Ok(id)
+    }
+
+    fn define_bytes(&mut self, id: KernelId, compiled: &Compiled) -> Result<(), BackendError> {
+        let module = self.module.as_mut().expect("the module lives until drop");
+        module
+            .define_function_bytes(
+                self.ids[id.0],
+                compiled.align,
+                &compiled.code,
+                &compiled.relocs,
+            )
+            .map_err(|e| BackendError::Compile(format!("{}: {e:?}", self.names[id.0])))
+    }
+
+    /// Compiles the pending kernels on up to one thread per core (this one and scoped helpers;
+    /// if none can start, this thread compiles them all) and defines them in id order.
+    fn compile_pending(&mut self) -> Result<(), BackendError> {
+        let pending = std::mem::take(&mut self.pending);
+        let next = AtomicUsize::new(0);
+        let results: Vec<Mutex<Option<Result<Compiled, BackendError>>>> =
+            pending.iter().map(|_| Mutex::new(None)).collect();
+        let (speed, in_order, ids, names) = (&*self.speed, &*self.in_order, &self.ids, &self.names);
+        let work = || {
+            let mut ctx = Context::new();
+            let mut fctx = FunctionBuilderContext::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((index, kernel)) = pending.get(i) else {
+                    return;
+                };
+                let isa = if kernel.in_program_order() {
+                    in_order
+                } else {
+                    speed
+                };
+                let compiled = compile(
+                    isa,
+                    &mut ctx,
+                    &mut fctx,
+                    ids[*index],
+                    &names[*index],
+                    |fx| kernel.emit(fx),
+                );
+                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(compiled);
+            }
+        };
+        let helpers = thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(pending.len())
+            .saturating_sub(1);
+        thread::scope(|s| {
+            for _ in 0..helpers {
+                // A helper that cannot start leaves its kernels to the others.
+                let _ = thread::Builder::new().spawn_scoped(s, work);
+            }
+            work();
+        });
+        for ((index, _), result) in pending.iter().zip(results) {
+            let compiled = result
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect("every pending kernel was taken")?;
+            self.define_bytes(KernelId(*index), &compiled)?;
+        }
+        Ok(())
+    }
+
+    /// Emits and compiles one function with the kernel ABI now; `emit` writes its body. With
     /// `in_order`, the function is compiled without the e-graph pass, so instructions keep the
     /// order in which `emit` wrote them.
     pub fn define(
@@ -149,49 +278,27 @@ impl KernelModule {
         in_order: bool,
         emit: impl FnOnce(&mut Fx),
     ) -> Result<KernelId, BackendError> {
-        let id = KernelId(self.ids.len());
-        let name = format!("k{}_{name}", id.0);
-        let module = self.module.as_mut().expect("the module lives until drop");
-        let sig = kernel_signature(module.isa().default_call_conv());
-        let func_id = module
-            .declare_function(&name, Linkage::Local, &sig)
-            .map_err(|e| BackendError::Compile(e.to_string()))?;
-        self.ctx.func.signature = sig;
-        self.ctx.func.name = UserFuncName::user(0, func_id.as_u32());
-        let b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
-        let mut fx = Fx::new(b, self.fma, module.isa().frontend_config());
-        emit(&mut fx);
-        fx.finish();
-        let failed = |e: &dyn std::fmt::Debug| BackendError::Compile(format!("{name}: {e:?}"));
-        if in_order {
-            let isa = &*self.in_order;
-            self.ctx
-                .compile(isa, &mut ControlPlane::default())
-                .map_err(|e| failed(&e.inner))?;
-            let code = self.ctx.compiled_code().expect("compiled just above");
-            let align = u64::from(code.buffer.alignment);
-            let relocs: Vec<ModuleReloc> = code
-                .buffer
-                .relocs()
-                .iter()
-                .map(|r| ModuleReloc::from_mach_reloc(r, &self.ctx.func, func_id))
-                .collect();
-            module
-                .define_function_bytes(func_id, align, code.code_buffer(), &relocs)
-                .map_err(|e| failed(&e))?;
+        let id = self.declare(name)?;
+        let isa = if in_order {
+            &*self.in_order
         } else {
-            module
-                .define_function(func_id, &mut self.ctx)
-                .map_err(|e| failed(&e))?;
-        }
-        module.clear_context(&mut self.ctx);
-        self.ids.push(func_id);
-        self.names.push(name);
+            &*self.speed
+        };
+        let compiled = compile(
+            isa,
+            &mut self.ctx,
+            &mut self.fctx,
+            self.ids[id.0],
+            &self.names[id.0],
+            emit,
+        )?;
+        self.define_bytes(id, &compiled)?;
         Ok(id)
     }
 
     /// Makes every defined kernel executable; call once, after the last `kernel`.
     pub fn finalize(&mut self) -> Result<(), BackendError> {
+        self.compile_pending()?;
         let module = self.module.as_mut().expect("the module lives until drop");
         module
             .finalize_definitions()

@@ -262,21 +262,8 @@ fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, j: Value, mr: usize, nr: usize
         // edge, and no mispredicted loop exit per block.
         (Dim::Static(k), _) if k <= FULL_UNROLL => iteration(fx, k),
         (Dim::Rows, Some(full)) if full <= FULL_UNROLL => {
-            let unrolled = fx.b.create_block();
-            let looped = fx.b.create_block();
-            let join = fx.b.create_block();
             let is_full = fx.b.ins().icmp_imm_s(IntCC::Equal, fx.rows, full as i64);
-            fx.b.ins().brif(is_full, unrolled, &[], looped, &[]);
-            fx.b.switch_to_block(unrolled);
-            fx.b.seal_block(unrolled);
-            iteration(fx, full);
-            fx.b.ins().jump(join, &[]);
-            fx.b.switch_to_block(looped);
-            fx.b.seal_block(looped);
-            k_loop(fx);
-            fx.b.ins().jump(join, &[]);
-            fx.b.switch_to_block(join);
-            fx.b.seal_block(join);
+            fx.if_else(is_full, |fx| iteration(fx, full), k_loop);
         }
         _ => k_loop(fx),
     }

@@ -222,11 +222,13 @@ impl Invocation {
 
 /// One worker's list of a segment. Its calls run in order, each after the one before it has
 /// finished, but not necessarily on the same thread: the caller of `Pool::run`, done with its
-/// own list, takes the rest of a list whose worker has made no progress for `STALL`. A worker
-/// the OS has descheduled then costs at most the call it is in, not a time slice. A worker that
-/// is merely behind keeps its list: taking its calls one at a time would bounce the rows of a
-/// chain of row-parallel calls between the cores and leave the two threads waiting on each
-/// other by turns.
+/// own list, takes the rest of a worker's list that has not moved for as long as the caller's
+/// own list took, and at least `STALL`. The schedule gives the lists of a segment about equal
+/// work, so a worker that runs is never that late, even inside one long call, while a worker the
+/// OS has descheduled costs about one list's time, not a time slice. A worker that is merely
+/// behind keeps its list: taking its calls one at a time would bounce the rows of a chain of
+/// row-parallel calls between the cores and leave the two threads waiting on each other by
+/// turns.
 struct List {
     calls: Mutex<Vec<Invocation>>,
     /// `(generation, next call nobody has taken, number of calls)` in one word, so that a
@@ -305,8 +307,8 @@ impl Shared {
     }
 
     /// The caller's wait for list `w` of segment `generation`: returns once every call of it
-    /// is taken, and takes all that are left itself when the list has not moved for `STALL`.
-    fn finish_or_take(&self, w: usize, generation: u64) {
+    /// is taken, and takes all that are left itself when the list has not moved for `patience`.
+    fn finish_or_take(&self, w: usize, generation: u64, patience: Duration) {
         let list = &self.work[w];
         let mut seen = (u64::MAX, usize::MAX);
         let mut since = Instant::now();
@@ -321,7 +323,7 @@ impl Shared {
             if now != seen {
                 seen = now;
                 since = Instant::now();
-            } else if since.elapsed() >= STALL {
+            } else if since.elapsed() >= patience {
                 let taken = pack(g, len, len);
                 if list
                     .state
@@ -352,7 +354,7 @@ pub struct Pool {
 /// How long a worker spins for the next segment before it parks.
 const SPIN: Duration = Duration::from_micros(300);
 
-/// How long the caller waits for a list that does not move before it takes the rest: far
+/// The least time the caller waits for a list that does not move before it takes the rest: far
 /// longer than a worker takes to notice a segment, and far shorter than an OS time slice.
 const STALL: Duration = Duration::from_micros(200);
 
@@ -421,9 +423,11 @@ impl Pool {
         for h in &self.handles {
             h.thread().unpark();
         }
+        let started = Instant::now();
         own();
+        let patience = started.elapsed().max(STALL);
         for w in 0..s.work.len() {
-            s.finish_or_take(w, generation);
+            s.finish_or_take(w, generation, patience);
         }
         wait_until(|| s.remaining.load(Ordering::Acquire) == 0);
     }

@@ -910,8 +910,9 @@ const HUGE_PAGE: usize = 2 << 20;
 impl Arena {
     fn new(floats: usize) -> Arena {
         let pad = HUGE_PAGE / 4;
-        // Zeroed memory comes from the OS untouched, so the advice below applies before any
-        // page exists.
+        // A zeroed allocation this large usually comes from the OS untouched (mmap), so the
+        // advice below applies before any page exists; pages already touched are left to the
+        // kernel's background collapsing.
         let data = vec![0.0f32; floats + pad];
         let misalign = (data.as_ptr() as usize / 4) % pad;
         let base = (pad - misalign) % pad;

@@ -363,7 +363,7 @@ fn invocation(
     rows: usize,
     scalars: &[f32; update_scalars::COUNT],
 ) -> Invocation {
-    let base = arena.data.as_mut_ptr().wrapping_add(arena.base);
+    let base = arena.base_ptr();
     let mut table = [std::ptr::null_mut(); MAX_ARGS];
     for (p, &off) in table.iter_mut().zip(offsets) {
         *p = base.wrapping_add(off).cast::<u8>();

@@ -943,6 +943,11 @@ impl Arena {
     #[cfg(not(target_os = "linux"))]
     fn advise_huge_pages(&self, _floats: usize) {}
 
+    /// The aligned start of the usable part, where offset 0 of every plan is.
+    fn base_ptr(&mut self) -> *mut f32 {
+        self.data.as_mut_ptr().wrapping_add(self.base)
+    }
+
     fn slice(&self, off: usize, len: usize) -> &[f32] {
         &self.data[self.base + off..self.base + off + len]
     }
@@ -1200,7 +1205,7 @@ impl Jit {
             "batch of {rows} rows exceeds the capacity"
         );
         assert!(batch.pixels.len() >= rows * self.program.input.features);
-        let base = self.arena.data.as_mut_ptr().wrapping_add(self.arena.base);
+        let base = self.arena.base_ptr();
         let Jit { fns, pool, own, .. } = self;
         // Thread `t`'s calls of a segment, with pointers, rows and first row of its share.
         let resolve = |tasks: &[parallel::Task], t: usize, of: usize, out: &mut Vec<Invocation>| {

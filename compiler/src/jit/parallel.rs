@@ -312,34 +312,36 @@ impl Shared {
         let list = &self.work[w];
         let mut seen = (u64::MAX, usize::MAX);
         let mut since = Instant::now();
-        let mut spins = 0u32;
-        loop {
+        let mut taken = None;
+        wait_until(|| {
             let state = list.state.load(Ordering::Acquire);
             let (g, next, len) = unpack(state);
             if g != generation & 0xffff_ffff || next >= len {
-                return;
+                return true;
             }
             let now = (state, list.done.load(Ordering::Acquire));
             if now != seen {
                 seen = now;
                 since = Instant::now();
-            } else if since.elapsed() >= patience {
-                let taken = pack(g, len, len);
-                if list
+                return false;
+            }
+            let stalled = since.elapsed() >= patience
+                && list
                     .state
-                    .compare_exchange(state, taken, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    self.run_taken(w, next, len, len);
-                    return;
-                }
+                    .compare_exchange(
+                        state,
+                        pack(g, len, len),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok();
+            if stalled {
+                taken = Some((next, len));
             }
-            spins = spins.saturating_add(1);
-            if spins < 1 << 12 {
-                std::hint::spin_loop();
-            } else {
-                thread::yield_now();
-            }
+            stalled
+        });
+        if let Some((next, len)) = taken {
+            self.run_taken(w, next, len, len);
         }
     }
 }
@@ -435,7 +437,7 @@ impl Pool {
 
 /// Spins until `done()` (another thread is a few microseconds from it), then yields the core
 /// while it waits longer (that thread may need the core to get there).
-fn wait_until(done: impl Fn() -> bool) {
+fn wait_until(mut done: impl FnMut() -> bool) {
     let mut spins = 0u32;
     while !done() {
         spins = spins.saturating_add(1);

@@ -40,10 +40,8 @@ pub enum Command {
         /// Also print how long building the JIT kernels took.
         #[arg(long)]
         timings: bool,
-        /// Threads the timed JIT is built for [default: one per core]: more threads, more
-        /// kernels (each thread's share of a divided call is a kernel of its own).
-        #[arg(long, env = "NETC_THREADS", value_parser = clap::value_parser!(u64).range(1..=256))]
-        threads: Option<u64>,
+        #[command(flatten)]
+        threads: ThreadsArg,
     },
     /// Train a spec on CIFAR-10, evaluate it, and write a run directory.
     Run(RunArgs),
@@ -109,10 +107,8 @@ pub struct DataArgs {
     /// Which executor trains and evaluates [default: jit; when resuming, the run's].
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
-    /// Threads the JIT trains and predicts with [default: one per core]. Results do not depend
-    /// on it; on a machine busy with other work, 1 is faster.
-    #[arg(long, env = "NETC_THREADS", value_parser = clap::value_parser!(u64).range(1..=256))]
-    threads: Option<u64>,
+    #[command(flatten)]
+    threads: ThreadsArg,
     /// Never download: when no data is found, stop with an error (also NETC_OFFLINE=1).
     #[arg(long)]
     offline: bool,
@@ -210,9 +206,8 @@ pub struct BenchArgs {
     /// Which executor to time.
     #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
     backend: BackendKind,
-    /// Threads the JIT runs a step on [default: one per core].
-    #[arg(long, env = "NETC_THREADS", value_parser = clap::value_parser!(u64).range(1..=256))]
-    threads: Option<u64>,
+    #[command(flatten)]
+    threads: ThreadsArg,
     /// Training steps per timed repetition.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     steps: u64,
@@ -262,7 +257,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             file,
             emit,
             timings,
-            threads: thread_flag,
+            threads,
         } => {
             let (compiled, ok) = front_end(&file)?;
             let (Some(program), true) = (compiled.program.as_ref(), ok) else {
@@ -276,7 +271,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             };
             print!("{text}");
             if timings {
-                let threads = threads(thread_flag);
+                let threads = threads.count();
                 let jit = netc_compiler::jit::Jit::with_threads(
                     program,
                     InputStats::placeholder(program),
@@ -316,12 +311,23 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Threads for the JIT: the flag, or one per core.
-fn threads(flag: Option<u64>) -> usize {
-    flag.map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
-        |n| n as usize,
-    )
+/// `--threads`, shared by every command that builds the JIT.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct ThreadsArg {
+    /// Threads the JIT runs on [default: one per core]; more threads, more kernels to compile.
+    /// Results do not depend on it; on a machine busy with other work, 1 is faster.
+    #[arg(long, env = "NETC_THREADS", value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: Option<u64>,
+}
+
+impl ThreadsArg {
+    /// The flag, or one thread per core.
+    fn count(self) -> usize {
+        self.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n as usize,
+        )
+    }
 }
 
 /// Builds the executor the user asked for.
@@ -355,7 +361,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 interrupt: Some(interrupt),
             };
             let asked = args.common.backend;
-            let threads = threads(args.common.threads);
+            let threads = args.common.threads.count();
             netc_runtime::run::resume(&program, run_dir, &opts, |p, stats, trained_with| {
                 let kind = asked.unwrap_or(match trained_with {
                     "interp" => BackendKind::Interp,
@@ -378,7 +384,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 interrupt: Some(interrupt),
             };
             let kind = args.common.backend();
-            let threads = threads(args.common.threads);
+            let threads = args.common.threads.count();
             netc_runtime::run::run(&program, spec, &opts, |p, stats| {
                 make_backend(kind, threads, p, stats)
             })
@@ -453,7 +459,7 @@ fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result<ExitCode> 
     program.train.seed = summary.seed;
     let data = netc_runtime::data::load(Some(&common.locate()?))?;
     let (_, stats) = netc_runtime::run::split_and_stats(&program, &data.train)?;
-    let mut backend = make_backend(common.backend(), threads(common.threads), &program, stats)?;
+    let mut backend = make_backend(common.backend(), common.threads.count(), &program, stats)?;
     let mut state = backend.state();
     state.params = netc_runtime::weights::load_params(
         &run_dir.join(netc_runtime::run::WEIGHTS_FILE),
@@ -529,7 +535,7 @@ fn lr_find(args: LrFindArgs) -> Result<ExitCode> {
     };
     let data = netc_runtime::data::load(Some(&args.common.locate()?))?;
     let (split, stats) = netc_runtime::run::split_and_stats(&program, &data.train)?;
-    let threads = threads(args.common.threads);
+    let threads = args.common.threads.count();
     let mut backend = make_backend(args.common.backend(), threads, &program, stats)?;
     let opts = LrFindOptions {
         min_lr: args.min,
@@ -592,7 +598,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     };
     let spec = args.spec.display().to_string();
     let kind = args.backend;
-    let threads = threads(args.threads);
+    let threads = args.threads.count();
     let r = netc_runtime::bench::bench(&program, &spec, &opts, |p, s| {
         make_backend(kind, threads, p, s)
     })?;
@@ -850,7 +856,7 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
         }
         .to_string(),
         // The cores are shared among the runs that train at once.
-        threads: (threads(args.common.threads) / (args.jobs as usize).max(1)).max(1),
+        threads: (args.common.threads.count() / (args.jobs as usize).max(1)).max(1),
         out: args.out.clone(),
         model: program.name.clone(),
     };

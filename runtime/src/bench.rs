@@ -180,6 +180,31 @@ where
 mod tests {
     use super::*;
 
+    /// `bench` of a 3,072 → 16 → 10 network with batch 8 (`activation` on the hidden layer),
+    /// `steps` steps `repeats` times, on the backend `make` builds.
+    fn bench_small<F>(
+        activation: &str,
+        optimizer: &str,
+        steps: usize,
+        repeats: usize,
+        make: F,
+    ) -> BenchReport
+    where
+        F: FnOnce(&Program, Option<InputStats>) -> Result<Box<dyn Backend>, BackendError>,
+    {
+        let source = format!(
+            "model m\ninput cifar10\ndense 16 {{ activation: {activation}, init: he_normal }}\n\
+             dense 10 {{ activation: softmax }}\ntrain {{ optimizer: {optimizer}\n epochs: 1\n batch: 8 }}\n"
+        );
+        let program = netc_compiler::compile(&source).program.expect("compiles");
+        let opts = BenchOptions {
+            batch: None,
+            steps,
+            repeats,
+        };
+        bench(&program, "m.net", &opts, make).expect("bench")
+    }
+
     #[test]
     fn counts_forward_weight_and_input_gradient_flops() {
         let source = std::fs::read_to_string(concat!(
@@ -197,18 +222,9 @@ mod tests {
 
     #[test]
     fn bench_runs_the_interpreter_on_generated_data() {
-        let source = "model m\ninput cifar10\ndense 16 { activation: relu, init: he_normal }\n\
-                      dense 10 { activation: softmax }\ntrain { optimizer: adam\n epochs: 1\n batch: 8 }\n";
-        let program = netc_compiler::compile(source).program.expect("compiles");
-        let opts = BenchOptions {
-            batch: None,
-            steps: 3,
-            repeats: 3,
-        };
-        let report = bench(&program, "m.net", &opts, |p, s| {
+        let report = bench_small("relu", "adam", 3, 3, |p, s| {
             Ok(Box::new(netc_compiler::interp::Interp::new(p, s)))
-        })
-        .expect("bench");
+        });
         assert_eq!(report.backend, "interp");
         assert_eq!(report.step_ms_runs.len(), 3);
         assert_eq!(report.batch, 8);
@@ -222,18 +238,9 @@ mod tests {
 
     #[test]
     fn bench_profiles_every_call_of_the_jit() {
-        let source = "model m\ninput cifar10\ndense 16 { activation: elu, init: he_normal }\n\
-                      dense 10 { activation: softmax }\ntrain { optimizer: nadam\n epochs: 1\n batch: 8 }\n";
-        let program = netc_compiler::compile(source).program.expect("compiles");
-        let opts = BenchOptions {
-            batch: None,
-            steps: 2,
-            repeats: 1,
-        };
-        let report = bench(&program, "m.net", &opts, |p, s| {
+        let report = bench_small("elu", "nadam", 2, 1, |p, s| {
             Ok(Box::new(netc_compiler::jit::Jit::with_threads(p, s, 2)?))
-        })
-        .expect("bench");
+        });
         assert_eq!((report.backend.as_str(), report.threads), ("jit", 2));
         let whole = |c: &&CallTime| c.kernel.starts_with(netc_compiler::backend::WHOLE_PHASE);
         let phases: Vec<&str> = report.calls.iter().map(|c| c.phase).collect();

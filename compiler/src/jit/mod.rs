@@ -1043,9 +1043,7 @@ impl Jit {
     /// kernels advance are restored. For comparisons with the reference executor.
     pub fn loss_and_grads(&mut self, batch: Batch<'_>) -> JitGrads {
         let before = self.state();
-        let seed = self.program.train.seed;
-        let step = self.step;
-        let key = move |op: u32| dropout_key(seed, Stream::Train, step, op);
+        let key = self.train_key();
         let scalars = [0.0; update_scalars::COUNT];
         let rows = batch.len();
         self.run(Phase2::TrainForward, rows, 0, batch, &key, &scalars);
@@ -1131,9 +1129,7 @@ impl Jit {
     /// same state, so the parameters end where one step leaves them.
     fn profile_calls(&mut self, batch: Batch<'_>, lr: f32, reps: usize) -> Vec<CallTime> {
         let rows = batch.len();
-        let seed = self.program.train.seed;
-        let step = self.step;
-        let key = move |op: u32| dropout_key(seed, Stream::Train, step, op);
+        let key = self.train_key();
         let scalars = self.update_scalars(lr);
         let mut out = Vec::new();
         for (phase, calls, by_call) in [
@@ -1276,6 +1272,12 @@ impl Jit {
         }
     }
 
+    /// The dropout key of each op for this training step.
+    fn train_key(&self) -> impl Fn(u32) -> u32 + use<> {
+        let (seed, step) = (self.program.train.seed, self.step);
+        move |op| dropout_key(seed, Stream::Train, step, op)
+    }
+
     fn update_scalars(&self, lr: f32) -> [f32; update_scalars::COUNT] {
         step_scalars(
             self.program.train.optimizer.kind,
@@ -1376,16 +1378,14 @@ impl Backend for Jit {
 
     fn train_step(&mut self, batch: Batch<'_>, lr: f32) -> StepStats {
         let rows = batch.len();
-        let seed = self.program.train.seed;
-        let step = self.step;
-        let key = move |op: u32| dropout_key(seed, Stream::Train, step, op);
+        let key = self.train_key();
         let scalars = self.update_scalars(lr);
         self.run(Phase2::TrainForward, rows, 0, batch, &key, &scalars);
         self.run(Phase2::Backward, rows, 0, batch, &key, &scalars);
         self.run(Phase2::Updates, rows, 0, batch, &key, &scalars);
         self.run(Phase2::Transposes, rows, 0, batch, &key, &scalars);
         if let OptimizerKind::Nadam { beta_1, .. } = self.program.train.optimizer.kind {
-            self.nadam_u_product *= crate::optim::nadam_u(beta_1, step + 1);
+            self.nadam_u_product *= crate::optim::nadam_u(beta_1, self.step + 1);
         }
         self.step += 1;
         let s = self.arena.slice(self.plan.stats, 2);

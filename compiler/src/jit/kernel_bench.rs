@@ -158,6 +158,7 @@ impl KernelBench {
             units,
             batch,
             bias: true,
+            update: None,
         };
         // Table: `[x, dy, dkernel, dbias]`; the first share starts at the first column of `x`
         // and the first row of the kernel gradient.

@@ -15,7 +15,7 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::emit::{bytes, ro, rw, Fx};
 use super::math;
-use super::matmul::{emit_matmul, Dim, Epilogue, MatMul};
+use super::matmul::{emit_matmul, Dim, Epilogue, EpilogueUpdate, MatMul};
 use crate::ir::{Activation, OptimizerKind, Regularizer, SELU_ALPHA, SELU_LAMBDA};
 
 /// Pixels are scaled as `x / 255`, a division like the reference executor's: `x * (1/255)`
@@ -113,6 +113,9 @@ pub enum Kernel {
         /// The batch size, for which the loop over rows is unrolled.
         batch: usize,
         bias: bool,
+        /// The optimizer step, applied to each block of `dW` as it is finished instead of
+        /// storing it (see `FusedUpdate`).
+        update: Option<FusedUpdate>,
     },
     /// `dx = dy·Wᵀ` from the transposed kernel copy.
     InputGrad {
@@ -149,6 +152,19 @@ pub struct Update {
     pub clipnorm: Option<f32>,
     /// `(max_value, rows, padded columns)` of a dense kernel with a max-norm constraint.
     pub max_norm: Option<(f32, usize, usize)>,
+}
+
+/// The optimizer step of a dense kernel done inside its weight gradient: each finished block
+/// of `dW` goes straight into the update rule (`update_rule`, the same code as `Update`), which
+/// writes the new weights, the rule's slots and, for a layer whose input gradient reads the
+/// transposed copy, that copy's block. The gradient is never written to memory, and neither the
+/// update nor the transpose walks the kernel again. Only for updates that are element-wise
+/// (no regularization penalty, clipping or max-norm): see `jit::fusable`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FusedUpdate {
+    pub kind: OptimizerKind,
+    /// Refresh the transposed copy `[units, x_ld]` too.
+    pub transposed: bool,
 }
 
 /// Indices into the per-call scalar array of an update kernel; the host fills them per step.
@@ -199,9 +215,19 @@ impl Kernel {
             Kernel::ActivationBackward { width, activation } => {
                 format!("{}_backward_{width}", activation.name())
             }
-            Kernel::WeightGrad { inputs, units, .. } => {
-                format!("dense_weight_grad_{inputs}x{units}")
-            }
+            Kernel::WeightGrad {
+                inputs,
+                units,
+                update,
+                ..
+            } => match update {
+                Some(u) => format!(
+                    "dense_weight_grad_{}{}_{inputs}x{units}",
+                    u.kind.name(),
+                    if u.transposed { "_t" } else { "" }
+                ),
+                None => format!("dense_weight_grad_{inputs}x{units}"),
+            },
             Kernel::InputGrad { inputs, units } => format!("dense_input_grad_{inputs}x{units}"),
             Kernel::PreluBackward { width, .. } => format!("prelu_backward_{width}"),
             Kernel::BatchNormBackward { width, .. } => format!("batch_norm_backward_{width}"),
@@ -301,7 +327,8 @@ impl Kernel {
                 units,
                 batch,
                 bias,
-            } => emit_weight_grad(fx, *inputs, *x_ld, *units, *batch, *bias),
+                update,
+            } => emit_weight_grad(fx, *inputs, *x_ld, *units, *batch, *bias, *update),
             Kernel::InputGrad { inputs, units } => emit_input_grad(fx, *inputs, *units),
             Kernel::PreluBackward { width, input_grad } => {
                 emit_prelu_backward(fx, *width, *input_grad)
@@ -573,6 +600,7 @@ fn emit_dense(
                 bias: b,
                 pre_activation: z,
                 activation,
+                update: None,
             },
             rows_outer: false,
             k_unroll: None,
@@ -1093,8 +1121,10 @@ fn emit_head(fx: &mut Fx, classes: usize, loss: bool) {
     fx.b.ins().store(rw(), c, stats, 4);
 }
 
-/// Table: `[x, dy, dkernel, (dbias,)]`: `dW = xᵀ·dy` for `inputs` rows of the kernel, and
-/// `db = Σ dy`.
+/// Table: `[x, dy, dkernel, (kernel, slot.., (kernel_t,)) (dbias,)]`: `dW = xᵀ·dy` for `inputs`
+/// rows of the kernel, and `db = Σ dy`. With a fused update, `dkernel` only holds the partial
+/// sums of a batch longer than one chunk, and the update writes `kernel`, its slots and the
+/// rows `kernel_t[.., first..first + inputs]` of the transposed copy.
 fn emit_weight_grad(
     fx: &mut Fx,
     inputs: usize,
@@ -1102,11 +1132,32 @@ fn emit_weight_grad(
     units: usize,
     batch: usize,
     bias: bool,
+    update: Option<FusedUpdate>,
 ) {
     let x = fx.arg(0);
     let dy = fx.arg(1);
     let dw = fx.arg(2);
-    let db = bias.then(|| fx.arg(3));
+    let mut next = 3;
+    let mut arg = |fx: &mut Fx| {
+        next += 1;
+        fx.arg(next - 1)
+    };
+    let update = update.map(|u| {
+        let param = arg(fx);
+        let mut slots = [None; 3];
+        for slot in slots.iter_mut().take(u.kind.slot_count()) {
+            *slot = Some(arg(fx));
+        }
+        let transposed = u.transposed.then(|| (arg(fx), x_ld));
+        EpilogueUpdate {
+            kind: u.kind,
+            param,
+            slots,
+            transposed,
+            columns: units,
+        }
+    });
+    let db = bias.then(|| arg(fx));
     let n = pad4(units);
     emit_matmul(
         fx,
@@ -1122,7 +1173,10 @@ fn emit_weight_grad(
             ldb: row_stride(units),
             c: dw,
             ldc: n,
-            epilogue: Epilogue::default(),
+            epilogue: Epilogue {
+                update,
+                ..Epilogue::default()
+            },
             rows_outer: true,
             k_unroll: Some(batch),
         },
@@ -1284,14 +1338,10 @@ fn emit_update(fx: &mut Fx, u: &Update) {
     }
 
     // Pass 2: the update rule.
-    let lr_s = fx.scalar(update_scalars::LR);
-    let lr = fx.b.ins().splat(F32X4, lr_s);
-    let c1 = fx.scalar(update_scalars::C1);
-    let c1 = fx.b.ins().splat(F32X4, c1);
-    let c2 = fx.scalar(update_scalars::C2);
-    let c2 = fx.b.ins().splat(F32X4, c2);
-    let c3 = fx.scalar(update_scalars::C3);
-    let c3 = fx.b.ins().splat(F32X4, c3);
+    let scalars = StepScalars::Splat(std::array::from_fn(|i| {
+        let s = fx.scalar(i);
+        fx.b.ins().splat(F32X4, s)
+    }));
     fx.loop_const(0, len, 4, |fx, i| {
         let off = fx.b.ins().imul_imm_s(i, 4);
         let pg = fx.b.ins().iadd(g, off);
@@ -1302,7 +1352,7 @@ fn emit_update(fx: &mut Fx, u: &Update) {
         }
         let wv = fx.load4(rw(), pw, 0);
         let ps: Vec<Value> = slots.iter().map(|s| fx.b.ins().iadd(*s, off)).collect();
-        let new_w = update_rule(fx, u.kind, wv, gv, &ps, [lr, c1, c2, c3]);
+        let new_w = update_rule(fx, u.kind, wv, gv, &ps, scalars);
         fx.store(new_w, pw, 0);
     });
 
@@ -1311,18 +1361,46 @@ fn emit_update(fx: &mut Fx, u: &Update) {
     }
 }
 
+/// Where an update rule finds the host's per-step scalars (`update_scalars`).
+#[derive(Clone, Copy)]
+pub enum StepScalars {
+    /// Broadcast once, before the update kernel's loop.
+    Splat([Value; 4]),
+    /// Broadcast from the scalar table at each use: inside a weight gradient's epilogue, four
+    /// more vector registers held through the k loop would spill its accumulators.
+    Load,
+}
+
+impl StepScalars {
+    fn get(self, fx: &mut Fx, index: usize) -> Value {
+        match self {
+            StepScalars::Splat(v) => v[index],
+            StepScalars::Load => {
+                let scalars = fx.scalars;
+                fx.bcast(ro(), scalars, index as i64)
+            }
+        }
+    }
+}
+
 /// One vector of the update rule; reads and writes the slots at `ps`, returns the new weights.
-fn update_rule(
+/// Every update goes through here, so an update fused into a weight gradient computes exactly
+/// what the update kernel would.
+pub fn update_rule(
     fx: &mut Fx,
     kind: OptimizerKind,
     w: Value,
     g: Value,
     ps: &[Value],
-    [lr, c1, c2, c3]: [Value; 4],
+    scalars: StepScalars,
 ) -> Value {
-    let lrg = fx.mul(lr, g);
+    let lr_times_g = |fx: &mut Fx| {
+        let lr = scalars.get(fx, update_scalars::LR);
+        fx.mul(lr, g)
+    };
     match kind {
         OptimizerKind::Sgd { momentum, nesterov } => {
+            let lrg = lr_times_g(fx);
             if momentum == 0.0 {
                 return fx.sub(w, lrg);
             }
@@ -1342,16 +1420,21 @@ fn update_rule(
             beta_1,
             beta_2,
             epsilon,
-        } => adam(fx, w, g, ps, c1, beta_1, beta_2, epsilon),
+        } => {
+            let c1 = scalars.get(fx, update_scalars::C1);
+            adam(fx, w, g, ps, c1, beta_1, beta_2, epsilon)
+        }
         OptimizerKind::AdamW {
             beta_1,
             beta_2,
             epsilon,
             weight_decay,
         } => {
+            let lr = scalars.get(fx, update_scalars::LR);
             let lrwd = fx.mulc(lr, weight_decay);
             let decay = fx.mul(w, lrwd);
             let w = fx.sub(w, decay);
+            let c1 = scalars.get(fx, update_scalars::C1);
             adam(fx, w, g, ps, c1, beta_1, beta_2, epsilon)
         }
         OptimizerKind::Nadam {
@@ -1360,9 +1443,13 @@ fn update_rule(
             epsilon,
         } => {
             let (m, v) = moments(fx, g, ps, beta_1, beta_2);
+            let c1 = scalars.get(fx, update_scalars::C1);
             let a = fx.mul(c1, m);
+            let c2 = scalars.get(fx, update_scalars::C2);
             let m_hat = fx.fma(c2, g, a);
+            let c3 = scalars.get(fx, update_scalars::C3);
             let v_hat = fx.mul(v, c3);
+            let lr = scalars.get(fx, update_scalars::LR);
             let num = fx.mul(m_hat, lr);
             let sq = fx.b.ins().sqrt(v_hat);
             let den = fx.addc(sq, epsilon);
@@ -1375,6 +1462,7 @@ fn update_rule(
             epsilon,
             centered,
         } => {
+            let lrg = lr_times_g(fx);
             let vel = fx.load4(rw(), ps[0], 0);
             let g2 = fx.mul(g, g);
             let a = fx.mulc(vel, rho);
@@ -1407,6 +1495,7 @@ fn update_rule(
             }
         }
         OptimizerKind::Adagrad { epsilon, .. } => {
+            let lrg = lr_times_g(fx);
             let acc = fx.load4(rw(), ps[0], 0);
             let acc = fx.fma(g, g, acc);
             fx.store(acc, ps[0], 0);

@@ -22,8 +22,8 @@ use cranelift_codegen::ir::{MemFlagsData, Value};
 use cranelift_frontend::Variable;
 
 use super::emit::{ro, rw, Fx};
-use super::kernels::act_forward;
-use crate::ir::Activation;
+use super::kernels::{act_forward, update_rule, StepScalars};
+use crate::ir::{Activation, OptimizerKind};
 
 /// A loop extent: a compile-time constant or the kernel's runtime row count.
 #[derive(Clone, Copy, Debug)]
@@ -59,6 +59,23 @@ pub struct Epilogue {
     /// the activation needs them.
     pub pre_activation: Option<Value>,
     pub activation: Option<Activation>,
+    /// Apply the optimizer to the block instead of storing it (a weight gradient only; needs
+    /// `rows_outer`). `C` then only holds the partial sums of earlier chunks of a long batch.
+    pub update: Option<EpilogueUpdate>,
+}
+
+/// The buffers of an update fused into a weight gradient (`kernels::FusedUpdate`).
+#[derive(Clone, Copy, Debug)]
+pub struct EpilogueUpdate {
+    pub kind: OptimizerKind,
+    /// The parameter, laid out as `C`, updated in place.
+    pub param: Value,
+    /// The rule's slots (`OptimizerKind::slot_count` of them), laid out as `C`.
+    pub slots: [Option<Value>; 3],
+    /// The transposed copy to refresh, and the floats between its rows.
+    pub transposed: Option<(Value, usize)>,
+    /// Real columns of `C`: the transposed copy has a row for each of these only.
+    pub columns: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -97,6 +114,10 @@ const FULL_UNROLL: usize = 64;
 
 pub fn emit_matmul(fx: &mut Fx, mm: &MatMul) {
     debug_assert_eq!(mm.n % 4, 0, "matmul columns are padded to whole vectors");
+    debug_assert!(
+        mm.epilogue.update.is_none() || mm.rows_outer,
+        "a fused update follows the weight gradient's loop order"
+    );
     if mm.rows_outer {
         match (mm.k, mm.k_unroll) {
             (Dim::Rows, Some(full)) if full > FULL_UNROLL => emit_k_chunks(fx, mm),
@@ -109,12 +130,32 @@ pub fn emit_matmul(fx: &mut Fx, mm: &MatMul) {
     let rem = vectors % NR;
     if full > 0 {
         fx.loop_const(0, (full * NR * 4) as i64, (NR * 4) as i64, |fx, j| {
-            emit_rows(fx, mm, j, NR);
+            emit_rows(fx, mm, Col::at(j), NR);
         });
     }
     if rem > 0 {
-        let j = fx.iconst((full * NR * 4) as i64);
+        let j = Col::fixed(fx, full * NR * 4);
         emit_rows(fx, mm, j, rem);
+    }
+}
+
+/// The first column (element) of a block: a loop counter, or known when emitting.
+#[derive(Clone, Copy)]
+struct Col {
+    value: Value,
+    known: Option<usize>,
+}
+
+impl Col {
+    fn at(value: Value) -> Col {
+        Col { value, known: None }
+    }
+
+    fn fixed(fx: &mut Fx, j: usize) -> Col {
+        Col {
+            value: fx.iconst(j as i64),
+            known: Some(j),
+        }
     }
 }
 
@@ -135,56 +176,90 @@ fn emit_rows_outer(fx: &mut Fx, mm: &MatMul) {
 /// chunk runs the unrolled k loop, emitted once. The order of the sums is fixed by the row
 /// count alone.
 fn emit_k_chunks(fx: &mut Fx, mm: &MatMul) {
-    let chunk = FULL_UNROLL;
-    let pass = |fx: &mut Fx, k0: Value, k: Dim, accumulate: bool| {
-        let a = fx.offset(mm.a, k0, (mm.a_col * 4) as i64);
-        let b = fx.offset(mm.b, k0, (mm.ldb * 4) as i64);
-        let epilogue = Epilogue {
-            accumulate: accumulate || mm.epilogue.accumulate,
-            ..mm.epilogue
-        };
-        emit_rows_outer(
-            fx,
-            &MatMul {
-                k,
-                a,
-                b,
-                epilogue,
-                k_unroll: None,
-                ..*mm
-            },
-        );
-    };
     let rows = fx.rows;
     let zero = fx.iconst(0);
+    if mm.epilogue.update.is_some() {
+        return emit_k_chunks_update(fx, mm);
+    }
     let long =
         fx.b.ins()
-            .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, rows, chunk as i64);
+            .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, rows, FULL_UNROLL as i64);
     fx.if_else(
         long,
         |fx| {
             if !mm.epilogue.accumulate {
-                let m = mm.m.value(fx);
-                let floats = fx.b.ins().imul_imm_s(m, mm.ldc as i64);
-                let zero4 = fx.zero4();
-                fx.loop_up(zero, floats, 4, |fx, e| {
-                    let p = fx.offset(mm.c, e, 4);
-                    fx.store(zero4, p, 0);
-                });
+                clear_c(fx, mm);
             }
-            let rest = fx.loop_up(zero, rows, chunk as i64, |fx, k0| {
-                pass(fx, k0, Dim::Static(chunk), true);
+            let rest = fx.loop_up(zero, rows, FULL_UNROLL as i64, |fx, k0| {
+                k_pass(fx, mm, k0, Dim::Static(FULL_UNROLL), true, false);
             });
             let left = fx.b.ins().isub(rows, rest);
             let some = fx.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, left, 0);
-            fx.if_else(some, |fx| pass(fx, rest, Dim::Dyn(left), true), |_| {});
+            fx.if_else(
+                some,
+                |fx| k_pass(fx, mm, rest, Dim::Dyn(left), true, false),
+                |_| {},
+            );
         },
-        |fx| pass(fx, zero, Dim::Rows, false),
+        |fx| k_pass(fx, mm, zero, Dim::Rows, false, false),
+    );
+}
+
+/// `emit_k_chunks` with a fused update: `C` is cleared, every chunk but the last adds its
+/// products into it (unrolled), and the last chunk (1 to `FULL_UNROLL` rows, whatever the row
+/// count) runs as a k loop that completes each block's sum and hands it to the update. The
+/// update epilogue is emitted once per block shape, as in a batch of one chunk.
+fn emit_k_chunks_update(fx: &mut Fx, mm: &MatMul) {
+    let rows = fx.rows;
+    let zero = fx.iconst(0);
+    clear_c(fx, mm);
+    let before = fx.b.ins().iadd_imm_s(rows, -1);
+    let before = fx.b.ins().sdiv_imm_s(before, FULL_UNROLL as i64);
+    let before = fx.b.ins().imul_imm_s(before, FULL_UNROLL as i64);
+    fx.loop_up(zero, before, FULL_UNROLL as i64, |fx, k0| {
+        k_pass(fx, mm, k0, Dim::Static(FULL_UNROLL), true, false);
+    });
+    let left = fx.b.ins().isub(rows, before);
+    k_pass(fx, mm, before, Dim::Dyn(left), true, true);
+}
+
+/// Zeroes the `m` rows of `C`.
+fn clear_c(fx: &mut Fx, mm: &MatMul) {
+    let zero = fx.iconst(0);
+    let m = mm.m.value(fx);
+    let floats = fx.b.ins().imul_imm_s(m, mm.ldc as i64);
+    let zero4 = fx.zero4();
+    fx.loop_up(zero, floats, 4, |fx, e| {
+        let p = fx.offset(mm.c, e, 4);
+        fx.store(zero4, p, 0);
+    });
+}
+
+/// One pass of `emit_k_chunks`: the products of rows `k0..k0 + k` of the batch, added into `C`
+/// when `accumulate`; a fused update only when `last` (its sums are then complete).
+fn k_pass(fx: &mut Fx, mm: &MatMul, k0: Value, k: Dim, accumulate: bool, last: bool) {
+    let a = fx.offset(mm.a, k0, (mm.a_col * 4) as i64);
+    let b = fx.offset(mm.b, k0, (mm.ldb * 4) as i64);
+    let epilogue = Epilogue {
+        accumulate: accumulate || mm.epilogue.accumulate,
+        update: mm.epilogue.update.filter(|_| last),
+        ..mm.epilogue
+    };
+    emit_rows_outer(
+        fx,
+        &MatMul {
+            k,
+            a,
+            b,
+            epilogue,
+            k_unroll: None,
+            ..*mm
+        },
     );
 }
 
 /// All row blocks of the column block starting at element `j`, `nr` vectors wide.
-fn emit_rows(fx: &mut Fx, mm: &MatMul, j: Value, nr: usize) {
+fn emit_rows(fx: &mut Fx, mm: &MatMul, j: Col, nr: usize) {
     let zero = fx.iconst(0);
     let limit = mm.m.value(fx);
     let rest = fx.loop_up(zero, limit, MR as i64, |fx, i| {
@@ -198,21 +273,38 @@ fn emit_rows(fx: &mut Fx, mm: &MatMul, j: Value, nr: usize) {
 /// All column blocks of the `mr` rows starting at row `i`.
 fn emit_columns(fx: &mut Fx, mm: &MatMul, i: Value, mr: usize) {
     let vectors = mm.n / 4;
-    let full = vectors / NR;
+    let mut full = vectors / NR;
     let rem = vectors % NR;
+    // A fused update refreshes the transposed copy's rows of real columns only: the block
+    // holding the padding lanes is emitted with its column known.
+    let padded_last_full = rem == 0
+        && mm
+            .epilogue
+            .update
+            .is_some_and(|u| u.transposed.is_some() && u.columns < mm.n);
+    let last_full = padded_last_full && full > 0;
+    if last_full {
+        full -= 1;
+    }
     if full > 0 {
         fx.loop_const(0, (full * NR * 4) as i64, (NR * 4) as i64, |fx, j| {
-            emit_block(fx, mm, i, j, mr, NR);
+            emit_block(fx, mm, i, Col::at(j), mr, NR);
         });
     }
+    if last_full {
+        let j = Col::fixed(fx, full * NR * 4);
+        emit_block(fx, mm, i, j, mr, NR);
+        full += 1;
+    }
     if rem > 0 {
-        let j = fx.iconst((full * NR * 4) as i64);
+        let j = Col::fixed(fx, full * NR * 4);
         emit_block(fx, mm, i, j, mr, rem);
     }
 }
 
 /// One `mr × nr` block of `C` at row `i`, column element `j`.
-fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, j: Value, mr: usize, nr: usize) {
+fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, col: Col, mr: usize, nr: usize) {
+    let j = col.value;
     let a0 = fx.offset(mm.a, i, (mm.a_row * 4) as i64);
     let b0 = fx.offset(mm.b, j, 4);
     let zero = fx.zero4();
@@ -276,6 +368,35 @@ fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, j: Value, mr: usize, nr: usize
         let z = fx.offset(z, i, (mm.ldc * 4) as i64);
         fx.offset(z, j, 4)
     });
+    if let Some(u) = ep.update {
+        let at = |fx: &mut Fx, p: Value| {
+            let p = fx.offset(p, i, (mm.ldc * 4) as i64);
+            fx.offset(p, j, 4)
+        };
+        let w0 = at(fx, u.param);
+        let slots: Vec<Value> = u.slots.iter().flatten().map(|s| at(fx, *s)).collect();
+        let mut new_w = Vec::with_capacity(mr * nr);
+        for r in 0..mr {
+            for q in 0..nr {
+                let off = (r * mm.ldc + 4 * q) as i64;
+                let mut g = fx.get(acc[r * nr + q]);
+                if ep.accumulate {
+                    let old = fx.load4(rw(), c0, off);
+                    g = fx.add(g, old);
+                }
+                let pw = fx.add_imm(w0, off * 4);
+                let ps: Vec<Value> = slots.iter().map(|s| fx.add_imm(*s, off * 4)).collect();
+                let w = fx.load4(rw(), pw, 0);
+                let w = update_rule(fx, u.kind, w, g, &ps, StepScalars::Load);
+                fx.store(w, pw, 0);
+                new_w.push(w);
+            }
+        }
+        if let Some((wt, ld_t)) = u.transposed {
+            store_transposed(fx, &new_w, wt, ld_t, i, col, mr, nr, u.columns);
+        }
+        return;
+    }
     for r in 0..mr {
         for q in 0..nr {
             let off = (r * mm.ldc + 4 * q) as i64;
@@ -295,6 +416,47 @@ fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, j: Value, mr: usize, nr: usize
                 v = act_forward(fx, act, v);
             }
             fx.store(v, c0, off);
+        }
+    }
+}
+
+/// Stores the `mr × nr`-vector block `w` (row-major, rows `i..`, columns `col..`) into the
+/// transposed copy `wt`: column `c` of the block becomes row `c` of `wt`, from element `i`.
+/// Columns at or past `columns` are padding and have no row in `wt`.
+#[allow(clippy::too_many_arguments)]
+fn store_transposed(
+    fx: &mut Fx,
+    w: &[Value],
+    wt: Value,
+    ld_t: usize,
+    i: Value,
+    col: Col,
+    mr: usize,
+    nr: usize,
+    columns: usize,
+) {
+    let base = fx.offset(wt, i, 4);
+    let base = fx.offset(base, col.value, (ld_t * 4) as i64);
+    let real = |c: usize| col.known.is_none_or(|j| j + c < columns);
+    for q in 0..nr {
+        if mr == MR {
+            let rows: [Value; 4] = std::array::from_fn(|r| w[r * nr + q]);
+            let cols = fx.transpose4(rows);
+            for (l, v) in cols.into_iter().enumerate() {
+                let c = 4 * q + l;
+                if real(c) {
+                    fx.store(v, base, (c * ld_t) as i64);
+                }
+            }
+        } else {
+            debug_assert_eq!(mr, 1, "row blocks are whole or single rows");
+            for l in 0..4 {
+                let c = 4 * q + l;
+                if real(c) {
+                    let e = fx.b.ins().extractlane(w[q], l as u8);
+                    fx.store(e, base, (c * ld_t) as i64);
+                }
+            }
         }
     }
 }

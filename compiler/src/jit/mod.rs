@@ -42,7 +42,7 @@ mod random_specs;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use ndarray::{Array2, ArrayD, IxDyn};
@@ -54,7 +54,9 @@ use crate::backend::{
 use crate::ir::{Activation, OpKind, OptimizerKind, ParamRole, Preprocess, Program};
 use crate::optim::{nadam_u_product, AdamStep, NadamStep};
 use crate::rng::{dropout_key, Stream};
-use kernels::{grad_needs_input, pad4, row_stride, update_scalars, Convert, Kernel, Update};
+use kernels::{
+    grad_needs_input, pad4, row_stride, update_scalars, Convert, FusedUpdate, Kernel, Update,
+};
 use module::{KernelFn, KernelId, KernelModule};
 use parallel::{Invocation, Pool, Segment, Share, MAX_ARGS};
 
@@ -65,7 +67,7 @@ pub use kernel_bench::{KernelBench, KernelShare};
 /// a fixed x86-64 ISA with SSE4.1, AVX and FMA so that golden files do not depend on the host.
 pub fn emit_clif(program: &Program) -> Result<String, BackendError> {
     let mut sink = Collect::default();
-    plan(program, true, 1, &mut sink)?;
+    plan(program, true, 1, false, &mut sink)?;
     module::clif_text(&sink.specs)
 }
 
@@ -169,9 +171,17 @@ struct Plan {
     input_stats: Option<(usize, usize)>,
     threads: usize,
     train_forward: Vec<Segment>,
+    /// Gradients only (`Jit::loss_and_grads`), if planned.
+    gradients: bool,
     backward: Vec<Segment>,
+    /// A training step's backward pass, with the fused updates (`fusable`).
+    train_backward: Vec<Segment>,
+    /// The updates a training step does after its backward pass (those not fused).
     updates: Vec<Segment>,
+    /// Every transposed kernel copy from its kernel (after `set_state`).
     transposes: Vec<Segment>,
+    /// The copies a training step refreshes after its updates (those not fused).
+    train_transposes: Vec<Segment>,
     infer: Vec<Segment>,
     mc: Vec<Segment>,
 }
@@ -198,10 +208,13 @@ impl Sink for Recording<'_> {
     }
 }
 
+/// Plans every call list of training and prediction; with `gradients`, also the plain backward
+/// pass of `Jit::loss_and_grads` (its weight-gradient kernels are not the training step's).
 fn plan(
     program: &Program,
     standardized_ok: bool,
     threads: usize,
+    gradients: bool,
     sink: &mut dyn Sink,
 ) -> Result<Plan, BackendError> {
     let threads = threads.max(1);
@@ -296,6 +309,7 @@ fn plan(
         }
     }
 
+    let fused = fusable(program, &grad);
     let ctx = PlanCtx {
         program,
         params: &params,
@@ -303,6 +317,7 @@ fn plan(
         convert,
         convert_args: &convert_args,
         bn_scratch: &bn_scratch,
+        fused: &fused,
     };
     let (train_forward, train_cur) = forward(&ctx, Phase::Train, sink)?;
     let train_values = train_written(program, &train_cur);
@@ -320,8 +335,28 @@ fn plan(
         key: Key::None,
     });
 
-    let backward = backward(&ctx, &grad, &train_cur, &value_grads, &transposed, sink)?;
-    let (updates, transposes) = updates(program, &params, stats, &transposed, sink)?;
+    let mut backward = |fuse: bool| {
+        backward(
+            &ctx,
+            &grad,
+            &train_cur,
+            &value_grads,
+            &transposed,
+            fuse,
+            sink,
+        )
+    };
+    let plain_backward = if gradients {
+        backward(false)?
+    } else {
+        Vec::new()
+    };
+    let train_backward = backward(true)?;
+    let UpdateCalls {
+        updates,
+        transposes,
+        train_transposes,
+    } = updates(program, &params, stats, &transposed, &fused, sink)?;
 
     let head_probs = sink.kernel(Kernel::HeadProbs { classes })?;
     let mut predict_plans = Vec::new();
@@ -361,7 +396,8 @@ fn plan(
         Ok(parallel::segments(shared, threads))
     };
     let train_forward = sequence(train_forward)?;
-    let backward = sequence(backward)?;
+    let backward = sequence(plain_backward)?;
+    let train_backward = sequence(train_backward)?;
     let infer = sequence(infer)?;
     let mc = sequence(mc)?;
     let mut independent = |calls: Vec<Call>| -> Result<Vec<Segment>, BackendError> {
@@ -382,6 +418,7 @@ fn plan(
     };
     let updates = independent(updates)?;
     let transposes = independent(transposes)?;
+    let train_transposes = independent(train_transposes)?;
 
     let value_grads = value_grads
         .iter()
@@ -399,9 +436,12 @@ fn plan(
         input_stats,
         threads,
         train_forward,
+        gradients,
         backward,
+        train_backward,
         updates,
         transposes,
+        train_transposes,
         infer,
         mc,
     })
@@ -466,23 +506,28 @@ impl Sharing<'_> {
                     .collect(),
             ),
             // Rows of the kernel gradient: thread t reads columns of x from its first row on.
+            // A fused update's kernel, slots and transposed copy are divided the same way.
             Kernel::WeightGrad {
                 inputs,
                 x_ld,
                 units,
                 batch,
                 bias,
+                update,
             } => {
                 let mut parts = Vec::new();
+                let by_rows = 1 + update.map_or(0, |u| 1 + u.kind.slot_count());
                 for (first, n) in parallel::divide(*inputs, self.threads, 4) {
                     let with_bias = *bias && first == 0;
-                    let mut args = vec![
-                        Ptr::Arena(arena(0) + first),
-                        call.args[1],
-                        Ptr::Arena(arena(2) + first * pad4(*units)),
-                    ];
+                    let mut args = vec![Ptr::Arena(arena(0) + first), call.args[1]];
+                    for i in 2..2 + by_rows {
+                        args.push(Ptr::Arena(arena(i) + first * pad4(*units)));
+                    }
+                    if update.is_some_and(|u| u.transposed) {
+                        args.push(Ptr::Arena(arena(2 + by_rows) + first));
+                    }
                     if with_bias {
-                        args.push(call.args[3]);
+                        args.push(*call.args.last().expect("the bias gradient"));
                     }
                     let kernel = Kernel::WeightGrad {
                         inputs: n,
@@ -490,6 +535,7 @@ impl Sharing<'_> {
                         units: *units,
                         batch: *batch,
                         bias: with_bias,
+                        update: *update,
                     };
                     parts.push(divided(sink, kernel, args)?);
                 }
@@ -549,6 +595,9 @@ fn grad_written(grad: &GradProgram, v: usize) -> bool {
 struct PlanCtx<'a> {
     program: &'a Program,
     params: &'a [ParamBuf],
+    /// The dense ops (by index) whose kernel update the training step fuses into the weight
+    /// gradient.
+    fused: &'a HashMap<u32, FusedUpdate>,
     values: &'a [usize],
     convert: Convert,
     convert_args: &'a [Ptr],
@@ -719,13 +768,52 @@ fn forward(
     Ok((calls, cur))
 }
 
-/// The backward calls, one or none per `GradStep`, in the steps' order.
+/// Which dense ops' kernel updates a training step does inside the weight gradient: every one
+/// whose update is element-wise (no clipping by the norm, penalty or max-norm constraint, which
+/// need the whole gradient or add to the shared loss).
+fn fusable(program: &Program, grad: &GradProgram) -> HashMap<u32, FusedUpdate> {
+    let optimizer = &program.train.optimizer;
+    if optimizer.clipnorm.is_some() {
+        return HashMap::new();
+    }
+    program
+        .ops
+        .iter()
+        .filter_map(|op| match op.kind {
+            OpKind::Dense {
+                kernel,
+                regularizer,
+                max_norm,
+                ..
+            } if regularizer.is_zero()
+                && max_norm.is_none()
+                && program.params[kernel.index()].trainable =>
+            {
+                let transposed = grad.step_of(op.index).is_some_and(|s| s.dx.is_some());
+                Some((
+                    op.index,
+                    FusedUpdate {
+                        kind: optimizer.kind,
+                        transposed,
+                    },
+                ))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The backward calls, one or none per `GradStep`, in the steps' order. With `fuse`, the
+/// weight gradients of `ctx.fused` also update their kernels; such a weight gradient follows
+/// its layer's input gradient, which reads the transposed copy it rewrites, so it lands in a
+/// later segment (divided calls open one, `parallel::segments`).
 fn backward(
     ctx: &PlanCtx,
     grad: &GradProgram,
     cur: &[usize],
     value_grads: &[usize],
     transposed: &HashMap<u32, usize>,
+    fuse: bool,
     sink: &mut dyn Sink,
 ) -> Result<Vec<Call>, BackendError> {
     let ops = &ctx.program.ops;
@@ -758,7 +846,16 @@ fn backward(
                 )
             }
             OpKind::Dense { kernel, bias, .. } => {
+                let update = ctx.fused.get(&op.index).copied().filter(|_| fuse);
                 let mut args = vec![Ptr::Arena(cur[x]), dy, ctx.grad(kernel)];
+                if let Some(u) = update {
+                    let buf = &ctx.params[kernel.index()];
+                    args.push(Ptr::Arena(buf.off));
+                    args.extend(buf.slots.iter().map(|s| Ptr::Arena(*s)));
+                    if u.transposed {
+                        args.push(Ptr::Arena(transposed[&op.index]));
+                    }
+                }
                 if let Some(b) = bias {
                     args.push(ctx.grad(b));
                 }
@@ -768,9 +865,21 @@ fn backward(
                     units: op.width,
                     batch: ctx.program.train.batch.max(1),
                     bias: bias.is_some(),
+                    update,
                 };
                 match dx {
                     None => (weight_grad, args),
+                    Some(dx) if update.is_some() => {
+                        calls.push(Call {
+                            kernel: sink.kernel(Kernel::InputGrad {
+                                inputs: op.width_in,
+                                units: op.width,
+                            })?,
+                            args: vec![dy, Ptr::Arena(transposed[&op.index]), dx],
+                            key: Key::None,
+                        });
+                        (weight_grad, args)
+                    }
                     Some(dx) => {
                         calls.push(Call {
                             kernel: sink.kernel(weight_grad)?,
@@ -840,17 +949,22 @@ fn backward(
     Ok(calls)
 }
 
-/// One update call per trainable parameter, and the transposes that refresh `Wᵀ` copies.
+/// One update call per trainable parameter whose update is not fused, every transpose that
+/// refreshes a `Wᵀ` copy, and those of them a training step runs (the copies of kernels whose
+/// update is not fused).
 fn updates(
     program: &Program,
     params: &[ParamBuf],
     stats: usize,
     transposed: &HashMap<u32, usize>,
+    fused: &HashMap<u32, FusedUpdate>,
     sink: &mut dyn Sink,
-) -> Result<(Vec<Call>, Vec<Call>), BackendError> {
+) -> Result<UpdateCalls, BackendError> {
     let optimizer = &program.train.optimizer;
     let mut constraints = HashMap::new();
+    let mut fused_kernels = HashSet::new();
     let mut transposes = Vec::new();
+    let mut train_transposes = Vec::new();
     for op in &program.ops {
         if let OpKind::Dense {
             kernel,
@@ -860,22 +974,30 @@ fn updates(
         } = op.kind
         {
             constraints.insert(kernel.index(), (regularizer, max_norm));
+            let is_fused = fused.contains_key(&op.index);
+            if is_fused {
+                fused_kernels.insert(kernel.index());
+            }
             if let Some(&wt) = transposed.get(&op.index) {
                 let k = sink.kernel(Kernel::Transpose {
                     rows: op.width_in,
                     cols: op.width,
                 })?;
-                transposes.push(Call {
+                let call = Call {
                     kernel: k,
                     args: vec![Ptr::Arena(params[kernel.index()].off), Ptr::Arena(wt)],
                     key: Key::None,
-                });
+                };
+                if !is_fused {
+                    train_transposes.push(call.clone());
+                }
+                transposes.push(call);
             }
         }
     }
     let mut calls = Vec::new();
     for (i, (p, buf)) in program.params.iter().zip(params).enumerate() {
-        if !p.trainable {
+        if !p.trainable || fused_kernels.contains(&i) {
             continue;
         }
         let Some(g) = buf.grad else { continue };
@@ -895,7 +1017,18 @@ fn updates(
             key: Key::None,
         });
     }
-    Ok((calls, transposes))
+    Ok(UpdateCalls {
+        updates: calls,
+        transposes,
+        train_transposes,
+    })
+}
+
+/// The call lists `updates` plans (see there).
+struct UpdateCalls {
+    updates: Vec<Call>,
+    transposes: Vec<Call>,
+    train_transposes: Vec<Call>,
 }
 
 /// The buffers of all kernels: one allocation, its usable part aligned to 64 bytes.
@@ -989,9 +1122,29 @@ impl Jit {
         stats: Option<InputStats>,
         threads: usize,
     ) -> Result<Jit, BackendError> {
+        Jit::build(program, stats, threads, false)
+    }
+
+    /// `with_threads`, able to compute plain gradients too (`loss_and_grads`), for comparisons
+    /// with the reference executor: a training step updates most kernels inside their weight
+    /// gradients, so the gradients alone need kernels of their own.
+    pub fn for_gradients(
+        program: &Program,
+        stats: Option<InputStats>,
+        threads: usize,
+    ) -> Result<Jit, BackendError> {
+        Jit::build(program, stats, threads, true)
+    }
+
+    fn build(
+        program: &Program,
+        stats: Option<InputStats>,
+        threads: usize,
+        gradients: bool,
+    ) -> Result<Jit, BackendError> {
         let started = Instant::now();
         let mut kernels = KernelModule::new()?;
-        let plan = plan(program, stats.is_some(), threads, &mut kernels)?;
+        let plan = plan(program, stats.is_some(), threads, gradients, &mut kernels)?;
         kernels.finalize()?;
         let pool = if plan.threads > 1 {
             let pool = Pool::new(plan.threads - 1).map_err(|e| {
@@ -1041,7 +1194,14 @@ impl Jit {
     /// value of the training forward pass, at the current state and step, with the masks the
     /// next `train_step` would draw. Nothing is updated: the moving averages that the forward
     /// kernels advance are restored. For comparisons with the reference executor.
+    ///
+    /// # Panics
+    /// If the `Jit` was not built by `for_gradients`.
     pub fn loss_and_grads(&mut self, batch: Batch<'_>) -> JitGrads {
+        assert!(
+            self.plan.gradients,
+            "loss_and_grads needs a Jit built by Jit::for_gradients"
+        );
         let before = self.state();
         let key = self.train_key();
         let scalars = [0.0; update_scalars::COUNT];
@@ -1116,8 +1276,10 @@ impl Jit {
         match calls {
             Phase2::TrainForward => &mut self.plan.train_forward,
             Phase2::Backward => &mut self.plan.backward,
+            Phase2::TrainBackward => &mut self.plan.train_backward,
             Phase2::Updates => &mut self.plan.updates,
             Phase2::Transposes => &mut self.plan.transposes,
+            Phase2::TrainTransposes => &mut self.plan.train_transposes,
             Phase2::Infer => &mut self.plan.infer,
             Phase2::Mc => &mut self.plan.mc,
         }
@@ -1134,9 +1296,9 @@ impl Jit {
         let mut out = Vec::new();
         for (phase, calls, by_call) in [
             ("forward", Phase2::TrainForward, true),
-            ("backward", Phase2::Backward, true),
+            ("backward", Phase2::TrainBackward, true),
             ("optimizer", Phase2::Updates, false),
-            ("transposes", Phase2::Transposes, false),
+            ("transposes", Phase2::TrainTransposes, false),
         ] {
             let segments = std::mem::take(self.segments_mut(calls));
             let mut groups: Vec<(String, Vec<Segment>)> = Vec::new();
@@ -1355,8 +1517,10 @@ pub(crate) fn step_scalars(
 enum Phase2 {
     TrainForward,
     Backward,
+    TrainBackward,
     Updates,
     Transposes,
+    TrainTransposes,
     Infer,
     Mc,
 }
@@ -1381,9 +1545,9 @@ impl Backend for Jit {
         let key = self.train_key();
         let scalars = self.update_scalars(lr);
         self.run(Phase2::TrainForward, rows, 0, batch, &key, &scalars);
-        self.run(Phase2::Backward, rows, 0, batch, &key, &scalars);
+        self.run(Phase2::TrainBackward, rows, 0, batch, &key, &scalars);
         self.run(Phase2::Updates, rows, 0, batch, &key, &scalars);
-        self.run(Phase2::Transposes, rows, 0, batch, &key, &scalars);
+        self.run(Phase2::TrainTransposes, rows, 0, batch, &key, &scalars);
         if let OptimizerKind::Nadam { beta_1, .. } = self.program.train.optimizer.kind {
             self.nadam_u_product *= crate::optim::nadam_u(beta_1, self.step + 1);
         }

@@ -7,7 +7,7 @@
 use cranelift_codegen::ir::Value;
 
 use super::emit::{ro, Fx};
-use super::kernels::{alpha_dropout_constants, pad4, Convert, Kernel};
+use super::kernels::{alpha_dropout_constants, pad4, Convert, FusedUpdate, Kernel, Update};
 use super::math;
 use super::module::{KernelFn, KernelId, KernelModule};
 use super::*;
@@ -409,6 +409,205 @@ fn dense_forward_converts_pixels() {
     }
 }
 
+/// A weight gradient with a fused update leaves the kernel, the optimizer's slots and the
+/// transposed copy bit-for-bit as the weight gradient, then the update kernel, then the
+/// transpose do: on kernels with a row remainder and padded columns, batches of one chunk
+/// (unrolled and looped) and of several (whole chunks, a remainder, a short last batch), and
+/// rules with zero to three slots. The copy's padding lanes and rows are never written.
+#[test]
+fn fused_update_matches_update_and_transpose_kernels() {
+    let rules = [
+        OptimizerKind::Nadam {
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-7,
+        },
+        OptimizerKind::Sgd {
+            momentum: 0.0,
+            nesterov: false,
+        },
+        OptimizerKind::Sgd {
+            momentum: 0.9,
+            nesterov: true,
+        },
+        OptimizerKind::RmsProp {
+            rho: 0.9,
+            momentum: 0.5,
+            epsilon: 1e-7,
+            centered: true,
+        },
+        OptimizerKind::Adam {
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-7,
+        },
+    ];
+    // (rows, batch, inputs, units)
+    let shapes = [
+        (3, 3, 5, 7),
+        (7, 8, 13, 9),
+        (32, 32, 20, 12),
+        (16, 16, 8, 16),
+        (67, 67, 6, 10),
+        (128, 130, 9, 8),
+        (130, 130, 4, 6),
+        (40, 130, 7, 5),
+    ];
+    for (case, &(rows, batch, k, n)) in shapes.iter().enumerate() {
+        let kind = rules[case % rules.len()];
+        let ld = pad4(n);
+        let len = k * ld;
+        let seed = 100 + 10 * case as u64;
+        let x = padded(&random(rows * k, seed, 1.0), rows, k);
+        let dy = padded(&random(rows * n, seed + 1, 1.0), rows, n);
+        let w0 = padded(&random(k * n, seed + 2, 0.5), k, n);
+        let slots0: Vec<Vec<f32>> = (0..kind.slot_count())
+            .map(|s| {
+                // Second moments must be non-negative; the padding lanes stay zero.
+                let m = random(k * n, seed + 3 + s as u64, 0.1);
+                let m: Vec<f32> = m.iter().map(|v| v.abs()).collect();
+                padded(&m, k, n)
+            })
+            .collect();
+        let scalars = step_scalars(kind, 3, 1e-2, 0.7);
+        let sentinel = -7.5;
+        let t_len = n * pad4(k) + 16;
+        let what = format!("{} {rows} rows (batch {batch}) of {k}x{n}", kind.name());
+
+        // Separately: dW, the update kernel, the transpose.
+        let weight_grad = One::new(&Kernel::WeightGrad {
+            inputs: k,
+            x_ld: pad4(k),
+            units: n,
+            batch,
+            bias: true,
+            update: None,
+        });
+        let update = One::new(&Kernel::Update(Update {
+            len,
+            kind,
+            regularizer: Regularizer::default(),
+            clipnorm: None,
+            max_norm: None,
+        }));
+        let transpose = One::new(&Kernel::Transpose { rows: k, cols: n });
+        let (mut xa, mut dya) = (x.clone(), dy.clone());
+        let mut dw = vec![f32::NAN; len + 16];
+        let mut db = vec![f32::NAN; ld + 16];
+        weight_grad.call(
+            &[ptr(&mut xa), ptr(&mut dya), ptr(&mut dw), ptr(&mut db)],
+            rows,
+            0,
+            0,
+            &scalars,
+        );
+        let mut w = w0.clone();
+        let mut slots = slots0.clone();
+        let mut stats = vec![0.0f32; 4];
+        let mut table = vec![ptr(&mut w), ptr(&mut dw), ptr(&mut stats)];
+        table.extend(slots.iter_mut().map(|s| ptr(s)));
+        update.call(&table, rows, 0, 0, &scalars);
+        let mut wt = vec![sentinel; t_len];
+        transpose.call(&[ptr(&mut w), ptr(&mut wt)], 0, 0, 0, &[]);
+
+        // Fused.
+        let fused = One::new(&Kernel::WeightGrad {
+            inputs: k,
+            x_ld: pad4(k),
+            units: n,
+            batch,
+            bias: true,
+            update: Some(FusedUpdate {
+                kind,
+                transposed: true,
+            }),
+        });
+        let (mut xb, mut dyb) = (x.clone(), dy.clone());
+        let mut scratch = vec![f32::NAN; len + 16];
+        let mut fw = w0.clone();
+        let mut fslots = slots0.clone();
+        let mut fwt = vec![sentinel; t_len];
+        let mut fdb = vec![f32::NAN; ld + 16];
+        let mut table = vec![ptr(&mut xb), ptr(&mut dyb), ptr(&mut scratch), ptr(&mut fw)];
+        table.extend(fslots.iter_mut().map(|s| ptr(s)));
+        table.extend([ptr(&mut fwt), ptr(&mut fdb)]);
+        fused.call(&table, rows, 0, 0, &scalars);
+
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fw), bits(&w), "kernel, {what}");
+        for (s, (got, want)) in fslots.iter().zip(&slots).enumerate() {
+            assert_eq!(bits(got), bits(want), "slot {s}, {what}");
+        }
+        assert_eq!(bits(&fwt), bits(&wt), "transposed copy, {what}");
+        assert_eq!(bits(&fdb[..ld]), bits(&db[..ld]), "bias gradient, {what}");
+        assert_ne!(fw[..len], w0[..len], "the kernel moved, {what}");
+    }
+}
+
+/// A training step updates every kernel with an element-wise update inside its weight gradient
+/// (and refreshes its transposed copy there); a penalized kernel, clipping or a max-norm
+/// constraint keep the separate update kernel and transpose.
+#[test]
+fn training_fuses_element_wise_kernel_updates() {
+    // Floats updated by the update kernels, and the number of transpose calls.
+    let updated = |jit: &Jit, segments: &[Segment]| -> usize {
+        segments
+            .iter()
+            .flat_map(|s| &s.parts)
+            .flatten()
+            .map(|t| {
+                let name = jit.kernels.name(t.call.kernel);
+                let len = name.rsplit('_').next().expect("update_<rule>_<len>");
+                len.parse::<usize>().expect("a length")
+            })
+            .sum()
+    };
+    let calls = |segments: &[Segment]| segments.iter().flat_map(|s| &s.parts).flatten().count();
+    let dense = |regularizer: Regularizer, max_norm: Option<f32>| {
+        Layer::DenseWith(DenseLayer {
+            regularizer,
+            max_norm,
+            ..DenseLayer::new(16)
+        })
+    };
+    let l2 = Regularizer { l1: 0.0, l2: 1e-3 };
+    let layers = [
+        Layer::Dense(16),
+        dense(l2, None),
+        dense(Regularizer::default(), Some(2.0)),
+        Layer::Dense(16),
+        Layer::Dense(10),
+    ];
+    let p = program(12, &layers);
+    // The penalized and the constrained 16×16 kernels, four biases of 16 and one of 10 (12).
+    let unfused = 2 * 256 + 4 * 16 + 12;
+    for threads in [1, 2] {
+        let jit = Jit::with_threads(&p, None, threads).expect("jit builds");
+        assert_eq!(
+            updated(&jit, &jit.plan.updates),
+            unfused,
+            "{threads} threads"
+        );
+        // Every layer but the first has a transposed copy; two are refreshed on their own.
+        assert_eq!(calls(&jit.plan.train_transposes), 2, "{threads} threads");
+        assert_eq!(calls(&jit.plan.transposes), 4, "{threads} threads");
+        assert!(
+            jit.plan.backward.is_empty(),
+            "plain gradients are not planned"
+        );
+    }
+    let mut clipped = p.clone();
+    clipped.train.optimizer.clipnorm = Some(1.0);
+    let jit = Jit::new(&clipped, None).expect("jit builds");
+    let all = 12 * 16 + 3 * 256 + 16 * 12 + unfused - 2 * 256;
+    assert_eq!(
+        updated(&jit, &jit.plan.updates),
+        all,
+        "clipping needs every gradient"
+    );
+    assert_eq!(calls(&jit.plan.train_transposes), 4);
+}
+
 /// `dW = xᵀ·dy`, `db = Σ dy`, `dx = dy·Wᵀ` (through the transposed copy) on odd shapes,
 /// including a row count that is not a multiple of the 4-row block.
 #[test]
@@ -429,6 +628,7 @@ fn dense_backward_matches_scalar() {
             units: n,
             batch,
             bias: true,
+            update: None,
         });
         let input_grad = One::new(&Kernel::InputGrad {
             inputs: k,
@@ -464,6 +664,7 @@ fn dense_backward_matches_scalar() {
             units: n,
             batch,
             bias: false,
+            update: None,
         });
         let mut dw_part = vec![f32::NAN; (k - k0) * pad4(n) + 16];
         part.call(
@@ -613,7 +814,7 @@ fn check_grads(program: &Program, rows: usize) {
 
 /// `check_grads` with values and gradients compared within `rel` (the loss within `rel / 10`).
 pub(super) fn check_grads_within(program: &Program, rows: usize, rel: f32) {
-    let mut jit = Jit::new(program, input_stats(program)).expect("jit builds");
+    let mut jit = Jit::for_gradients(program, input_stats(program), 1).expect("jit builds");
     let interp = Interp::new(program, input_stats(program));
     let (pixels, labels) = data(program, rows, 7);
     let batch = Batch {
@@ -1267,9 +1468,9 @@ fn baseline_phase_timing() {
     let steps = 300;
     for (name, phase) in [
         ("forward", Phase2::TrainForward),
-        ("backward", Phase2::Backward),
+        ("backward", Phase2::TrainBackward),
         ("updates", Phase2::Updates),
-        ("transposes", Phase2::Transposes),
+        ("transposes", Phase2::TrainTransposes),
     ] {
         let started = Instant::now();
         for _ in 0..steps {

@@ -76,6 +76,21 @@ fn dense_weight_grad(c: &mut Criterion) {
     group.finish();
 }
 
+/// `dense_weight_grad` with the kernel's Nadam step fused in, as a training step runs it (and
+/// the refresh of the transposed copy, which the first layer has none of).
+fn dense_weight_grad_nadam(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dense_weight_grad_nadam");
+    for inputs in [INPUTS, HIDDEN] {
+        for threads in [1, 2] {
+            let transposed = inputs == HIDDEN;
+            let bench = KernelBench::weight_grad_nadam(BATCH, inputs, HIDDEN, threads, transposed)
+                .expect("compiles");
+            bench_kernel(&mut group, bench, &format!("batch {BATCH}"), flops);
+        }
+    }
+    group.finish();
+}
+
 /// `dx = dy·Wᵀ` of a hidden layer, on the batch and on one thread's rows. The first layer's
 /// input gradient is never computed.
 fn dense_input_grad(c: &mut Criterion) {
@@ -87,7 +102,9 @@ fn dense_input_grad(c: &mut Criterion) {
     group.finish();
 }
 
-/// Nadam on each layer's kernel: whole, and the first of two threads' share, which is the rows
+/// Nadam on its own (a training step fuses it into the weight gradient when nothing but the
+/// rule acts on the kernel; the update kernel serves the others) on each layer's kernel: whole,
+/// and the first of two threads' share, which is the rows
 /// of its weight gradient share (the first half, rounded down to a multiple of 4 rows).
 fn nadam(c: &mut Criterion) {
     let mut group = c.benchmark_group("nadam");
@@ -134,6 +151,7 @@ criterion_group!(
     kernels,
     dense_forward,
     dense_weight_grad,
+    dense_weight_grad_nadam,
     dense_input_grad,
     nadam,
     train_step

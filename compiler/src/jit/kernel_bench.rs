@@ -13,7 +13,7 @@
 
 use std::marker::PhantomData;
 
-use super::kernels::{pad4, row_stride, update_scalars, Kernel, Update};
+use super::kernels::{pad4, row_stride, update_scalars, FusedUpdate, Kernel, Update};
 use super::module::{KernelFn, KernelModule};
 use super::parallel::{self, Invocation, MAX_ARGS};
 use super::{step_scalars, Alloc, Arena};
@@ -176,6 +176,57 @@ impl KernelBench {
             &buffers,
             [0.0; update_scalars::COUNT],
         )
+    }
+
+    /// `weight_grad` as a training step runs it: with the Nadam step of the kernel rows fused
+    /// into it (`FusedUpdate`), refreshing their columns of the transposed copy when
+    /// `transposed` (every layer but the first). Counted in FLOP of the matrix multiply, as
+    /// `weight_grad` is, so the two read side by side.
+    pub fn weight_grad_nadam(
+        batch: usize,
+        inputs: usize,
+        units: usize,
+        threads: usize,
+        transposed: bool,
+    ) -> Result<KernelBench, BackendError> {
+        let (_, share) = parallel::divide(inputs, threads.max(1), 4)[0];
+        let (lr, beta_1, beta_2) = (5e-5, 0.9, 0.999);
+        let kind = OptimizerKind::Nadam {
+            beta_1,
+            beta_2,
+            epsilon: 1e-7,
+        };
+        let kernel = Kernel::WeightGrad {
+            inputs: share,
+            x_ld: row_stride(inputs),
+            units,
+            batch,
+            bias: true,
+            update: Some(FusedUpdate { kind, transposed }),
+        };
+        let rows = share * pad4(units);
+        let state = |role| Buffer {
+            floats: rows,
+            role,
+            row_floats: None,
+        };
+        // Table: `[x, dy, dkernel, kernel, m, v, (kernel_t,) dbias]`; `dkernel` is only
+        // scratch for batches longer than a chunk.
+        let mut buffers = vec![
+            Buffer::rows(Role::Input, batch, inputs),
+            Buffer::rows(Role::Input, batch, units),
+            Buffer::output(rows),
+            state(Role::Updated),
+            state(Role::Slot),
+            state(Role::Slot),
+        ];
+        if transposed {
+            buffers.push(Buffer::output(units * row_stride(inputs)));
+        }
+        buffers.push(Buffer::output(pad4(units)));
+        let flops = 2.0 * (batch * share * units) as f64;
+        let scalars = step_scalars(kind, 0, lr, nadam_u_product(beta_1, 0));
+        KernelBench::new(&kernel, batch, flops, &buffers, scalars)
     }
 
     /// The dense layer's input gradient `dx = dy·Wᵀ` on `rows` rows, from the transposed copy of

@@ -1155,6 +1155,7 @@ fn emit_weight_grad(
             slots,
             transposed,
             columns: units,
+            scratch: false,
         }
     });
     let db = bias.then(|| arg(fx));
@@ -1338,10 +1339,7 @@ fn emit_update(fx: &mut Fx, u: &Update) {
     }
 
     // Pass 2: the update rule.
-    let scalars = StepScalars::Splat(std::array::from_fn(|i| {
-        let s = fx.scalar(i);
-        fx.b.ins().splat(F32X4, s)
-    }));
+    let scalars = step_scalar_vectors(fx);
     fx.loop_const(0, len, 4, |fx, i| {
         let off = fx.b.ins().imul_imm_s(i, 4);
         let pg = fx.b.ins().iadd(g, off);
@@ -1361,26 +1359,12 @@ fn emit_update(fx: &mut Fx, u: &Update) {
     }
 }
 
-/// Where an update rule finds the host's per-step scalars (`update_scalars`).
-#[derive(Clone, Copy)]
-pub enum StepScalars {
-    /// Broadcast once, before the update kernel's loop.
-    Splat([Value; 4]),
-    /// Broadcast from the scalar table at each use: inside a weight gradient's epilogue, four
-    /// more vector registers held through the k loop would spill its accumulators.
-    Load,
-}
-
-impl StepScalars {
-    fn get(self, fx: &mut Fx, index: usize) -> Value {
-        match self {
-            StepScalars::Splat(v) => v[index],
-            StepScalars::Load => {
-                let scalars = fx.scalars;
-                fx.bcast(ro(), scalars, index as i64)
-            }
-        }
-    }
+/// The per-step scalars (`update_scalars`), each in all four lanes.
+pub fn step_scalar_vectors(fx: &mut Fx) -> [Value; update_scalars::COUNT] {
+    std::array::from_fn(|i| {
+        let s = fx.scalar(i);
+        fx.b.ins().splat(F32X4, s)
+    })
 }
 
 /// One vector of the update rule; reads and writes the slots at `ps`, returns the new weights.
@@ -1392,12 +1376,9 @@ pub fn update_rule(
     w: Value,
     g: Value,
     ps: &[Value],
-    scalars: StepScalars,
+    scalars: [Value; update_scalars::COUNT],
 ) -> Value {
-    let lr_times_g = |fx: &mut Fx| {
-        let lr = scalars.get(fx, update_scalars::LR);
-        fx.mul(lr, g)
-    };
+    let lr_times_g = |fx: &mut Fx| fx.mul(scalars[update_scalars::LR], g);
     match kind {
         OptimizerKind::Sgd { momentum, nesterov } => {
             let lrg = lr_times_g(fx);
@@ -1421,7 +1402,7 @@ pub fn update_rule(
             beta_2,
             epsilon,
         } => {
-            let c1 = scalars.get(fx, update_scalars::C1);
+            let c1 = scalars[update_scalars::C1];
             adam(fx, w, g, ps, c1, beta_1, beta_2, epsilon)
         }
         OptimizerKind::AdamW {
@@ -1430,11 +1411,11 @@ pub fn update_rule(
             epsilon,
             weight_decay,
         } => {
-            let lr = scalars.get(fx, update_scalars::LR);
+            let lr = scalars[update_scalars::LR];
             let lrwd = fx.mulc(lr, weight_decay);
             let decay = fx.mul(w, lrwd);
             let w = fx.sub(w, decay);
-            let c1 = scalars.get(fx, update_scalars::C1);
+            let c1 = scalars[update_scalars::C1];
             adam(fx, w, g, ps, c1, beta_1, beta_2, epsilon)
         }
         OptimizerKind::Nadam {
@@ -1443,13 +1424,13 @@ pub fn update_rule(
             epsilon,
         } => {
             let (m, v) = moments(fx, g, ps, beta_1, beta_2);
-            let c1 = scalars.get(fx, update_scalars::C1);
+            let c1 = scalars[update_scalars::C1];
             let a = fx.mul(c1, m);
-            let c2 = scalars.get(fx, update_scalars::C2);
+            let c2 = scalars[update_scalars::C2];
             let m_hat = fx.fma(c2, g, a);
-            let c3 = scalars.get(fx, update_scalars::C3);
+            let c3 = scalars[update_scalars::C3];
             let v_hat = fx.mul(v, c3);
-            let lr = scalars.get(fx, update_scalars::LR);
+            let lr = scalars[update_scalars::LR];
             let num = fx.mul(m_hat, lr);
             let sq = fx.b.ins().sqrt(v_hat);
             let den = fx.addc(sq, epsilon);

@@ -22,7 +22,7 @@ use cranelift_codegen::ir::{MemFlagsData, Value};
 use cranelift_frontend::Variable;
 
 use super::emit::{ro, rw, Fx};
-use super::kernels::{act_forward, update_rule, StepScalars};
+use super::kernels::{act_forward, step_scalar_vectors, update_rule};
 use crate::ir::{Activation, OptimizerKind};
 
 /// A loop extent: a compile-time constant or the kernel's runtime row count.
@@ -76,6 +76,9 @@ pub struct EpilogueUpdate {
     pub transposed: Option<(Value, usize)>,
     /// Real columns of `C`: the transposed copy has a row for each of these only.
     pub columns: usize,
+    /// `C` is scratch for one row block (its rows start at row 0 for every block), as when
+    /// the batch is one chunk; otherwise it holds the whole gradient's partial sums.
+    pub scratch: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -120,8 +123,23 @@ pub fn emit_matmul(fx: &mut Fx, mm: &MatMul) {
     );
     if mm.rows_outer {
         match (mm.k, mm.k_unroll) {
-            (Dim::Rows, Some(full)) if full > FULL_UNROLL => emit_k_chunks(fx, mm),
-            _ => emit_rows_outer(fx, mm),
+            (Dim::Rows, Some(full)) if full > FULL_UNROLL => {
+                // The chunks sum the whole gradient into `C` first; the update then streams
+                // through it, row block by row block.
+                let mut sums = *mm;
+                sums.epilogue.update = None;
+                emit_k_chunks(fx, &sums);
+                if let Some(u) = mm.epilogue.update {
+                    emit_row_blocks(fx, mm, |fx, i, mr| update_rows(fx, mm, u, i, mr));
+                }
+            }
+            _ => {
+                let mut one = *mm;
+                if let Some(u) = &mut one.epilogue.update {
+                    u.scratch = true;
+                }
+                emit_rows_outer(fx, &one);
+            }
         }
         return;
     }
@@ -130,42 +148,105 @@ pub fn emit_matmul(fx: &mut Fx, mm: &MatMul) {
     let rem = vectors % NR;
     if full > 0 {
         fx.loop_const(0, (full * NR * 4) as i64, (NR * 4) as i64, |fx, j| {
-            emit_rows(fx, mm, Col::at(j), NR);
+            emit_rows(fx, mm, j, NR);
         });
     }
     if rem > 0 {
-        let j = Col::fixed(fx, full * NR * 4);
+        let j = fx.iconst((full * NR * 4) as i64);
         emit_rows(fx, mm, j, rem);
     }
 }
 
-/// The first column (element) of a block: a loop counter, or known when emitting.
-#[derive(Clone, Copy)]
-struct Col {
-    value: Value,
-    known: Option<usize>,
-}
-
-impl Col {
-    fn at(value: Value) -> Col {
-        Col { value, known: None }
-    }
-
-    fn fixed(fx: &mut Fx, j: usize) -> Col {
-        Col {
-            value: fx.iconst(j as i64),
-            known: Some(j),
-        }
-    }
-}
-
-/// Every block of `C`, row block by row block.
+/// Every block of `C`, row block by row block. With a fused update (a batch of one chunk, `C`
+/// then scratch), each block row is updated as soon as its gradient is complete.
 fn emit_rows_outer(fx: &mut Fx, mm: &MatMul) {
+    emit_row_blocks(fx, mm, |fx, i, mr| {
+        emit_columns(fx, mm, i, mr);
+        if let Some(u) = mm.epilogue.update {
+            update_rows(fx, mm, u, i, mr);
+        }
+    });
+}
+
+/// `body(i, mr)` for every block of `mr` rows of `C`: blocks of `MR`, then single rows.
+fn emit_row_blocks(fx: &mut Fx, mm: &MatMul, mut body: impl FnMut(&mut Fx, Value, usize)) {
     let zero = fx.iconst(0);
     let limit = mm.m.value(fx);
-    let rest = fx.loop_up(zero, limit, MR as i64, |fx, i| emit_columns(fx, mm, i, MR));
+    let rest = fx.loop_up(zero, limit, MR as i64, |fx, i| body(fx, i, MR));
     if !mm.m.multiple_of(MR) {
-        fx.loop_up(rest, limit, 1, |fx, i| emit_columns(fx, mm, i, 1));
+        fx.loop_up(rest, limit, 1, |fx, i| body(fx, i, 1));
+    }
+}
+
+/// The fused update of kernel rows `i..i + mr`, once `C` holds their whole gradient: vector by
+/// vector along the rows, `update_rule` on the gradient (from L1), the kernel and the slots,
+/// then, 4 × 4 at a time, the new rows stored as columns of the transposed copy. Each array is
+/// one sequential stream per row, which the prefetchers follow; updating block by block inside
+/// the multiply's epilogue instead touched twelve short runs of lines between FMAs, and was
+/// slower than the separate update kernel.
+fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize) {
+    let zero = fx.iconst(0);
+    let row_bytes = (mm.ldc * 4) as i64;
+    let g0 = fx.offset(mm.c, if u.scratch { zero } else { i }, row_bytes);
+    let w0 = fx.offset(u.param, i, row_bytes);
+    let slots: Vec<Value> = u
+        .slots
+        .iter()
+        .flatten()
+        .map(|s| fx.offset(*s, i, row_bytes))
+        .collect();
+    let wt0 = u.transposed.map(|(wt, ld_t)| (fx.offset(wt, i, 4), ld_t));
+    let scalars = step_scalar_vectors(fx);
+    // Element `e` of each row; `known` when it is the last vector, whose lanes past
+    // `columns` are padding without a row in the transposed copy.
+    let vector = |fx: &mut Fx, e: Value, known: Option<usize>| {
+        let mut new_w = Vec::with_capacity(mr);
+        for r in 0..mr {
+            let off = (r * mm.ldc) as i64;
+            let pg = fx.offset(g0, e, 4);
+            let g = fx.load4(rw(), pg, off);
+            let pw = fx.offset(w0, e, 4);
+            let pw = fx.add_imm(pw, off * 4);
+            let ps: Vec<Value> = slots
+                .iter()
+                .map(|s| {
+                    let p = fx.offset(*s, e, 4);
+                    fx.add_imm(p, off * 4)
+                })
+                .collect();
+            let w = fx.load4(rw(), pw, 0);
+            let w = update_rule(fx, u.kind, w, g, &ps, scalars);
+            fx.store(w, pw, 0);
+            new_w.push(w);
+        }
+        let Some((wt, ld_t)) = wt0 else { return };
+        let real = |l: usize| known.is_none_or(|c| c + l < u.columns);
+        let base = fx.offset(wt, e, (ld_t * 4) as i64);
+        if mr == MR {
+            let cols = fx.transpose4(std::array::from_fn(|r| new_w[r]));
+            for (l, v) in cols.into_iter().enumerate() {
+                if real(l) {
+                    fx.store(v, base, (l * ld_t) as i64);
+                }
+            }
+        } else {
+            debug_assert_eq!(mr, 1, "row blocks are whole or single rows");
+            for l in (0..4).filter(|l| real(*l)) {
+                let v = fx.b.ins().extractlane(new_w[0], l as u8);
+                fx.store(v, base, (l * ld_t) as i64);
+            }
+        }
+    };
+    let vectors = mm.n / 4;
+    let padded_last = u.transposed.is_some() && u.columns < mm.n;
+    let looped = if padded_last { vectors - 1 } else { vectors };
+    if looped > 0 {
+        fx.loop_const(0, (looped * 4) as i64, 4, |fx, e| vector(fx, e, None));
+    }
+    if padded_last {
+        let last = (vectors - 1) * 4;
+        let e = fx.iconst(last as i64);
+        vector(fx, e, Some(last));
     }
 }
 
@@ -176,11 +257,9 @@ fn emit_rows_outer(fx: &mut Fx, mm: &MatMul) {
 /// chunk runs the unrolled k loop, emitted once. The order of the sums is fixed by the row
 /// count alone.
 fn emit_k_chunks(fx: &mut Fx, mm: &MatMul) {
+    debug_assert!(mm.epilogue.update.is_none(), "updates follow the sums");
     let rows = fx.rows;
     let zero = fx.iconst(0);
-    if mm.epilogue.update.is_some() {
-        return emit_k_chunks_update(fx, mm);
-    }
     let long =
         fx.b.ins()
             .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, rows, FULL_UNROLL as i64);
@@ -191,36 +270,18 @@ fn emit_k_chunks(fx: &mut Fx, mm: &MatMul) {
                 clear_c(fx, mm);
             }
             let rest = fx.loop_up(zero, rows, FULL_UNROLL as i64, |fx, k0| {
-                k_pass(fx, mm, k0, Dim::Static(FULL_UNROLL), true, false);
+                k_pass(fx, mm, k0, Dim::Static(FULL_UNROLL), true);
             });
             let left = fx.b.ins().isub(rows, rest);
             let some = fx.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, left, 0);
             fx.if_else(
                 some,
-                |fx| k_pass(fx, mm, rest, Dim::Dyn(left), true, false),
+                |fx| k_pass(fx, mm, rest, Dim::Dyn(left), true),
                 |_| {},
             );
         },
-        |fx| k_pass(fx, mm, zero, Dim::Rows, false, false),
+        |fx| k_pass(fx, mm, zero, Dim::Rows, false),
     );
-}
-
-/// `emit_k_chunks` with a fused update: `C` is cleared, every chunk but the last adds its
-/// products into it (unrolled), and the last chunk (1 to `FULL_UNROLL` rows, whatever the row
-/// count) runs as a k loop that completes each block's sum and hands it to the update. The
-/// update epilogue is emitted once per block shape, as in a batch of one chunk.
-fn emit_k_chunks_update(fx: &mut Fx, mm: &MatMul) {
-    let rows = fx.rows;
-    let zero = fx.iconst(0);
-    clear_c(fx, mm);
-    let before = fx.b.ins().iadd_imm_s(rows, -1);
-    let before = fx.b.ins().sdiv_imm_s(before, FULL_UNROLL as i64);
-    let before = fx.b.ins().imul_imm_s(before, FULL_UNROLL as i64);
-    fx.loop_up(zero, before, FULL_UNROLL as i64, |fx, k0| {
-        k_pass(fx, mm, k0, Dim::Static(FULL_UNROLL), true, false);
-    });
-    let left = fx.b.ins().isub(rows, before);
-    k_pass(fx, mm, before, Dim::Dyn(left), true, true);
 }
 
 /// Zeroes the `m` rows of `C`.
@@ -236,13 +297,12 @@ fn clear_c(fx: &mut Fx, mm: &MatMul) {
 }
 
 /// One pass of `emit_k_chunks`: the products of rows `k0..k0 + k` of the batch, added into `C`
-/// when `accumulate`; a fused update only when `last` (its sums are then complete).
-fn k_pass(fx: &mut Fx, mm: &MatMul, k0: Value, k: Dim, accumulate: bool, last: bool) {
+/// when `accumulate`.
+fn k_pass(fx: &mut Fx, mm: &MatMul, k0: Value, k: Dim, accumulate: bool) {
     let a = fx.offset(mm.a, k0, (mm.a_col * 4) as i64);
     let b = fx.offset(mm.b, k0, (mm.ldb * 4) as i64);
     let epilogue = Epilogue {
         accumulate: accumulate || mm.epilogue.accumulate,
-        update: mm.epilogue.update.filter(|_| last),
         ..mm.epilogue
     };
     emit_rows_outer(
@@ -259,7 +319,7 @@ fn k_pass(fx: &mut Fx, mm: &MatMul, k0: Value, k: Dim, accumulate: bool, last: b
 }
 
 /// All row blocks of the column block starting at element `j`, `nr` vectors wide.
-fn emit_rows(fx: &mut Fx, mm: &MatMul, j: Col, nr: usize) {
+fn emit_rows(fx: &mut Fx, mm: &MatMul, j: Value, nr: usize) {
     let zero = fx.iconst(0);
     let limit = mm.m.value(fx);
     let rest = fx.loop_up(zero, limit, MR as i64, |fx, i| {
@@ -273,38 +333,21 @@ fn emit_rows(fx: &mut Fx, mm: &MatMul, j: Col, nr: usize) {
 /// All column blocks of the `mr` rows starting at row `i`.
 fn emit_columns(fx: &mut Fx, mm: &MatMul, i: Value, mr: usize) {
     let vectors = mm.n / 4;
-    let mut full = vectors / NR;
+    let full = vectors / NR;
     let rem = vectors % NR;
-    // A fused update refreshes the transposed copy's rows of real columns only: the block
-    // holding the padding lanes is emitted with its column known.
-    let padded_last_full = rem == 0
-        && mm
-            .epilogue
-            .update
-            .is_some_and(|u| u.transposed.is_some() && u.columns < mm.n);
-    let last_full = padded_last_full && full > 0;
-    if last_full {
-        full -= 1;
-    }
     if full > 0 {
         fx.loop_const(0, (full * NR * 4) as i64, (NR * 4) as i64, |fx, j| {
-            emit_block(fx, mm, i, Col::at(j), mr, NR);
+            emit_block(fx, mm, i, j, mr, NR);
         });
     }
-    if last_full {
-        let j = Col::fixed(fx, full * NR * 4);
-        emit_block(fx, mm, i, j, mr, NR);
-        full += 1;
-    }
     if rem > 0 {
-        let j = Col::fixed(fx, full * NR * 4);
+        let j = fx.iconst((full * NR * 4) as i64);
         emit_block(fx, mm, i, j, mr, rem);
     }
 }
 
 /// One `mr × nr` block of `C` at row `i`, column element `j`.
-fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, col: Col, mr: usize, nr: usize) {
-    let j = col.value;
+fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, j: Value, mr: usize, nr: usize) {
     let a0 = fx.offset(mm.a, i, (mm.a_row * 4) as i64);
     let b0 = fx.offset(mm.b, j, 4);
     let zero = fx.zero4();
@@ -360,43 +403,19 @@ fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, col: Col, mr: usize, nr: usize
         _ => k_loop(fx),
     }
 
-    let c0 = fx.offset(mm.c, i, (mm.ldc * 4) as i64);
-    let c0 = fx.offset(c0, j, 4);
     let ep = mm.epilogue;
+    // A fused update reads the block's sums back from `C` (`update_rows`).
+    let c_row = match ep.update {
+        Some(u) if u.scratch => fx.iconst(0),
+        _ => i,
+    };
+    let c0 = fx.offset(mm.c, c_row, (mm.ldc * 4) as i64);
+    let c0 = fx.offset(c0, j, 4);
     let bias = ep.bias.map(|b| fx.offset(b, j, 4));
     let pre = ep.pre_activation.map(|z| {
         let z = fx.offset(z, i, (mm.ldc * 4) as i64);
         fx.offset(z, j, 4)
     });
-    if let Some(u) = ep.update {
-        let at = |fx: &mut Fx, p: Value| {
-            let p = fx.offset(p, i, (mm.ldc * 4) as i64);
-            fx.offset(p, j, 4)
-        };
-        let w0 = at(fx, u.param);
-        let slots: Vec<Value> = u.slots.iter().flatten().map(|s| at(fx, *s)).collect();
-        let mut new_w = Vec::with_capacity(mr * nr);
-        for r in 0..mr {
-            for q in 0..nr {
-                let off = (r * mm.ldc + 4 * q) as i64;
-                let mut g = fx.get(acc[r * nr + q]);
-                if ep.accumulate {
-                    let old = fx.load4(rw(), c0, off);
-                    g = fx.add(g, old);
-                }
-                let pw = fx.add_imm(w0, off * 4);
-                let ps: Vec<Value> = slots.iter().map(|s| fx.add_imm(*s, off * 4)).collect();
-                let w = fx.load4(rw(), pw, 0);
-                let w = update_rule(fx, u.kind, w, g, &ps, StepScalars::Load);
-                fx.store(w, pw, 0);
-                new_w.push(w);
-            }
-        }
-        if let Some((wt, ld_t)) = u.transposed {
-            store_transposed(fx, &new_w, wt, ld_t, i, col, mr, nr, u.columns);
-        }
-        return;
-    }
     for r in 0..mr {
         for q in 0..nr {
             let off = (r * mm.ldc + 4 * q) as i64;
@@ -416,47 +435,6 @@ fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, col: Col, mr: usize, nr: usize
                 v = act_forward(fx, act, v);
             }
             fx.store(v, c0, off);
-        }
-    }
-}
-
-/// Stores the `mr × nr`-vector block `w` (row-major, rows `i..`, columns `col..`) into the
-/// transposed copy `wt`: column `c` of the block becomes row `c` of `wt`, from element `i`.
-/// Columns at or past `columns` are padding and have no row in `wt`.
-#[allow(clippy::too_many_arguments)]
-fn store_transposed(
-    fx: &mut Fx,
-    w: &[Value],
-    wt: Value,
-    ld_t: usize,
-    i: Value,
-    col: Col,
-    mr: usize,
-    nr: usize,
-    columns: usize,
-) {
-    let base = fx.offset(wt, i, 4);
-    let base = fx.offset(base, col.value, (ld_t * 4) as i64);
-    let real = |c: usize| col.known.is_none_or(|j| j + c < columns);
-    for q in 0..nr {
-        if mr == MR {
-            let rows: [Value; 4] = std::array::from_fn(|r| w[r * nr + q]);
-            let cols = fx.transpose4(rows);
-            for (l, v) in cols.into_iter().enumerate() {
-                let c = 4 * q + l;
-                if real(c) {
-                    fx.store(v, base, (c * ld_t) as i64);
-                }
-            }
-        } else {
-            debug_assert_eq!(mr, 1, "row blocks are whole or single rows");
-            for l in 0..4 {
-                let c = 4 * q + l;
-                if real(c) {
-                    let e = fx.b.ins().extractlane(w[q], l as u8);
-                    fx.store(e, base, (c * ld_t) as i64);
-                }
-            }
         }
     }
 }

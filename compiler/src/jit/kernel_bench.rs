@@ -87,6 +87,22 @@ fn value(b: usize, i: usize) -> f32 {
     ((i * 7 + b * 13) % 17) as f32 * 0.01 - 0.085
 }
 
+/// The rule of the benches' updates: Nadam with Keras' defaults, as `specs/baseline.net` has.
+const NADAM: OptimizerKind = OptimizerKind::Nadam {
+    beta_1: 0.9,
+    beta_2: 0.999,
+    epsilon: 1e-7,
+};
+
+/// The per-call scalars of `kind`'s first step at the baseline's rate (5e-5).
+fn first_step_scalars(kind: OptimizerKind) -> [f32; update_scalars::COUNT] {
+    let u_product = match kind {
+        OptimizerKind::Nadam { beta_1, .. } => nadam_u_product(beta_1, 0),
+        _ => 1.0,
+    };
+    step_scalars(kind, 0, 5e-5, u_product)
+}
+
 /// One compiled kernel with buffers for one call. See the module documentation.
 pub struct KernelBench {
     name: String,
@@ -151,31 +167,7 @@ impl KernelBench {
         units: usize,
         threads: usize,
     ) -> Result<KernelBench, BackendError> {
-        let (_, share) = parallel::divide(inputs, threads.max(1), 4)[0];
-        let kernel = Kernel::WeightGrad {
-            inputs: share,
-            x_ld: row_stride(inputs),
-            units,
-            batch,
-            bias: true,
-            update: None,
-        };
-        // Table: `[x, dy, dkernel, dbias]`; the first share starts at the first column of `x`
-        // and the first row of the kernel gradient.
-        let buffers = [
-            Buffer::rows(Role::Input, batch, inputs),
-            Buffer::rows(Role::Input, batch, units),
-            Buffer::output(share * pad4(units)),
-            Buffer::output(pad4(units)),
-        ];
-        let flops = 2.0 * (batch * share * units) as f64;
-        KernelBench::new(
-            &kernel,
-            batch,
-            flops,
-            &buffers,
-            [0.0; update_scalars::COUNT],
-        )
+        KernelBench::weight_grad_with(batch, inputs, units, threads, None)
     }
 
     /// `weight_grad` as a training step runs it: with the Nadam step of the kernel rows fused
@@ -189,43 +181,54 @@ impl KernelBench {
         threads: usize,
         transposed: bool,
     ) -> Result<KernelBench, BackendError> {
-        let (_, share) = parallel::divide(inputs, threads.max(1), 4)[0];
-        let (lr, beta_1, beta_2) = (5e-5, 0.9, 0.999);
-        let kind = OptimizerKind::Nadam {
-            beta_1,
-            beta_2,
-            epsilon: 1e-7,
+        let update = FusedUpdate {
+            kind: NADAM,
+            transposed,
         };
+        KernelBench::weight_grad_with(batch, inputs, units, threads, Some(update))
+    }
+
+    fn weight_grad_with(
+        batch: usize,
+        inputs: usize,
+        units: usize,
+        threads: usize,
+        update: Option<FusedUpdate>,
+    ) -> Result<KernelBench, BackendError> {
+        let (_, share) = parallel::divide(inputs, threads.max(1), 4)[0];
         let kernel = Kernel::WeightGrad {
             inputs: share,
             x_ld: row_stride(inputs),
             units,
             batch,
             bias: true,
-            update: Some(FusedUpdate { kind, transposed }),
+            update,
         };
+        // Table: `[x, dy, dkernel, (kernel, slot.., (kernel_t,)) dbias]`; the first share starts
+        // at the first column of `x` and the first row of the kernel and its gradient. With an
+        // update, `dkernel` is only scratch.
         let rows = share * pad4(units);
-        let state = |role| Buffer {
-            floats: rows,
-            role,
-            row_floats: None,
-        };
-        // Table: `[x, dy, dkernel, kernel, m, v, (kernel_t,) dbias]`; `dkernel` is only
-        // scratch for batches longer than a chunk.
         let mut buffers = vec![
             Buffer::rows(Role::Input, batch, inputs),
             Buffer::rows(Role::Input, batch, units),
             Buffer::output(rows),
-            state(Role::Updated),
-            state(Role::Slot),
-            state(Role::Slot),
         ];
-        if transposed {
-            buffers.push(Buffer::output(units * row_stride(inputs)));
+        let mut scalars = [0.0; update_scalars::COUNT];
+        if let Some(u) = update {
+            let state = |role| Buffer {
+                floats: rows,
+                role,
+                row_floats: None,
+            };
+            buffers.push(state(Role::Updated));
+            buffers.extend((0..u.kind.slot_count()).map(|_| state(Role::Slot)));
+            if u.transposed {
+                buffers.push(Buffer::output(units * row_stride(inputs)));
+            }
+            scalars = first_step_scalars(u.kind);
         }
         buffers.push(Buffer::output(pad4(units)));
         let flops = 2.0 * (batch * share * units) as f64;
-        let scalars = step_scalars(kind, 0, lr, nadam_u_product(beta_1, 0));
         KernelBench::new(&kernel, batch, flops, &buffers, scalars)
     }
 
@@ -252,15 +255,9 @@ impl KernelBench {
     /// first step.
     pub fn nadam(len: usize) -> Result<KernelBench, BackendError> {
         let len = pad4(len);
-        let (lr, beta_1, beta_2) = (5e-5, 0.9, 0.999);
-        let kind = OptimizerKind::Nadam {
-            beta_1,
-            beta_2,
-            epsilon: 1e-7,
-        };
         let kernel = Kernel::Update(Update {
             len,
-            kind,
+            kind: NADAM,
             regularizer: Regularizer::default(),
             clipnorm: None,
             max_norm: None,
@@ -285,8 +282,7 @@ impl KernelBench {
                 row_floats: None,
             },
         ];
-        let scalars = step_scalars(kind, 0, lr, nadam_u_product(beta_1, 0));
-        KernelBench::new(&kernel, 0, 0.0, &buffers, scalars)
+        KernelBench::new(&kernel, 0, 0.0, &buffers, first_step_scalars(NADAM))
     }
 
     /// Compiles `kernel` and lays out `buffers`, its argument table in order, for calls on

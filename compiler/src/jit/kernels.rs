@@ -154,12 +154,13 @@ pub struct Update {
     pub max_norm: Option<(f32, usize, usize)>,
 }
 
-/// The optimizer step of a dense kernel done inside its weight gradient: each finished block
-/// of `dW` goes straight into the update rule (`update_rule`, the same code as `Update`), which
-/// writes the new weights, the rule's slots and, for a layer whose input gradient reads the
-/// transposed copy, that copy's block. The gradient is never written to memory, and neither the
-/// update nor the transpose walks the kernel again. Only for updates that are element-wise
-/// (no regularization penalty, clipping or max-norm): see `jit::fusable`.
+/// The optimizer step of a dense kernel done inside its weight gradient: as soon as a block row
+/// of `dW` is complete, `matmul::update_rows` runs `update_rule` (the same code as `Update`)
+/// along those kernel rows, writing the new weights, the rule's slots and, for a layer whose
+/// input gradient reads the transposed copy, their columns of that copy. The gradient is never
+/// written out (beyond one block row of scratch), and neither an update nor a transpose pass
+/// walks the kernel again. Only for updates that are element-wise (no regularization penalty,
+/// clipping or max-norm): see `jit::fusable`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FusedUpdate {
     pub kind: OptimizerKind,
@@ -1122,9 +1123,9 @@ fn emit_head(fx: &mut Fx, classes: usize, loss: bool) {
 }
 
 /// Table: `[x, dy, dkernel, (kernel, slot.., (kernel_t,)) (dbias,)]`: `dW = xᵀ·dy` for `inputs`
-/// rows of the kernel, and `db = Σ dy`. With a fused update, `dkernel` only holds the partial
-/// sums of a batch longer than one chunk, and the update writes `kernel`, its slots and the
-/// rows `kernel_t[.., first..first + inputs]` of the transposed copy.
+/// rows of the kernel, and `db = Σ dy`. With a fused update, `dkernel` is scratch (its first
+/// rows, or all of it for a batch longer than one chunk), and the update writes `kernel`, its
+/// slots and the columns `first..first + inputs` of every row of the transposed copy.
 fn emit_weight_grad(
     fx: &mut Fx,
     inputs: usize,

@@ -59,8 +59,8 @@ pub struct Epilogue {
     /// the activation needs them.
     pub pre_activation: Option<Value>,
     pub activation: Option<Activation>,
-    /// Apply the optimizer to the block instead of storing it (a weight gradient only; needs
-    /// `rows_outer`). `C` then only holds the partial sums of earlier chunks of a long batch.
+    /// Update the kernel rows of each block row once its gradient is complete (`update_rows`;
+    /// a weight gradient only, `rows_outer`).
     pub update: Option<EpilogueUpdate>,
 }
 
@@ -258,63 +258,51 @@ fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize)
 /// count alone.
 fn emit_k_chunks(fx: &mut Fx, mm: &MatMul) {
     debug_assert!(mm.epilogue.update.is_none(), "updates follow the sums");
+    let chunk = FULL_UNROLL;
+    let pass = |fx: &mut Fx, k0: Value, k: Dim, accumulate: bool| {
+        let a = fx.offset(mm.a, k0, (mm.a_col * 4) as i64);
+        let b = fx.offset(mm.b, k0, (mm.ldb * 4) as i64);
+        let epilogue = Epilogue {
+            accumulate: accumulate || mm.epilogue.accumulate,
+            ..mm.epilogue
+        };
+        emit_rows_outer(
+            fx,
+            &MatMul {
+                k,
+                a,
+                b,
+                epilogue,
+                k_unroll: None,
+                ..*mm
+            },
+        );
+    };
     let rows = fx.rows;
     let zero = fx.iconst(0);
     let long =
         fx.b.ins()
-            .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, rows, FULL_UNROLL as i64);
+            .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, rows, chunk as i64);
     fx.if_else(
         long,
         |fx| {
             if !mm.epilogue.accumulate {
-                clear_c(fx, mm);
+                let m = mm.m.value(fx);
+                let floats = fx.b.ins().imul_imm_s(m, mm.ldc as i64);
+                let zero4 = fx.zero4();
+                fx.loop_up(zero, floats, 4, |fx, e| {
+                    let p = fx.offset(mm.c, e, 4);
+                    fx.store(zero4, p, 0);
+                });
             }
-            let rest = fx.loop_up(zero, rows, FULL_UNROLL as i64, |fx, k0| {
-                k_pass(fx, mm, k0, Dim::Static(FULL_UNROLL), true);
+            let rest = fx.loop_up(zero, rows, chunk as i64, |fx, k0| {
+                pass(fx, k0, Dim::Static(chunk), true);
             });
             let left = fx.b.ins().isub(rows, rest);
             let some = fx.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, left, 0);
-            fx.if_else(
-                some,
-                |fx| k_pass(fx, mm, rest, Dim::Dyn(left), true),
-                |_| {},
-            );
+            fx.if_else(some, |fx| pass(fx, rest, Dim::Dyn(left), true), |_| {});
         },
-        |fx| k_pass(fx, mm, zero, Dim::Rows, false),
-    );
-}
-
-/// Zeroes the `m` rows of `C`.
-fn clear_c(fx: &mut Fx, mm: &MatMul) {
-    let zero = fx.iconst(0);
-    let m = mm.m.value(fx);
-    let floats = fx.b.ins().imul_imm_s(m, mm.ldc as i64);
-    let zero4 = fx.zero4();
-    fx.loop_up(zero, floats, 4, |fx, e| {
-        let p = fx.offset(mm.c, e, 4);
-        fx.store(zero4, p, 0);
-    });
-}
-
-/// One pass of `emit_k_chunks`: the products of rows `k0..k0 + k` of the batch, added into `C`
-/// when `accumulate`.
-fn k_pass(fx: &mut Fx, mm: &MatMul, k0: Value, k: Dim, accumulate: bool) {
-    let a = fx.offset(mm.a, k0, (mm.a_col * 4) as i64);
-    let b = fx.offset(mm.b, k0, (mm.ldb * 4) as i64);
-    let epilogue = Epilogue {
-        accumulate: accumulate || mm.epilogue.accumulate,
-        ..mm.epilogue
-    };
-    emit_rows_outer(
-        fx,
-        &MatMul {
-            k,
-            a,
-            b,
-            epilogue,
-            k_unroll: None,
-            ..*mm
-        },
+        |fx| pass(fx, zero, Dim::Rows, false),
     );
 }
 

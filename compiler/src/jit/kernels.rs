@@ -113,8 +113,8 @@ pub enum Kernel {
         /// The batch size, for which the loop over rows is unrolled.
         batch: usize,
         bias: bool,
-        /// The optimizer step, applied to each block of `dW` as it is finished instead of
-        /// storing it (see `FusedUpdate`).
+        /// The optimizer step, applied to the kernel rows of each block row of `dW` as soon as
+        /// it is finished (see `FusedUpdate`).
         update: Option<FusedUpdate>,
     },
     /// `dx = dy·Wᵀ` from the transposed kernel copy.

@@ -869,30 +869,26 @@ fn backward(
                 };
                 match dx {
                     None => (weight_grad, args),
-                    Some(dx) if update.is_some() => {
-                        calls.push(Call {
-                            kernel: sink.kernel(Kernel::InputGrad {
-                                inputs: op.width_in,
-                                units: op.width,
-                            })?,
-                            args: vec![dy, Ptr::Arena(transposed[&op.index]), dx],
-                            key: Key::None,
-                        });
-                        (weight_grad, args)
-                    }
                     Some(dx) => {
-                        calls.push(Call {
-                            kernel: sink.kernel(weight_grad)?,
-                            args,
-                            key: Key::None,
-                        });
-                        (
+                        let input_grad = (
                             Kernel::InputGrad {
                                 inputs: op.width_in,
                                 units: op.width,
                             },
                             vec![dy, Ptr::Arena(transposed[&op.index]), dx],
-                        )
+                        );
+                        // A fused update rewrites the transposed copy the input gradient reads.
+                        let ((first, first_args), last) = if update.is_some() {
+                            (input_grad, (weight_grad, args))
+                        } else {
+                            ((weight_grad, args), input_grad)
+                        };
+                        calls.push(Call {
+                            kernel: sink.kernel(first)?,
+                            args: first_args,
+                            key: Key::None,
+                        });
+                        last
                     }
                 }
             }

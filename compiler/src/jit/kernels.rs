@@ -1156,7 +1156,6 @@ fn emit_weight_grad(
             slots,
             transposed,
             columns: units,
-            scratch: false,
         }
     });
     let db = bias.then(|| arg(fx));

@@ -76,9 +76,6 @@ pub struct EpilogueUpdate {
     pub transposed: Option<(Value, usize)>,
     /// Real columns of `C`: the transposed copy has a row for each of these only.
     pub columns: usize,
-    /// `C` is scratch for one row block (its rows start at row 0 for every block), as when
-    /// the batch is one chunk; otherwise it holds the whole gradient's partial sums.
-    pub scratch: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -130,16 +127,10 @@ pub fn emit_matmul(fx: &mut Fx, mm: &MatMul) {
                 sums.epilogue.update = None;
                 emit_k_chunks(fx, &sums);
                 if let Some(u) = mm.epilogue.update {
-                    emit_row_blocks(fx, mm, |fx, i, mr| update_rows(fx, mm, u, i, mr));
+                    emit_row_blocks(fx, mm, |fx, i, mr| update_rows(fx, mm, u, i, mr, false));
                 }
             }
-            _ => {
-                let mut one = *mm;
-                if let Some(u) = &mut one.epilogue.update {
-                    u.scratch = true;
-                }
-                emit_rows_outer(fx, &one);
-            }
+            _ => emit_rows_outer(fx, mm),
         }
         return;
     }
@@ -163,7 +154,7 @@ fn emit_rows_outer(fx: &mut Fx, mm: &MatMul) {
     emit_row_blocks(fx, mm, |fx, i, mr| {
         emit_columns(fx, mm, i, mr);
         if let Some(u) = mm.epilogue.update {
-            update_rows(fx, mm, u, i, mr);
+            update_rows(fx, mm, u, i, mr, true);
         }
     });
 }
@@ -178,16 +169,20 @@ fn emit_row_blocks(fx: &mut Fx, mm: &MatMul, mut body: impl FnMut(&mut Fx, Value
     }
 }
 
-/// The fused update of kernel rows `i..i + mr`, once `C` holds their whole gradient: vector by
+/// The fused update of kernel rows `i..i + mr`, once `C` holds their whole gradient (at its
+/// row 0 when `scratch`, one block row's worth, else at row `i`): vector by
 /// vector along the rows, `update_rule` on the gradient (from L1), the kernel and the slots,
 /// then, 4 × 4 at a time, the new rows stored as columns of the transposed copy. Each array is
 /// one sequential stream per row, which the prefetchers follow; updating block by block inside
 /// the multiply's epilogue instead touched twelve short runs of lines between FMAs, and was
 /// slower than the separate update kernel.
-fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize) {
-    let zero = fx.iconst(0);
+fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize, scratch: bool) {
     let row_bytes = (mm.ldc * 4) as i64;
-    let g0 = fx.offset(mm.c, if u.scratch { zero } else { i }, row_bytes);
+    let g0 = if scratch {
+        mm.c
+    } else {
+        fx.offset(mm.c, i, row_bytes)
+    };
     let w0 = fx.offset(u.param, i, row_bytes);
     let slots: Vec<Value> = u
         .slots
@@ -392,11 +387,8 @@ fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, j: Value, mr: usize, nr: usize
     }
 
     let ep = mm.epilogue;
-    // A fused update reads the block's sums back from `C` (`update_rows`).
-    let c_row = match ep.update {
-        Some(u) if u.scratch => fx.iconst(0),
-        _ => i,
-    };
+    // With a fused update (one chunk), `C` is one block row of scratch (`update_rows`).
+    let c_row = if ep.update.is_some() { fx.iconst(0) } else { i };
     let c0 = fx.offset(mm.c, c_row, (mm.ldc * 4) as i64);
     let c0 = fx.offset(c0, j, 4);
     let bias = ep.bias.map(|b| fx.offset(b, j, 4));

@@ -1247,28 +1247,50 @@ fn emit_transpose(fx: &mut Fx, rows: usize, cols: usize) {
             let dst = fx.offset(wt, r, 4);
             for blk in 0..blocks {
                 let c0 = 4 * blk;
-                let block: [Value; 4] =
-                    std::array::from_fn(|q| fx.load4(ro(), src, q as i64 * ld_w + c0 as i64));
-                let columns = fx.transpose4(block);
-                for (k, col) in columns.into_iter().enumerate().take(cols - c0) {
-                    fx.store(col, dst, (c0 + k) as i64 * ld_t);
-                }
+                let block: Vec<Value> = (0..4)
+                    .map(|q| fx.load4(ro(), src, q as i64 * ld_w + c0 as i64))
+                    .collect();
+                store_as_columns(fx, &block, dst, ld_t as usize, c0, 4.min(cols - c0));
             }
         });
     }
-    let store_lanes = |fx: &mut Fx, v: Value, dst: Value, first: usize, lanes: usize| {
-        for l in 0..lanes {
-            let e = fx.b.ins().extractlane(v, l as u8);
-            fx.store(e, dst, (first + l) as i64 * ld_t);
-        }
-    };
     for r in whole_rows..rows {
         let dst = fx.add_imm(wt, r as i64 * 4);
         for blk in 0..blocks {
             let c0 = 4 * blk;
             let v = fx.load4(ro(), w, r as i64 * ld_w + c0 as i64);
-            store_lanes(fx, v, dst, c0, 4.min(cols - c0));
+            store_as_columns(fx, &[v], dst, ld_t as usize, c0, 4.min(cols - c0));
         }
+    }
+}
+
+/// Stores `rows` (4 vectors, transposed in registers, or 1, lane by lane), the columns
+/// `first..first + 4` of consecutive rows of a matrix, as rows of its transposed copy: lane
+/// `l` of row `r` goes to float `(first + l) · ld + r` after `dst`. Only the first `lanes`
+/// columns are stored; the others are padding, which has no row in the copy.
+pub fn store_as_columns(
+    fx: &mut Fx,
+    rows: &[Value],
+    dst: Value,
+    ld: usize,
+    first: usize,
+    lanes: usize,
+) {
+    let at = |l: usize| ((first + l) * ld) as i64;
+    match *rows {
+        [a, b, c, d] => {
+            let columns = fx.transpose4([a, b, c, d]);
+            for (l, col) in columns.into_iter().enumerate().take(lanes) {
+                fx.store(col, dst, at(l));
+            }
+        }
+        [v] => {
+            for l in 0..lanes {
+                let e = fx.b.ins().extractlane(v, l as u8);
+                fx.store(e, dst, at(l));
+            }
+        }
+        _ => unreachable!("rows of a transposed block are 4 or 1"),
     }
 }
 

@@ -22,7 +22,7 @@ use cranelift_codegen::ir::{MemFlagsData, Value};
 use cranelift_frontend::Variable;
 
 use super::emit::{ro, rw, Fx};
-use super::kernels::{act_forward, step_scalar_vectors, update_rule};
+use super::kernels::{act_forward, step_scalar_vectors, store_as_columns, update_rule};
 use crate::ir::{Activation, OptimizerKind};
 
 /// A loop extent: a compile-time constant or the kernel's runtime row count.
@@ -215,22 +215,9 @@ fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize,
             new_w.push(w);
         }
         let Some((wt, ld_t)) = wt0 else { return };
-        let real = |l: usize| known.is_none_or(|c| c + l < u.columns);
+        let lanes = known.map_or(4, |c| 4.min(u.columns - c));
         let base = fx.offset(wt, e, (ld_t * 4) as i64);
-        if mr == MR {
-            let cols = fx.transpose4(std::array::from_fn(|r| new_w[r]));
-            for (l, v) in cols.into_iter().enumerate() {
-                if real(l) {
-                    fx.store(v, base, (l * ld_t) as i64);
-                }
-            }
-        } else {
-            debug_assert_eq!(mr, 1, "row blocks are whole or single rows");
-            for l in (0..4).filter(|l| real(*l)) {
-                let v = fx.b.ins().extractlane(new_w[0], l as u8);
-                fx.store(v, base, (l * ld_t) as i64);
-            }
-        }
+        store_as_columns(fx, &new_w, base, ld_t, 0, lanes);
     };
     let vectors = mm.n / 4;
     let padded_last = u.transposed.is_some() && u.columns < mm.n;

@@ -12,6 +12,7 @@
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4};
 use cranelift_codegen::ir::{InstBuilder, Value};
+use cranelift_frontend::Variable;
 
 use super::emit::{bytes, ro, rw, Fx};
 use super::math;
@@ -462,6 +463,30 @@ fn for_each_column_block(fx: &mut Fx, width: usize, mut body: impl FnMut(&mut Fx
     });
 }
 
+/// Column blocks a reduction over rows handles at once: independent sums hide the latency of
+/// each one's chain of additions.
+const COLUMN_GROUP: usize = 4;
+
+/// For each group of up to `COLUMN_GROUP` column blocks: `body(fx, j_bytes)`, one byte offset
+/// per block. Each column's arithmetic is the same as one block at a time.
+fn for_each_column_group(fx: &mut Fx, width: usize, mut body: impl FnMut(&mut Fx, &[Value])) {
+    let blocks = pad4(width) / 4;
+    let full = blocks / COLUMN_GROUP * COLUMN_GROUP;
+    if full > 0 {
+        fx.loop_const(0, (full * 4) as i64, (COLUMN_GROUP * 4) as i64, |fx, j| {
+            let jb = fx.b.ins().imul_imm_s(j, 4);
+            let jbs: Vec<Value> = (0..COLUMN_GROUP)
+                .map(|g| fx.b.ins().iadd_imm_s(jb, (g * 16) as i64))
+                .collect();
+            body(fx, &jbs);
+        });
+    }
+    if full < blocks {
+        let jbs: Vec<Value> = (full..blocks).map(|b| fx.iconst((b * 16) as i64)).collect();
+        body(fx, &jbs);
+    }
+}
+
 /// Runs `body(fx, row_off_bytes)` for every row; reductions over rows loop inside column blocks.
 fn for_each_row(fx: &mut Fx, width: usize, mut body: impl FnMut(&mut Fx, Value)) {
     let stride = row_stride(width) as i64;
@@ -807,59 +832,79 @@ fn emit_batch_norm_train(fx: &mut Fx, base: usize, width: usize, momentum: f32, 
     let zero = fx.zero4();
     let n = fx.rows_f32();
     let n = fx.b.ins().splat(F32X4, n);
-    for_each_column_block(fx, width, |fx, jb| {
-        let xj = fx.b.ins().iadd(x, jb);
-        let yj = fx.b.ins().iadd(y, jb);
+    for_each_column_group(fx, width, |fx, jbs| {
+        let xj: Vec<Value> = jbs.iter().map(|jb| fx.b.ins().iadd(x, *jb)).collect();
+        let load_row = |fx: &mut Fx, off: Value| -> Vec<Value> {
+            xj.iter()
+                .map(|xj| {
+                    let pv = fx.b.ins().iadd(*xj, off);
+                    fx.b.ins().load(F32X4, flags, pv, 0)
+                })
+                .collect()
+        };
         // Two passes (mean, then centred squares) for the variance, as an accurate reference does.
-        let acc = fx.var(F32X4, zero);
+        let acc: Vec<Variable> = jbs.iter().map(|_| fx.var(F32X4, zero)).collect();
         for_each_row(fx, width, |fx, off| {
-            let pv = fx.b.ins().iadd(xj, off);
-            let v = fx.b.ins().load(F32X4, flags, pv, 0);
-            let s = fx.get(acc);
-            let s = fx.add(s, v);
-            fx.set(acc, s);
+            for (a, v) in acc.iter().zip(load_row(fx, off)) {
+                let s = fx.get(*a);
+                let s = fx.add(s, v);
+                fx.set(*a, s);
+            }
         });
-        let s = fx.get(acc);
-        let mean = fx.div(s, n);
-        let acc2 = fx.var(F32X4, zero);
+        let mean: Vec<Value> = acc
+            .iter()
+            .map(|a| {
+                let s = fx.get(*a);
+                fx.div(s, n)
+            })
+            .collect();
+        let acc2: Vec<Variable> = jbs.iter().map(|_| fx.var(F32X4, zero)).collect();
         for_each_row(fx, width, |fx, off| {
-            let pv = fx.b.ins().iadd(xj, off);
-            let v = fx.b.ins().load(F32X4, flags, pv, 0);
-            let d = fx.sub(v, mean);
-            let s = fx.get(acc2);
-            let s = fx.fma(d, d, s);
-            fx.set(acc2, s);
+            for ((a, v), m) in acc2.iter().zip(load_row(fx, off)).zip(&mean) {
+                let d = fx.sub(v, *m);
+                let s = fx.get(*a);
+                let s = fx.fma(d, d, s);
+                fx.set(*a, s);
+            }
         });
-        let s2 = fx.get(acc2);
-        let var = fx.div(s2, n);
-        let ve = fx.addc(var, eps);
-        let sd = fx.b.ins().sqrt(ve);
-        let one = fx.splat(1.0);
-        let inv = fx.div(one, sd);
-        let g = load_at(fx, gamma, jb);
-        let bt = load_at(fx, beta, jb);
+        let mut var = Vec::new();
+        let mut inv = Vec::new();
+        for a in &acc2 {
+            let s2 = fx.get(*a);
+            let v = fx.div(s2, n);
+            let ve = fx.addc(v, eps);
+            let sd = fx.b.ins().sqrt(ve);
+            let one = fx.splat(1.0);
+            inv.push(fx.div(one, sd));
+            var.push(v);
+        }
+        let g: Vec<Value> = jbs.iter().map(|jb| load_at(fx, gamma, *jb)).collect();
+        let bt: Vec<Value> = jbs.iter().map(|jb| load_at(fx, beta, *jb)).collect();
         for_each_row(fx, width, |fx, off| {
-            let pv = fx.b.ins().iadd(xj, off);
-            let v = fx.b.ins().load(F32X4, flags, pv, 0);
-            let d = fx.sub(v, mean);
-            let xh = fx.mul(d, inv);
-            let r = fx.fma(g, xh, bt);
-            let py = fx.b.ins().iadd(yj, off);
-            fx.store(r, py, 0);
+            for (i, v) in load_row(fx, off).into_iter().enumerate() {
+                let d = fx.sub(v, mean[i]);
+                let xh = fx.mul(d, inv[i]);
+                let r = fx.fma(g[i], xh, bt[i]);
+                let yj = fx.b.ins().iadd(y, jbs[i]);
+                let py = fx.b.ins().iadd(yj, off);
+                fx.store(r, py, 0);
+            }
         });
         let mom = fx.splat(momentum);
         let rest = fx.splat(1.0 - momentum);
-        for (moving, batch) in [(mmean, mean), (mvar, var)] {
-            let pm = fx.b.ins().iadd(moving, jb);
-            let old = fx.load4(rw(), pm, 0);
-            let nb = fx.mul(batch, rest);
-            let new = fx.fma(old, mom, nb);
-            fx.store(new, pm, 0);
+        for (i, jb) in jbs.iter().enumerate() {
+            for (moving, batch) in [(mmean, mean[i]), (mvar, var[i])] {
+                let pm = fx.b.ins().iadd(moving, *jb);
+                let old = fx.load4(rw(), pm, 0);
+                let nb = fx.mul(batch, rest);
+                let new = fx.fma(old, mom, nb);
+                fx.store(new, pm, 0);
+            }
+            let pm = fx.b.ins().iadd(smean, *jb);
+            fx.store(mean[i], pm, 0);
+            let pi = fx.b.ins().iadd(sinv, *jb);
+            fx.store(inv[i], pi, 0);
         }
-        let pm = fx.b.ins().iadd(smean, jb);
-        fx.store(mean, pm, 0);
-        let pi = fx.b.ins().iadd(sinv, jb);
-        fx.store(inv, pi, 0);
     });
 }
 
@@ -907,52 +952,65 @@ fn emit_batch_norm_backward(fx: &mut Fx, width: usize, input_grad: bool) {
     let zero = fx.zero4();
     let nf = fx.rows_f32();
     let n = fx.b.ins().splat(F32X4, nf);
-    for_each_column_block(fx, width, |fx, jb| {
-        let mean = load_at(fx, smean, jb);
-        let inv = load_at(fx, sinv, jb);
-        let xj = fx.b.ins().iadd(x, jb);
-        let dyj = fx.b.ins().iadd(dy, jb);
-        let sdy = fx.var(F32X4, zero);
-        let sdyx = fx.var(F32X4, zero);
+    for_each_column_group(fx, width, |fx, jbs| {
+        let mean: Vec<Value> = jbs.iter().map(|jb| load_at(fx, smean, *jb)).collect();
+        let inv: Vec<Value> = jbs.iter().map(|jb| load_at(fx, sinv, *jb)).collect();
+        // `(x̂, dy)` of each block in the row at `off`.
+        let load_row = |fx: &mut Fx, off: Value| -> Vec<(Value, Value)> {
+            jbs.iter()
+                .enumerate()
+                .map(|(i, jb)| {
+                    let at = fx.b.ins().iadd(off, *jb);
+                    let pv = fx.b.ins().iadd(x, at);
+                    let pg = fx.b.ins().iadd(dy, at);
+                    let v = fx.load4(ro(), pv, 0);
+                    let g = fx.load4(ro(), pg, 0);
+                    let d = fx.sub(v, mean[i]);
+                    (fx.mul(d, inv[i]), g)
+                })
+                .collect()
+        };
+        let sdy: Vec<Variable> = jbs.iter().map(|_| fx.var(F32X4, zero)).collect();
+        let sdyx: Vec<Variable> = jbs.iter().map(|_| fx.var(F32X4, zero)).collect();
         for_each_row(fx, width, |fx, off| {
-            let pv = fx.b.ins().iadd(xj, off);
-            let pg = fx.b.ins().iadd(dyj, off);
-            let v = fx.load4(ro(), pv, 0);
-            let g = fx.load4(ro(), pg, 0);
-            let d = fx.sub(v, mean);
-            let xh = fx.mul(d, inv);
-            let a = fx.get(sdy);
-            let a = fx.add(a, g);
-            fx.set(sdy, a);
-            let b = fx.get(sdyx);
-            let b = fx.fma(g, xh, b);
-            fx.set(sdyx, b);
+            for (i, (xh, g)) in load_row(fx, off).into_iter().enumerate() {
+                let a = fx.get(sdy[i]);
+                let a = fx.add(a, g);
+                fx.set(sdy[i], a);
+                let b = fx.get(sdyx[i]);
+                let b = fx.fma(g, xh, b);
+                fx.set(sdyx[i], b);
+            }
         });
-        let a = fx.get(sdy);
-        let b = fx.get(sdyx);
-        let pgm = fx.b.ins().iadd(dgamma, jb);
-        fx.store(b, pgm, 0);
-        let pbt = fx.b.ins().iadd(dbeta, jb);
-        fx.store(a, pbt, 0);
+        let a: Vec<Value> = sdy.iter().map(|v| fx.get(*v)).collect();
+        let b: Vec<Value> = sdyx.iter().map(|v| fx.get(*v)).collect();
+        for (i, jb) in jbs.iter().enumerate() {
+            let pgm = fx.b.ins().iadd(dgamma, *jb);
+            fx.store(b[i], pgm, 0);
+            let pbt = fx.b.ins().iadd(dbeta, *jb);
+            fx.store(a[i], pbt, 0);
+        }
         if let Some(dx) = dx {
-            let g = load_at(fx, gamma, jb);
-            let gi = fx.mul(g, inv);
-            let scale = fx.div(gi, n);
-            let dxj = fx.b.ins().iadd(dx, jb);
+            let scale: Vec<Value> = jbs
+                .iter()
+                .enumerate()
+                .map(|(i, jb)| {
+                    let g = load_at(fx, gamma, *jb);
+                    let gi = fx.mul(g, inv[i]);
+                    fx.div(gi, n)
+                })
+                .collect();
             for_each_row(fx, width, |fx, off| {
-                let pv = fx.b.ins().iadd(xj, off);
-                let pg = fx.b.ins().iadd(dyj, off);
-                let v = fx.load4(ro(), pv, 0);
-                let gv = fx.load4(ro(), pg, 0);
-                let d = fx.sub(v, mean);
-                let xh = fx.mul(d, inv);
-                let ng = fx.mul(gv, n);
-                let t = fx.sub(ng, a);
-                let xb = fx.mul(xh, b);
-                let t = fx.sub(t, xb);
-                let r = fx.mul(t, scale);
-                let pd = fx.b.ins().iadd(dxj, off);
-                fx.store(r, pd, 0);
+                for (i, (xh, gv)) in load_row(fx, off).into_iter().enumerate() {
+                    let ng = fx.mul(gv, n);
+                    let t = fx.sub(ng, a[i]);
+                    let xb = fx.mul(xh, b[i]);
+                    let t = fx.sub(t, xb);
+                    let r = fx.mul(t, scale[i]);
+                    let at = fx.b.ins().iadd(off, jbs[i]);
+                    let pd = fx.b.ins().iadd(dx, at);
+                    fx.store(r, pd, 0);
+                }
             });
         }
     });

@@ -79,9 +79,12 @@ pub enum Kernel {
         convert: Option<Convert>,
         width: usize,
     },
+    /// Batch norm over `columns` columns (all `width` of them, or one thread's share, whose
+    /// pointers then start at its first column).
     BatchNorm {
         convert: Option<Convert>,
         width: usize,
+        columns: usize,
         training: bool,
         momentum: f32,
         epsilon: f32,
@@ -127,8 +130,10 @@ pub enum Kernel {
         width: usize,
         input_grad: bool,
     },
+    /// Like `BatchNorm`, over `columns` of the `width` columns.
     BatchNormBackward {
         width: usize,
+        columns: usize,
         input_grad: bool,
     },
     DropoutBackward {
@@ -200,10 +205,14 @@ impl Kernel {
             } => format!("{}_{width}", activation.name()),
             Kernel::Prelu { width, .. } => format!("prelu_{width}"),
             Kernel::BatchNorm {
-                width, training, ..
+                width,
+                columns,
+                training,
+                ..
             } => format!(
-                "batch_norm_{}_{width}",
-                if *training { "train" } else { "infer" }
+                "batch_norm_{}_{}",
+                if *training { "train" } else { "infer" },
+                share_of(*columns, *width)
             ),
             Kernel::Dropout { width, alpha, .. } => {
                 format!(
@@ -232,7 +241,9 @@ impl Kernel {
             },
             Kernel::InputGrad { inputs, units } => format!("dense_input_grad_{inputs}x{units}"),
             Kernel::PreluBackward { width, .. } => format!("prelu_backward_{width}"),
-            Kernel::BatchNormBackward { width, .. } => format!("batch_norm_backward_{width}"),
+            Kernel::BatchNormBackward { width, columns, .. } => {
+                format!("batch_norm_backward_{}", share_of(*columns, *width))
+            }
             Kernel::DropoutBackward { width, alpha, .. } => format!(
                 "{}_backward_{width}",
                 if *alpha { "alpha_dropout" } else { "dropout" }
@@ -291,14 +302,16 @@ impl Kernel {
             Kernel::BatchNorm {
                 convert,
                 width,
+                columns,
                 training,
                 momentum,
                 epsilon,
             } => {
                 let base = emit_convert_prologue(fx, *convert);
                 if *training {
-                    emit_batch_norm_train(fx, base, *width, *momentum, *epsilon);
+                    emit_batch_norm_train(fx, base, *width, *columns, *momentum, *epsilon);
                 } else {
+                    assert_eq!(columns, width, "inference batch norm is shared by rows");
                     emit_batch_norm_infer(fx, base, *width, *epsilon);
                 }
             }
@@ -335,9 +348,11 @@ impl Kernel {
             Kernel::PreluBackward { width, input_grad } => {
                 emit_prelu_backward(fx, *width, *input_grad)
             }
-            Kernel::BatchNormBackward { width, input_grad } => {
-                emit_batch_norm_backward(fx, *width, *input_grad)
-            }
+            Kernel::BatchNormBackward {
+                width,
+                columns,
+                input_grad,
+            } => emit_batch_norm_backward(fx, *width, *columns, *input_grad),
             Kernel::DropoutBackward { width, rate, alpha } => {
                 emit_dropout_backward(fx, *width, *rate, *alpha)
             }
@@ -461,6 +476,15 @@ fn for_each_column_block(fx: &mut Fx, width: usize, mut body: impl FnMut(&mut Fx
         let jb = fx.b.ins().imul_imm_s(j, 4);
         body(fx, jb);
     });
+}
+
+/// `columns` alone when a kernel covers all `width` columns, else `columns_of_width`.
+fn share_of(columns: usize, width: usize) -> String {
+    if columns == width {
+        format!("{width}")
+    } else {
+        format!("{columns}_of_{width}")
+    }
 }
 
 /// Column blocks a reduction over rows handles at once: independent sums hide the latency of
@@ -824,7 +848,14 @@ fn emit_prelu_backward(fx: &mut Fx, width: usize, input_grad: bool) {
 
 /// Training batch norm. Table: `[x, gamma, beta, moving_mean, moving_variance, y, batch_mean,
 /// batch_inv_std]`; the last two are scratch vectors kept for the backward pass.
-fn emit_batch_norm_train(fx: &mut Fx, base: usize, width: usize, momentum: f32, eps: f32) {
+fn emit_batch_norm_train(
+    fx: &mut Fx,
+    base: usize,
+    width: usize,
+    columns: usize,
+    momentum: f32,
+    eps: f32,
+) {
     let (x, slot) = forward_input(fx, base);
     let p: Vec<Value> = (slot..slot + 7).map(|s| fx.arg(s)).collect();
     let (gamma, beta, mmean, mvar, y, smean, sinv) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
@@ -832,7 +863,7 @@ fn emit_batch_norm_train(fx: &mut Fx, base: usize, width: usize, momentum: f32, 
     let zero = fx.zero4();
     let n = fx.rows_f32();
     let n = fx.b.ins().splat(F32X4, n);
-    for_each_column_group(fx, width, |fx, jbs| {
+    for_each_column_group(fx, columns, |fx, jbs| {
         let xj: Vec<Value> = jbs.iter().map(|jb| fx.b.ins().iadd(x, *jb)).collect();
         let load_row = |fx: &mut Fx, off: Value| -> Vec<Value> {
             xj.iter()
@@ -945,14 +976,14 @@ fn emit_batch_norm_infer(fx: &mut Fx, base: usize, width: usize, eps: f32) {
 
 /// Table: `[x, gamma, batch_mean, batch_inv_std, dy, dgamma, dbeta, (dx)]`.
 /// `dx = γ·inv/n · (n·dy - Σdy - x̂·Σ(dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`.
-fn emit_batch_norm_backward(fx: &mut Fx, width: usize, input_grad: bool) {
+fn emit_batch_norm_backward(fx: &mut Fx, width: usize, columns: usize, input_grad: bool) {
     let p: Vec<Value> = (0..7).map(|s| fx.arg(s)).collect();
     let (x, gamma, smean, sinv, dy, dgamma, dbeta) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
     let dx = input_grad.then(|| fx.arg(7));
     let zero = fx.zero4();
     let nf = fx.rows_f32();
     let n = fx.b.ins().splat(F32X4, nf);
-    for_each_column_group(fx, width, |fx, jbs| {
+    for_each_column_group(fx, columns, |fx, jbs| {
         let mean: Vec<Value> = jbs.iter().map(|jb| load_at(fx, smean, *jb)).collect();
         let inv: Vec<Value> = jbs.iter().map(|jb| load_at(fx, sinv, *jb)).collect();
         // `(x̂, dy)` of each block in the row at `off`.

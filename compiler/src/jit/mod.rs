@@ -483,6 +483,21 @@ impl Sharing<'_> {
                 key: call.key,
             })
         };
+        // One call per block of columns, every pointer moved to the block's first column.
+        let by_columns = |width: usize,
+                          columns: usize,
+                          sink: &mut dyn Sink,
+                          kernel: &dyn Fn(usize) -> Kernel| {
+            debug_assert_eq!(columns, width, "planning shares a whole call");
+            let mut parts = Vec::new();
+            for (first, n) in parallel::divide(width, self.threads, 4) {
+                let args = (0..call.args.len())
+                    .map(|i| Ptr::Arena(arena(i) + first))
+                    .collect();
+                parts.push(divided(sink, kernel(n), args)?);
+            }
+            Ok::<_, BackendError>(parts)
+        };
         Ok(match spec {
             Kernel::Dense { .. }
             | Kernel::Activation { .. }
@@ -541,6 +556,36 @@ impl Sharing<'_> {
                 }
                 Share::Divided(parts)
             }
+            // Batch statistics are per column: thread t takes a block of columns of every
+            // per-column pointer (all of them; the training forward converts the pixels first).
+            Kernel::BatchNorm {
+                convert: None,
+                width,
+                columns,
+                training: true,
+                momentum,
+                epsilon,
+            } => Share::Columns(by_columns(*width, *columns, sink, &|n| {
+                Kernel::BatchNorm {
+                    convert: None,
+                    width: *width,
+                    columns: n,
+                    training: true,
+                    momentum: *momentum,
+                    epsilon: *epsilon,
+                }
+            })?),
+            Kernel::BatchNormBackward {
+                width,
+                columns,
+                input_grad,
+            } => Share::Columns(by_columns(*width, *columns, sink, &|n| {
+                Kernel::BatchNormBackward {
+                    width: *width,
+                    columns: n,
+                    input_grad: *input_grad,
+                }
+            })?),
             // An update without terms over the whole parameter is element-wise.
             Kernel::Update(u)
                 if u.regularizer.is_zero() && u.clipnorm.is_none() && u.max_norm.is_none() =>
@@ -638,10 +683,13 @@ fn forward(
     let mut calls = Vec::new();
     let mut pending = Some(ctx.convert);
     // A dense kernel reads its input through movable loads (see `matmul`), which must not
-    // follow stores of the same function, so it never converts the pixels itself.
-    let separate = ops
-        .first()
-        .is_none_or(|op| is_identity(&op.kind, phase) || matches!(op.kind, OpKind::Dense { .. }));
+    // follow stores of the same function, so it never converts the pixels itself; a training
+    // batch norm is shared out by columns, and every row must be converted before it.
+    let separate = ops.first().is_none_or(|op| {
+        is_identity(&op.kind, phase)
+            || matches!(op.kind, OpKind::Dense { .. })
+            || matches!(op.kind, OpKind::BatchNorm { .. }) && phase == Phase::Train
+    });
     if separate {
         let kernel = sink.kernel(Kernel::Convert(ctx.convert))?;
         calls.push(Call {
@@ -741,6 +789,7 @@ fn forward(
                 Kernel::BatchNorm {
                     convert,
                     width: op.width,
+                    columns: op.width,
                     training,
                     momentum,
                     epsilon,
@@ -918,6 +967,7 @@ fn backward(
                 (
                     Kernel::BatchNormBackward {
                         width: op.width,
+                        columns: op.width,
                         input_grad: dx.is_some(),
                     },
                     args,

@@ -10,8 +10,10 @@
 //!   wrote itself.
 //! - **divided** calls were split at planning into one kernel per thread over disjoint outputs
 //!   (the rows of `dW = xᵀ·dy`, the elements of an optimizer update); a divided call reads rows
-//!   every thread wrote, so it opens a new segment. The row-parallel calls after it may join it.
-//! - **whole** calls (batch statistics, the loss, reductions over the batch) run on the first
+//!   every thread wrote, so it opens a new segment. The row-parallel calls after it may join it,
+//!   unless it was divided by columns (batch statistics): the calls after those read whole rows,
+//!   so a meeting follows them too.
+//! - **whole** calls (the loss, reductions over the batch) run on the first
 //!   thread alone, in a segment of their own.
 //!
 //! Every element is computed by the same code in the same order whatever the thread count, so
@@ -49,6 +51,9 @@ pub enum Share {
     Rows(Vec<usize>),
     /// Divided into these calls, at most one per thread.
     Divided(Vec<Call>),
+    /// Divided by columns into these calls, at most one per thread: like `Divided`, and every
+    /// thread also waits for all of them before its next call (which reads whole rows).
+    Columns(Vec<Call>),
 }
 
 /// Groups `calls` into segments for `threads` threads (see the module documentation).
@@ -64,9 +69,10 @@ pub fn segments(calls: Vec<(Call, Share)>, threads: usize) -> Vec<Segment> {
     for (call, share) in calls {
         let share = match share {
             _ if threads == 1 => Share::Whole,
-            Share::Divided(parts) if parts.len() == 1 => Share::Whole,
+            Share::Divided(parts) | Share::Columns(parts) if parts.len() == 1 => Share::Whole,
             other => other,
         };
+        let meets_after = matches!(share, Share::Columns(_));
         match share {
             Share::Whole => {
                 if open != Open::Whole {
@@ -96,7 +102,7 @@ pub fn segments(calls: Vec<(Call, Share)>, threads: usize) -> Vec<Segment> {
                     });
                 }
             }
-            Share::Divided(parts) => {
+            Share::Divided(parts) | Share::Columns(parts) => {
                 debug_assert!(parts.len() <= threads);
                 let mut seg = Segment {
                     parts: vec![Vec::new(); threads],
@@ -108,7 +114,11 @@ pub fn segments(calls: Vec<(Call, Share)>, threads: usize) -> Vec<Segment> {
                     });
                 }
                 out.push(seg);
-                open = Open::Parallel;
+                open = if meets_after {
+                    Open::None
+                } else {
+                    Open::Parallel
+                };
             }
         }
     }

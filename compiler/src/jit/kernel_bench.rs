@@ -184,6 +184,7 @@ impl KernelBench {
         let update = FusedUpdate {
             kind: NADAM,
             transposed,
+            normalized: false,
         };
         KernelBench::weight_grad_with(batch, inputs, units, threads, Some(update))
     }

@@ -16,7 +16,7 @@ use cranelift_frontend::Variable;
 
 use super::emit::{bytes, ro, rw, Fx};
 use super::math;
-use super::matmul::{emit_matmul, Dim, Epilogue, EpilogueUpdate, MatMul};
+use super::matmul::{emit_matmul, Dim, Epilogue, EpilogueUpdate, MatMul, Normalized};
 use crate::ir::{Activation, OptimizerKind, Regularizer, SELU_ALPHA, SELU_LAMBDA};
 
 /// Pixels are scaled as `x / 255`, a division like the reference executor's: `x * (1/255)`
@@ -88,6 +88,8 @@ pub enum Kernel {
         training: bool,
         momentum: f32,
         epsilon: f32,
+        /// Also store `x̂` (training only), for a weight gradient with `FusedUpdate::normalized`.
+        store_normalized: bool,
     },
     Dropout {
         convert: Option<Convert>,
@@ -172,6 +174,13 @@ pub struct FusedUpdate {
     pub kind: OptimizerKind,
     /// Refresh the transposed copy `[units, x_ld]` too.
     pub transposed: bool,
+    /// The layer's input is `y = γ·x̂ + β`, a batch norm of values whose gradient nobody needs
+    /// (the data), and `x` is `x̂`. The kernel then computes `G = x̂ᵀ·dy` and the column sums
+    /// `s = Σ dy`, updates the kernel with `dW = γᵢ·Gᵢⱼ + βᵢ·sⱼ`, and writes the batch norm's
+    /// gradients `dγᵢ = Σⱼ Wᵢⱼ·Gᵢⱼ` and `dβᵢ = Σⱼ Wᵢⱼ·sⱼ` (with the kernel before the update):
+    /// `dγ = Σ dz·x̂` and `dβ = Σ dz` for `dz = dy·Wᵀ`, without computing `dz`, a matrix
+    /// multiply as large as the weight gradient, nor keeping `Wᵀ` for it.
+    pub normalized: bool,
 }
 
 /// Indices into the per-call scalar array of an update kernel; the host fills them per step.
@@ -233,9 +242,10 @@ impl Kernel {
                 ..
             } => match update {
                 Some(u) => format!(
-                    "dense_weight_grad_{}{}_{inputs}x{units}",
+                    "dense_weight_grad_{}{}{}_{inputs}x{units}",
                     u.kind.name(),
-                    if u.transposed { "_t" } else { "" }
+                    if u.transposed { "_t" } else { "" },
+                    if u.normalized { "_bn" } else { "" }
                 ),
                 None => format!("dense_weight_grad_{inputs}x{units}"),
             },
@@ -306,10 +316,12 @@ impl Kernel {
                 training,
                 momentum,
                 epsilon,
+                store_normalized,
             } => {
                 let base = emit_convert_prologue(fx, *convert);
                 if *training {
-                    emit_batch_norm_train(fx, base, *width, *columns, *momentum, *epsilon);
+                    let shape = (*width, *columns);
+                    emit_batch_norm_train(fx, base, shape, *momentum, *epsilon, *store_normalized);
                 } else {
                     assert_eq!(columns, width, "inference batch norm is shared by rows");
                     emit_batch_norm_infer(fx, base, *width, *epsilon);
@@ -846,19 +858,21 @@ fn emit_prelu_backward(fx: &mut Fx, width: usize, input_grad: bool) {
     });
 }
 
-/// Training batch norm. Table: `[x, gamma, beta, moving_mean, moving_variance, y, batch_mean,
-/// batch_inv_std]`; the last two are scratch vectors kept for the backward pass.
+/// Training batch norm over `columns` of `width` columns. Table: `[x, gamma, beta, moving_mean,
+/// moving_variance, y, batch_mean, batch_inv_std, (x̂)]`; the batch statistics are scratch
+/// vectors kept for the backward pass.
 fn emit_batch_norm_train(
     fx: &mut Fx,
     base: usize,
-    width: usize,
-    columns: usize,
+    (width, columns): (usize, usize),
     momentum: f32,
     eps: f32,
+    store_normalized: bool,
 ) {
     let (x, slot) = forward_input(fx, base);
     let p: Vec<Value> = (slot..slot + 7).map(|s| fx.arg(s)).collect();
     let (gamma, beta, mmean, mvar, y, smean, sinv) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
+    let xhat = store_normalized.then(|| fx.arg(slot + 7));
     let flags = if base > 0 { rw() } else { ro() };
     let zero = fx.zero4();
     let n = fx.rows_f32();
@@ -916,9 +930,13 @@ fn emit_batch_norm_train(
                 let d = fx.sub(v, mean[i]);
                 let xh = fx.mul(d, inv[i]);
                 let r = fx.fma(g[i], xh, bt[i]);
-                let yj = fx.b.ins().iadd(y, jbs[i]);
-                let py = fx.b.ins().iadd(yj, off);
+                let at = fx.b.ins().iadd(off, jbs[i]);
+                let py = fx.b.ins().iadd(y, at);
                 fx.store(r, py, 0);
+                if let Some(xhat) = xhat {
+                    let p = fx.b.ins().iadd(xhat, at);
+                    fx.store(xh, p, 0);
+                }
             }
         });
         let mom = fx.splat(momentum);
@@ -1239,15 +1257,26 @@ fn emit_weight_grad(
             *slot = Some(arg(fx));
         }
         let transposed = u.transposed.then(|| (arg(fx), x_ld));
+        let normalized = u.normalized.then(|| Normalized {
+            gamma: arg(fx),
+            beta: arg(fx),
+            dgamma: arg(fx),
+            dbeta: arg(fx),
+            sums: arg(fx),
+        });
         EpilogueUpdate {
             kind: u.kind,
             param,
             slots,
             transposed,
+            normalized,
             columns: units,
         }
     });
     let db = bias.then(|| arg(fx));
+    if let Some(nz) = update.and_then(|u| u.normalized) {
+        emit_column_sums(fx, dy, units, nz.sums);
+    }
     let n = pad4(units);
     emit_matmul(
         fx,
@@ -1272,22 +1301,27 @@ fn emit_weight_grad(
         },
     );
     if let Some(db) = db {
-        let zero = fx.zero4();
-        for_each_column_block(fx, units, |fx, jb| {
-            let acc = fx.var(F32X4, zero);
-            let col = fx.b.ins().iadd(dy, jb);
-            for_each_row(fx, units, |fx, off| {
-                let p = fx.b.ins().iadd(col, off);
-                let g = fx.load4(ro(), p, 0);
-                let s = fx.get(acc);
-                let s = fx.add(s, g);
-                fx.set(acc, s);
-            });
-            let s = fx.get(acc);
-            let p = fx.b.ins().iadd(db, jb);
-            fx.store(s, p, 0);
-        });
+        emit_column_sums(fx, dy, units, db);
     }
+}
+
+/// `out = Σ dy` over the rows, for each of `width` columns.
+fn emit_column_sums(fx: &mut Fx, dy: Value, width: usize, out: Value) {
+    let zero = fx.zero4();
+    for_each_column_block(fx, width, |fx, jb| {
+        let acc = fx.var(F32X4, zero);
+        let col = fx.b.ins().iadd(dy, jb);
+        for_each_row(fx, width, |fx, off| {
+            let p = fx.b.ins().iadd(col, off);
+            let g = fx.load4(ro(), p, 0);
+            let s = fx.get(acc);
+            let s = fx.add(s, g);
+            fx.set(acc, s);
+        });
+        let s = fx.get(acc);
+        let p = fx.b.ins().iadd(out, jb);
+        fx.store(s, p, 0);
+    });
 }
 
 /// Table: `[dy, kernel_t, dx]`: `dx = dy·Wᵀ` from the transposed copy `kernel_t`

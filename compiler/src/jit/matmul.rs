@@ -16,7 +16,7 @@
 //! remainder (1 vector) and the row remainder (single rows) get their own blocks.
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::types::{F32X4, I64};
+use cranelift_codegen::ir::types::{F32, F32X4, I64};
 use cranelift_codegen::ir::InstBuilder;
 use cranelift_codegen::ir::{MemFlagsData, Value};
 use cranelift_frontend::Variable;
@@ -74,8 +74,21 @@ pub struct EpilogueUpdate {
     pub slots: [Option<Value>; 3],
     /// The transposed copy to refresh, and the floats between its rows.
     pub transposed: Option<(Value, usize)>,
+    /// The batch norm before the layer, when `A` is its `x̂` (`kernels::FusedUpdate::normalized`).
+    pub normalized: Option<Normalized>,
     /// Real columns of `C`: the transposed copy has a row for each of these only.
     pub columns: usize,
+}
+
+/// The batch norm's vectors, one float per row of `C` (`gamma`, `beta`, and the gradients
+/// written), and `sums`, the column sums of `B` (`Σ dy`, one float per column).
+#[derive(Clone, Copy, Debug)]
+pub struct Normalized {
+    pub gamma: Value,
+    pub beta: Value,
+    pub dgamma: Value,
+    pub dbeta: Value,
+    pub sums: Value,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -192,14 +205,33 @@ fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize,
         .collect();
     let wt0 = u.transposed.map(|(wt, ld_t)| (fx.offset(wt, i, 4), ld_t));
     let scalars = step_scalar_vectors(fx);
+    // Per row: γᵢ and βᵢ in every lane, and the lane-wise sums for dγᵢ and dβᵢ.
+    let normalized = u.normalized.map(|nz| {
+        let zero = fx.zero4();
+        let rows: Vec<_> = (0..mr)
+            .map(|r| {
+                let [gamma, beta] = [nz.gamma, nz.beta].map(|p| {
+                    let p = fx.offset(p, i, 4);
+                    let v = fx.b.ins().load(F32, ro(), p, (r * 4) as i32);
+                    fx.b.ins().splat(F32X4, v)
+                });
+                (gamma, beta, fx.var(F32X4, zero), fx.var(F32X4, zero))
+            })
+            .collect();
+        (nz, rows)
+    });
     // Element `e` of each row; `known` when it is the last vector, whose lanes past
     // `columns` are padding without a row in the transposed copy.
     let vector = |fx: &mut Fx, e: Value, known: Option<usize>| {
         let mut new_w = Vec::with_capacity(mr);
+        let sums = normalized.as_ref().map(|(nz, _)| {
+            let p = fx.offset(nz.sums, e, 4);
+            fx.load4(ro(), p, 0)
+        });
         for r in 0..mr {
             let off = (r * mm.ldc) as i64;
             let pg = fx.offset(g0, e, 4);
-            let g = fx.load4(rw(), pg, off);
+            let mut g = fx.load4(rw(), pg, off);
             let pw = fx.offset(w0, e, 4);
             let pw = fx.add_imm(pw, off * 4);
             let ps: Vec<Value> = slots
@@ -210,6 +242,17 @@ fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize,
                 })
                 .collect();
             let w = fx.load4(rw(), pw, 0);
+            if let (Some((_, rows)), Some(s)) = (&normalized, sums) {
+                let (gamma, beta, dgamma, dbeta) = rows[r];
+                let a = fx.get(dgamma);
+                let a = fx.fma(w, g, a);
+                fx.set(dgamma, a);
+                let b = fx.get(dbeta);
+                let b = fx.fma(w, s, b);
+                fx.set(dbeta, b);
+                let bs = fx.mul(beta, s);
+                g = fx.fma(gamma, g, bs);
+            }
             let w = update_rule(fx, u.kind, w, g, &ps, scalars);
             fx.store(w, pw, 0);
             new_w.push(w);
@@ -229,6 +272,16 @@ fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize,
         let last = (vectors - 1) * 4;
         let e = fx.iconst(last as i64);
         vector(fx, e, Some(last));
+    }
+    if let Some((nz, rows)) = normalized {
+        for (r, (_, _, dgamma, dbeta)) in rows.into_iter().enumerate() {
+            for (sum, out) in [(dgamma, nz.dgamma), (dbeta, nz.dbeta)] {
+                let v = fx.get(sum);
+                let v = fx.hsum(v);
+                let p = fx.offset(out, i, 4);
+                fx.b.ins().store(rw(), v, p, (r * 4) as i32);
+            }
+        }
     }
 }
 

@@ -293,6 +293,24 @@ fn plan(
     }
     convert_args.push(Ptr::Arena(values[0]));
 
+    let mut fused = fusable(program, &grad);
+    let mut normalized = HashMap::new();
+    for (dense, bn) in normalized_inputs(program, &grad, &fused) {
+        let (bn_op, dense_op) = (&program.ops[bn as usize], &program.ops[dense as usize]);
+        let update = fused.get_mut(&dense).expect("only fused updates take x̂");
+        update.normalized = true;
+        // A training step no longer reads `Wᵀ`; only the plain backward pass does, if planned.
+        update.transposed &= gradients;
+        normalized.insert(
+            dense,
+            NormalizedInput {
+                bn,
+                xhat: alloc.take(rows * row_stride(bn_op.width)),
+                sums: alloc.take(threads * pad4(dense_op.width)),
+            },
+        );
+    }
+
     // Per-op scratch (batch-norm statistics) and transposed kernels for `dy · Wᵀ`.
     let mut bn_scratch = HashMap::new();
     let mut transposed = HashMap::new();
@@ -303,13 +321,13 @@ fn plan(
         }
         if let OpKind::Dense { .. } = op.kind {
             let input_grad = grad.step_of(op.index).is_some_and(|s| s.dx.is_some());
-            if input_grad {
+            let read = gradients || !normalized.contains_key(&op.index);
+            if input_grad && read {
                 transposed.insert(op.index, alloc.take(op.width * row_stride(op.width_in)));
             }
         }
     }
 
-    let fused = fusable(program, &grad);
     let ctx = PlanCtx {
         program,
         params: &params,
@@ -318,6 +336,7 @@ fn plan(
         convert_args: &convert_args,
         bn_scratch: &bn_scratch,
         fused: &fused,
+        normalized: &normalized,
     };
     let (train_forward, train_cur) = forward(&ctx, Phase::Train, sink)?;
     let train_values = train_written(program, &train_cur);
@@ -538,8 +557,15 @@ impl Sharing<'_> {
                     for i in 2..2 + by_rows {
                         args.push(Ptr::Arena(arena(i) + first * pad4(*units)));
                     }
+                    let mut next = 2 + by_rows;
                     if update.is_some_and(|u| u.transposed) {
-                        args.push(Ptr::Arena(arena(2 + by_rows) + first));
+                        args.push(Ptr::Arena(arena(next) + first));
+                        next += 1;
+                    }
+                    if update.is_some_and(|u| u.normalized) {
+                        // γ, β and their gradients by rows; the column sums, one per thread.
+                        args.extend((next..next + 4).map(|i| Ptr::Arena(arena(i) + first)));
+                        args.push(Ptr::Arena(arena(next + 4) + parts.len() * pad4(*units)));
                     }
                     if with_bias {
                         args.push(*call.args.last().expect("the bias gradient"));
@@ -565,6 +591,7 @@ impl Sharing<'_> {
                 training: true,
                 momentum,
                 epsilon,
+                store_normalized,
             } => Share::Columns(by_columns(*width, *columns, sink, &|n| {
                 Kernel::BatchNorm {
                     convert: None,
@@ -573,6 +600,7 @@ impl Sharing<'_> {
                     training: true,
                     momentum: *momentum,
                     epsilon: *epsilon,
+                    store_normalized: *store_normalized,
                 }
             })?),
             Kernel::BatchNormBackward {
@@ -647,6 +675,29 @@ struct PlanCtx<'a> {
     convert: Convert,
     convert_args: &'a [Ptr],
     bn_scratch: &'a HashMap<u32, (usize, usize)>,
+    /// The dense ops (by index) whose fused weight gradient takes the `x̂` of the batch norm
+    /// before them (`FusedUpdate::normalized`).
+    normalized: &'a HashMap<u32, NormalizedInput>,
+}
+
+/// Buffers of a weight gradient with `FusedUpdate::normalized`.
+struct NormalizedInput {
+    /// The batch norm's op index.
+    bn: u32,
+    /// `x̂`, which the batch norm's training forward stores, rows like a value.
+    xhat: usize,
+    /// `Σ dy`, one vector per thread (each share of the weight gradient needs all of it).
+    sums: usize,
+}
+
+impl PlanCtx<'_> {
+    /// The buffer for `x̂` when the training forward of batch norm `bn` must store it.
+    fn xhat_of(&self, bn: u32) -> Option<usize> {
+        self.normalized
+            .values()
+            .find(|n| n.bn == bn)
+            .map(|n| n.xhat)
+    }
 }
 
 impl PlanCtx<'_> {
@@ -782,9 +833,11 @@ fn forward(
                     out,
                 ]);
                 let training = phase == Phase::Train;
+                let xhat = ctx.xhat_of(op.index).filter(|_| training);
                 if training {
                     let (m, s) = ctx.bn_scratch[&op.index];
                     args.extend([Ptr::Arena(m), Ptr::Arena(s)]);
+                    args.extend(xhat.map(Ptr::Arena));
                 }
                 Kernel::BatchNorm {
                     convert,
@@ -793,6 +846,7 @@ fn forward(
                     training,
                     momentum,
                     epsilon,
+                    store_normalized: xhat.is_some(),
                 }
             }
             OpKind::Dropout { rate } | OpKind::AlphaDropout { rate } => {
@@ -844,10 +898,34 @@ fn fusable(program: &Program, grad: &GradProgram) -> HashMap<u32, FusedUpdate> {
                     FusedUpdate {
                         kind: optimizer.kind,
                         transposed,
+                        normalized: false,
                     },
                 ))
             }
             _ => None,
+        })
+        .collect()
+}
+
+/// The fused dense ops whose input is a batch norm of values without a gradient (the data),
+/// each with that batch norm's op index: their weight gradients can give the batch norm's
+/// gradients too (`FusedUpdate::normalized`).
+fn normalized_inputs(
+    program: &Program,
+    grad: &GradProgram,
+    fused: &HashMap<u32, FusedUpdate>,
+) -> Vec<(u32, u32)> {
+    program
+        .ops
+        .windows(2)
+        .filter_map(|pair| {
+            let (bn, dense) = (&pair[0], &pair[1]);
+            let found = matches!(bn.kind, OpKind::BatchNorm { .. })
+                && matches!(dense.kind, OpKind::Dense { .. })
+                && dense.input == bn.output
+                && fused.contains_key(&dense.index)
+                && grad.step_of(bn.index).is_some_and(|s| s.dx.is_none());
+            found.then_some((dense.index, bn.index))
         })
         .collect()
 }
@@ -896,7 +974,11 @@ fn backward(
             }
             OpKind::Dense { kernel, bias, .. } => {
                 let update = ctx.fused.get(&op.index).copied().filter(|_| fuse);
-                let mut args = vec![Ptr::Arena(cur[x]), dy, ctx.grad(kernel)];
+                let normalized = update
+                    .filter(|u| u.normalized)
+                    .map(|_| &ctx.normalized[&op.index]);
+                let x = normalized.map_or(cur[x], |n| n.xhat);
+                let mut args = vec![Ptr::Arena(x), dy, ctx.grad(kernel)];
                 if let Some(u) = update {
                     let buf = &ctx.params[kernel.index()];
                     args.push(Ptr::Arena(buf.off));
@@ -905,6 +987,20 @@ fn backward(
                         args.push(Ptr::Arena(transposed[&op.index]));
                     }
                 }
+                if let Some(n) = normalized {
+                    let OpKind::BatchNorm { gamma, beta, .. } = ops[n.bn as usize].kind else {
+                        unreachable!("x̂ comes from a batch norm")
+                    };
+                    args.extend([
+                        ctx.param(gamma),
+                        ctx.param(beta),
+                        ctx.grad(gamma),
+                        ctx.grad(beta),
+                        Ptr::Arena(n.sums),
+                    ]);
+                }
+                // The batch norm's gradients come from the weight gradient: no `dy · Wᵀ`.
+                let dx = dx.filter(|_| normalized.is_none());
                 if let Some(b) = bias {
                     args.push(ctx.grad(b));
                 }
@@ -952,6 +1048,8 @@ fn backward(
                     args,
                 )
             }
+            // Its gradients come from the next layer's weight gradient.
+            OpKind::BatchNorm { .. } if fuse && ctx.xhat_of(op.index).is_some() => continue,
             OpKind::BatchNorm { gamma, beta, .. } => {
                 let (m, s) = ctx.bn_scratch[&op.index];
                 let mut args = vec![

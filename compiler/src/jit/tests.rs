@@ -520,6 +520,7 @@ fn fused_update_matches_update_and_transpose_kernels() {
             update: Some(FusedUpdate {
                 kind,
                 transposed: true,
+                normalized: false,
             }),
         });
         let (mut xb, mut dyb) = (x.clone(), dy.clone());
@@ -606,6 +607,85 @@ fn training_fuses_element_wise_kernel_updates() {
         "clipping needs every gradient"
     );
     assert_eq!(calls(&jit.plan.train_transposes), 4);
+}
+
+/// A dense layer after a batch norm of the data gives the batch norm its gradients from its
+/// weight gradient (`FusedUpdate::normalized`) instead of `dy · Wᵀ` and the batch norm's backward
+/// kernel. One plain SGD step at learning rate 1 moves every parameter by its gradient, which
+/// matches the interpreter's: on one and two threads (the second with unequal shares) and for
+/// a batch of one chunk and one of several (whose update runs after all chunks).
+#[test]
+fn normalized_input_gradients_match_interp() {
+    let layers = [
+        Layer::BatchNorm,
+        Layer::Dense(9),
+        Layer::Act(Activation::Elu { alpha: 1.0 }),
+        Layer::Dense(5),
+    ];
+    let mut p = program(37, &layers);
+    p.train.optimizer.kind = OptimizerKind::Sgd {
+        momentum: 0.0,
+        nesterov: false,
+    };
+    for (batch, threads) in [(13, 1), (13, 2), (150, 2)] {
+        let p = named(p.clone(), "normalized input", batch);
+        let mut jit = Jit::with_threads(&p, None, threads).expect("jit builds");
+        let names: Vec<&str> = jit
+            .plan
+            .train_backward
+            .iter()
+            .flat_map(|s| &s.parts)
+            .flatten()
+            .map(|t| jit.kernels.name(t.call.kernel))
+            .collect();
+        assert!(
+            names.iter().any(|n| n.contains("weight_grad_sgd_bn_")),
+            "{names:?}"
+        );
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.contains("batch_norm_backward") || n.contains("input_grad_37x")),
+            "{names:?}"
+        );
+        // γ and β away from their initial ones and zeros, so that every term of the rewrite
+        // counts.
+        let mut state = jit.state();
+        for (i, param) in p.params.iter().enumerate() {
+            if param.name.ends_with("gamma") || param.name.ends_with("beta") {
+                let k = if param.name.ends_with("gamma") {
+                    1.0
+                } else {
+                    0.0
+                };
+                state.params[i].iter_mut().enumerate().for_each(|(j, v)| {
+                    *v = k + 0.5 * ((j as f32 * 0.7).sin());
+                });
+            }
+        }
+        jit.set_state(&state);
+        let mut interp = Interp::new(&p, None);
+        interp.set_state(&state);
+        let (pixels, labels) = data(&p, batch, 7);
+        let b = Batch {
+            pixels: &pixels,
+            labels: &labels,
+        };
+        let want = interp.loss_and_grads(b);
+        let before = jit.state();
+        jit.train_step(b, 1.0);
+        let after = jit.state();
+        for (i, g) in want.grads.iter().enumerate() {
+            let Some(g) = g else { continue };
+            let moved: Vec<f32> = slice(&before.params[i])
+                .iter()
+                .zip(slice(&after.params[i]))
+                .map(|(a, b)| a - b)
+                .collect();
+            let what = format!("{} on {threads} threads, batch {batch}", p.params[i].name);
+            assert_tensor_close(&moved, &slice(g), 1e-3, &what);
+        }
+    }
 }
 
 /// `dW = xᵀ·dy`, `db = Σ dy`, `dx = dy·Wᵀ` (through the transposed copy) on odd shapes,

@@ -43,6 +43,7 @@ mod random_specs;
 mod tests;
 
 use std::collections::{HashMap, HashSet};
+use std::thread;
 use std::time::Instant;
 
 use ndarray::{Array2, ArrayD, IxDyn};
@@ -1287,9 +1288,26 @@ impl Jit {
         gradients: bool,
     ) -> Result<Jit, BackendError> {
         let started = Instant::now();
-        let mut kernels = KernelModule::new()?;
-        let plan = plan(program, stats.is_some(), threads, gradients, &mut kernels)?;
-        kernels.finalize()?;
+        let seed = program.train.seed;
+        // The initial parameters need nothing compiled: they are drawn beside the compilation.
+        let (built, params) = thread::scope(|s| {
+            let init =
+                thread::Builder::new().spawn_scoped(s, || crate::init::init_params(program, seed));
+            let built = (|| {
+                let mut kernels = KernelModule::new()?;
+                let plan = plan(program, stats.is_some(), threads, gradients, &mut kernels)?;
+                kernels.finalize()?;
+                Ok::<_, BackendError>((kernels, plan))
+            })();
+            let params = match init {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(_) => crate::init::init_params(program, seed),
+            };
+            (built, params)
+        });
+        let (kernels, plan) = built?;
         let pool = if plan.threads > 1 {
             let pool = Pool::new(plan.threads - 1).map_err(|e| {
                 BackendError::Host(format!("cannot start {} threads: {e}", plan.threads))
@@ -1320,7 +1338,7 @@ impl Jit {
             jit.arena.slice_mut(s, f).copy_from_slice(&stats.std[..f]);
         }
         let state = TrainState {
-            params: crate::init::init_params(program, program.train.seed),
+            params,
             slots: crate::optim::initial_slots(program),
             step: 0,
         };
@@ -1606,15 +1624,17 @@ impl Jit {
     fn write_param(&mut self, off: usize, buf: &ParamBuf, value: &ArrayD<f32>) {
         let (rows, cols, ld) = (buf.rows, buf.cols, buf.ld);
         let data = self.arena.slice_mut(off, rows * ld);
-        data.fill(0.0);
-        for (r, row) in value
-            .iter()
-            .copied()
-            .collect::<Vec<_>>()
-            .chunks(cols.max(1))
-            .enumerate()
-        {
-            data[r * ld..r * ld + row.len()].copy_from_slice(row);
+        let standard;
+        let values = match value.as_slice() {
+            Some(v) => v,
+            None => {
+                standard = value.iter().copied().collect::<Vec<_>>();
+                &standard
+            }
+        };
+        for (dst, src) in data.chunks_mut(ld).zip(values.chunks(cols.max(1))) {
+            dst[..src.len()].copy_from_slice(src);
+            dst[src.len()..].fill(0.0);
         }
     }
 }

@@ -67,19 +67,23 @@ const PEAK_ITERATIONS: i64 = 10_000_000;
 pub const EPOCH_IMAGES: usize = 45_000;
 
 /// Multiply-adds of the dense layers, times two: forward `x·W`, backward `xᵀ·dy` for every
-/// kernel, and `dy·Wᵀ` for every dense layer but the first (whose input gradient is never
-/// needed). Element-wise work is small beside it and not counted.
+/// kernel, and `dy·Wᵀ` for every dense layer after an op with parameters (the first one's input
+/// gradient is never needed, and a batch norm of the data right before it gets its gradients
+/// from the weight gradient, `FusedUpdate::normalized` in the JIT). Element-wise work is small
+/// beside it and not counted.
 pub fn flops_per_step(program: &Program, batch: usize) -> f64 {
     let mut flops = 0.0;
     for (i, op) in program.ops.iter().enumerate() {
         if let OpKind::Dense { .. } = op.kind {
             let mac = (batch * op.width_in * op.width) as f64;
-            let needs_dx = program.ops[..i].iter().any(|o| {
-                matches!(
-                    o.kind,
-                    OpKind::Dense { .. } | OpKind::BatchNorm { .. } | OpKind::Prelu { .. }
-                )
-            });
+            let needs_dx = program.ops[..i]
+                .iter()
+                .enumerate()
+                .any(|(j, o)| match o.kind {
+                    OpKind::Dense { .. } | OpKind::Prelu { .. } => true,
+                    OpKind::BatchNorm { .. } => j + 1 < i,
+                    _ => false,
+                });
             flops += 2.0 * mac * if needs_dx { 3.0 } else { 2.0 };
         }
     }
@@ -217,6 +221,14 @@ mod tests {
         // gradients for all but the first layer.
         let fwd = 2.0 * 32.0 * (3072.0 * 100.0 + 19.0 * 100.0 * 100.0 + 100.0 * 10.0);
         let dx = 2.0 * 32.0 * (19.0 * 100.0 * 100.0 + 100.0 * 10.0);
+        assert_eq!(flops_per_step(&program, 32), 2.0 * fwd + dx);
+        // Batch norm of the inputs, then of every hidden layer: the same multiplies.
+        let source = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../specs/batch_norm.net"
+        ))
+        .expect("spec");
+        let program = netc_compiler::compile(&source).program.expect("compiles");
         assert_eq!(flops_per_step(&program, 32), 2.0 * fwd + dx);
     }
 

@@ -323,7 +323,7 @@ impl Kernel {
                     let shape = (*width, *columns);
                     emit_batch_norm_train(fx, base, shape, *momentum, *epsilon, *store_normalized);
                 } else {
-                    assert_eq!(columns, width, "inference batch norm is shared by rows");
+                    debug_assert_eq!(columns, width, "inference batch norm is shared by rows");
                     emit_batch_norm_infer(fx, base, *width, *epsilon);
                 }
             }
@@ -490,7 +490,7 @@ fn for_each_column_block(fx: &mut Fx, width: usize, mut body: impl FnMut(&mut Fx
     });
 }
 
-/// `columns` alone when a kernel covers all `width` columns, else `columns_of_width`.
+/// A kernel name's width: `width` when the kernel covers all columns, else `columns_of_width`.
 fn share_of(columns: usize, width: usize) -> String {
     if columns == width {
         format!("{width}")

@@ -224,9 +224,10 @@ fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize,
     // `columns` are padding without a row in the transposed copy.
     let vector = |fx: &mut Fx, e: Value, known: Option<usize>| {
         let mut new_w = Vec::with_capacity(mr);
+        // Written at the start of this kernel: a load that keeps its place.
         let sums = normalized.as_ref().map(|(nz, _)| {
             let p = fx.offset(nz.sums, e, 4);
-            fx.load4(ro(), p, 0)
+            fx.load4(rw(), p, 0)
         });
         for r in 0..mr {
             let off = (r * mm.ldc) as i64;

@@ -699,9 +699,7 @@ impl PlanCtx<'_> {
             .find(|n| n.bn == bn)
             .map(|n| n.xhat)
     }
-}
 
-impl PlanCtx<'_> {
     fn param(&self, id: crate::ir::ParamId) -> Ptr {
         Ptr::Arena(self.params[id.index()].off)
     }
@@ -1623,6 +1621,9 @@ impl Jit {
 
     fn write_param(&mut self, off: usize, buf: &ParamBuf, value: &ArrayD<f32>) {
         let (rows, cols, ld) = (buf.rows, buf.cols, buf.ld);
+        if ld == 0 {
+            return;
+        }
         let data = self.arena.slice_mut(off, rows * ld);
         let standard;
         let values = match value.as_slice() {

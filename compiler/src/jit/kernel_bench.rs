@@ -240,7 +240,11 @@ impl KernelBench {
         inputs: usize,
         units: usize,
     ) -> Result<KernelBench, BackendError> {
-        let kernel = Kernel::InputGrad { inputs, units };
+        let kernel = Kernel::InputGrad {
+            inputs,
+            units,
+            activation: None,
+        };
         // Table: `[dy, kernel_t, dx]`, `kernel_t` being `units` rows as long as rows of `x`.
         let buffers = [
             Buffer::rows(Role::Input, rows, units),

@@ -127,6 +127,10 @@ pub enum Kernel {
     InputGrad {
         inputs: usize,
         units: usize,
+        /// The element-wise activation whose output is this layer's input: the kernel then
+        /// writes `dx · act'` (from the value the activation's backward pass reads), the
+        /// gradient of the activation's input, and that activation has no backward call.
+        activation: Option<Activation>,
     },
     PreluBackward {
         width: usize,
@@ -249,7 +253,14 @@ impl Kernel {
                 ),
                 None => format!("dense_weight_grad_{inputs}x{units}"),
             },
-            Kernel::InputGrad { inputs, units } => format!("dense_input_grad_{inputs}x{units}"),
+            Kernel::InputGrad {
+                inputs,
+                units,
+                activation,
+            } => format!(
+                "dense_input_grad_{inputs}x{units}{}",
+                activation.map_or(String::new(), |a| format!("_{}", a.name()))
+            ),
             Kernel::PreluBackward { width, .. } => format!("prelu_backward_{width}"),
             Kernel::BatchNormBackward { width, columns, .. } => {
                 format!("batch_norm_backward_{}", share_of(*columns, *width))
@@ -356,7 +367,11 @@ impl Kernel {
                 bias,
                 update,
             } => emit_weight_grad(fx, *inputs, *x_ld, *units, *batch, *bias, *update),
-            Kernel::InputGrad { inputs, units } => emit_input_grad(fx, *inputs, *units),
+            Kernel::InputGrad {
+                inputs,
+                units,
+                activation,
+            } => emit_input_grad(fx, *inputs, *units, *activation),
             Kernel::PreluBackward { width, input_grad } => {
                 emit_prelu_backward(fx, *width, *input_grad)
             }
@@ -416,7 +431,7 @@ pub fn act_forward(fx: &mut Fx, act: Activation, x: Value) -> Value {
 
 /// The derivative of an element-wise activation times `dy`; `saved` is the activation's input
 /// when `grad_needs_input`, else its output.
-fn act_backward(fx: &mut Fx, act: Activation, dy: Value, saved: Value) -> Value {
+pub fn act_backward(fx: &mut Fx, act: Activation, dy: Value, saved: Value) -> Value {
     let zero = fx.zero4();
     let one = fx.splat(1.0);
     let d = match act {
@@ -662,6 +677,7 @@ fn emit_dense(
                 bias: b,
                 pre_activation: z,
                 activation,
+                derivative: None,
                 update: None,
             },
             rows_outer: false,
@@ -1326,10 +1342,11 @@ fn emit_column_sums(fx: &mut Fx, dy: Value, width: usize, out: Value) {
 
 /// Table: `[dy, kernel_t, dx]`: `dx = dy·Wᵀ` from the transposed copy `kernel_t`
 /// (`[units, row_stride(inputs)]`).
-fn emit_input_grad(fx: &mut Fx, inputs: usize, units: usize) {
+fn emit_input_grad(fx: &mut Fx, inputs: usize, units: usize, activation: Option<Activation>) {
     let dy = fx.arg(0);
     let wt = fx.arg(1);
-    let dx = fx.arg(2);
+    let derivative = activation.map(|a| (a, fx.arg(2)));
+    let dx = fx.arg(if activation.is_some() { 3 } else { 2 });
     let in_pad = pad4(inputs);
     emit_matmul(
         fx,
@@ -1345,7 +1362,10 @@ fn emit_input_grad(fx: &mut Fx, inputs: usize, units: usize) {
             ldb: row_stride(inputs),
             c: dx,
             ldc: row_stride(inputs),
-            epilogue: Epilogue::default(),
+            epilogue: Epilogue {
+                derivative,
+                ..Epilogue::default()
+            },
             rows_outer: false,
             k_unroll: None,
         },

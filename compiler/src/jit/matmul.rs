@@ -1,6 +1,6 @@
 //! The register-blocked matrix multiply every dense kernel is built from:
 //! `C[m, n] (+)= A(m, k) · B[k, n]`, then an optional epilogue (bias, pre-activation store,
-//! activation) on the accumulators before the single store of `C`.
+//! activation, or an activation's derivative) on the accumulators before the single store of `C`.
 //!
 //! `B` and `C` are row-major with rows padded to a multiple of 4 floats, so every column block is
 //! whole f32x4 vectors. `A` is read one scalar at a time and broadcast, through two strides, which
@@ -22,7 +22,9 @@ use cranelift_codegen::ir::{MemFlagsData, Value};
 use cranelift_frontend::Variable;
 
 use super::emit::{ro, rw, Fx};
-use super::kernels::{act_forward, step_scalar_vectors, store_as_columns, update_rule};
+use super::kernels::{
+    act_backward, act_forward, step_scalar_vectors, store_as_columns, update_rule,
+};
 use crate::ir::{Activation, OptimizerKind};
 
 /// A loop extent: a compile-time constant or the kernel's runtime row count.
@@ -59,6 +61,9 @@ pub struct Epilogue {
     /// the activation needs them.
     pub pre_activation: Option<Value>,
     pub activation: Option<Activation>,
+    /// Multiply by the derivative of this activation, from saved values laid out as `C`
+    /// (`kernels::act_backward`; an input gradient only).
+    pub derivative: Option<(Activation, Value)>,
     /// Update the kernel rows of each block row once its gradient is complete (`update_rows`;
     /// a weight gradient only, `rows_outer`).
     pub update: Option<EpilogueUpdate>,
@@ -437,6 +442,10 @@ fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, j: Value, mr: usize, nr: usize
         let z = fx.offset(z, i, (mm.ldc * 4) as i64);
         fx.offset(z, j, 4)
     });
+    let derivative = ep.derivative.map(|(act, s)| {
+        let s = fx.offset(s, i, (mm.ldc * 4) as i64);
+        (act, fx.offset(s, j, 4))
+    });
     for r in 0..mr {
         for q in 0..nr {
             let off = (r * mm.ldc + 4 * q) as i64;
@@ -448,6 +457,10 @@ fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, j: Value, mr: usize, nr: usize
             if let Some(b) = bias {
                 let bv = fx.load4(ro(), b, (4 * q) as i64);
                 v = fx.add(v, bv);
+            }
+            if let Some((act, s)) = derivative {
+                let saved = fx.load4(ro(), s, off);
+                v = act_backward(fx, act, v, saved);
             }
             if let Some(z) = pre {
                 fx.store(v, z, off);

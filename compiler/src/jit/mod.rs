@@ -48,11 +48,11 @@ use std::time::Instant;
 
 use ndarray::{Array2, ArrayD, IxDyn};
 
-use crate::autodiff::GradProgram;
+use crate::autodiff::{GradProgram, GradStep};
 use crate::backend::{
     Backend, BackendError, Batch, CallTime, InputStats, Mode, StepStats, TrainState, WHOLE_PHASE,
 };
-use crate::ir::{Activation, OpKind, OptimizerKind, ParamRole, Preprocess, Program};
+use crate::ir::{Activation, Op, OpKind, OptimizerKind, ParamRole, Preprocess, Program};
 use crate::optim::{nadam_u_product, AdamStep, NadamStep};
 use crate::rng::{dropout_key, Stream};
 use kernels::{
@@ -443,7 +443,7 @@ fn plan(
     let value_grads = value_grads
         .iter()
         .enumerate()
-        .map(|(v, off)| grad_written(&grad, v).then_some(*off))
+        .map(|(v, off)| grad_written(program, &grad, v).then_some(*off))
         .collect();
     Ok(Plan {
         train_values,
@@ -658,12 +658,38 @@ fn train_written(program: &Program, cur: &[usize]) -> Vec<Option<usize>> {
 }
 
 /// Whether the backward pass computes the gradient of value `v`.
-fn grad_written(grad: &GradProgram, v: usize) -> bool {
+fn grad_written(program: &Program, grad: &GradProgram, v: usize) -> bool {
+    let input_of_dense = |s: &GradStep| {
+        let op = &program.ops[s.op as usize];
+        op.input.0 as usize == v && activation_before(&program.ops, grad, op).is_some()
+    };
     grad.head.logits.0 as usize == v
         || grad
             .steps
             .iter()
-            .any(|s| s.dx.is_some_and(|x| x.0 as usize == v))
+            .any(|s| s.dx.is_some_and(|x| x.0 as usize == v) && !input_of_dense(s))
+}
+
+/// The step of the activation whose output is dense `op`'s input, when the dense layer's input
+/// gradient applies its derivative (`Kernel::InputGrad::activation`): an element-wise
+/// activation (not softmax; a linear one is no op) that needs its input's gradient.
+fn activation_before<'g>(
+    ops: &[Op],
+    grad: &'g GradProgram,
+    op: &Op,
+) -> Option<(&'g GradStep, Activation)> {
+    let step = grad
+        .steps
+        .iter()
+        .find(|s| ops[s.op as usize].output == op.input)?;
+    match ops[step.op as usize].kind {
+        OpKind::Activation(a)
+            if a != Activation::Linear && a != Activation::Softmax && step.dx.is_some() =>
+        {
+            Some((step, a))
+        }
+        _ => None,
+    }
 }
 
 struct PlanCtx<'a> {
@@ -945,6 +971,8 @@ fn backward(
     let ops = &ctx.program.ops;
     let mut gcur = value_grads.to_vec();
     let mut calls = Vec::new();
+    // Activations whose backward the next dense layer's input gradient did.
+    let mut applied = HashSet::new();
     for step in &grad.steps {
         let op = &ops[step.op as usize];
         let (x, y) = (op.input.0 as usize, op.output.0 as usize);
@@ -956,6 +984,7 @@ fn backward(
                 gcur[x] = gcur[y];
                 continue;
             }
+            OpKind::Activation(_) if applied.contains(&op.index) => continue,
             OpKind::Activation(activation) => {
                 let Some(dx) = dx else { continue };
                 let saved = if activation != Activation::Softmax && grad_needs_input(activation) {
@@ -1014,12 +1043,29 @@ fn backward(
                 match dx {
                     None => (weight_grad, args),
                     Some(dx) => {
+                        let wt = Ptr::Arena(transposed[&op.index]);
+                        let (activation, ig_args) = match activation_before(ops, grad, op) {
+                            Some((act_step, activation)) => {
+                                applied.insert(act_step.op);
+                                let act = &ops[act_step.op as usize];
+                                let (ax, ay) = (act.input.0 as usize, act.output.0 as usize);
+                                let saved = if grad_needs_input(activation) {
+                                    cur[ax]
+                                } else {
+                                    cur[ay]
+                                };
+                                let act_dx = Ptr::Arena(value_grads[ax]);
+                                (Some(activation), vec![dy, wt, Ptr::Arena(saved), act_dx])
+                            }
+                            None => (None, vec![dy, wt, dx]),
+                        };
                         let input_grad = (
                             Kernel::InputGrad {
                                 inputs: op.width_in,
                                 units: op.width,
+                                activation,
                             },
-                            vec![dy, Ptr::Arena(transposed[&op.index]), dx],
+                            ig_args,
                         );
                         // A fused update rewrites the transposed copy the input gradient reads.
                         let ((first, first_args), last) = if update.is_some() {

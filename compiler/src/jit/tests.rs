@@ -713,6 +713,7 @@ fn dense_backward_matches_scalar() {
         let input_grad = One::new(&Kernel::InputGrad {
             inputs: k,
             units: n,
+            activation: None,
         });
         let mut wp = padded(&w, k, n);
         let mut wt = vec![0.0; n * pad4(k) + 16];

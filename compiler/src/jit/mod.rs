@@ -659,9 +659,13 @@ fn train_written(program: &Program, cur: &[usize]) -> Vec<Option<usize>> {
 
 /// Whether the backward pass computes the gradient of value `v`.
 fn grad_written(program: &Program, grad: &GradProgram, v: usize) -> bool {
+    // A dense layer's input gradient that applies the activation before it writes the
+    // gradient of the activation's input instead.
     let input_of_dense = |s: &GradStep| {
         let op = &program.ops[s.op as usize];
-        op.input.0 as usize == v && activation_before(&program.ops, grad, op).is_some()
+        matches!(op.kind, OpKind::Dense { .. })
+            && op.input.0 as usize == v
+            && activation_before(&program.ops, grad, op).is_some()
     };
     grad.head.logits.0 as usize == v
         || grad

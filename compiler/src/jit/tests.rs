@@ -688,6 +688,47 @@ fn normalized_input_gradients_match_interp() {
     }
 }
 
+/// `loss_and_grads` returns the gradient of exactly the values whose gradient the backward pass
+/// writes: not the input's, and not an activation's output whose next dense layer applies the
+/// activation's derivative in its input gradient (it writes the activation input's gradient).
+#[test]
+fn value_gradients_are_those_the_backward_pass_writes() {
+    let p = named(
+        program(
+            11,
+            &[
+                Layer::Dense(6),
+                Layer::Act(Activation::Elu { alpha: 1.0 }),
+                Layer::Dropout(0.3),
+                Layer::Dense(5),
+                Layer::Act(Activation::Relu),
+                Layer::Dense(3),
+            ],
+        ),
+        "value gradients",
+        8,
+    );
+    let mut jit = Jit::for_gradients(&p, None, 1).expect("jit builds");
+    let (pixels, labels) = data(&p, 8, 3);
+    let got = jit.loss_and_grads(Batch {
+        pixels: &pixels,
+        labels: &labels,
+    });
+    // v0 input, v1 dense, v2 elu, v3 dropout, v4 dense, v5 relu, v6 logits.
+    let written: Vec<bool> = got.value_grads.iter().map(Option::is_some).collect();
+    assert_eq!(
+        written,
+        [false, true, true, true, true, false, true],
+        "which value gradients are returned"
+    );
+    for (v, g) in got.value_grads.iter().enumerate() {
+        if let Some(g) = g {
+            // The arena starts zeroed: a buffer nobody wrote would still be all zeros.
+            assert!(g.iter().any(|x| *x != 0.0), "gradient of v{v} is all zeros");
+        }
+    }
+}
+
 /// `dW = xᵀ·dy`, `db = Σ dy`, `dx = dy·Wᵀ` (through the transposed copy) on odd shapes,
 /// including a row count that is not a multiple of the 4-row block.
 #[test]

@@ -16,7 +16,7 @@
 //! remainder (1 vector) and the row remainder (single rows) get their own blocks.
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::types::{F32, F32X4, I64};
+use cranelift_codegen::ir::types::{F32X4, I64};
 use cranelift_codegen::ir::InstBuilder;
 use cranelift_codegen::ir::{MemFlagsData, Value};
 use cranelift_frontend::Variable;
@@ -217,8 +217,7 @@ fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize,
             .map(|r| {
                 let [gamma, beta] = [nz.gamma, nz.beta].map(|p| {
                     let p = fx.offset(p, i, 4);
-                    let v = fx.b.ins().load(F32, ro(), p, (r * 4) as i32);
-                    fx.b.ins().splat(F32X4, v)
+                    fx.bcast(ro(), p, r as i64)
                 });
                 (gamma, beta, fx.var(F32X4, zero), fx.var(F32X4, zero))
             })
@@ -285,7 +284,7 @@ fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize,
                 let v = fx.get(sum);
                 let v = fx.hsum(v);
                 let p = fx.offset(out, i, 4);
-                fx.b.ins().store(rw(), v, p, (r * 4) as i32);
+                fx.store(v, p, r as i64);
             }
         }
     }

@@ -5,11 +5,9 @@
 //! row-major element order, so adding a parameter never shifts another one's values. This module
 //! only draws numbers: it never reads data, and it must not depend on a backend.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
-
 use ndarray::{ArrayD, IxDyn};
 
+use crate::cores::map_on_cores;
 use crate::ir::{Distribution, FanMode, Init, Param, Program};
 use crate::rng::{purpose, SplitMix64};
 
@@ -31,33 +29,14 @@ pub fn init_params(program: &Program, seed: u64) -> Vec<ArrayD<f32>> {
     };
     let mut order: Vec<usize> = (0..params.len()).collect();
     order.sort_by_key(|i| std::cmp::Reverse(params[*i].shape.iter().product::<usize>()));
-    let next = AtomicUsize::new(0);
-    let drawn: Vec<Mutex<Option<ArrayD<f32>>>> = params.iter().map(|_| Mutex::new(None)).collect();
-    let work = || loop {
-        let Some(&index) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
-            return;
-        };
-        let values = draw(index);
-        *drawn[index].lock().unwrap_or_else(|e| e.into_inner()) = Some(values);
-    };
-    let helpers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(params.len())
-        .saturating_sub(1);
-    std::thread::scope(|s| {
-        for _ in 0..helpers {
-            // A helper that cannot start leaves its parameters to the others.
-            let _ = std::thread::Builder::new().spawn_scoped(s, work);
-        }
-        work();
-    });
-    drawn
+    let drawn = map_on_cores(&order, || (), |_, &index| draw(index));
+    let mut values: Vec<Option<ArrayD<f32>>> = params.iter().map(|_| None).collect();
+    for (index, v) in order.into_iter().zip(drawn) {
+        values[index] = Some(v);
+    }
+    values
         .into_iter()
-        .map(|d| {
-            d.into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .expect("every parameter was drawn")
-        })
+        .map(|v| v.expect("every parameter was drawn"))
         .collect()
 }
 

@@ -8,6 +8,7 @@ pub mod ast;
 pub mod autodiff;
 pub mod backend;
 pub mod check;
+mod cores;
 pub mod diagnostics;
 pub mod init;
 pub mod interp;

@@ -9,9 +9,6 @@
 //! depend on which thread compiled it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
-use std::thread;
 
 use cranelift_codegen::control::ControlPlane;
 use cranelift_codegen::ir::{Function, UserFuncName};
@@ -25,6 +22,7 @@ use cranelift_module::{default_libcall_names, FuncId, Linkage, Module, ModuleRel
 use super::emit::{kernel_signature, Fx};
 use super::kernels::Kernel;
 use crate::backend::BackendError;
+use crate::cores::map_on_cores;
 
 /// A generated kernel, callable with the ABI described at `emit::kernel_signature`.
 pub type KernelFn = unsafe extern "C" fn(*const *mut u8, i64, i64, i32, *const f32);
@@ -220,51 +218,23 @@ impl KernelModule {
     /// if none can start, this thread compiles them all) and defines them in id order.
     fn compile_pending(&mut self) -> Result<(), BackendError> {
         let pending = std::mem::take(&mut self.pending);
-        let next = AtomicUsize::new(0);
-        let results: Vec<Mutex<Option<Result<Compiled, BackendError>>>> =
-            pending.iter().map(|_| Mutex::new(None)).collect();
         let (speed, in_order, ids, names) = (&*self.speed, &*self.in_order, &self.ids, &self.names);
-        let work = || {
-            let mut ctx = Context::new();
-            let mut fctx = FunctionBuilderContext::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((index, kernel)) = pending.get(i) else {
-                    return;
-                };
+        let results = map_on_cores(
+            &pending,
+            || (Context::new(), FunctionBuilderContext::new()),
+            |(ctx, fctx), (index, kernel)| {
                 let isa = if kernel.in_program_order() {
                     in_order
                 } else {
                     speed
                 };
-                let compiled = compile(
-                    isa,
-                    &mut ctx,
-                    &mut fctx,
-                    ids[*index],
-                    &names[*index],
-                    |fx| kernel.emit(fx),
-                );
-                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(compiled);
-            }
-        };
-        let helpers = thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(pending.len())
-            .saturating_sub(1);
-        thread::scope(|s| {
-            for _ in 0..helpers {
-                // A helper that cannot start leaves its kernels to the others.
-                let _ = thread::Builder::new().spawn_scoped(s, work);
-            }
-            work();
-        });
-        for ((index, _), result) in pending.iter().zip(results) {
-            let compiled = result
-                .into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .expect("every pending kernel was taken")?;
-            self.define_bytes(KernelId(*index), &compiled)?;
+                compile(isa, ctx, fctx, ids[*index], &names[*index], |fx| {
+                    kernel.emit(fx)
+                })
+            },
+        );
+        for ((index, _), compiled) in pending.iter().zip(results) {
+            self.define_bytes(KernelId(*index), &compiled?)?;
         }
         Ok(())
     }

@@ -12,7 +12,8 @@ use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use miette::{NamedSource, SourceSpan};
+use miette::SourceSpan;
+use netc_compiler::diagnostics::{Excerpt, Span};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// One row of `history.csv`.
@@ -185,7 +186,7 @@ pub enum ReportError {
         path: PathBuf,
         reason: String,
         #[source_code]
-        src: Arc<NamedSource<String>>,
+        src: Arc<Excerpt<'static>>,
         #[label("{reason}")]
         span: SourceSpan,
     },
@@ -198,7 +199,7 @@ pub enum ReportError {
         path: PathBuf,
         reason: String,
         #[source_code]
-        src: Arc<NamedSource<String>>,
+        src: Arc<Excerpt<'static>>,
         #[label("here")]
         span: SourceSpan,
     },
@@ -335,14 +336,18 @@ pub fn read_history_csv(path: &Path) -> Result<History, ReportError> {
 }
 
 fn parse_history_csv(path: &Path, text: String) -> Result<History, ReportError> {
-    let bad = |text: &str, span: (usize, usize), reason: String| ReportError::BadHistory {
-        path: path.to_path_buf(),
-        reason,
-        src: Arc::new(NamedSource::new(
-            path.display().to_string(),
+    let bad = |text: &str, (start, len): (usize, usize), reason: String| {
+        let (src, span) = Excerpt::owned(
+            &path.display().to_string(),
             text.to_string(),
-        )),
-        span: span.into(),
+            Span::new(start, start + len),
+        );
+        ReportError::BadHistory {
+            path: path.to_path_buf(),
+            reason,
+            src: Arc::new(src),
+            span,
+        }
     };
     let mut lines = line_offsets(&text);
     let (header_start, header) = lines.next().unwrap_or((0, ""));
@@ -431,13 +436,13 @@ pub fn read_summary(path: &Path) -> Result<Summary, ReportError> {
     let text = fs::read_to_string(path).map_err(|e| ReportError::read(path, e))?;
     serde_json::from_str(&text).map_err(|e| {
         let offset = byte_offset(&text, e.line(), e.column());
+        let (src, span) =
+            Excerpt::owned(&path.display().to_string(), text, Span::new(offset, offset));
         ReportError::BadSummary {
             path: path.to_path_buf(),
             reason: e.to_string(),
-            src: Arc::new(
-                NamedSource::new(path.display().to_string(), text.clone()).with_language("json"),
-            ),
-            span: (offset, 0).into(),
+            src: Arc::new(src),
+            span,
         }
     })
 }
@@ -796,6 +801,20 @@ mod tests {
         assert!(back.best_val_loss.is_nan());
         assert!(back.test_loss.is_nan());
         assert_eq!(back.test_acc, summary.test_acc);
+    }
+
+    #[test]
+    fn a_summary_broken_far_along_a_long_line_renders() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("summary.json");
+        fs::write(&path, format!("{{{}oops}}\n", " ".repeat(70_000))).unwrap();
+        let err = read_summary(&path).unwrap_err();
+        let mut out = String::new();
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .render_report(&mut out, &err)
+            .unwrap();
+        assert!(out.contains(":1:70002]"), "{out}");
+        assert!(out.contains("oops") && out.len() < 2_000, "{out}");
     }
 
     #[test]

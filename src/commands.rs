@@ -314,19 +314,33 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
 /// `--threads`, shared by every command that builds the JIT.
 #[derive(clap::Args, Clone, Copy, Debug)]
 pub struct ThreadsArg {
-    /// Threads the JIT runs on [default: one per core]; more threads, more kernels to compile.
-    /// Results do not depend on it; on a machine busy with other work, 1 is faster.
+    /// Threads the JIT runs on [default: one per core; at most one per core]. Results do not
+    /// depend on it. While other work keeps the cores busy, the JIT measures that its threads
+    /// wait for each other and runs each phase on one thread until the load goes away.
     #[arg(long, env = "NETC_THREADS", value_parser = clap::value_parser!(u64).range(1..=256))]
     threads: Option<u64>,
 }
 
 impl ThreadsArg {
-    /// The flag, or one thread per core.
+    /// The flag, or one thread per core; never more threads than cores (they would only wait
+    /// for each other's time slices: 256 threads on 2 cores made an epoch 60 times longer).
     fn count(self) -> usize {
-        self.threads.map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| n.get()),
-            |n| n as usize,
-        )
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match self.threads {
+            None => cores,
+            Some(n) if n as usize > cores => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    eprintln!(
+                        "warning: --threads {n} is more than the {} here; running on {cores} \
+                         (threads beyond one per core only wait for each other)",
+                        plural(cores, "core")
+                    );
+                });
+                cores
+            }
+            Some(n) => n as usize,
+        }
     }
 }
 
@@ -641,6 +655,13 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             "  predict        {:>10.0} ms per 10,000 images",
             r.predict_ms_per_10k
         );
+        if r.solo_fraction > 0.0 {
+            println!(
+                "  one thread     {:>10.1} %  of the timed phases (the threads waited for each \
+                 other: other work on the cores)",
+                r.solo_fraction * 100.0
+            );
+        }
         if !r.calls.is_empty() {
             println!("  each call of a step on its own (median):");
             // A phase timed as a whole (several threads) has its total from that timing.

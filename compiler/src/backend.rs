@@ -119,6 +119,13 @@ pub trait Backend {
         1
     }
 
+    /// Runs of step phases so far that all threads shared, and that one thread ran alone
+    /// because sharing was measured to be slower (other work on the cores); `(0, 0)` for a
+    /// backend that runs on one thread.
+    fn dispatch_runs(&self) -> (u64, u64) {
+        (0, 0)
+    }
+
     /// The time of each call of a training step on `batch` (median of `reps`), where the
     /// backend can tell; empty otherwise.
     fn profile(&mut self, _batch: Batch<'_>, _lr: f32, _reps: usize) -> Vec<CallTime> {

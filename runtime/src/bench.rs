@@ -39,6 +39,9 @@ pub struct BenchReport {
     pub batch: usize,
     /// Threads a step runs on.
     pub threads: usize,
+    /// Of the timed steps' phases, the fraction one thread ran alone because the threads were
+    /// measured to wait for each other (other work on the cores); 0 on a quiet machine.
+    pub solo_fraction: f64,
     pub compile_ms: f64,
     /// Median milliseconds per training step (forward, backward, update).
     pub step_ms: f64,
@@ -139,6 +142,7 @@ where
         }
     };
     run_steps(&mut backend);
+    let runs_before = backend.dispatch_runs();
     let mut step_ms_runs = Vec::new();
     for _ in 0..opts.repeats.max(1) {
         let t = Instant::now();
@@ -146,6 +150,15 @@ where
         step_ms_runs.push(t.elapsed().as_secs_f64() * 1e3 / steps as f64);
     }
     let step_ms = crate::run::median(step_ms_runs.clone());
+    let solo_fraction = {
+        let (pool, solo) = backend.dispatch_runs();
+        let (pool, solo) = (pool - runs_before.0, solo - runs_before.1);
+        if pool + solo == 0 {
+            0.0
+        } else {
+            solo as f64 / (pool + solo) as f64
+        }
+    };
     let (predict_pixels, _) = generated(&program, 10_000, program.train.seed + 1);
     let mut probs = vec![0.0; 10_000 * program.output_width()];
     let t = Instant::now();
@@ -167,6 +180,7 @@ where
         backend: backend.name().to_string(),
         batch,
         threads,
+        solo_fraction,
         compile_ms,
         step_ms,
         step_ms_runs,

@@ -27,6 +27,7 @@
 //! This module must not report user errors (see `backend`); `BackendError` means a netc bug or a
 //! host that cannot run JIT code.
 
+mod adapt;
 mod calibrate;
 mod emit;
 mod kernel_bench;
@@ -55,12 +56,14 @@ use crate::backend::{
 use crate::ir::{Activation, Op, OpKind, OptimizerKind, ParamRole, Preprocess, Program};
 use crate::optim::{nadam_u_product, AdamStep, NadamStep};
 use crate::rng::{dropout_key, Stream};
+use adapt::{Adapt, Runner};
 use kernels::{
     grad_needs_input, pad4, row_stride, update_scalars, Convert, FusedUpdate, Kernel, Update,
 };
 use module::{KernelFn, KernelId, KernelModule};
 use parallel::{Invocation, Pool, Segment, Share, MAX_ARGS};
 
+pub use adapt::Dispatch;
 pub use calibrate::fma_peak_gflops;
 pub use kernel_bench::{KernelBench, KernelShare};
 
@@ -1298,6 +1301,12 @@ pub struct Jit {
     pool: Option<Pool>,
     /// This thread's resolved calls of the running segment.
     own: Vec<Invocation>,
+    /// Where each share starts in `own` when this thread runs every share of a segment.
+    share_starts: Vec<usize>,
+    /// Who runs the shares of a multi-threaded plan, and the measurements behind the choice,
+    /// one per phase kind (`Phase2::index`).
+    dispatch: Dispatch,
+    adapt: [Adapt; Phase2::COUNT],
 }
 
 impl Jit {
@@ -1379,6 +1388,9 @@ impl Jit {
             compile_ms,
             pool,
             own: Vec::with_capacity(64),
+            share_starts: Vec::with_capacity(threads + 1),
+            dispatch: Dispatch::Adaptive,
+            adapt: Default::default(),
         };
         if let (Some((m, s)), Some(stats)) = (jit.plan.input_stats, stats) {
             let f = program.input.features;
@@ -1476,10 +1488,25 @@ impl Jit {
         key: KeyFn,
         scalars: &[f32],
     ) {
+        let mode = match (&self.pool, self.dispatch) {
+            (None, _) | (_, Dispatch::Pool) => Runner::Pool,
+            (_, Dispatch::Solo) => Runner::Solo,
+            (_, Dispatch::Adaptive) => self.adapt[calls.index()].next(),
+        };
+        let started = Instant::now();
         // Moved out while they run (no copy, no allocation) and put back.
         let segments = std::mem::take(self.segments_mut(calls));
-        self.execute(&segments, rows, row0, batch, key, scalars);
+        self.execute(&segments, rows, row0, batch, key, scalars, mode);
         *self.segments_mut(calls) = segments;
+        if self.pool.is_some() && self.dispatch == Dispatch::Adaptive {
+            self.adapt[calls.index()].record(mode, rows, started.elapsed());
+        }
+    }
+
+    /// Who runs the shares of the segments from now on (`Dispatch::Adaptive` by default).
+    /// Results are the same whoever runs them; this is for tests and measurements.
+    pub fn set_dispatch(&mut self, dispatch: Dispatch) {
+        self.dispatch = dispatch;
     }
 
     fn segments_mut(&mut self, calls: Phase2) -> &mut Vec<Segment> {
@@ -1542,7 +1569,7 @@ impl Jit {
                 let mut ms: Vec<f64> = (0..reps.max(1))
                     .map(|_| {
                         let started = Instant::now();
-                        self.execute(&group, rows, 0, batch, &key, &scalars);
+                        self.execute(&group, rows, 0, batch, &key, &scalars, Runner::Pool);
                         started.elapsed().as_secs_f64() * 1e3
                     })
                     .collect();
@@ -1558,7 +1585,9 @@ impl Jit {
         out
     }
 
-    /// Runs `segments` on `rows` rows. The only place generated code is called.
+    /// Runs `segments` on `rows` rows, with the pool or (`Runner::Solo`) every share on this
+    /// thread. The only place generated code is called.
+    #[allow(clippy::too_many_arguments)]
     fn execute(
         &mut self,
         segments: &[Segment],
@@ -1567,6 +1596,7 @@ impl Jit {
         batch: Batch<'_>,
         key: KeyFn,
         scalars: &[f32],
+        mode: Runner,
     ) {
         assert!(
             rows <= self.plan.rows,
@@ -1574,7 +1604,13 @@ impl Jit {
         );
         assert!(batch.pixels.len() >= rows * self.program.input.features);
         let base = self.arena.base_ptr();
-        let Jit { fns, pool, own, .. } = self;
+        let Jit {
+            fns,
+            pool,
+            own,
+            share_starts,
+            ..
+        } = self;
         // Thread `t`'s calls of a segment, with pointers, rows and first row of its share.
         let resolve = |tasks: &[parallel::Task], t: usize, of: usize, out: &mut Vec<Invocation>| {
             for task in tasks {
@@ -1620,7 +1656,7 @@ impl Jit {
             own.clear();
             let of = seg.parts.len();
             match pool {
-                Some(pool) if of > 1 => {
+                Some(pool) if of > 1 && mode == Runner::Pool => {
                     debug_assert_eq!(of, pool.workers() + 1);
                     pool.run(
                         |t, list| resolve(&seg.parts[t], t, of, list),
@@ -1633,11 +1669,21 @@ impl Jit {
                     );
                 }
                 _ => {
+                    share_starts.clear();
                     for (t, part) in seg.parts.iter().enumerate() {
+                        share_starts.push(own.len());
                         resolve(part, t, of, own);
                     }
-                    for inv in own.iter() {
-                        unsafe { inv.call() };
+                    share_starts.push(own.len());
+                    // The shares are independent: round-robin, so that the shares of one
+                    // row-parallel call run one after the other while its weights are in cache.
+                    let longest = share_starts.windows(2).map(|w| w[1] - w[0]).max();
+                    for i in 0..longest.unwrap_or(0) {
+                        for w in share_starts.windows(2) {
+                            if w[0] + i < w[1] {
+                                unsafe { own[w[0] + i].call() };
+                            }
+                        }
                     }
                 }
             }
@@ -1740,6 +1786,14 @@ enum Phase2 {
     Mc,
 }
 
+impl Phase2 {
+    const COUNT: usize = 8;
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 type KeyFn<'a> = &'a dyn Fn(u32) -> u32;
 
 impl Backend for Jit {
@@ -1749,6 +1803,13 @@ impl Backend for Jit {
 
     fn threads(&self) -> usize {
         self.plan.threads
+    }
+
+    fn dispatch_runs(&self) -> (u64, u64) {
+        self.adapt.iter().fold((0, 0), |(pool, solo), a| {
+            let (p, s) = a.runs();
+            (pool + p, solo + s)
+        })
     }
 
     fn profile(&mut self, batch: Batch<'_>, lr: f32, reps: usize) -> Vec<CallTime> {

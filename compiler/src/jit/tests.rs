@@ -1406,11 +1406,14 @@ fn threads_do_not_change_results() {
     );
     for (p, batch) in [(deep, 13), (constrained, 9), (long, 150), (normalized, 11)] {
         let p = named(p, "threads", batch);
-        let run = |threads: usize| {
+        // `dispatch(step)` says who runs the shares of each step: the pool, this thread alone
+        // (what a busy machine gets), or a change between steps.
+        let run = |threads: usize, dispatch: &dyn Fn(usize) -> Dispatch| {
             let mut jit = Jit::with_threads(&p, None, threads).expect("jit builds");
             assert_eq!(Backend::threads(&jit), threads);
             let mut losses = Vec::new();
             for step in 0..12 {
+                jit.set_dispatch(dispatch(step));
                 let rows = if step == 11 { 3 } else { batch };
                 let (pixels, labels) = data(&p, rows, 300 + step as u64);
                 let b = Batch {
@@ -1421,19 +1424,40 @@ fn threads_do_not_change_results() {
             }
             let (pixels, _) = data(&p, 2 * batch + 3, 5);
             let mut predictions = Vec::new();
-            for mode in [Mode::Inference, Mode::McDropout { sample: 2 }] {
+            for (i, mode) in [Mode::Inference, Mode::McDropout { sample: 2 }]
+                .into_iter()
+                .enumerate()
+            {
+                jit.set_dispatch(dispatch(i));
                 let mut probs = vec![0.0; (2 * batch + 3) * p.output_width()];
                 jit.predict(&pixels, mode, &mut probs);
                 predictions.push(probs);
             }
             (losses, jit.state(), predictions)
         };
-        let one = run(1);
+        let one = run(1, &|_| Dispatch::Pool);
+        let alternate = |step: usize| {
+            if step.is_multiple_of(2) {
+                Dispatch::Pool
+            } else {
+                Dispatch::Solo
+            }
+        };
         for threads in [2, 3] {
-            let many = run(threads);
-            assert_eq!(one.0, many.0, "losses on {threads} threads");
-            assert!(one.1 == many.1, "state after training on {threads} threads");
-            assert_eq!(one.2, many.2, "predictions on {threads} threads");
+            for (how, dispatch) in [
+                (
+                    "the pool",
+                    &(|_| Dispatch::Pool) as &dyn Fn(usize) -> Dispatch,
+                ),
+                ("one thread", &|_| Dispatch::Solo),
+                ("the pool and one thread by turns", &alternate),
+            ] {
+                let many = run(threads, dispatch);
+                let on = format!("{threads} threads run by {how}");
+                assert_eq!(one.0, many.0, "losses on {on}");
+                assert!(one.1 == many.1, "state after training on {on}");
+                assert_eq!(one.2, many.2, "predictions on {on}");
+            }
         }
     }
 }

@@ -93,7 +93,8 @@ pub struct FetchArgs {
     /// MD5 checksum of the file at --url (default: the official archive's).
     #[arg(long, default_value = netc_runtime::fetch::CIFAR10_MD5, value_parser = parse_md5)]
     md5: String,
-    /// Seconds to wait for a connection, and for the server to send anything, before giving up.
+    /// Seconds to wait for a connection, and for the server to send anything, before giving up;
+    /// also the window over which the download must average at least 1 KiB/s.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     timeout: u64,
 }
@@ -931,6 +932,7 @@ fn data_fetch(args: FetchArgs) -> Result<ExitCode> {
         dir,
         connect_timeout: timeout,
         read_timeout: timeout,
+        max_bytes: fetch::DEFAULT_MAX_BYTES,
         progress: true,
     };
     eprintln!("downloading {}\n  to {}", opts.url, opts.target().display());

@@ -1,6 +1,7 @@
 //! Downloading CIFAR-10 (`netc_runtime::fetch` and `netc data fetch`) against HTTP servers that
 //! these tests start on 127.0.0.1: a good one, one that drops the connection half-way, one that
-//! ignores Range requests, one that answers 404 and one that never answers. Also the `--offline`
+//! ignores Range requests, one that answers 404, one that never answers, one that never stops
+//! and ones that send a byte now and then. Also the `--offline`
 //! path of the commands that need data. Nothing here reaches beyond 127.0.0.1, and every command
 //! runs with HOME and XDG_CACHE_HOME in a temporary directory, so no real cache is touched.
 
@@ -30,7 +31,18 @@ struct Behaviour {
     stall_first_after: Option<usize>,
     /// Accept connections, read the request, and never answer.
     silent: bool,
+    /// Answer without Content-Length and send the file over and over, up to `ENDLESS_CAP`.
+    endless: bool,
+    /// Send the head of the answer a byte every `TRICKLE`.
+    trickle_head: bool,
+    /// Send the head at once, then the body a byte every `TRICKLE`.
+    trickle_body: bool,
 }
+
+/// What an endless answer sends at most, so that a test of a client that never stops ends.
+const ENDLESS_CAP: usize = 64 << 20;
+/// Pause between the bytes of a trickling answer.
+const TRICKLE: Duration = Duration::from_millis(200);
 
 const GOOD: Behaviour = Behaviour {
     status: 200,
@@ -38,6 +50,9 @@ const GOOD: Behaviour = Behaviour {
     drop_first_after: None,
     stall_first_after: None,
     silent: false,
+    endless: false,
+    trickle_head: false,
+    trickle_body: false,
 };
 
 /// An HTTP/1.1 server on 127.0.0.1 serving one file at every path, recording the Range header
@@ -110,7 +125,7 @@ fn serve(
             held.push(stream);
             continue;
         }
-        answer(&mut stream, body, behaviour, range.as_deref(), first).ok();
+        answer(&mut stream, body, behaviour, range.as_deref(), first, stop).ok();
         if first && behaviour.stall_first_after.is_some() {
             held.push(stream);
             continue;
@@ -147,7 +162,37 @@ fn answer(
     behaviour: Behaviour,
     range: Option<&str>,
     first: bool,
+    stop: &AtomicBool,
 ) -> std::io::Result<()> {
+    if behaviour.endless {
+        write!(stream, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+        let mut sent = 0;
+        while sent < ENDLESS_CAP && !stop.load(Ordering::SeqCst) {
+            stream.write_all(body)?;
+            sent += body.len();
+        }
+        return Ok(());
+    }
+    if behaviour.trickle_head || behaviour.trickle_body {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let (at_once, slowly) = if behaviour.trickle_head {
+            (&b""[..], [head.as_bytes(), body].concat())
+        } else {
+            (head.as_bytes(), body.to_vec())
+        };
+        stream.write_all(at_once)?;
+        for byte in slowly {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            stream.write_all(&[byte])?;
+            std::thread::sleep(TRICKLE);
+        }
+        return Ok(());
+    }
     if behaviour.status != 200 {
         let text = b"no such file";
         write!(
@@ -214,6 +259,7 @@ fn options(server: &TestServer, dir: &Path, body: &[u8]) -> FetchOptions {
         dir: dir.to_path_buf(),
         connect_timeout: Duration::from_secs(2),
         read_timeout: Duration::from_secs(1),
+        max_bytes: fetch::DEFAULT_MAX_BYTES,
         progress: false,
     }
 }
@@ -408,6 +454,135 @@ fn a_stall_half_way_is_a_timeout_that_keeps_the_part() {
     let fetched = fetch::fetch(&opts).expect("resume");
     assert_eq!(fetched.resumed_from, third as u64);
     assert_eq!(std::fs::read(&fetched.path).expect("read"), body);
+}
+
+#[test]
+fn a_body_without_length_is_cut_off_and_leaves_nothing_to_resume() {
+    let body = tarball();
+    let endless = TestServer::start(
+        body.clone(),
+        Behaviour {
+            endless: true,
+            ..GOOD
+        },
+    );
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut opts = options(&endless, tmp.path(), &body);
+    opts.max_bytes = 4 * body.len() as u64;
+    let err = fetch::fetch(&opts).expect_err("too large");
+    assert_eq!(code(&err), "netc::fetch::too_large", "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("more than {} bytes", opts.max_bytes)),
+        "{err}"
+    );
+    assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
+
+    // The next fetch starts afresh rather than resuming the cut-off bytes.
+    let good = TestServer::start(body.clone(), GOOD);
+    opts.url = good.url.clone();
+    let fetched = fetch::fetch(&opts).expect("fetch");
+    assert_eq!(fetched.resumed_from, 0);
+    assert_eq!(good.ranges(), vec![None]);
+}
+
+#[test]
+fn an_announced_size_over_the_limit_is_refused_before_downloading() {
+    let body = tarball();
+    let server = TestServer::start(body.clone(), GOOD);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut opts = options(&server, tmp.path(), &body);
+    opts.max_bytes = body.len() as u64 - 1;
+    let err = fetch::fetch(&opts).expect_err("too large");
+    assert_eq!(code(&err), "netc::fetch::too_large", "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("announces {} bytes", body.len())),
+        "{err}"
+    );
+    assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
+}
+
+/// A small file, so that a client that waits for a trickle still ends within seconds.
+const SMALL_BODY: &[u8] = b"forty bytes of a file that trickles in..";
+
+#[test]
+fn a_body_that_trickles_in_times_out() {
+    let server = TestServer::start(
+        SMALL_BODY.to_vec(),
+        Behaviour {
+            trickle_body: true,
+            ..GOOD
+        },
+    );
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let opts = options(&server, tmp.path(), SMALL_BODY);
+    let started = Instant::now();
+    let err = fetch::fetch(&opts).expect_err("too slow");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(code(&err), "netc::fetch::timeout", "{err}");
+    assert!(err.to_string().contains("sent only"), "{err}");
+    assert!(err.to_string().contains("while receiving"), "{err}");
+    // What came is kept for a resume.
+    let part = std::fs::read(opts.part()).expect("part kept");
+    assert!(
+        !part.is_empty() && SMALL_BODY.starts_with(&part),
+        "{part:?}"
+    );
+}
+
+#[test]
+fn a_head_that_trickles_in_times_out() {
+    let server = TestServer::start(
+        SMALL_BODY.to_vec(),
+        Behaviour {
+            trickle_head: true,
+            ..GOOD
+        },
+    );
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let opts = options(&server, tmp.path(), SMALL_BODY);
+    let started = Instant::now();
+    let err = fetch::fetch(&opts).expect_err("too slow");
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert_eq!(code(&err), "netc::fetch::timeout", "{err}");
+    assert!(
+        err.to_string().contains("sent no complete answer in 3 s"),
+        "{err}"
+    );
+    assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
+}
+
+#[cfg(unix)]
+#[test]
+fn a_part_that_links_elsewhere_is_never_written_through() {
+    let body = tarball();
+    let server = TestServer::start(body.clone(), GOOD);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("cache");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let outside = tmp.path().join("precious.txt");
+    std::fs::write(&outside, b"precious").expect("write");
+    let opts = options(&server, &dir, &body);
+
+    std::os::unix::fs::symlink(&outside, opts.part()).expect("symlink");
+    let err = fetch::fetch(&opts).expect_err("a link");
+    assert_eq!(code(&err), "netc::fetch::unsafe_part", "{err}");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert!(help(&err).contains("delete"), "{}", help(&err));
+    assert_eq!(std::fs::read(&outside).expect("read"), b"precious");
+
+    std::fs::remove_file(opts.part()).expect("remove link");
+    std::fs::hard_link(&outside, opts.part()).expect("hard link");
+    let err = fetch::fetch(&opts).expect_err("a hard link");
+    assert_eq!(code(&err), "netc::fetch::unsafe_part", "{err}");
+    assert_eq!(std::fs::read(&outside).expect("read"), b"precious");
+    assert!(server.ranges().is_empty(), "{:?}", server.ranges());
+
+    // Once the link is gone, the download goes ahead.
+    std::fs::remove_file(opts.part()).expect("remove link");
+    fetch::fetch(&opts).expect("fetch");
+    assert_eq!(std::fs::read(&outside).expect("read"), b"precious");
 }
 
 #[test]

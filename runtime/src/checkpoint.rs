@@ -65,9 +65,21 @@ pub fn fnv1a64(bytes: &[u8]) -> String {
     format!("{hash:016x}")
 }
 
-/// A cheap fingerprint of a training set: its size and all its labels. It tells another data
-/// set (generated or real, another download) from the one a run started with.
+/// A cheap fingerprint of a training set: its size, an FNV-1a 64 of its labels and an XXH64 of
+/// its pixels (`Examples::pixel_digest`), as `NxF:LABELS:PIXELS`. It tells another data set
+/// (generated or real, another download, the same labels over other images) from the one a run
+/// started with.
 pub fn data_fingerprint(examples: &Examples) -> String {
+    format!(
+        "{}:{:016x}",
+        label_fingerprint(examples),
+        examples.pixel_digest()
+    )
+}
+
+/// `NxF:LABELS`, the whole fingerprint of checkpoints written before pixels were fingerprinted
+/// too, and the new fingerprint's prefix.
+fn label_fingerprint(examples: &Examples) -> String {
     let mut bytes = (examples.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(&(examples.features() as u64).to_le_bytes());
     bytes.extend_from_slice(examples.labels());
@@ -77,6 +89,33 @@ pub fn data_fingerprint(examples: &Examples) -> String {
         examples.features(),
         fnv1a64(&bytes)
     )
+}
+
+/// Checks a training set against the fingerprint a checkpoint recorded. A label-only
+/// fingerprint (`NxF:LABELS`, from an older netc) is compared on what it holds, so such a run
+/// still resumes; its pixels cannot be checked.
+pub fn check_data(recorded: &str, examples: &Examples) -> Result<(), ResumeError> {
+    let found = data_fingerprint(examples);
+    let label_only = recorded.split(':').count() == 2;
+    let same = if label_only {
+        label_fingerprint(examples) == recorded
+    } else {
+        found == recorded
+    };
+    if same {
+        return Ok(());
+    }
+    let labels = |fingerprint: &str| fingerprint.rsplit_once(':').map(|(l, _)| l.to_owned());
+    let what = if !label_only && labels(&found) == labels(recorded) {
+        "the same labels over other images"
+    } else {
+        "other examples or labels"
+    };
+    Err(ResumeError::DataMismatch {
+        expected: recorded.to_owned(),
+        found,
+        what,
+    })
 }
 
 /// Errors writing a checkpoint. The previous checkpoint is intact whenever one is returned.
@@ -163,14 +202,22 @@ pub enum ResumeError {
     )]
     SpecMismatch { path: PathBuf, reason: String },
 
-    #[error("the data differ from those the run started with ({found} instead of {expected})")]
+    #[error(
+        "the data differ from those the run started with: {what} (fingerprint {found} instead of \
+         {expected})"
+    )]
     #[diagnostic(
         code(netc::resume::data_mismatch),
         help(
-            "pass the run's data set with --data; the run's examples and labels must be the same"
+            "pass the run's data set with --data; its images and labels must be the ones the run \
+             started with"
         )
     )]
-    DataMismatch { expected: String, found: String },
+    DataMismatch {
+        expected: String,
+        found: String,
+        what: &'static str,
+    },
 
     #[error(transparent)]
     #[diagnostic(transparent)]

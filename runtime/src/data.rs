@@ -6,14 +6,18 @@
 //! Pixels stay `u8` from disk to the backend: nothing here ever makes a float copy of the data
 //! set, and splits and shuffles are index lists, so the real data set costs its 60,000 × 3,072
 //! bytes once. Bad files are never a panic and never silently fewer images: every problem is a
-//! `DataError` naming the file.
+//! `DataError` naming the file. An archive is read to the end of its gzip stream, so its CRC-32
+//! is always checked, and what reading it may cost is bounded (`ArchiveLimits`), so a small
+//! forged archive cannot make netc decompress or hold gigabytes.
 
+use std::cell::Cell;
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use netc_compiler::backend::{Batch, InputStats};
 use netc_compiler::rng::{purpose, SplitMix64};
@@ -49,6 +53,11 @@ const HOW_TO_GET: &str = "run `netc data fetch` to download it (162 MB) into the
 download the binary version of CIFAR-10 (https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz) \
 and put `cifar-10-binary.tar.gz` (or its extracted `cifar-10-batches-bin` folder) in ./data, or \
 pass its path with --data, or set NETC_DATA to it";
+
+/// What to do about an archive that cannot be CIFAR-10's.
+const REDOWNLOAD: &str = "the file is damaged, incomplete or not CIFAR-10's binary archive: delete it \
+and download it again (`netc data fetch` downloads the official archive and verifies its MD5), or use \
+the extracted `cifar-10-batches-bin` folder";
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum DataError {
@@ -130,15 +139,43 @@ pub enum DataError {
     },
 
     #[error("{archive} is corrupt or truncated (while reading {member}): {source}")]
-    #[diagnostic(
-        code(netc::data::corrupt_archive),
-        help("the download is probably incomplete; download it again or use the extracted folder")
-    )]
+    #[diagnostic(code(netc::data::corrupt_archive), help("{REDOWNLOAD}"))]
     CorruptArchive {
         archive: String,
         member: String,
         #[source]
         source: io::Error,
+    },
+
+    #[error("{archive} decompresses to more than {limit} bytes")]
+    #[diagnostic(
+        code(netc::data::archive_too_large),
+        help("CIFAR-10's binary archive decompresses to 184,391,680 bytes, so this file is not it: {REDOWNLOAD}")
+    )]
+    ArchiveTooLarge { archive: String, limit: u64 },
+
+    #[error("{archive} holds a {kind} of {bytes} bytes; netc reads at most {limit}")]
+    #[diagnostic(
+        code(netc::data::oversized_header),
+        help("CIFAR-10's binary archive has no such header, so this file is not it: {REDOWNLOAD}")
+    )]
+    OversizedHeader {
+        archive: String,
+        kind: &'static str,
+        bytes: u64,
+        limit: u64,
+    },
+
+    #[error("{archive} holds {member} of {bytes} bytes; netc reads no member over {limit}")]
+    #[diagnostic(
+        code(netc::data::oversized_member),
+        help("no file of CIFAR-10's binary archive is larger than a batch file ({limit} bytes), so this file is not it: {REDOWNLOAD}")
+    )]
+    OversizedMember {
+        archive: String,
+        member: String,
+        bytes: u64,
+        limit: u64,
     },
 
     #[error("{file} does not declare a valid record count: {reason}")]
@@ -261,6 +298,13 @@ impl Examples {
         (0..self.labels.len() as u32).collect()
     }
 
+    /// XXH64 (seed 0) of all the pixels: one pass at memory speed, so a checkpoint can tell
+    /// other images under the same labels from the run's own for the price of a few
+    /// milliseconds on the real training set.
+    pub fn pixel_digest(&self) -> u64 {
+        xxh64(&self.pixels)
+    }
+
     /// Count of examples per class (labels at or above `classes` are not counted).
     pub fn class_counts(&self, classes: usize) -> Vec<usize> {
         let mut counts = vec![0; classes];
@@ -271,6 +315,85 @@ impl Examples {
         }
         counts
     }
+}
+
+const XXH_PRIME_1: u64 = 0x9e37_79b1_85eb_ca87;
+const XXH_PRIME_2: u64 = 0xc2b2_ae3d_27d4_eb4f;
+const XXH_PRIME_3: u64 = 0x1656_67b1_9e37_79f9;
+const XXH_PRIME_4: u64 = 0x85eb_ca77_c2b2_ae63;
+const XXH_PRIME_5: u64 = 0x27d4_eb2f_1656_67c5;
+
+fn xxh_round(acc: u64, lane: u64) -> u64 {
+    acc.wrapping_add(lane.wrapping_mul(XXH_PRIME_2))
+        .rotate_left(31)
+        .wrapping_mul(XXH_PRIME_1)
+}
+
+fn xxh_merge(acc: u64, lane: u64) -> u64 {
+    (acc ^ xxh_round(0, lane))
+        .wrapping_mul(XXH_PRIME_1)
+        .wrapping_add(XXH_PRIME_4)
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    u64::from_le_bytes(std::array::from_fn(|i| bytes[i]))
+}
+
+/// XXH64 with seed 0, as specified by the xxHash project (and computed by `xxhsum -H64`): a
+/// fingerprint stored in checkpoints, so its value must never change. Four independent lanes
+/// keep the multipliers busy; a cryptographic hash would be several times slower.
+fn xxh64(bytes: &[u8]) -> u64 {
+    let stripes = bytes.chunks_exact(32);
+    let tail = stripes.remainder();
+    let mut hash = if bytes.len() >= 32 {
+        let mut lanes = [
+            XXH_PRIME_1.wrapping_add(XXH_PRIME_2),
+            XXH_PRIME_2,
+            0,
+            XXH_PRIME_1.wrapping_neg(),
+        ];
+        for stripe in stripes {
+            for (i, lane) in lanes.iter_mut().enumerate() {
+                *lane = xxh_round(*lane, le_u64(&stripe[8 * i..]));
+            }
+        }
+        let [a, b, c, d] = lanes;
+        let mixed = a
+            .rotate_left(1)
+            .wrapping_add(b.rotate_left(7))
+            .wrapping_add(c.rotate_left(12))
+            .wrapping_add(d.rotate_left(18));
+        lanes.iter().fold(mixed, |h, &lane| xxh_merge(h, lane))
+    } else {
+        XXH_PRIME_5
+    };
+    hash = hash.wrapping_add(bytes.len() as u64);
+    let mut words = tail.chunks_exact(8);
+    for word in &mut words {
+        hash = (hash ^ xxh_round(0, le_u64(word)))
+            .rotate_left(27)
+            .wrapping_mul(XXH_PRIME_1)
+            .wrapping_add(XXH_PRIME_4);
+    }
+    let mut rest = words.remainder();
+    if rest.len() >= 4 {
+        let half = u64::from(u32::from_le_bytes(std::array::from_fn(|i| rest[i])));
+        hash = (hash ^ half.wrapping_mul(XXH_PRIME_1))
+            .rotate_left(23)
+            .wrapping_mul(XXH_PRIME_2)
+            .wrapping_add(XXH_PRIME_3);
+        rest = &rest[4..];
+    }
+    for &byte in rest {
+        hash = (hash ^ u64::from(byte).wrapping_mul(XXH_PRIME_5))
+            .rotate_left(11)
+            .wrapping_mul(XXH_PRIME_1);
+    }
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(XXH_PRIME_2);
+    hash ^= hash >> 29;
+    hash = hash.wrapping_mul(XXH_PRIME_3);
+    hash ^ (hash >> 32)
 }
 
 /// CIFAR-10: 50,000 training images (the five data batches in order) and 10,000 test images.
@@ -588,25 +711,208 @@ fn read_tarball(path: &Path) -> Result<RawFiles, DataError> {
         file: archive_name.clone(),
         source,
     })?;
+    read_archive(
+        BufReader::with_capacity(1 << 16, file),
+        &archive_name,
+        ArchiveLimits::CIFAR10,
+    )
+}
+
+/// Bounds on what reading an archive may cost, so that a small forged file cannot make netc
+/// decompress or hold gigabytes.
+#[derive(Clone, Copy, Debug)]
+struct ArchiveLimits {
+    /// Bytes the gzip stream may decompress to, tar padding included.
+    decompressed: u64,
+    /// Bytes of a GNU long-name or long-link entry, or of a PAX header.
+    header_entry: u64,
+    /// Bytes of any other member.
+    member: u64,
+}
+
+impl ArchiveLimits {
+    /// The official archive decompresses to 184,391,680 bytes, its largest members are the batch
+    /// files, and it has no extension headers at all; a path of a few KiB is already absurd.
+    const CIFAR10: ArchiveLimits = ArchiveLimits {
+        decompressed: 256 << 20,
+        header_entry: 16 << 10,
+        member: (RECORDS_PER_FILE * RECORD_BYTES) as u64,
+    };
+}
+
+/// The decompressed stream, failing once it passes `limit` bytes. The failure is also recorded
+/// in `exceeded`, because `tar` may pass it on as some other error.
+struct CappedReader<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+    exceeded: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for CappedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let room = self.limit - self.read;
+        if room == 0 {
+            // At the limit, only the end of the stream is still acceptable.
+            let mut probe = [0u8; 1];
+            if self.inner.read(&mut probe)? == 0 {
+                return Ok(0);
+            }
+            self.exceeded.set(true);
+            return Err(io::Error::other(format!(
+                "the archive decompresses to more than {} bytes",
+                self.limit
+            )));
+        }
+        let len = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..len])?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Reads the members of a gzip-compressed tar, then the gzip stream to its very end: `tar` stops
+/// at its end-of-archive block, before the trailer that holds the gzip CRC-32 and length, and a
+/// damaged archive often decompresses without any other complaint. Streams of several gzip
+/// members (which `gzip` and `tar` accept) are read as one.
+fn read_archive(
+    compressed: impl Read,
+    archive_name: &str,
+    limits: ArchiveLimits,
+) -> Result<RawFiles, DataError> {
+    let exceeded = Rc::new(Cell::new(false));
+    let failed = |member: &str, source: io::Error| {
+        if exceeded.get() {
+            DataError::ArchiveTooLarge {
+                archive: archive_name.to_owned(),
+                limit: limits.decompressed,
+            }
+        } else {
+            DataError::CorruptArchive {
+                archive: archive_name.to_owned(),
+                member: member.to_owned(),
+                source,
+            }
+        }
+    };
+    let mut archive = tar::Archive::new(CappedReader {
+        inner: MultiGzDecoder::new(compressed),
+        read: 0,
+        limit: limits.decompressed,
+        exceeded: Rc::clone(&exceeded),
+    });
+    let members = read_members(&mut archive, archive_name, limits, &failed);
+    if let Err(
+        DataError::CorruptArchive { .. }
+        | DataError::ArchiveTooLarge { .. }
+        | DataError::OversizedHeader { .. }
+        | DataError::OversizedMember { .. },
+    ) = &members
+    {
+        return members;
+    }
+    // Whatever the members held, a stream that fails its checksum is corrupt, and that is the
+    // better explanation of a bad label or a short file found inside it.
+    io::copy(&mut archive.into_inner(), &mut io::sink())
+        .map_err(|e| failed("the rest of the gzip stream", e))?;
+    members
+}
+
+/// Entry types whose data describe the next member rather than being one.
+fn header_entry_kind(kind: tar::EntryType) -> Option<&'static str> {
+    if kind.is_gnu_longname() {
+        Some("GNU long-name entry")
+    } else if kind.is_gnu_longlink() {
+        Some("GNU long-link entry")
+    } else if kind.is_pax_local_extensions() {
+        Some("PAX header")
+    } else if kind.is_pax_global_extensions() {
+        Some("PAX global header")
+    } else {
+        None
+    }
+}
+
+/// The name a GNU long-name entry or a PAX header gives the member after it.
+fn extended_name(kind: tar::EntryType, data: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    if kind.is_gnu_longname() {
+        let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+        return Ok(Some(data[..end].to_vec()));
+    }
+    let mut path = None;
+    if kind.is_pax_local_extensions() {
+        for record in tar::PaxExtensions::new(data) {
+            let record = record?;
+            match record.key() {
+                Ok("path") => path = Some(record.value_bytes().to_vec()),
+                // Entries are iterated raw, so a size here would not be applied: the member's
+                // data would be misread.
+                Ok("size") => {
+                    return Err(io::Error::other(
+                        "a PAX header overrides a member's size, which no CIFAR-10 archive needs",
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(path)
+}
+
+/// The six batch files (and the synthetic marker) among the archive's members. Entries are
+/// iterated raw, so that netc, not `tar`, decides how much of a long-name entry or a PAX header
+/// to read: `tar` would read one of any size into memory.
+fn read_members<R: Read>(
+    archive: &mut tar::Archive<R>,
+    archive_name: &str,
+    limits: ArchiveLimits,
+    failed: &dyn Fn(&str, io::Error) -> DataError,
+) -> Result<RawFiles, DataError> {
     let names: [String; 6] =
         std::array::from_fn(|i| format!("{archive_name} (member {FOLDER_NAME}/{})", file_name(i)));
     let mut raw = RawFiles::new(names);
-    let corrupt = |member: &str, source: io::Error| DataError::CorruptArchive {
-        archive: archive_name.clone(),
-        member: member.to_owned(),
-        source,
-    };
-    let mut archive = tar::Archive::new(GzDecoder::new(BufReader::with_capacity(1 << 16, file)));
     let entries = archive
         .entries()
-        .map_err(|e| corrupt("the archive header", e))?;
+        .map_err(|e| failed("the archive header", e))?
+        .raw(true);
+    let mut next_name: Option<Vec<u8>> = None;
     for entry in entries {
-        let mut entry = entry.map_err(|e| corrupt("a member header", e))?;
-        let member_path = entry
-            .path()
-            .map_err(|e| corrupt("a member name", e))?
-            .into_owned();
+        let mut entry = entry.map_err(|e| failed("a member header", e))?;
+        let kind = entry.header().entry_type();
+        if let Some(what) = header_entry_kind(kind) {
+            if entry.size() > limits.header_entry {
+                return Err(DataError::OversizedHeader {
+                    archive: archive_name.to_owned(),
+                    kind: what,
+                    bytes: entry.size(),
+                    limit: limits.header_entry,
+                });
+            }
+            let mut data = Vec::new();
+            entry
+                .read_to_end(&mut data)
+                .map_err(|e| failed("a member header", e))?;
+            if let Some(name) = extended_name(kind, &data).map_err(|e| failed(what, e))? {
+                next_name = Some(name);
+            }
+            continue;
+        }
+        let member_path = match next_name.take() {
+            Some(bytes) => PathBuf::from(String::from_utf8_lossy(&bytes).into_owned()),
+            None => entry
+                .path()
+                .map_err(|e| failed("a member name", e))?
+                .into_owned(),
+        };
         let member = member_path.display().to_string();
+        if entry.size() > limits.member {
+            return Err(DataError::OversizedMember {
+                archive: archive_name.to_owned(),
+                member,
+                bytes: entry.size(),
+                limit: limits.member,
+            });
+        }
         let Some(base) = member_path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
@@ -615,25 +921,25 @@ fn read_tarball(path: &Path) -> Result<RawFiles, DataError> {
             let mut text = String::new();
             entry
                 .read_to_string(&mut text)
-                .map_err(|e| corrupt(&member, e))?;
+                .map_err(|e| failed(&member, e))?;
             raw.expected = read_marker(&display, &text)?;
             continue;
         }
         let Some(slot) = file_slot(base) else {
             continue;
         };
-        if !entry.header().entry_type().is_file() {
+        if !kind.is_file() {
             return Err(DataError::NotAFile { file: display });
         }
         if raw.files[slot].is_some() {
             return Err(DataError::DuplicateMember {
-                archive: archive_name.clone(),
+                archive: archive_name.to_owned(),
                 member,
             });
         }
         let records = record_count(&display, entry.size())?;
         let data = read_records(&mut entry, records).map_err(|failure| match failure {
-            ReadFailure::Io(source) => corrupt(&member, source),
+            ReadFailure::Io(source) => failed(&member, source),
             ReadFailure::Label { record, label } => DataError::BadLabel {
                 file: display.clone(),
                 record,
@@ -649,7 +955,7 @@ fn read_tarball(path: &Path) -> Result<RawFiles, DataError> {
         .collect();
     if !missing.is_empty() {
         return Err(DataError::MissingMember {
-            archive: archive_name,
+            archive: archive_name.to_owned(),
             members: missing,
         });
     }
@@ -1148,6 +1454,189 @@ mod tests {
 
         fs::write(&path, b"not a gzip file at all").unwrap();
         expect_err(&path, "netc::data::corrupt_archive", TARBALL_NAME);
+    }
+
+    /// The archive `tarball_bytes` makes, decompressed, without its end-of-archive blocks, so
+    /// that tests can append members of their own.
+    fn open_tar(members: &[(String, Vec<u8>)]) -> Vec<u8> {
+        let mut tar = Vec::new();
+        MultiGzDecoder::new(tarball_bytes(members).unwrap().as_slice())
+            .read_to_end(&mut tar)
+            .unwrap();
+        assert!(tar[tar.len() - 1024..].iter().all(|&b| b == 0));
+        tar.truncate(tar.len() - 1024);
+        tar
+    }
+
+    /// A tar header block, written field by field rather than by `tar::Builder`, which would
+    /// want the data it announces.
+    fn header_block(name: &str, kind: u8, size: u64) -> Vec<u8> {
+        let mut header = tar::Header::new_gnu();
+        header.set_path(name).unwrap();
+        header.set_entry_type(tar::EntryType::new(kind));
+        header.set_size(size);
+        header.set_mode(0o644);
+        header.set_cksum();
+        header.as_bytes().to_vec()
+    }
+
+    /// Counts the bytes read through it.
+    struct Counting<R> {
+        inner: R,
+        count: Rc<Cell<u64>>,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.count.set(self.count.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    /// `prefix`, then `zeros` zero bytes generated as they are read, gzip-compressed as it is
+    /// read, and read as an archive: a large archive that never exists whole. Returns the error
+    /// and how many of the zeros were read.
+    fn read_lazy(prefix: Vec<u8>, zeros: u64) -> (DataError, u64) {
+        let count = Rc::new(Cell::new(0));
+        let zeros = Counting {
+            inner: io::repeat(0).take(zeros),
+            count: Rc::clone(&count),
+        };
+        let err = read_gzip_of(io::Cursor::new(prefix).chain(zeros));
+        (err, count.get())
+    }
+
+    /// Reads `tar` through a gzip compressor that runs only as far as the archive is read.
+    fn read_gzip_of(tar: impl Read) -> DataError {
+        let gz = flate2::read::GzEncoder::new(tar, flate2::Compression::fast());
+        read_archive(gz, "bomb.tar.gz", ArchiveLimits::CIFAR10)
+            .map(|_| ())
+            .expect_err("the archive is refused")
+    }
+
+    #[test]
+    fn xxh64_matches_the_reference_vectors() {
+        // From libxxhash 0.8 (`XXH64(data, len, 0)`), covering every tail length class.
+        let bytes_47: Vec<u8> = (0..47).collect();
+        let bytes_773: Vec<u8> = (0..=255u8).cycle().take(768).chain(*b"tail1").collect();
+        let cases: [(&[u8], u64); 6] = [
+            (b"", 0xef46_db37_51d8_e999),
+            (b"a", 0xd24e_c4f1_a98c_6e5b),
+            (b"abc", 0x44bc_2cf5_ad77_0999),
+            (
+                b"0123456789abcdef0123456789abcdef0123456789abcdefXYZW",
+                0x20e5_a9de_5a2e_3dd5,
+            ),
+            (&bytes_47, 0x0d98_83a0_3e7b_fbb8),
+            (&bytes_773, 0x7a71_e90c_16c8_3cab),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(xxh64(bytes), expected, "{} bytes", bytes.len());
+        }
+    }
+
+    #[test]
+    fn a_bit_flip_anywhere_in_the_compressed_stream_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(TARBALL_NAME);
+        let good = tarball_bytes(&good_members(3)).unwrap();
+        let len = good.len();
+        // Past the gzip header (whose time stamp no checksum covers) and short of the last byte
+        // of deflate data (whose padding bits mean nothing), then the CRC-32 and length trailer.
+        let body = (10..len - 9).step_by((len - 19) / 16);
+        let trailer = len - 8..len;
+        let mut silently_loaded = Vec::new();
+        for at in body.chain(trailer) {
+            let mut bytes = good.clone();
+            bytes[at] ^= 1 << (at % 8);
+            fs::write(&path, &bytes).unwrap();
+            match load_path(&path) {
+                Err(e) if code(&e) == "netc::data::corrupt_archive" => {
+                    let help = e.help().map(|h| h.to_string()).unwrap_or_default();
+                    assert!(help.contains("netc data fetch"), "{help}");
+                }
+                Err(e) => panic!("flip at byte {at}: {e}"),
+                Ok(_) => silently_loaded.push(at),
+            }
+        }
+        assert_eq!(silently_loaded, Vec::<usize>::new(), "of {len} bytes");
+        fs::write(&path, &good).unwrap();
+        assert!(load_path(&path).is_ok());
+    }
+
+    #[test]
+    fn a_gzip_stream_of_several_members_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let members = good_members(3);
+        let mut tar = Vec::new();
+        MultiGzDecoder::new(tarball_bytes(&members).unwrap().as_slice())
+            .read_to_end(&mut tar)
+            .unwrap();
+        // Cut inside a batch file, as `cat a.gz b.gz` of a split archive would.
+        let mut bytes = Vec::new();
+        for part in [&tar[..5_000], &tar[5_000..20_000], &tar[20_000..]] {
+            let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            io::Write::write_all(&mut gz, part).unwrap();
+            bytes.extend(gz.finish().unwrap());
+        }
+        let path = tmp.path().join(TARBALL_NAME);
+        fs::write(&path, &bytes).unwrap();
+        let from_parts = load_path(&path).unwrap();
+        fs::write(&path, tarball_bytes(&members).unwrap()).unwrap();
+        let whole = load_path(&path).unwrap();
+        assert_eq!(
+            (from_parts.train, from_parts.test),
+            (whole.train, whole.test)
+        );
+    }
+
+    #[test]
+    fn header_entries_that_claim_gigabytes_are_refused_unread() {
+        const CLAIMED: u64 = 2 << 30;
+        for kind in [b'L', b'K', b'x'] {
+            let header = header_block("././@LongLink", kind, CLAIMED);
+            let (err, pulled) = read_lazy(header, CLAIMED);
+            assert_eq!(code(&err), "netc::data::oversized_header", "{err}");
+            assert!(
+                err.to_string().contains(&format!("of {CLAIMED} bytes")),
+                "{err}"
+            );
+            // The compressor runs ahead of the reader by a buffer or two.
+            assert!(pulled < 64 << 20, "{pulled} of {CLAIMED} bytes read");
+        }
+    }
+
+    #[test]
+    fn a_member_far_larger_than_a_batch_file_is_refused_unread() {
+        const CLAIMED: u64 = 1 << 30;
+        let mut tar = open_tar(&good_members(2));
+        tar.extend(header_block(
+            &format!("{FOLDER_NAME}/readme.html"),
+            b'0',
+            CLAIMED,
+        ));
+        let (err, pulled) = read_lazy(tar, CLAIMED);
+        assert_eq!(code(&err), "netc::data::oversized_member", "{err}");
+        assert!(err.to_string().contains("readme.html"), "{err}");
+        assert!(pulled < 64 << 20, "{pulled} of {CLAIMED} bytes read");
+    }
+
+    #[test]
+    fn decompression_stops_at_the_limit() {
+        // A good archive followed by members each the size of a batch file, 270 MB in all,
+        // generated as they are read: they compress to a few hundred kilobytes.
+        let mut tar: Box<dyn Read> = Box::new(io::Cursor::new(open_tar(&good_members(2))));
+        let junk = (RECORDS_PER_FILE * RECORD_BYTES) as u64;
+        for i in 0..9 {
+            let header = header_block(&format!("{FOLDER_NAME}/junk_{i}.bin"), b'0', junk);
+            let member =
+                io::Cursor::new(header).chain(io::repeat(0).take(junk.next_multiple_of(512)));
+            tar = Box::new(tar.chain(member));
+        }
+        let err = read_gzip_of(tar.chain(io::repeat(0).take(1024)));
+        assert_eq!(code(&err), "netc::data::archive_too_large", "{err}");
+        assert!(err.to_string().contains("bomb.tar.gz"), "{err}");
     }
 
     #[test]

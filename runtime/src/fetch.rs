@@ -5,15 +5,20 @@
 //! is computed while it streams. Only a complete file whose MD5 matches is synced and renamed to
 //! `NAME`, so a file under the final name is always whole and verified. A dropped connection or a
 //! stall keeps the `.part`, and the next fetch resumes it with an HTTP Range request (or starts
-//! over when the server answers the whole file); a checksum mismatch deletes it. Every failure is
-//! a `FetchError` with a stable code. Where the data is looked for is `data`'s business; this
+//! over when the server answers the whole file); a checksum mismatch deletes it. The `.part` is
+//! only ever a regular file of netc's own, never written through a link. A download is bounded
+//! in size (`max_bytes`, cut off and deleted beyond it) and in time: the answer's head must come
+//! within the timeouts, and the body must keep up a minimum rate. Every failure is a
+//! `FetchError` with a stable code. Where the data is looked for is `data`'s business; this
 //! module never reads the data set.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use md5::{Digest, Md5};
@@ -26,6 +31,14 @@ pub const CIFAR10_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.
 pub const CIFAR10_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
 /// Size of the official archive, for messages before the server has told us.
 pub const CIFAR10_MEGABYTES: u64 = 162;
+/// Size of the official archive in bytes.
+pub const CIFAR10_BYTES: u64 = 170_052_171;
+/// Default for `FetchOptions::max_bytes`: twice the official archive, room for a mirror's
+/// recompressed copy, while a server that never stops sending is cut off at a third of a GB.
+pub const DEFAULT_MAX_BYTES: u64 = 2 * CIFAR10_BYTES;
+/// Slowest transfer netc waits for: over every `read_timeout`, the server must send at least this
+/// many bytes per second on average. A trickle of a byte now and then resets no timer.
+pub const MIN_BYTES_PER_SECOND: u64 = 1024;
 /// Appended to the final name while a download is in progress.
 pub const PART_SUFFIX: &str = ".part";
 /// Default for connecting and for each wait on the server: long enough for a slow link, short
@@ -55,16 +68,38 @@ pub enum FetchError {
         detail: String,
     },
 
-    #[error("{host} sent nothing for {seconds} s while {phase}")]
+    #[error("{host} {what} while {phase}")]
     #[diagnostic(code(netc::fetch::timeout))]
     Timeout {
         url: String,
         host: String,
-        seconds: u64,
+        /// What the server did not do in time, e.g. "sent nothing for 30 s".
+        what: String,
         phase: &'static str,
         #[help]
         help: String,
     },
+
+    #[error("the download from {url} is too large: {detail}")]
+    #[diagnostic(
+        code(netc::fetch::too_large),
+        help(
+            "CIFAR-10's binary archive is {CIFAR10_BYTES} bytes: this URL serves another file, or \
+             the server misbehaves. Nothing of it was kept; check --url"
+        )
+    )]
+    TooLarge { url: String, detail: String },
+
+    #[error("{} is a {what}, not a file netc created", part.display())]
+    #[diagnostic(
+        code(netc::fetch::unsafe_part),
+        help(
+            "netc writes a download only into a regular file of its own, never through a link: \
+             delete {} and run the command again",
+            part.display()
+        )
+    )]
+    UnsafePart { part: PathBuf, what: &'static str },
 
     #[error("the download from {host} stopped after {received} of {} bytes: {detail}", expected_text(*.total))]
     #[diagnostic(
@@ -215,8 +250,13 @@ pub struct FetchOptions {
     pub dir: PathBuf,
     /// Longest wait for a connection to open.
     pub connect_timeout: Duration,
-    /// Longest wait for any bytes from the server, before the answer and during it.
+    /// Longest wait for any bytes from the server, before the answer and during it. Also bounds
+    /// the transfer's progress: the answer's head must be complete within `connect_timeout +
+    /// read_timeout`, and the body must bring `MIN_BYTES_PER_SECOND` on average over every
+    /// `read_timeout`.
     pub read_timeout: Duration,
+    /// Most bytes the file may have; a server that announces or sends more is cut off.
+    pub max_bytes: u64,
     /// Draw a progress bar on stderr (it draws only when stderr is a terminal).
     pub progress: bool,
 }
@@ -230,6 +270,7 @@ impl FetchOptions {
             dir,
             connect_timeout: DEFAULT_TIMEOUT,
             read_timeout: DEFAULT_TIMEOUT,
+            max_bytes: DEFAULT_MAX_BYTES,
             progress: true,
         }
     }
@@ -368,14 +409,35 @@ pub fn fetch(opts: &FetchOptions) -> Result<Fetched, FetchError> {
 }
 
 /// Opens (or creates) the `.part` and locks it, so two netc processes never write into it at once.
+/// Only a regular file of its own is written: a new `.part` is created exclusively, an old one is
+/// opened without following a symbolic link, and whatever was opened must be a regular file with
+/// no other name (a hard link would write into a file elsewhere).
 fn open_part(path: &Path) -> Result<File, FetchError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| FetchError::io("create", path, e))?;
+    let file = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| FetchError::io("create", path, e))?,
+        Err(e) => return Err(FetchError::io("read", path, e)),
+        Ok(meta) => {
+            check_part_kind(path, &meta)?;
+            let mut options = OpenOptions::new();
+            options.read(true).write(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+            // A link put in place since the check fails to open (ELOOP), and anything else is
+            // caught by checking what was opened.
+            options
+                .open(path)
+                .map_err(|e| FetchError::io("open", path, e))?
+        }
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| FetchError::io("read", path, e))?;
+    check_part_kind(path, &meta)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => Err(FetchError::Busy {
@@ -384,6 +446,36 @@ fn open_part(path: &Path) -> Result<File, FetchError> {
         // Some file systems cannot lock; downloading unlocked is better than not at all.
         Err(fs::TryLockError::Error(_)) => Ok(file),
     }
+}
+
+/// Refuses a `.part` that is not a regular file with one name.
+fn check_part_kind(path: &Path, meta: &fs::Metadata) -> Result<(), FetchError> {
+    let kind = meta.file_type();
+    let what = if kind.is_symlink() {
+        "symbolic link"
+    } else if kind.is_dir() {
+        "directory"
+    } else if !kind.is_file() {
+        "special file"
+    } else if hard_links(meta) > 1 {
+        "file with other names (hard links)"
+    } else {
+        return Ok(());
+    };
+    Err(FetchError::UnsafePart {
+        part: path.to_path_buf(),
+        what,
+    })
+}
+
+#[cfg(unix)]
+fn hard_links(meta: &fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::nlink(meta)
+}
+
+#[cfg(not(unix))]
+fn hard_links(_meta: &fs::Metadata) -> u64 {
+    1
 }
 
 /// The MD5 of a file and its size.
@@ -438,6 +530,50 @@ fn parse_content_range(value: &str) -> Option<BodyPlacement> {
     })
 }
 
+/// How streaming a body ended.
+enum StreamEnd {
+    Complete,
+    Failed(io::Error),
+    /// Too few bytes came over a whole window.
+    TooSlow {
+        bytes: u64,
+    },
+    /// The body would pass `max_bytes`.
+    TooLarge,
+}
+
+/// The bytes received over consecutive windows of `window`, each of which must bring at least
+/// `MIN_BYTES_PER_SECOND` on average.
+struct ProgressWindow {
+    window: Duration,
+    needed: u64,
+    started: Instant,
+    bytes: u64,
+}
+
+impl ProgressWindow {
+    fn new(window: Duration) -> Self {
+        let needed = (MIN_BYTES_PER_SECOND as f64 * window.as_secs_f64()).ceil() as u64;
+        ProgressWindow {
+            window,
+            needed: needed.max(1),
+            started: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `n` more bytes; at the end of a window, the bytes it brought when too few.
+    fn too_slow(&mut self, n: u64) -> Option<u64> {
+        self.bytes += n;
+        if self.started.elapsed() < self.window {
+            return None;
+        }
+        let bytes = std::mem::take(&mut self.bytes);
+        self.started = Instant::now();
+        (bytes < self.needed).then_some(bytes)
+    }
+}
+
 /// One `fetch` once the `.part` is open and locked.
 struct Download<'a> {
     opts: &'a FetchOptions,
@@ -463,7 +599,7 @@ impl Download<'_> {
             if have > 0 {
                 request = request.set("Range", &format!("bytes={have}-"));
             }
-            let response = match request.call() {
+            let response = match self.call(request, have)? {
                 Ok(r) => r,
                 // 416: the `.part` is not a prefix of the file (it is already as long, or longer).
                 Err(ureq::Error::Status(416, _)) if have > 0 && may_restart => {
@@ -489,7 +625,48 @@ impl Download<'_> {
                     })
                 }
             };
+            if let Some(total) = placement.total.filter(|&t| t > self.opts.max_bytes) {
+                self.truncate_part()?;
+                return Err(self.too_large(format!(
+                    "the server announces {total} bytes, and netc downloads at most {}",
+                    self.opts.max_bytes
+                )));
+            }
             return self.receive(response, placement);
+        }
+    }
+
+    /// Sends `request` and waits for the head of the answer. ureq bounds each read by the read
+    /// timeout, but not the head as a whole, which a server sending a byte now and then could
+    /// stretch over days; so the request runs on a helper thread, abandoned once the head has
+    /// not come within the connect and read timeouts (it ends at ureq's next timeout or when
+    /// the server closes, holding nothing of the download).
+    fn call(
+        &self,
+        request: ureq::Request,
+        have: u64,
+    ) -> Result<Result<ureq::Response, ureq::Error>, FetchError> {
+        let (answer, answered) = mpsc::sync_channel(1);
+        thread::Builder::new()
+            .name("netc-fetch-request".to_owned())
+            .spawn(move || answer.send(request.call()).ok())
+            .map_err(|e| FetchError::Network {
+                url: self.opts.url.clone(),
+                host: self.host(),
+                detail: format!("cannot start a thread for the request: {e}"),
+            })?;
+        let deadline = self.opts.connect_timeout + self.opts.read_timeout;
+        match answered.recv_timeout(deadline) {
+            Ok(result) => Ok(result),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(self.timeout(
+                "waiting for an answer",
+                format!("sent no complete answer in {} s", deadline.as_secs().max(1)),
+                have,
+            )),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(FetchError::BadResponse {
+                url: self.opts.url.clone(),
+                detail: "the HTTP client stopped without an answer".to_owned(),
+            }),
         }
     }
 
@@ -594,7 +771,9 @@ impl Download<'_> {
     }
 
     /// Copies the body into the `.part`, returning the file's length afterwards. Whatever was
-    /// received is flushed to the `.part` even when the connection fails, so it can be resumed.
+    /// received is flushed to the `.part` even when the connection fails or crawls, so it can be
+    /// resumed; a body longer than `max_bytes` is cut off and the `.part` emptied (`fetch` then
+    /// removes it), so that no later fetch resumes it.
     fn stream(
         &self,
         mut body: impl Read,
@@ -605,26 +784,51 @@ impl Download<'_> {
         let mut out = BufWriter::with_capacity(1 << 20, self.part);
         let mut buf = vec![0u8; CHUNK];
         let mut received = placement.offset;
-        let read_error = loop {
+        let mut progress = ProgressWindow::new(self.opts.read_timeout);
+        let end = loop {
             match body.read(&mut buf) {
-                Ok(0) => break None,
+                Ok(0) => break StreamEnd::Complete,
                 Ok(n) => {
+                    if received + n as u64 > self.opts.max_bytes {
+                        break StreamEnd::TooLarge;
+                    }
                     out.write_all(&buf[..n])
                         .map_err(|e| FetchError::io("write", self.part_path, e))?;
                     hasher.update(&buf[..n]);
                     received += n as u64;
                     bar.set_position(received);
+                    if let Some(bytes) = progress.too_slow(n as u64) {
+                        break StreamEnd::TooSlow { bytes };
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Some(e),
+                Err(e) => break StreamEnd::Failed(e),
             }
         };
         out.flush()
             .map_err(|e| FetchError::io("write", self.part_path, e))?;
-        match read_error {
-            None => Ok(received),
-            Some(e) if is_timeout(&e) => Err(self.timeout("receiving the file", received)),
-            Some(e) => Err(self.interrupted(received, placement.total, e.to_string())),
+        match end {
+            StreamEnd::Complete => Ok(received),
+            StreamEnd::TooLarge => {
+                self.truncate_part()?;
+                Err(self.too_large(format!(
+                    "the server sent more than {} bytes, the most netc downloads",
+                    self.opts.max_bytes
+                )))
+            }
+            StreamEnd::TooSlow { bytes } => Err(self.timeout(
+                "receiving the file",
+                format!(
+                    "sent only {bytes} bytes in {} s (netc waits for at least \
+                     {MIN_BYTES_PER_SECOND} bytes a second)",
+                    self.opts.read_timeout.as_secs().max(1)
+                ),
+                received,
+            )),
+            StreamEnd::Failed(e) if is_timeout(&e) => {
+                Err(self.timeout("receiving the file", self.sent_nothing(), received))
+            }
+            StreamEnd::Failed(e) => Err(self.interrupted(received, placement.total, e.to_string())),
         }
     }
 
@@ -661,7 +865,21 @@ impl Download<'_> {
         }
     }
 
-    fn timeout(&self, phase: &'static str, received: u64) -> FetchError {
+    fn sent_nothing(&self) -> String {
+        format!(
+            "sent nothing for {} s",
+            self.opts.read_timeout.as_secs().max(1)
+        )
+    }
+
+    fn too_large(&self, detail: String) -> FetchError {
+        FetchError::TooLarge {
+            url: self.opts.url.clone(),
+            detail,
+        }
+    }
+
+    fn timeout(&self, phase: &'static str, what: String, received: u64) -> FetchError {
         let kept = if received > 0 {
             format!(
                 "; the {received} bytes received are kept in {} and the download resumes from there",
@@ -673,7 +891,7 @@ impl Download<'_> {
         FetchError::Timeout {
             url: self.opts.url.clone(),
             host: self.host(),
-            seconds: self.opts.read_timeout.as_secs().max(1),
+            what,
             phase,
             help: format!(
                 "the server or the network stalled: run the command again{kept}, or name a mirror \
@@ -702,7 +920,7 @@ impl Download<'_> {
             } else {
                 "waiting for an answer"
             };
-            return self.timeout(phase, have);
+            return self.timeout(phase, self.sent_nothing(), have);
         }
         let detail = transport_detail(&transport);
         match transport.kind() {

@@ -259,14 +259,7 @@ where
     program.train.epochs = loaded.identity.epochs;
 
     let data = data::load(opts.data.as_deref())?;
-    let fingerprint = checkpoint::data_fingerprint(&data.train);
-    if fingerprint != loaded.identity.data {
-        return Err(Box::new(ResumeError::DataMismatch {
-            expected: loaded.identity.data.clone(),
-            found: fingerprint,
-        })
-        .into());
-    }
+    checkpoint::check_data(&loaded.identity.data, &data.train).map_err(Box::new)?;
     let (split, stats) = split_and_stats(&program, &data.train)?;
     let steps_per_epoch = data::batch_count(split.train.len(), program.train.batch);
     let ls = &loaded.resumed.loop_state;

@@ -492,3 +492,55 @@ fn divergence_names_the_cause_and_checkpoints_the_last_good_state() {
     let err = resume_error(resume(&f, &dir, Kind::Interp, None));
     assert_eq!(code(&err), "netc::resume::finished");
 }
+
+#[test]
+fn other_images_under_the_same_labels_are_refused() {
+    let f = fixture(SPEC);
+    let dir = stopped_run(&f);
+    // The run's data with one pixel changed: every label is the same.
+    let other = f.dir.path().join("other-pixels");
+    fs::create_dir(&other).unwrap();
+    for entry in fs::read_dir(&f.data).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), other.join(entry.file_name())).unwrap();
+    }
+    let batch = other.join("data_batch_3.bin");
+    let mut bytes = fs::read(&batch).unwrap();
+    bytes[1 + 100] ^= 1;
+    fs::write(&batch, &bytes).unwrap();
+    let other_opts = ResumeOptions {
+        data: Some(other.clone()),
+        quiet: true,
+        ..ResumeOptions::default()
+    };
+    let resume_with = |opts: &ResumeOptions| {
+        run::resume(&program(SPEC), &dir, opts, |p, s, _| {
+            build(Kind::Interp, p, s)
+        })
+    };
+    let err = resume_error(resume_with(&other_opts));
+    assert_eq!(code(&err), "netc::resume::data_mismatch", "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("the same labels over other images"),
+        "{err}"
+    );
+
+    // A checkpoint of an older netc, whose fingerprint covers the labels only, is checked on
+    // them: other labels are refused, the run's own data resume.
+    let trainer = dir.join(CHECKPOINT_DIR).join(TRAINER_FILE);
+    let mut json = trainer_json(&dir);
+    let fingerprint = json["data"].as_str().unwrap().to_owned();
+    let (label_only, _) = fingerprint.rsplit_once(':').unwrap();
+    json["data"] = label_only.into();
+    fs::write(&trainer, serde_json::to_string(&json).unwrap()).unwrap();
+    bytes[2 * data::RECORD_BYTES] = (bytes[2 * data::RECORD_BYTES] + 1) % 10;
+    fs::write(&batch, &bytes).unwrap();
+    let err = resume_error(resume_with(&other_opts));
+    assert_eq!(code(&err), "netc::resume::data_mismatch", "{err:?}");
+    assert!(
+        err.to_string().contains("other examples or labels"),
+        "{err}"
+    );
+    resume(&f, &dir, Kind::Interp, None).expect("a label-only fingerprint resumes");
+}

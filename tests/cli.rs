@@ -603,3 +603,40 @@ fn a_full_disk_is_a_diagnostic_that_names_the_file() {
     }
     assert!(left.is_empty(), "temporary files left behind: {left:?}");
 }
+
+// Issue 14: the CLI's summary lines, help texts, hints and progress, and skipped tests.
+
+/// Runs the binary by its path with only `path_var` as PATH.
+fn netc_with_path(args: &[&str], path_var: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_netc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NO_COLOR", "1")
+        .env("NETC_OFFLINE", "1")
+        .env("PATH", path_var)
+        .output()
+        .expect("netc runs")
+}
+
+#[test]
+fn hints_name_the_binary_as_it_was_started() {
+    let exe = env!("CARGO_BIN_EXE_netc");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let typo = tmp.path().join("typo");
+    let not_a_run = typo.to_str().expect("utf-8");
+    // Not on the PATH: the hint gives the path it was started by.
+    let o = netc_with_path(&["compare", not_a_run], "/usr/bin:/bin");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("`{exe} run`")),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("netc train"), "{}", stderr(&o));
+    // On the PATH as `netc`: the hint says `netc`.
+    let dir = Path::new(exe).parent().expect("the binary's directory");
+    let path_var = format!("{}:/usr/bin:/bin", dir.display());
+    let o = netc_with_path(&["compare", not_a_run], &path_var);
+    assert!(stderr(&o).contains("`netc run`"), "{}", stderr(&o));
+}
+

@@ -800,6 +800,10 @@ pub struct SweepArgs {
     /// Sweep directory (default: runs/sweep-<model>-<UTC time>); never overwritten.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Refuse grids of more than N combinations, each of which is a whole training run.
+    #[arg(long, value_name = "N", default_value_t = netc_runtime::sweep::DEFAULT_MAX_RUNS as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_runs: u64,
 }
 
 /// clap's parser for `--set`: a malformed argument is a usage error (exit code 2).
@@ -814,6 +818,10 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
     use netc_compiler::overrides;
     use netc_runtime::sweep::{self, Axis, PlannedRun, SweepOptions};
 
+    // The size is known from the value counts alone, before any combination is built.
+    let counts: Vec<usize> = args.set.iter().map(|s| s.values.len()).collect();
+    let max_runs = usize::try_from(args.max_runs).unwrap_or(usize::MAX);
+    sweep::check_grid_size(&counts, max_runs)?;
     let (base, ok) = front_end(&args.spec)?;
     let Some(program) = base.program.as_ref().filter(|_| ok) else {
         return Ok(ExitCode::from(1));
@@ -848,29 +856,34 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
         })
         .collect();
 
-    // Every combination is rewritten and checked before anything runs or is written.
+    // Every combination is rewritten and checked before anything runs or is written. Each
+    // distinct diagnostic is shown once, with the first combination that has it: one value's
+    // lint would otherwise be repeated for every combination of the other parameters' values.
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let base_warnings: Vec<(&str, &str)> = base
-        .diags
-        .iter()
-        .map(|d| (d.code.as_str(), d.message.as_str()))
-        .collect();
+    let key = |d: &diagnostics::Diag| (d.code.clone(), d.message.clone());
+    let mut shown: std::collections::HashSet<(String, String)> =
+        base.diags.iter().map(key).collect();
+    let base_diags = shown.clone();
     let mut planned = Vec::new();
     let mut failed = 0;
+    let mut repeats = 0;
     for combination in sweep::grid(&axes) {
         let text = overrides::apply_all(&source, &combination.values)?;
         let compiled = netc_compiler::compile(&text);
-        let news = compiled.has_errors()
-            || compiled
-                .diags
-                .iter()
-                .any(|d| !base_warnings.contains(&(d.code.as_str(), d.message.as_str())));
-        if news {
+        let fresh: Vec<diagnostics::Diag> = compiled
+            .diags
+            .iter()
+            .filter(|d| shown.insert(key(d)))
+            .cloned()
+            .collect();
+        if !fresh.is_empty() {
             let name = format!("{} [{}]", args.spec.display(), combination.label);
             eprint!(
                 "{}",
-                diagnostics::render(&name, &text, &compiled.diags, DIAGNOSTIC_WIDTH, color)
+                diagnostics::render(&name, &text, &fresh, DIAGNOSTIC_WIDTH, color)
             );
+        } else if compiled.diags.iter().any(|d| !base_diags.contains(&key(d))) {
+            repeats += 1;
         }
         if compiled.has_errors() {
             failed += 1;
@@ -879,6 +892,13 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
             combination,
             spec_text: text,
         });
+    }
+    if repeats > 0 {
+        eprintln!(
+            "{}: the diagnostics above also apply to {}",
+            args.spec.display(),
+            plural(repeats, "more combination")
+        );
     }
     if failed > 0 {
         eprintln!(
@@ -910,6 +930,7 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
         threads: (args.common.threads.count() / (args.jobs as usize).max(1)).max(1),
         out: args.out.clone(),
         model: program.name.clone(),
+        interrupt: Some(install_sweep_interrupt_handler()?),
     };
     eprintln!(
         "sweeping {} of {}, {} at a time",
@@ -927,7 +948,45 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
             s.total_seconds
         );
     };
-    let result = sweep::sweep(&axes, &planned, &opts, &progress)?;
+    let result = match sweep::sweep(&axes, &planned, &opts, &progress) {
+        Err(sweep::SweepError::Interrupted {
+            dir,
+            stopped,
+            finished,
+            not_started,
+        }) => {
+            eprintln!(
+                "the sweep was interrupted: {} stopped, {finished} finished, {not_started} not \
+                 started (sweep directory {})",
+                plural(stopped.len(), "run"),
+                dir.display()
+            );
+            for run in &stopped {
+                if run.resumable {
+                    eprintln!(
+                        "  {}: resume with: {} run --resume {}",
+                        run.label,
+                        invocation(),
+                        run.run_dir.display()
+                    );
+                } else {
+                    eprintln!(
+                        "  {}: stopped before its first checkpoint; its spec is {}",
+                        run.label,
+                        run.spec.display()
+                    );
+                }
+            }
+            if not_started > 0 {
+                eprintln!(
+                    "the specs of the runs not started are in {}",
+                    dir.join(sweep::SPECS_DIR).display()
+                );
+            }
+            return Ok(ExitCode::from(130));
+        }
+        other => other?,
+    };
     println!("{}", result.table);
     println!("{}", sweep::best_line(&result));
     eprintln!(
@@ -937,6 +996,29 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
         result.json_path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Makes Ctrl-C, SIGTERM and SIGHUP stop a sweep: the sweep counts them and forwards each to the
+/// runs in progress (the first makes them checkpoint and stop, a second stops them at once).
+fn install_sweep_interrupt_handler() -> Result<std::sync::Arc<std::sync::atomic::AtomicUsize>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    ctrlc::set_handler(move || {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!(
+                "\ninterrupted: stopping the runs in progress, which write checkpoints, and \
+                 starting no new ones (interrupt again to stop them at once)"
+            );
+        }
+    })
+    .map_err(|e| {
+        miette!(
+            code = "netc::sweep::signals",
+            "cannot install the interrupt handler: {e}"
+        )
+    })?;
+    Ok(count)
 }
 
 /// clap's parser for `--md5`: a malformed checksum is a usage error (exit code 2).

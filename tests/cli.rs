@@ -606,6 +606,31 @@ fn a_full_disk_is_a_diagnostic_that_names_the_file() {
 
 // Issue 14: the CLI's summary lines, help texts, hints and progress, and skipped tests.
 
+#[test]
+fn check_ends_with_one_summary_line() {
+    let o = netc(&["check", "specs/baseline.net"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "ok: 1 file, 0 errors, 0 warnings\n");
+    let o = netc(&[
+        "check",
+        "specs/baseline.net",
+        "tests/golden/ok/warn_momentum.net",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).ends_with("\nok: 2 files, 0 errors, 1 warning\n"),
+        "{}",
+        stderr(&o)
+    );
+    let o = netc(&["check", "tests/golden/err/many_errors_at_once.net"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).ends_with("\nerror: 1 file, 4 errors, 0 warnings\n"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// Runs the binary by its path with only `path_var` as PATH.
 fn netc_with_path(args: &[&str], path_var: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_netc"))

@@ -33,6 +33,7 @@ pub enum Command {
     },
     /// Compile a spec and print one of its intermediate forms.
     Compile {
+        /// The `.net` spec to compile.
         file: PathBuf,
         /// What to print.
         #[arg(long, value_enum, default_value_t = Emit::Summary)]
@@ -47,6 +48,8 @@ pub enum Command {
     Run(RunArgs),
     /// Evaluate a finished run on the test set, with and without MC Dropout.
     Eval {
+        /// A finished run's directory, as `netc run` wrote it (spec.net, summary.json and
+        /// weights.safetensors).
         run_dir: PathBuf,
         /// MC Dropout samples (default: the spec's `mc_dropout`, else 10).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -56,6 +59,8 @@ pub enum Command {
     },
     /// Overlay the learning curves of several runs and tabulate them.
     Compare {
+        /// Directories of finished runs, as `netc run` writes them (a sweep's runs are its
+        /// subdirectories), each with summary.json and history.csv.
         #[arg(required = true)]
         run_dirs: Vec<PathBuf>,
         /// Where to write compare.md and compare.png.
@@ -104,7 +109,7 @@ pub struct DataArgs {
     /// (default: $NETC_DATA, ./data, then the cache dir).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Which executor trains and evaluates [default: jit; when resuming, the run's].
+    /// Which executor trains and evaluates [default: jit].
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
     #[command(flatten)]
@@ -145,6 +150,9 @@ impl DataArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("backend", |a| a.help(
+    "Which executor trains and evaluates [default: jit; when resuming, the run's]"
+)))]
 pub struct RunArgs {
     /// The spec to train (not with --resume, which trains the run's own copy).
     #[arg(required_unless_present = "resume")]
@@ -177,6 +185,7 @@ pub struct RunArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct LrFindArgs {
+    /// The `.net` spec to train from its initial weights while the rate grows.
     spec: PathBuf,
     #[command(flatten)]
     common: DataArgs,
@@ -199,6 +208,7 @@ pub struct LrFindArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
+    /// The `.net` spec whose training step and inference to time.
     spec: PathBuf,
     /// Batch size (default: the spec's).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
@@ -797,6 +807,7 @@ fn plural(n: usize, what: &str) -> String {
 
 #[derive(clap::Args, Debug)]
 pub struct SweepArgs {
+    /// The `.net` spec to sweep; each combination runs a copy rewritten by the `--set`s.
     spec: PathBuf,
     /// `PATH=VALUE[,VALUE...]`: the values one parameter takes, e.g.
     /// `train.optimizer.lr=1e-4,3e-4`; repeat for a grid. Paths: docs/language.md, "Addressing

@@ -631,6 +631,86 @@ fn check_ends_with_one_summary_line() {
     );
 }
 
+/// The subcommands listed in a `--help` output's `Commands:` section, `help` left out.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The positional arguments of a `--help` output without a description: clap writes each
+/// description after the name or on the next, further indented line.
+fn undescribed_positionals(help: &str) -> Vec<String> {
+    let lines: Vec<&str> = help
+        .lines()
+        .skip_while(|l| *l != "Arguments:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let mut missing = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(entry) = line
+            .strip_prefix("  ")
+            .filter(|e| e.starts_with(['<', '[']))
+        else {
+            continue;
+        };
+        let (name, rest) = entry.split_once(' ').unwrap_or((entry, ""));
+        let next_line = lines
+            .get(i + 1)
+            .is_some_and(|next| next.starts_with("    ") && !next.trim().is_empty());
+        if rest.trim().is_empty() && !next_line {
+            missing.push(name.to_owned());
+        }
+    }
+    missing
+}
+
+#[test]
+fn every_subcommand_describes_its_positionals_and_its_own_backend() {
+    let top = String::from_utf8_lossy(&netc(&["--help"]).stdout).into_owned();
+    let mut pending: Vec<Vec<String>> = subcommands(&top).into_iter().map(|c| vec![c]).collect();
+    assert!(pending.len() >= 8, "{top}");
+    let mut seen = Vec::new();
+    while let Some(path) = pending.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let o = netc(&args);
+        assert_eq!(o.status.code(), Some(0), "{path:?}: {}", stderr(&o));
+        let help = String::from_utf8_lossy(&o.stdout).into_owned();
+        for sub in subcommands(&help) {
+            let mut deeper = path.clone();
+            deeper.push(sub);
+            pending.push(deeper);
+        }
+        let missing = undescribed_positionals(&help);
+        assert!(
+            missing.is_empty(),
+            "{path:?}: {missing:?} undescribed:\n{help}"
+        );
+        // Only `run` resumes.
+        assert_eq!(
+            help.contains("when resuming"),
+            path == ["run"],
+            "{path:?}:\n{help}"
+        );
+        assert!(!help.contains("netc train"), "{path:?}:\n{help}");
+        seen.push(path.join(" "));
+    }
+    for expected in ["eval", "lr-find", "sweep", "data fetch"] {
+        assert!(seen.iter().any(|s| s == expected), "{seen:?}");
+    }
+    assert_eq!(
+        undescribed_positionals("Arguments:\n  <FILE>\n  <A>  a\n  <B>\n          b\n\n"),
+        ["<FILE>"]
+    );
+}
+
 /// Runs the binary by its path with only `path_var` as PATH.
 fn netc_with_path(args: &[&str], path_var: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_netc"))

@@ -494,13 +494,15 @@ fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result<ExitCode> 
         .map(|m| m as usize)
         .or(program.eval.mc_dropout)
         .unwrap_or(10);
+    // Without dropout, every MC Dropout sample would be the pass with dropout off.
+    let mc_samples = program.has_dropout().then_some(samples);
     let indices = data.test.all_indices();
     let e = netc_runtime::train::evaluate(
         backend.as_mut(),
         &data.test,
         &indices,
         program.input.classes,
-        Some(samples),
+        mc_samples,
     );
     let row = |name: &str, m: &netc_runtime::train::SetMetrics| {
         format!(
@@ -537,7 +539,8 @@ fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result<ExitCode> 
     }
     if !program.has_dropout() {
         eprintln!(
-            "note: this model has no dropout layer, so every MC Dropout sample is the same pass"
+            "note: MC Dropout skipped: this model has no dropout layer, so every sample would be \
+             the pass with dropout off"
         );
     }
     Ok(ExitCode::SUCCESS)

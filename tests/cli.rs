@@ -745,3 +745,52 @@ fn hints_name_the_binary_as_it_was_started() {
     assert!(stderr(&o).contains("`netc run`"), "{}", stderr(&o));
 }
 
+/// A spec without dropout, small enough to train in a second on generated data.
+const NO_DROPOUT_SPEC: &str = "model plain\ninput cifar10 { standardize }\n\
+    repeat 2 { dense 16 { activation: relu } }\ndense 10 { activation: softmax }\n\
+    train {\n  optimizer: adam { lr: 1e-3 }\n  batch: 32\n  epochs: 2\n  validation: 80\n  seed: 1\n}\n";
+
+#[test]
+fn a_run_shows_its_directory_and_eta_and_eval_skips_mc_dropout_without_dropout() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = synthetic_data(tmp.path());
+    let spec = tmp.path().join("plain.net");
+    std::fs::write(&spec, NO_DROPOUT_SPEC).expect("write spec");
+    let out = tmp.path().join("run");
+    let (data, out_str) = (data.to_str().expect("utf-8"), out.to_str().expect("utf-8"));
+    let o = netc(&[
+        "run",
+        spec.to_str().expect("utf-8"),
+        "--data",
+        data,
+        "--out",
+        out_str,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    let dir_line = lines
+        .iter()
+        .position(|l| *l == format!("run directory: {out_str}"))
+        .unwrap_or_else(|| panic!("no run directory line:\n{err}"));
+    let epochs: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("epoch "))
+        .collect();
+    assert_eq!(epochs.len(), 2, "{err}");
+    assert!(dir_line < epochs[0], "{err}");
+    // Epochs remain after the first, none after the last.
+    assert!(lines[epochs[0]].contains("  run eta "), "{err}");
+    assert!(!lines[epochs[1]].contains("eta"), "{err}");
+
+    let o = netc(&["eval", out_str, "--data", data]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("dropout off"), "{stdout}");
+    assert!(!stdout.contains("MC Dropout"), "{stdout}");
+    assert_eq!(
+        stderr(&o).matches("MC Dropout skipped").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
+}

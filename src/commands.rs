@@ -33,6 +33,7 @@ pub enum Command {
     },
     /// Compile a spec and print one of its intermediate forms.
     Compile {
+        /// The `.net` spec to compile.
         file: PathBuf,
         /// What to print.
         #[arg(long, value_enum, default_value_t = Emit::Summary)]
@@ -47,6 +48,8 @@ pub enum Command {
     Run(RunArgs),
     /// Evaluate a finished run on the test set, with and without MC Dropout.
     Eval {
+        /// A finished run's directory, as `netc run` wrote it (spec.net, summary.json and
+        /// weights.safetensors).
         run_dir: PathBuf,
         /// MC Dropout samples (default: the spec's `mc_dropout`, else 10).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -56,6 +59,8 @@ pub enum Command {
     },
     /// Overlay the learning curves of several runs and tabulate them.
     Compare {
+        /// Directories of finished runs, as `netc run` writes them (a sweep's runs are its
+        /// subdirectories), each with summary.json and history.csv.
         #[arg(required = true)]
         run_dirs: Vec<PathBuf>,
         /// Where to write compare.md and compare.png.
@@ -105,7 +110,7 @@ pub struct DataArgs {
     /// (default: $NETC_DATA, ./data, then the cache dir).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Which executor trains and evaluates [default: jit; when resuming, the run's].
+    /// Which executor trains and evaluates [default: jit].
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
     #[command(flatten)]
@@ -146,6 +151,9 @@ impl DataArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("backend", |a| a.help(
+    "Which executor trains and evaluates [default: jit; when resuming, the run's]"
+)))]
 pub struct RunArgs {
     /// The spec to train (not with --resume, which trains the run's own copy).
     #[arg(required_unless_present = "resume")]
@@ -178,6 +186,7 @@ pub struct RunArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct LrFindArgs {
+    /// The `.net` spec to train from its initial weights while the rate grows.
     spec: PathBuf,
     #[command(flatten)]
     common: DataArgs,
@@ -200,6 +209,7 @@ pub struct LrFindArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
+    /// The `.net` spec whose training step and inference to time.
     spec: PathBuf,
     /// Batch size (default: the spec's).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
@@ -242,18 +252,7 @@ pub enum Emit {
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Check { files } => {
-            let mut failed = false;
-            for file in &files {
-                let (_, ok) = front_end(file)?;
-                failed |= !ok;
-            }
-            Ok(if failed {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
+        Command::Check { files } => check(&files),
         Command::Compile {
             file,
             emit,
@@ -310,6 +309,31 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             command: DataCommand::Fetch(args),
         } => data_fetch(args),
     }
+}
+
+/// Checks every file, then says in one line on stderr how it went, so that a clean check does
+/// not look like one that never ran.
+fn check(files: &[PathBuf]) -> Result<ExitCode> {
+    let (mut errors, mut warnings) = (0, 0);
+    for file in files {
+        let (compiled, ok) = front_end(file)?;
+        let file_errors = compiled.diags.iter().filter(|d| d.is_error()).count();
+        // A file that is not text has its error but no compiled diagnostics.
+        errors += file_errors.max(usize::from(!ok));
+        warnings += compiled.diags.len() - file_errors;
+    }
+    let verdict = if errors > 0 { "error" } else { "ok" };
+    eprintln!(
+        "{verdict}: {}, {}, {}",
+        plural(files.len(), "file"),
+        plural(errors, "error"),
+        plural(warnings, "warning")
+    );
+    Ok(if errors > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `--threads`, shared by every command that builds the JIT.
@@ -485,13 +509,15 @@ fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result<ExitCode> 
         .map(|m| m as usize)
         .or(program.eval.mc_dropout)
         .unwrap_or(10);
+    // Without dropout, every MC Dropout sample would be the pass with dropout off.
+    let mc_samples = program.has_dropout().then_some(samples);
     let indices = data.test.all_indices();
     let e = netc_runtime::train::evaluate(
         backend.as_mut(),
         &data.test,
         &indices,
         program.input.classes,
-        Some(samples),
+        mc_samples,
     );
     let row = |name: &str, m: &netc_runtime::train::SetMetrics| {
         format!(
@@ -528,7 +554,8 @@ fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result<ExitCode> 
     }
     if !program.has_dropout() {
         eprintln!(
-            "note: this model has no dropout layer, so every MC Dropout sample is the same pass"
+            "note: MC Dropout skipped: this model has no dropout layer, so every sample would be \
+             the pass with dropout off"
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -744,6 +771,57 @@ pub fn front_end(path: &Path) -> Result<(netc_compiler::Compiled, bool)> {
     Ok((compiled, ok))
 }
 
+/// How the user started netc, for the commands the hints print: `netc` when that is what the
+/// shell finds on the PATH, else the path the binary was started by (`target/release/netc`), as
+/// a shell word. Hints from the library's diagnostics say `netc ...`; `with_invocation` fixes them.
+pub fn invocation() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let argv0 = std::env::args_os().next().map(PathBuf::from);
+        invocation_of(argv0.as_deref(), std::env::var_os("PATH").as_deref())
+    })
+}
+
+/// `invocation` for a given `argv[0]` and `PATH`.
+fn invocation_of(argv0: Option<&Path>, path_var: Option<&std::ffi::OsStr>) -> String {
+    let Some(argv0) = argv0.filter(|p| !p.as_os_str().is_empty()) else {
+        return "netc".to_string();
+    };
+    // A bare name is what the shell looked up on the PATH.
+    if argv0.components().count() == 1 && !argv0.has_root() {
+        return shell_word(&argv0.to_string_lossy());
+    }
+    let on_path = path_var
+        .into_iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("netc"))
+        .find(|candidate| candidate.is_file());
+    let same_file = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    match on_path {
+        Some(found) if same_file(&found, argv0) => "netc".to_string(),
+        _ => shell_word(&argv0.to_string_lossy()),
+    }
+}
+
+/// `text` as one word for a POSIX shell: as it is when it needs no quoting, else single-quoted.
+fn shell_word(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+/// Rewrites the commands quoted in rendered diagnostics (`` `netc run --resume DIR` ``) to start
+/// the way netc was started, so they can be pasted as they are.
+pub fn with_invocation(rendered: &str) -> String {
+    match invocation() {
+        "netc" => rendered.to_string(),
+        name => rendered.replace("`netc ", &format!("`{name} ")),
+    }
+}
+
 fn plural(n: usize, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
@@ -754,6 +832,7 @@ fn plural(n: usize, what: &str) -> String {
 
 #[derive(clap::Args, Debug)]
 pub struct SweepArgs {
+    /// The `.net` spec to sweep; each combination runs a copy rewritten by the `--set`s.
     spec: PathBuf,
     /// `PATH=VALUE[,VALUE...]`: the values one parameter takes, e.g.
     /// `train.optimizer.lr=1e-4,3e-4`; repeat for a grid. Paths: docs/language.md, "Addressing
@@ -771,6 +850,10 @@ pub struct SweepArgs {
     /// Sweep directory (default: runs/sweep-<model>-<UTC time>); never overwritten.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Refuse grids of more than N combinations, each of which is a whole training run.
+    #[arg(long, value_name = "N", default_value_t = netc_runtime::sweep::DEFAULT_MAX_RUNS as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_runs: u64,
 }
 
 /// clap's parser for `--set`: a malformed argument is a usage error (exit code 2).
@@ -785,6 +868,10 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
     use netc_compiler::overrides;
     use netc_runtime::sweep::{self, Axis, PlannedRun, SweepOptions};
 
+    // The size is known from the value counts alone, before any combination is built.
+    let counts: Vec<usize> = args.set.iter().map(|s| s.values.len()).collect();
+    let max_runs = usize::try_from(args.max_runs).unwrap_or(usize::MAX);
+    sweep::check_grid_size(&counts, max_runs)?;
     let (base, ok) = front_end(&args.spec)?;
     let Some(program) = base.program.as_ref().filter(|_| ok) else {
         return Ok(ExitCode::from(1));
@@ -819,29 +906,34 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
         })
         .collect();
 
-    // Every combination is rewritten and checked before anything runs or is written.
+    // Every combination is rewritten and checked before anything runs or is written. Each
+    // distinct diagnostic is shown once, with the first combination that has it: one value's
+    // lint would otherwise be repeated for every combination of the other parameters' values.
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let base_warnings: Vec<(&str, &str)> = base
-        .diags
-        .iter()
-        .map(|d| (d.code.as_str(), d.message.as_str()))
-        .collect();
+    let key = |d: &diagnostics::Diag| (d.code.clone(), d.message.clone());
+    let mut shown: std::collections::HashSet<(String, String)> =
+        base.diags.iter().map(key).collect();
+    let base_diags = shown.clone();
     let mut planned = Vec::new();
     let mut failed = 0;
+    let mut repeats = 0;
     for combination in sweep::grid(&axes) {
         let text = overrides::apply_all(&source, &combination.values)?;
         let compiled = netc_compiler::compile(&text);
-        let news = compiled.has_errors()
-            || compiled
-                .diags
-                .iter()
-                .any(|d| !base_warnings.contains(&(d.code.as_str(), d.message.as_str())));
-        if news {
+        let fresh: Vec<diagnostics::Diag> = compiled
+            .diags
+            .iter()
+            .filter(|d| shown.insert(key(d)))
+            .cloned()
+            .collect();
+        if !fresh.is_empty() {
             let name = format!("{} [{}]", args.spec.display(), combination.label);
             eprint!(
                 "{}",
-                diagnostics::render(&name, &text, &compiled.diags, DIAGNOSTIC_WIDTH, color)
+                diagnostics::render(&name, &text, &fresh, DIAGNOSTIC_WIDTH, color)
             );
+        } else if compiled.diags.iter().any(|d| !base_diags.contains(&key(d))) {
+            repeats += 1;
         }
         if compiled.has_errors() {
             failed += 1;
@@ -850,6 +942,13 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
             combination,
             spec_text: text,
         });
+    }
+    if repeats > 0 {
+        eprintln!(
+            "{}: the diagnostics above also apply to {}",
+            args.spec.display(),
+            plural(repeats, "more combination")
+        );
     }
     if failed > 0 {
         eprintln!(
@@ -881,6 +980,7 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
         threads: (args.common.threads.count() / (args.jobs as usize).max(1)).max(1),
         out: args.out.clone(),
         model: program.name.clone(),
+        interrupt: Some(install_sweep_interrupt_handler()?),
     };
     eprintln!(
         "sweeping {} of {}, {} at a time",
@@ -898,7 +998,45 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
             s.total_seconds
         );
     };
-    let result = sweep::sweep(&axes, &planned, &opts, &progress)?;
+    let result = match sweep::sweep(&axes, &planned, &opts, &progress) {
+        Err(sweep::SweepError::Interrupted {
+            dir,
+            stopped,
+            finished,
+            not_started,
+        }) => {
+            eprintln!(
+                "the sweep was interrupted: {} stopped, {finished} finished, {not_started} not \
+                 started (sweep directory {})",
+                plural(stopped.len(), "run"),
+                dir.display()
+            );
+            for run in &stopped {
+                if run.resumable {
+                    eprintln!(
+                        "  {}: resume with: {} run --resume {}",
+                        run.label,
+                        invocation(),
+                        run.run_dir.display()
+                    );
+                } else {
+                    eprintln!(
+                        "  {}: stopped before its first checkpoint; its spec is {}",
+                        run.label,
+                        run.spec.display()
+                    );
+                }
+            }
+            if not_started > 0 {
+                eprintln!(
+                    "the specs of the runs not started are in {}",
+                    dir.join(sweep::SPECS_DIR).display()
+                );
+            }
+            return Ok(ExitCode::from(130));
+        }
+        other => other?,
+    };
     println!("{}", result.table);
     println!("{}", sweep::best_line(&result));
     eprintln!(
@@ -908,6 +1046,29 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
         result.json_path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Makes Ctrl-C, SIGTERM and SIGHUP stop a sweep: the sweep counts them and forwards each to the
+/// runs in progress (the first makes them checkpoint and stop, a second stops them at once).
+fn install_sweep_interrupt_handler() -> Result<std::sync::Arc<std::sync::atomic::AtomicUsize>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    ctrlc::set_handler(move || {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!(
+                "\ninterrupted: stopping the runs in progress, which write checkpoints, and \
+                 starting no new ones (interrupt again to stop them at once)"
+            );
+        }
+    })
+    .map_err(|e| {
+        miette!(
+            code = "netc::sweep::signals",
+            "cannot install the interrupt handler: {e}"
+        )
+    })?;
+    Ok(count)
 }
 
 /// clap's parser for `--md5`: a malformed checksum is a usage error (exit code 2).
@@ -966,4 +1127,36 @@ fn data_fetch(args: FetchArgs) -> Result<ExitCode> {
     }
     println!("{}", fetched.path.display());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_start_the_way_netc_was_started() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(bin.join("netc"), "").unwrap();
+        let other = tmp.path().join("target release");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("netc"), "").unwrap();
+        let path_var = std::env::join_paths([&bin]).unwrap();
+        let of = |argv0: &Path| invocation_of(Some(argv0), Some(&path_var));
+        // Found on the PATH by the shell, or started by the path of what the PATH finds.
+        assert_eq!(of(Path::new("netc")), "netc");
+        assert_eq!(of(&bin.join("netc")), "netc");
+        // Started by the path of another binary: that path, quoted for the shell.
+        assert_eq!(
+            of(&other.join("netc")),
+            format!("'{}'", other.join("netc").display())
+        );
+        assert_eq!(
+            invocation_of(Some(Path::new("target/release/netc")), None),
+            "target/release/netc"
+        );
+        assert_eq!(invocation_of(None, None), "netc");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+    }
 }

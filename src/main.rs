@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     match commands::dispatch(cli) {
         Ok(code) => code,
         Err(report) => {
-            eprintln!("{report:?}");
+            eprintln!("{}", commands::with_invocation(&format!("{report:?}")));
             ExitCode::from(1)
         }
     }

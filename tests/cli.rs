@@ -290,7 +290,7 @@ fn a_run_never_overwrites_and_bad_data_is_a_diagnostic() {
 #[test]
 fn baseline_reaches_35_percent_in_two_epochs_on_real_data() {
     let Some(data) = std::env::var_os("NETC_DATA") else {
-        eprintln!("NETC_DATA is not set: skipping the real-data run");
+        report_skip("NETC_DATA not set (the real-data run needs CIFAR-10)");
         return;
     };
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -602,4 +602,216 @@ fn a_full_disk_is_a_diagnostic_that_names_the_file() {
         }
     }
     assert!(left.is_empty(), "temporary files left behind: {left:?}");
+}
+
+// Issue 14: the CLI's summary lines, help texts, hints and progress, and skipped tests.
+
+/// Says that a test skipped its check where `cargo test` shows it: the harness keeps the
+/// `eprintln!` output of a passing test to itself, so a skip would pass as a silent `ok`.
+fn report_skip(why: &str) {
+    use std::io::Write as _;
+    // The handle, unlike `eprintln!`, is not captured by the harness.
+    writeln!(std::io::stderr(), "skipped: {why}").ok();
+}
+
+#[test]
+fn a_test_skipped_for_want_of_data_says_so() {
+    let test = "baseline_reaches_35_percent_in_two_epochs_on_real_data";
+    let o = Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", test, "--test-threads=1"])
+        .env_remove("NETC_DATA")
+        .output()
+        .expect("the test binary runs");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(all.contains("skipped: NETC_DATA not set"), "{all}");
+}
+
+#[test]
+fn check_ends_with_one_summary_line() {
+    let o = netc(&["check", "specs/baseline.net"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "ok: 1 file, 0 errors, 0 warnings\n");
+    let o = netc(&[
+        "check",
+        "specs/baseline.net",
+        "tests/golden/ok/warn_momentum.net",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).ends_with("\nok: 2 files, 0 errors, 1 warning\n"),
+        "{}",
+        stderr(&o)
+    );
+    let o = netc(&["check", "tests/golden/err/many_errors_at_once.net"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).ends_with("\nerror: 1 file, 4 errors, 0 warnings\n"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// The subcommands listed in a `--help` output's `Commands:` section, `help` left out.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The positional arguments of a `--help` output without a description: clap writes each
+/// description after the name or on the next, further indented line.
+fn undescribed_positionals(help: &str) -> Vec<String> {
+    let lines: Vec<&str> = help
+        .lines()
+        .skip_while(|l| *l != "Arguments:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let mut missing = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(entry) = line
+            .strip_prefix("  ")
+            .filter(|e| e.starts_with(['<', '[']))
+        else {
+            continue;
+        };
+        let (name, rest) = entry.split_once(' ').unwrap_or((entry, ""));
+        let next_line = lines
+            .get(i + 1)
+            .is_some_and(|next| next.starts_with("    ") && !next.trim().is_empty());
+        if rest.trim().is_empty() && !next_line {
+            missing.push(name.to_owned());
+        }
+    }
+    missing
+}
+
+#[test]
+fn every_subcommand_describes_its_positionals_and_its_own_backend() {
+    let top = String::from_utf8_lossy(&netc(&["--help"]).stdout).into_owned();
+    let mut pending: Vec<Vec<String>> = subcommands(&top).into_iter().map(|c| vec![c]).collect();
+    assert!(pending.len() >= 8, "{top}");
+    let mut seen = Vec::new();
+    while let Some(path) = pending.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let o = netc(&args);
+        assert_eq!(o.status.code(), Some(0), "{path:?}: {}", stderr(&o));
+        let help = String::from_utf8_lossy(&o.stdout).into_owned();
+        for sub in subcommands(&help) {
+            let mut deeper = path.clone();
+            deeper.push(sub);
+            pending.push(deeper);
+        }
+        let missing = undescribed_positionals(&help);
+        assert!(
+            missing.is_empty(),
+            "{path:?}: {missing:?} undescribed:\n{help}"
+        );
+        // Only `run` resumes.
+        assert_eq!(
+            help.contains("when resuming"),
+            path == ["run"],
+            "{path:?}:\n{help}"
+        );
+        assert!(!help.contains("netc train"), "{path:?}:\n{help}");
+        seen.push(path.join(" "));
+    }
+    for expected in ["eval", "lr-find", "sweep", "data fetch"] {
+        assert!(seen.iter().any(|s| s == expected), "{seen:?}");
+    }
+    assert_eq!(
+        undescribed_positionals("Arguments:\n  <FILE>\n  <A>  a\n  <B>\n          b\n\n"),
+        ["<FILE>"]
+    );
+}
+
+/// Runs the binary by its path with only `path_var` as PATH.
+fn netc_with_path(args: &[&str], path_var: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_netc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NO_COLOR", "1")
+        .env("NETC_OFFLINE", "1")
+        .env("PATH", path_var)
+        .output()
+        .expect("netc runs")
+}
+
+#[test]
+fn hints_name_the_binary_as_it_was_started() {
+    let exe = env!("CARGO_BIN_EXE_netc");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let typo = tmp.path().join("typo");
+    let not_a_run = typo.to_str().expect("utf-8");
+    // Not on the PATH: the hint gives the path it was started by.
+    let o = netc_with_path(&["compare", not_a_run], "/usr/bin:/bin");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("`{exe} run`")),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("netc train"), "{}", stderr(&o));
+    // On the PATH as `netc`: the hint says `netc`.
+    let dir = Path::new(exe).parent().expect("the binary's directory");
+    let path_var = format!("{}:/usr/bin:/bin", dir.display());
+    let o = netc_with_path(&["compare", not_a_run], &path_var);
+    assert!(stderr(&o).contains("`netc run`"), "{}", stderr(&o));
+}
+
+/// A spec without dropout, small enough to train in a second on generated data.
+const NO_DROPOUT_SPEC: &str = "model plain\ninput cifar10 { standardize }\n\
+    repeat 2 { dense 16 { activation: relu } }\ndense 10 { activation: softmax }\n\
+    train {\n  optimizer: adam { lr: 1e-3 }\n  batch: 32\n  epochs: 2\n  validation: 80\n  seed: 1\n}\n";
+
+#[test]
+fn a_run_shows_its_directory_and_eta_and_eval_skips_mc_dropout_without_dropout() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = synthetic_data(tmp.path());
+    let spec = tmp.path().join("plain.net");
+    std::fs::write(&spec, NO_DROPOUT_SPEC).expect("write spec");
+    let out = tmp.path().join("run");
+    let (data, out_str) = (data.to_str().expect("utf-8"), out.to_str().expect("utf-8"));
+    let o = netc(&[
+        "run",
+        spec.to_str().expect("utf-8"),
+        "--data",
+        data,
+        "--out",
+        out_str,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    let dir_line = lines
+        .iter()
+        .position(|l| *l == format!("run directory: {out_str}"))
+        .unwrap_or_else(|| panic!("no run directory line:\n{err}"));
+    let epochs: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("epoch "))
+        .collect();
+    assert_eq!(epochs.len(), 2, "{err}");
+    assert!(dir_line < epochs[0], "{err}");
+    // Epochs remain after the first, none after the last.
+    assert!(lines[epochs[0]].contains("  run eta "), "{err}");
+    assert!(!lines[epochs[1]].contains("eta"), "{err}");
+
+    let o = netc(&["eval", out_str, "--data", data]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("dropout off"), "{stdout}");
+    assert!(!stdout.contains("MC Dropout"), "{stdout}");
+    assert_eq!(
+        stderr(&o).matches("MC Dropout skipped").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
 }

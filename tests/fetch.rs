@@ -685,7 +685,9 @@ fn offline_commands_without_data_say_where_they_looked_and_how_to_fetch() {
         let err = unwrapped(&stderr(&o));
         assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains("netc::data::not_found"), "{err}");
-        assert!(err.contains("run `netc data fetch`"), "{err}");
+        // The binary is started by its path, not found on the PATH, and the hint says so.
+        let hint = format!("run `{} data fetch`", env!("CARGO_BIN_EXE_netc"));
+        assert!(err.contains(&hint), "{err}");
         // Neither place exists, so nothing inside them is listed.
         for looked in [PathBuf::from("data"), tmp.path().join("cache/netc")] {
             assert!(err.contains(&format!("- {} ", looked.display())), "{err}");

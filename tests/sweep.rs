@@ -300,3 +300,188 @@ fn a_malformed_set_is_a_usage_error() {
     assert_eq!(o.status.code(), Some(2), "--set is required");
     assert!(!f.tmp.path().join("runs").exists());
 }
+
+// Issue 14: grid limits, one report per distinct lint, and interrupts.
+
+#[test]
+fn a_grid_over_the_limit_is_refused_before_anything_is_built() {
+    let f = fixture();
+    let values = |n: usize| (1..=n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    // A million combinations: refused from the value counts alone.
+    let million = [
+        format!("batch={}", values(100)),
+        format!("train.epochs={}", values(100)),
+        format!("train.seed={}", values(100)),
+    ];
+    let mut args = vec!["sweep", f.spec.as_str(), "--data", f.data.as_str()];
+    for set in &million {
+        args.extend(["--set", set.as_str()]);
+    }
+    let o = netc_in(f.tmp.path(), &args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("netc::sweep::too_many_runs"), "{err}");
+    assert!(
+        err.contains("1000000 combinations (100 × 100 × 100)"),
+        "{err}"
+    );
+    assert!(err.contains("--max-runs 1000000"), "{err}");
+    assert!(err.len() < 2_000, "{err}");
+    assert!(!f.tmp.path().join("runs").exists());
+
+    // `--max-runs` moves the limit both ways; past it, the sweep goes on to look for the data.
+    let small = [
+        "sweep",
+        &f.spec,
+        "--set",
+        "batch=16,32",
+        "--set",
+        "lr=1e-3,1e-2",
+    ];
+    let o = netc_in(f.tmp.path(), &[&small[..], &["--max-runs", "3"]].concat());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("more than the 3 a sweep runs"),
+        "{}",
+        stderr(&o)
+    );
+    let o = netc_in(
+        f.tmp.path(),
+        &[&small[..], &["--max-runs", "4", "--data", "/nonexistent"]].concat(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("netc::data::not_found"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("too_many_runs"), "{}", stderr(&o));
+    assert_no_panic(&o);
+}
+
+#[test]
+fn a_lint_shared_by_many_combinations_is_shown_once() {
+    let f = fixture();
+    let o = netc_in(
+        f.tmp.path(),
+        &[
+            "sweep",
+            &f.spec,
+            "--set",
+            "optimizer.beta_1=0.995",
+            "--set",
+            "batch=16,32,64",
+            "--data",
+            "/nonexistent",
+        ],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.matches("netc::lint::momentum_close_to_one").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("also apply to 2 more combinations"), "{err}");
+}
+
+/// The processes whose parent is `pid` (from /proc).
+#[cfg(target_os = "linux")]
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`, where comm may hold spaces and parentheses.
+        let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        if after_comm.split_whitespace().nth(1) == Some(pid.to_string().as_str()) {
+            children.push(child);
+        }
+    }
+    children
+}
+
+#[cfg(target_os = "linux")]
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A SIGINT to the sweep alone reaches its runs: they checkpoint and end, the sweep waits for
+/// them, exits 130 and says how to resume each.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_interrupted_sweep_stops_its_runs_and_says_how_to_resume_them() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let f = fixture();
+    let out = f.tmp.path().join("stopped");
+    let sweep = Command::new(env!("CARGO_BIN_EXE_netc"))
+        .args(["sweep", &f.spec, "--set", "optimizer.lr=1e-3,3e-3"])
+        .args(["--backend", "interp", "--jobs", "2", "--epochs", "100000"])
+        .args(["--data", &f.data, "--out"])
+        .arg(&out)
+        .current_dir(f.tmp.path())
+        .env("NO_COLOR", "1")
+        .env("NETC_OFFLINE", "1")
+        .env("NETC_THREADS", "2")
+        .env("PATH", "/usr/bin:/bin")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("netc starts");
+    let runs = [out.join("lr=1e-3"), out.join("lr=3e-3")];
+    // Both runs are training once both have written a checkpoint.
+    let started = Instant::now();
+    let mut children = Vec::new();
+    while started.elapsed() < Duration::from_secs(120) {
+        children = children_of(sweep.id());
+        let trained = runs
+            .iter()
+            .all(|r| r.join("checkpoint/trainer.json").is_file());
+        if trained && children.len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &sweep.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let output = sweep.wait_with_output().expect("the sweep ends");
+    let err = stderr(&output);
+    // Runs left behind would train for hours: stop them before failing.
+    let orphans: Vec<u32> = children.iter().copied().filter(|&pid| alive(pid)).collect();
+    for pid in &orphans {
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .ok();
+    }
+    assert_eq!(children.len(), 2, "the runs never started:\n{err}");
+    assert!(
+        orphans.is_empty(),
+        "runs outlived the sweep: {orphans:?}\n{err}"
+    );
+    assert_eq!(output.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("2 runs stopped, 0 finished, 0 not started"),
+        "{err}"
+    );
+    for run in &runs {
+        assert!(run.join("checkpoint/trainer.json").is_file(), "{err}");
+        assert!(!run.join("summary.json").exists(), "{err}");
+        let hint = format!(
+            "resume with: {} run --resume {}",
+            env!("CARGO_BIN_EXE_netc"),
+            run.display()
+        );
+        assert!(err.contains(&hint), "{err}");
+    }
+    assert!(!out.join("sweep.md").exists());
+}

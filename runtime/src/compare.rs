@@ -27,7 +27,8 @@ pub enum CompareError {
     #[diagnostic(
         code(netc::compare::not_a_run),
         help(
-            "pass directories written by `netc train`, each holding summary.json and history.csv"
+            "pass run directories as `netc run` writes them (a sweep's runs are its \
+             subdirectories), each holding summary.json and history.csv"
         )
     )]
     NotARun { dir: PathBuf },
@@ -212,7 +213,7 @@ mod tests {
     use super::*;
     use crate::report::{fixtures, write_history_csv, write_summary};
 
-    /// Writes a run directory as `netc train` leaves it.
+    /// Writes a run directory as `netc run` leaves it.
     fn write_run(root: &Path, name: &str, epochs: usize, mc: Option<f64>) -> PathBuf {
         let dir = root.join(name);
         fs::create_dir_all(&dir).unwrap();

@@ -459,6 +459,43 @@ fn cut_above(points: &mut [(f64, f64)], limit: f64) {
     }
 }
 
+/// The y range of `plot_lr_find`. It reaches down to the lowest loss, raw or smoothed, so the
+/// noise of the raw losses is never cut off below. Its top is twice the smoothed loss's fall
+/// from its first value to its minimum, above that minimum, or the highest raw loss before that
+/// minimum if higher: the search ends by exploding, and the raw losses of the last steps can be
+/// thousands of times larger, so letting them in would flatten everything that matters.
+fn lr_find_y_range(losses: &[f32], smoothed: &[f32]) -> Range<f64> {
+    let finite = |values: &[f32]| -> Vec<f64> {
+        values
+            .iter()
+            .map(|&v| f64::from(v))
+            .filter(|v| v.is_finite())
+            .collect()
+    };
+    let Some((min_at, lowest)) = smoothed
+        .iter()
+        .map(|&v| f64::from(v))
+        .enumerate()
+        .filter(|(_, v)| v.is_finite())
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+    else {
+        return padded_range(finite(losses).into_iter());
+    };
+    let first = smoothed
+        .iter()
+        .map(|&v| f64::from(v))
+        .find(|v| v.is_finite())
+        .unwrap_or(lowest);
+    if first <= lowest {
+        return padded_range(finite(losses).into_iter().chain(finite(smoothed)));
+    }
+    let bottom = finite(losses).into_iter().fold(lowest, f64::min);
+    let top = finite(&losses[..=min_at.min(losses.len().saturating_sub(1))])
+        .into_iter()
+        .fold(lowest + 2.0 * (first - lowest), f64::max);
+    padded_range([bottom, top].into_iter())
+}
+
 /// The loss against the learning rate on a logarithmic axis, raw and smoothed, with the suggested
 /// rate marked (no mark when `suggested` is not a positive finite rate). The y axis is cut at
 /// twice the initial smoothed loss's distance from the minimum, because the search ends by
@@ -489,21 +526,7 @@ pub fn plot_lr_find(
     } else {
         lr_lo / 2.0..lr_hi * 2.0
     };
-    // The range comes from the smoothed curve alone: from its minimum up to twice the first
-    // value's distance from it. The raw losses of the last steps can be thousands of times
-    // larger, and letting them into the range would flatten everything that matters.
-    let lowest = smooth
-        .iter()
-        .map(|p| p.1)
-        .filter(|v| v.is_finite())
-        .fold(f64::INFINITY, f64::min);
-    let first = smooth.iter().map(|p| p.1).find(|v| v.is_finite());
-    let y = match first {
-        Some(first) if first > lowest => {
-            padded_range([lowest, lowest + 2.0 * (first - lowest)].into_iter())
-        }
-        _ => padded_range(raw.iter().chain(&smooth).map(|p| p.1)),
-    };
+    let y = lr_find_y_range(losses, smoothed);
     // plotters pins points outside the range to its edge, which would draw a false plateau along
     // the top; each excursion keeps its first point (so the line visibly leaves the chart) and
     // becomes a gap after it.
@@ -727,6 +750,26 @@ mod tests {
         plot_lr_find(&unmarked, &lrs, &losses, &smoothed, f32::NAN).unwrap();
         let (_, pixels) = decode(&unmarked);
         assert_eq!(count(&pixels, PALETTE[3]), 0);
+    }
+
+    #[test]
+    fn the_lr_find_range_shows_every_raw_loss_but_the_explosion() {
+        let (_, mut losses, smoothed) = lr_search();
+        // A lucky batch far below the smoothed curve, and a noisy one above it, both before the
+        // smoothed minimum; then the explosion.
+        losses[20] = 0.2;
+        losses[30] = 2.9;
+        let last = losses.len() - 1;
+        losses[last] = 1e4;
+        let y = lr_find_y_range(&losses, &smoothed);
+        let lowest_smoothed = smoothed.iter().copied().fold(f32::INFINITY, f32::min);
+        assert!(f64::from(lowest_smoothed) > 0.5, "{lowest_smoothed}");
+        assert!(y.start < 0.2 && y.start > 0.0, "{y:?}");
+        assert!(y.end > 2.9 && y.end < 10.0, "{y:?}");
+        // Without a fall to measure, everything finite is shown.
+        let flat = [1.0f32, 1.5, f32::NAN, 0.5];
+        let y = lr_find_y_range(&flat, &[1.0, 1.0, 1.0, 1.0]);
+        assert!(y.start < 0.5 && y.end > 1.5, "{y:?}");
     }
 
     #[test]

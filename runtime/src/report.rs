@@ -178,7 +178,7 @@ pub enum ReportError {
     #[diagnostic(
         code(netc::report::bad_history),
         help(
-            "history.csv is written by `netc train`; rerun the training, or fix the marked \
+            "history.csv is written by `netc run`; rerun the training, or fix the marked \
              field by hand (header `{HISTORY_HEADER}`, one row per epoch)"
         )
     )]
@@ -193,7 +193,7 @@ pub enum ReportError {
     #[error("{} is not a valid netc summary: {reason}", path.display())]
     #[diagnostic(
         code(netc::report::bad_summary),
-        help("summary.json is written by `netc train` at the end of a run; rerun the training")
+        help("summary.json is written by `netc run` at the end of a run; rerun the training")
     )]
     BadSummary {
         path: PathBuf,

@@ -340,6 +340,9 @@ struct Session<'a> {
 impl Session<'_> {
     /// Trains (from the checkpoint when resuming), tests, and writes the run directory.
     fn finish(mut self) -> Result<Summary, RunError> {
+        if !self.quiet {
+            eprintln!("run directory: {}", self.run_dir.display());
+        }
         let program = self.program;
         let data = self.data;
         let interrupted = || self.interrupt.is_some_and(|f| f.load(Ordering::SeqCst));

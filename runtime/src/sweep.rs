@@ -7,15 +7,22 @@
 //! the sweep directory named after its values; processes share the data set only through the
 //! file system, and report back through their `--json` summary line and their run directory.
 //! Nothing here prints: progress goes to the caller's callback.
+//!
+//! The runs are in process groups of their own, so a Ctrl-C at the terminal reaches the sweep
+//! alone; the sweep forwards each interrupt it is told of (`SweepOptions::interrupt`) to every
+//! run in progress as one SIGINT, which makes a run checkpoint and exit, and waits for them.
 
 use std::fmt::Write as _;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::checkpoint;
 use crate::data::{self, DataError};
 use crate::plot::{plot_compare, PlotError};
 use crate::report::{atomic_write, read_history_csv, History, ReportError, Summary};
@@ -31,6 +38,13 @@ pub const SPECS_DIR: &str = "specs";
 /// How many trailing lines of a failed run's stderr an error quotes.
 const STDERR_LINES: usize = 20;
 
+/// Combinations a sweep runs unless asked for more (`--max-runs`). Each one is a whole training
+/// run, and a grid is easily far larger than meant: three `--set`s of ten values are a thousand.
+pub const DEFAULT_MAX_RUNS: usize = 1_000;
+
+/// How often a run in progress is looked at for its end and for interrupts to forward.
+const POLL: Duration = Duration::from_millis(20);
+
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum SweepError {
     #[error("the sweep has no combinations to run")]
@@ -39,6 +53,41 @@ pub enum SweepError {
         help("give at least one `--set PATH=VALUE[,VALUE...]`")
     )]
     Empty,
+
+    #[error(
+        "the grid has {} combinations ({}), more than the {max_runs} a sweep runs unless asked",
+        .size.map_or_else(|| "more".to_string(), |n| n.to_string()),
+        .counts.iter().map(ToString::to_string).collect::<Vec<_>>().join(" × ")
+    )]
+    #[diagnostic(code(netc::sweep::too_many_runs))]
+    TooManyRuns {
+        /// `None` when the product does not even fit in a `usize`.
+        size: Option<usize>,
+        /// The number of values of each `--set`, in order.
+        counts: Vec<usize>,
+        max_runs: usize,
+        #[help]
+        help: String,
+    },
+
+    #[error(
+        "the sweep was interrupted: {} stopped, {finished} finished, {not_started} not started",
+        .stopped.len()
+    )]
+    #[diagnostic(
+        code(netc::sweep::interrupted),
+        help(
+            "continue each stopped run with `netc run --resume RUN_DIR`; the spec of every run \
+             is in {}", dir.join(SPECS_DIR).display()
+        )
+    )]
+    Interrupted {
+        dir: PathBuf,
+        /// The runs in progress when the interrupt came, in grid order.
+        stopped: Vec<StoppedRun>,
+        finished: usize,
+        not_started: usize,
+    },
 
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -114,6 +163,18 @@ impl From<PlotError> for SweepError {
     }
 }
 
+/// A run that was in progress when the sweep was interrupted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoppedRun {
+    pub label: String,
+    pub run_dir: PathBuf,
+    /// The spec it ran, in the sweep's `specs/`.
+    pub spec: PathBuf,
+    /// Whether it left a checkpoint that `netc run --resume` continues from. A run stopped
+    /// before it wrote one (it had barely started) has to be started again.
+    pub resumable: bool,
+}
+
 /// One swept parameter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Axis {
@@ -156,6 +217,37 @@ pub fn column_names(paths: &[String]) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// The number of combinations of axes with these numbers of values, computed without building
+/// any of them; `None` when it does not fit in a `usize`.
+pub fn grid_size(value_counts: &[usize]) -> Option<usize> {
+    if value_counts.is_empty() {
+        return Some(0);
+    }
+    value_counts
+        .iter()
+        .try_fold(1usize, |n, &c| n.checked_mul(c))
+}
+
+/// The size of the grid, or `TooManyRuns` when it has more than `max_runs` combinations; to be
+/// called before building the grid, whose memory and checking grow with its size.
+pub fn check_grid_size(value_counts: &[usize], max_runs: usize) -> Result<usize, SweepError> {
+    match grid_size(value_counts) {
+        Some(n) if n <= max_runs => Ok(n),
+        size => Err(SweepError::TooManyRuns {
+            size,
+            counts: value_counts.to_vec(),
+            max_runs,
+            help: match size {
+                Some(n) => format!(
+                    "each combination is a whole training run: give fewer values, or pass \
+                     --max-runs {n} to run them all"
+                ),
+                None => "that is more than netc can count: give fewer values".to_string(),
+            },
+        }),
+    }
 }
 
 /// The cartesian product of the axes, the first axis varying slowest (the order given).
@@ -231,7 +323,7 @@ fn dir_names(runs: &[PlannedRun]) -> Vec<String> {
 }
 
 /// How the runs are made.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct SweepOptions {
     /// The `netc` binary each run executes as `netc run ...`.
     pub exe: PathBuf,
@@ -250,6 +342,11 @@ pub struct SweepOptions {
     pub out: Option<PathBuf>,
     /// The model's name, for the default directory.
     pub model: String,
+    /// How many interrupts (Ctrl-C, SIGTERM) the caller's signal handler has seen. Once it is
+    /// above 0 no new run starts, each increase is forwarded to every run in progress as a
+    /// SIGINT (the first makes a run checkpoint and stop, a second stops it at once), and the
+    /// sweep returns `SweepError::Interrupted` when they have ended.
+    pub interrupt: Option<Arc<AtomicUsize>>,
 }
 
 /// One finished run of the sweep.
@@ -305,7 +402,7 @@ pub fn sweep(
         });
     }
 
-    let rows = run_all(&jobs, data.path(), opts, on_done)?;
+    let rows = run_all(&dir, &jobs, data.path(), opts, on_done)?;
     let best = best_row(&rows);
     let table = markdown_table(axes, &rows, best);
     let table_path = dir.join(TABLE_FILE);
@@ -337,8 +434,17 @@ struct Job<'a> {
     run_dir: PathBuf,
 }
 
+/// How one run ended, short of a failure.
+enum Outcome {
+    Finished(Box<SweepRow>),
+    Stopped(StoppedRun),
+}
+
 /// Runs the jobs in at most `opts.jobs` processes at a time; the rows come back in grid order.
+/// After an interrupt no new job starts, and once the running ones have ended the first failure
+/// (in grid order) is returned if a run failed on its own, else `Interrupted`.
 fn run_all(
+    dir: &Path,
     jobs: &[Job<'_>],
     data: &Path,
     opts: &SweepOptions,
@@ -347,23 +453,29 @@ fn run_all(
     let next = AtomicUsize::new(0);
     let finished = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let results: Mutex<Vec<Option<Result<SweepRow, SweepError>>>> =
+    let interrupted = || {
+        opts.interrupt
+            .as_ref()
+            .is_some_and(|n| n.load(Ordering::SeqCst) > 0)
+    };
+    let results: Mutex<Vec<Option<Result<Outcome, SweepError>>>> =
         Mutex::new((0..jobs.len()).map(|_| None).collect());
     let workers = opts.jobs.clamp(1, jobs.len());
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
-                if failed.load(Ordering::SeqCst) {
+                if failed.load(Ordering::SeqCst) || interrupted() {
                     break;
                 }
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(job) = jobs.get(i) else { break };
                 let result = run_one(job, data, opts);
                 match &result {
-                    Ok(row) => {
+                    Ok(Outcome::Finished(row)) => {
                         let done = finished.fetch_add(1, Ordering::SeqCst) + 1;
                         on_done(done, jobs.len(), row);
                     }
+                    Ok(Outcome::Stopped(_)) => {}
                     Err(_) => failed.store(true, Ordering::SeqCst),
                 }
                 // A poisoned lock only means another worker panicked; its slot stays empty.
@@ -374,11 +486,14 @@ fn run_all(
     });
     let slots = results.into_inner().unwrap_or_else(|e| e.into_inner());
     let mut rows = Vec::with_capacity(jobs.len());
+    let mut stopped = Vec::new();
+    let mut not_started = 0;
     for (slot, job) in slots.into_iter().zip(jobs) {
         match slot {
-            Some(Ok(row)) => rows.push(row),
+            Some(Ok(Outcome::Finished(row))) => rows.push(*row),
+            Some(Ok(Outcome::Stopped(run))) => stopped.push(run),
             Some(Err(e)) => return Err(e),
-            None if failed.load(Ordering::SeqCst) => {}
+            None if failed.load(Ordering::SeqCst) || interrupted() => not_started += 1,
             None => {
                 return Err(SweepError::BadOutput {
                     label: job.combination.label.clone(),
@@ -387,6 +502,14 @@ fn run_all(
                 })
             }
         }
+    }
+    if interrupted() {
+        return Err(SweepError::Interrupted {
+            dir: dir.to_path_buf(),
+            stopped,
+            finished: rows.len(),
+            not_started,
+        });
     }
     if failed.load(Ordering::SeqCst) {
         // The failure itself sits in a slot after the last row that succeeded; reaching here
@@ -405,7 +528,7 @@ fn run_all(
 }
 
 /// `netc run SPEC --json --quiet --out DIR ...` for one combination.
-fn run_one(job: &Job<'_>, data: &Path, opts: &SweepOptions) -> Result<SweepRow, SweepError> {
+fn run_one(job: &Job<'_>, data: &Path, opts: &SweepOptions) -> Result<Outcome, SweepError> {
     let mut command = Command::new(&opts.exe);
     command
         .arg("run")
@@ -416,22 +539,48 @@ fn run_one(job: &Job<'_>, data: &Path, opts: &SweepOptions) -> Result<SweepRow, 
         .arg(data)
         .arg("--out")
         .arg(&job.run_dir)
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if let Some(epochs) = opts.epochs {
         command.args(["--epochs", &epochs.to_string()]);
     }
-    let output = command.output().map_err(|source| SweepError::Spawn {
+    // Out of the terminal's foreground group, a run hears of a Ctrl-C only from the sweep, once.
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let spawn_error = |source| SweepError::Spawn {
         exe: opts.exe.clone(),
         source,
-    })?;
+    };
+    let mut child = command.spawn().map_err(spawn_error)?;
+    let (status, interrupted, stdout, stderr) = std::thread::scope(|scope| {
+        let out = child.stdout.take();
+        let err = child.stderr.take();
+        let stdout = scope.spawn(move || read_all(out));
+        let stderr = scope.spawn(move || read_all(err));
+        let ended = wait_forwarding_interrupts(&mut child, opts.interrupt.as_deref());
+        // A reader only ends at the pipe's end, which the run's exit brings.
+        let stdout = stdout.join().unwrap_or_default();
+        let stderr = stderr.join().unwrap_or_default();
+        ended.map(|(status, interrupted)| (status, interrupted, stdout, stderr))
+    })
+    .map_err(spawn_error)?;
     let label = &job.combination.label;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
+    if !status.success() {
+        if interrupted {
+            return Ok(Outcome::Stopped(StoppedRun {
+                label: label.clone(),
+                run_dir: job.run_dir.clone(),
+                spec: job.spec.clone(),
+                resumable: checkpoint::check_resumable(&job.run_dir).is_ok(),
+            }));
+        }
+        let stderr = String::from_utf8_lossy(&stderr);
         let lines: Vec<&str> = stderr.lines().collect();
         let tail = lines[lines.len().saturating_sub(STDERR_LINES)..].join("\n");
         return Err(SweepError::RunFailed {
             label: label.clone(),
-            status: output.status.to_string(),
+            status: status.to_string(),
             stderr: tail,
         });
     }
@@ -440,7 +589,7 @@ fn run_one(job: &Job<'_>, data: &Path, opts: &SweepOptions) -> Result<SweepRow, 
         dir: job.run_dir.clone(),
         problem,
     };
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&stdout);
     let line = stdout
         .lines()
         .rev()
@@ -449,12 +598,58 @@ fn run_one(job: &Job<'_>, data: &Path, opts: &SweepOptions) -> Result<SweepRow, 
     let summary: Summary = serde_json::from_str(line)
         .map_err(|e| bad_output(format!("its summary line is not a summary: {e}")))?;
     let history = read_history_csv(&job.run_dir.join(HISTORY_FILE))?;
-    Ok(SweepRow {
+    Ok(Outcome::Finished(Box::new(SweepRow {
         combination: job.combination.clone(),
         run_dir: job.run_dir.clone(),
         summary,
         history,
-    })
+    })))
+}
+
+/// Everything a pipe of a run's gives until it closes (nothing if it cannot be read).
+fn read_all(pipe: Option<impl Read>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    if let Some(mut pipe) = pipe {
+        // A read error only shortens what a failure report quotes.
+        pipe.read_to_end(&mut bytes).ok();
+    }
+    bytes
+}
+
+/// Waits for a run to end, sending it one SIGINT for each interrupt counted meanwhile. Returns
+/// its status and whether it was sent any. The run is signalled only while it has not been
+/// waited for, so its process id cannot have been reused by then.
+fn wait_forwarding_interrupts(
+    child: &mut Child,
+    interrupts: Option<&AtomicUsize>,
+) -> std::io::Result<(ExitStatus, bool)> {
+    let mut forwarded = 0;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok((status, forwarded > 0));
+        }
+        let seen = interrupts.map_or(0, |n| n.load(Ordering::SeqCst));
+        while forwarded < seen {
+            interrupt(child)?;
+            forwarded += 1;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Asks a run to stop as Ctrl-C does: it checkpoints and exits (at once, the second time).
+#[cfg(unix)]
+fn interrupt(child: &Child) -> std::io::Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let pid = i32::try_from(child.id()).map_err(std::io::Error::other)?;
+    kill(Pid::from_raw(pid), Signal::SIGINT).map_err(std::io::Error::from)
+}
+
+/// Without signals, the only way to stop a run is to kill it; it keeps its last checkpoint.
+#[cfg(not(unix))]
+fn interrupt(child: &mut Child) -> std::io::Result<()> {
+    child.kill()
 }
 
 /// The row with the highest finite validation accuracy, the first on ties.
@@ -659,6 +854,39 @@ mod tests {
     }
 
     #[test]
+    fn the_grid_size_is_checked_without_building_it() {
+        assert_eq!(grid_size(&[3, 4]), Some(12));
+        assert_eq!(grid_size(&[]), Some(0));
+        assert_eq!(grid_size(&[usize::MAX, 2]), None);
+        assert_eq!(
+            check_grid_size(&[10, 100], DEFAULT_MAX_RUNS).unwrap(),
+            1_000
+        );
+        let err = check_grid_size(&[10, 10, 11], DEFAULT_MAX_RUNS).unwrap_err();
+        assert!(matches!(
+            &err,
+            SweepError::TooManyRuns { size: Some(1_100), max_runs: 1_000, help, .. }
+                if help.contains("--max-runs 1100")
+        ));
+        assert_eq!(
+            err.to_string(),
+            "the grid has 1100 combinations (10 × 10 × 11), more than the 1000 a sweep runs \
+             unless asked"
+        );
+        // 1000 values for each of 8 axes is 10^24: no `usize` holds it, and no flag helps.
+        let err = check_grid_size(&[1_000; 8], usize::MAX).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("the grid has more combinations"),
+            "{err}"
+        );
+        assert!(
+            matches!(&err, SweepError::TooManyRuns { size: None, help, .. }
+            if !help.contains("--max-runs"))
+        );
+    }
+
+    #[test]
     fn columns_use_the_last_name_unless_it_clashes() {
         let paths = [
             "train.optimizer.lr".to_string(),
@@ -767,6 +995,7 @@ mod tests {
             threads: 1,
             out: Some(tmp.path().join("sweep")),
             model: "m".to_string(),
+            interrupt: None,
         };
         let none = |_: usize, _: usize, _: &SweepRow| {};
         assert!(matches!(

@@ -230,6 +230,8 @@ pub fn train_from<E>(
         let mut batcher = Batcher::new(data, &order[skip..], cfg.batch);
         let bar = progress.start_epoch(epoch + 1, steps_per_epoch);
         bar.set_position(done_before as u64);
+        let epochs_after = epochs - epoch - 1;
+        let mean_epoch = mean_epoch_seconds(&ls.history, None);
         let (mut loss_sum, mut correct, mut seen) = partial.map_or((0.0f64, 0usize, 0usize), |p| {
             (p.loss_sum, p.correct, p.seen)
         });
@@ -305,11 +307,14 @@ pub fn train_from<E>(
             seen += batch.len();
             done += 1;
             bar.inc(1);
+            let elapsed = started.elapsed().as_secs_f64();
+            let eta = run_eta(elapsed, done, steps_per_epoch, epochs_after, mean_epoch);
             bar.set_message(format!(
-                "loss {:.4}  acc {:.4}  {:.1} ms/step",
+                "loss {:.4}  acc {:.4}  {:.1} ms/step  run eta {}",
                 loss_sum / seen as f64,
                 correct as f64 / seen as f64,
-                started.elapsed().as_secs_f64() * 1e3 / bar.position().max(1) as f64
+                elapsed * 1e3 / bar.position().max(1) as f64,
+                duration_text(eta)
             ));
         }
         bar.finish_and_clear();
@@ -323,7 +328,10 @@ pub fn train_from<E>(
             val_accuracy: val.accuracy as f32,
             seconds: started.elapsed().as_secs_f64(),
         };
-        progress.line(&epoch_line(&record, epochs));
+        let eta = mean_epoch_seconds(&ls.history, Some(record.seconds))
+            .filter(|_| epochs_after > 0)
+            .map(|per_epoch| per_epoch * epochs_after as f64);
+        progress.line(&epoch_line(&record, epochs, eta));
         schedule.end_epoch(val.loss);
         last_good = backend.state();
         let verdict = tracker.observe(&record, &last_good);
@@ -534,12 +542,55 @@ impl BestTracker {
     }
 }
 
-fn epoch_line(r: &EpochRecord, epochs: usize) -> String {
+/// The line printed after an epoch; `eta` is the seconds the run has left, when epochs remain.
+fn epoch_line(r: &EpochRecord, epochs: usize, eta: Option<f64>) -> String {
     let width = epochs.to_string().len();
-    format!(
+    let mut line = format!(
         "epoch {:>width$}/{epochs}  loss {:.4}  acc {:.4}  val_loss {:.4}  val_acc {:.4}  lr {:.3e}  {:.1}s",
         r.epoch, r.loss, r.accuracy, r.val_loss, r.val_accuracy, r.lr, r.seconds
-    )
+    );
+    if let Some(eta) = eta {
+        line.push_str(&format!("  run eta {}", duration_text(eta)));
+    }
+    line
+}
+
+/// The mean length of the epochs done, `current` (an epoch just ended, not yet in `history`)
+/// included; `None` before any.
+fn mean_epoch_seconds(history: &History, current: Option<f64>) -> Option<f64> {
+    let seconds: Vec<f64> = history
+        .epochs
+        .iter()
+        .map(|e| e.seconds)
+        .chain(current)
+        .collect();
+    (!seconds.is_empty()).then(|| seconds.iter().sum::<f64>() / seconds.len() as f64)
+}
+
+/// Seconds the run has left, `steps_done` steps into an epoch of `steps` that has taken
+/// `elapsed` seconds so far: the rest of this epoch at its pace, then `epochs_after` epochs of
+/// the mean length of those done, or before any is done, of this one's projected length.
+fn run_eta(
+    elapsed: f64,
+    steps_done: usize,
+    steps: usize,
+    epochs_after: usize,
+    mean_epoch: Option<f64>,
+) -> f64 {
+    let per_step = elapsed / steps_done.max(1) as f64;
+    let this_epoch_left = per_step * steps.saturating_sub(steps_done) as f64;
+    let per_epoch = mean_epoch.unwrap_or(per_step * steps as f64);
+    this_epoch_left + per_epoch * epochs_after as f64
+}
+
+/// `42s`, `3m05s`, `2h07m`.
+fn duration_text(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
 }
 
 /// Progress on stderr, or nothing when quiet. The bar hides itself when stderr is not a
@@ -559,7 +610,9 @@ impl Progress {
             return ProgressBar::hidden();
         }
         let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len}  {msg}") {
+        if let Ok(style) =
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len}  eta {eta}  {msg}")
+        {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_prefix(format!("epoch {epoch}/{}", self.epochs));
@@ -1236,5 +1289,34 @@ mod tests {
         assert!(mc.accuracy > 0.3, "{mc:?}");
         assert_ne!(mc.loss, ev.standard.loss);
         assert!(ev.standard.entropy >= 0.0 && ev.standard.entropy <= 10f64.ln() + 1e-9);
+    }
+
+    #[test]
+    fn the_run_eta_extrapolates_from_the_epochs_done() {
+        // 10 of 40 steps in 5 s: 15 s left in this epoch; before any epoch is done, the next
+        // two take this one's projected 20 s each.
+        assert_eq!(run_eta(5.0, 10, 40, 2, None), 55.0);
+        // Once epochs are done, their mean length counts instead.
+        assert_eq!(run_eta(5.0, 10, 40, 2, Some(30.0)), 75.0);
+        assert_eq!(run_eta(5.0, 40, 40, 0, Some(30.0)), 0.0);
+        let mut history = History::default();
+        assert_eq!(mean_epoch_seconds(&history, None), None);
+        let record = |seconds| EpochRecord {
+            epoch: 1,
+            lr: 1e-3,
+            loss: 1.0,
+            accuracy: 0.5,
+            val_loss: 1.0,
+            val_accuracy: 0.5,
+            seconds,
+        };
+        history.epochs.push(record(10.0));
+        assert_eq!(mean_epoch_seconds(&history, Some(20.0)), Some(15.0));
+        assert_eq!(
+            [0.4, 59.6, 185.0, 7620.0].map(duration_text),
+            ["0s", "1m00s", "3m05s", "2h07m"]
+        );
+        assert!(epoch_line(&record(10.0), 3, Some(185.0)).ends_with("10.0s  run eta 3m05s"));
+        assert!(epoch_line(&record(10.0), 3, None).ends_with("10.0s"));
     }
 }

@@ -161,13 +161,14 @@ pub struct RunArgs {
     #[command(flatten)]
     common: DataArgs,
     /// Continue an interrupted run from its checkpoint, exactly where it stopped.
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["spec", "epochs", "seed", "out"])]
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["spec", "seed", "out"])]
     resume: Option<PathBuf>,
     /// Write a checkpoint to RUN_DIR/checkpoint/ every N epochs and when training ends (0: only
     /// when interrupted).
     #[arg(long, value_name = "N", default_value_t = 1)]
     checkpoint_every: u64,
-    /// Train this many epochs instead of the spec's.
+    /// Train this many epochs instead of the spec's. With --resume: extend the run, or, with
+    /// no more than it has completed, end it now.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     epochs: Option<u64>,
     /// Override the spec's seed.
@@ -394,7 +395,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             };
             let opts = netc_runtime::run::ResumeOptions {
-                data: Some(args.common.locate()?),
+                data: Some(resume_data(&args.common, run_dir)?),
+                epochs: args.epochs.map(|e| e as usize),
                 quiet: args.quiet,
                 checkpoint_every,
                 interrupt: Some(interrupt),
@@ -432,19 +434,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         (None, None) => return Ok(ExitCode::from(2)),
     };
     let summary = match result {
-        Err(netc_runtime::run::RunError::Interrupted {
-            run_dir,
-            epochs_completed,
-            steps,
-        }) => {
-            eprintln!(
-                "interrupted after {epochs_completed} epochs and {steps} steps of the next; \
-                 checkpoint written to {}\nresume with: netc run --resume {}",
-                run_dir
-                    .join(netc_runtime::checkpoint::CHECKPOINT_DIR)
-                    .display(),
-                run_dir.display()
-            );
+        Err(netc_runtime::run::RunError::Interrupted(stopped)) => {
+            eprintln!("{stopped}\n{}", with_invocation(&stopped.hint()));
             return Ok(ExitCode::from(130));
         }
         other => other?,
@@ -462,6 +453,18 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         println!("{}", netc_runtime::report::summary_json_line(&summary)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a resumed run's data are: as for any command when --data or NETC_DATA says, else
+/// where the run read them when it started, if they are still there.
+fn resume_data(common: &DataArgs, run_dir: &Path) -> Result<PathBuf> {
+    if common.data.is_none() && netc_runtime::data::env_data().is_none() {
+        let trainer = netc_runtime::checkpoint::read_trainer(run_dir)?;
+        if let Some(path) = trainer.identity.data_path.filter(|p| p.exists()) {
+            return Ok(path);
+        }
+    }
+    common.locate()
 }
 
 /// Makes Ctrl-C, SIGTERM and SIGHUP ask training to stop after its current step and checkpoint;
@@ -492,6 +495,7 @@ fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result<ExitCode> 
     let spec_path = run_dir.join(netc_runtime::run::SPEC_FILE);
     let summary =
         netc_runtime::report::read_summary(&run_dir.join(netc_runtime::run::SUMMARY_FILE))?;
+    netc_runtime::run::check_spec_unchanged(run_dir, &summary)?;
     let Some(mut program) = program_of(&spec_path)? else {
         return Ok(ExitCode::from(1));
     };
@@ -500,10 +504,7 @@ fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result<ExitCode> 
     let (_, stats) = netc_runtime::run::split_and_stats(&program, &data.train)?;
     let mut backend = make_backend(common.backend(), common.threads.count(), &program, stats)?;
     let mut state = backend.state();
-    state.params = netc_runtime::weights::load_params(
-        &run_dir.join(netc_runtime::run::WEIGHTS_FILE),
-        &program,
-    )?;
+    state.params = netc_runtime::run::load_kept_weights(run_dir, &program)?;
     backend.set_state(&state);
     let samples = mc
         .map(|m| m as usize)
@@ -518,7 +519,8 @@ fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result<ExitCode> 
         &indices,
         program.input.classes,
         mc_samples,
-    );
+        None,
+    )?;
     let row = |name: &str, m: &netc_runtime::train::SetMetrics| {
         format!(
             "{name:<22} {:>9.2}% {:>10.4} {:>11.3} {:>10.3} {:>12.0}",
@@ -1014,7 +1016,7 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
             for run in &stopped {
                 if run.resumable {
                     eprintln!(
-                        "  {}: resume with: {} run --resume {}",
+                        "  {}: resume with `{} run --resume {}`",
                         run.label,
                         invocation(),
                         run.run_dir.display()

@@ -461,13 +461,26 @@ fn sigint_checkpoints_exits_130_and_the_run_resumes_exactly() {
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(
         err.contains(&format!(
-            "resume with: netc run --resume {}",
+            "resume with `{} run --resume {}`",
+            env!("CARGO_BIN_EXE_netc"),
             stopped.display()
         )),
         "{err}"
     );
-    assert!(!stopped.join("summary.json").exists(), "{err}");
     assert!(stopped.join("checkpoint/trainer.json").is_file());
+    // The results so far are there too, marked as interrupted, without a test evaluation.
+    let interim: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(stopped.join("summary.json")).expect("an interim summary.json"),
+    )
+    .expect("JSON");
+    assert_eq!(interim["status"], "interrupted", "{interim}");
+    assert_eq!(interim["test_evaluated"], false, "{interim}");
+    assert_eq!(interim["test_acc"], serde_json::Value::Null, "{interim}");
+    let done = interim["epochs_run"].as_u64().expect("epochs_run");
+    assert!(done >= 1, "{interim}");
+    assert_eq!(history_without_seconds(&stopped).len() as u64, done + 1);
+    assert!(stopped.join("curves.png").is_file() && stopped.join("weights.safetensors").is_file());
+    assert!(err.contains("without a test evaluation"), "{err}");
 
     let resumed = netc(&[
         "run",
@@ -491,6 +504,8 @@ fn sigint_checkpoints_exits_130_and_the_run_resumes_exactly() {
     );
     assert_eq!(history_without_seconds(&full).len(), 151);
     assert!(weight_bits(&full, TINY_SPEC) == weight_bits(&stopped, TINY_SPEC));
+    let summary = std::fs::read_to_string(stopped.join("summary.json")).expect("summary.json");
+    assert!(summary.contains("\"status\": \"finished\""), "{summary}");
 
     // Finished now: resuming again is refused with a diagnostic.
     let again = netc(&[
@@ -524,7 +539,7 @@ fn resume_without_a_checkpoint_or_with_other_flags_is_refused() {
         stderr(&o)
     );
     assert_no_panic(&o);
-    let o = netc(&["run", "--resume", dir, "--epochs", "3"]);
+    let o = netc(&["run", "--resume", dir, "--seed", "3"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let o = netc(&["run", "specs/baseline.net", "--resume", dir]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
@@ -814,4 +829,262 @@ fn a_run_shows_its_directory_and_eta_and_eval_skips_mc_dropout_without_dropout()
         "{}",
         stderr(&o)
     );
+}
+
+/// A run of `TINY_SPEC` on the interpreter, made in this process and interrupted before its
+/// first step: a run directory with a checkpoint, in a moment.
+fn interrupted_run(tmp: &Path, data: &Path, name: &str) -> std::path::PathBuf {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let spec = tmp.join(format!("{name}.net"));
+    std::fs::write(&spec, TINY_SPEC).expect("write spec");
+    let program = netc_compiler::compile(TINY_SPEC)
+        .program
+        .expect("the spec checks");
+    let opts = netc_runtime::run::RunOptions {
+        data: Some(data.to_path_buf()),
+        out: Some(tmp.join(name)),
+        quiet: true,
+        checkpoint_every: 1,
+        interrupt: Some(Arc::new(AtomicBool::new(true))),
+        ..netc_runtime::run::RunOptions::default()
+    };
+    let result = netc_runtime::run::run(&program, &spec, &opts, |p, stats| {
+        Ok(Box::new(netc_compiler::interp::Interp::new(p, stats))
+            as Box<dyn netc_compiler::backend::Backend>)
+    });
+    assert!(result.is_err(), "the run was interrupted");
+    let dir = tmp.join(name);
+    assert!(dir.join("checkpoint/trainer.json").is_file());
+    dir
+}
+
+/// Every file under `dir` with its bytes, by path relative to it.
+fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let bytes = std::fs::read(&path).expect("read");
+                files.push((path.strip_prefix(dir).expect("under").to_path_buf(), bytes));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// A second process on a run directory another one is training in is refused before it reads
+/// or writes anything there: it must not train alongside, nor remove the other's temporary
+/// files.
+#[test]
+fn a_locked_run_directory_is_refused_and_left_alone() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = synthetic_data(tmp.path());
+    let dir = interrupted_run(tmp.path(), &data, "busy");
+    // What the other process is in the middle of writing.
+    std::fs::write(dir.join("checkpoint/.netc-other.tmp"), b"half a file").expect("write");
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(".lock"))
+        .expect("lock file");
+    lock.try_lock().expect("the test takes the lock");
+    let before = files_under(&dir);
+
+    let o = netc(&[
+        "run",
+        "--resume",
+        dir.to_str().expect("utf-8"),
+        "--data",
+        data.to_str().expect("utf-8"),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("netc::run::locked"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(dir.to_str().expect("utf-8")),
+        "{}",
+        stderr(&o)
+    );
+    assert_no_panic(&o);
+    assert!(files_under(&dir) == before, "the run directory was changed");
+
+    // Once the lock is released, the run resumes.
+    drop(lock);
+    let o = netc(&[
+        "run",
+        "--resume",
+        dir.to_str().expect("utf-8"),
+        "--data",
+        data.to_str().expect("utf-8"),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+/// `netc run` from somewhere without the data, offline: the resumed run reads the data where
+/// the run started with them.
+fn resume_elsewhere(tmp: &Path, dir: &Path, extra: &[&str]) -> Output {
+    let elsewhere = tmp.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    Command::new(env!("CARGO_BIN_EXE_netc"))
+        .args([
+            "run",
+            "--resume",
+            dir.to_str().expect("utf-8"),
+            "--quiet",
+            "--json",
+        ])
+        .args(extra)
+        .current_dir(&elsewhere)
+        .env("NO_COLOR", "1")
+        .env("NETC_OFFLINE", "1")
+        .env("NETC_THREADS", "1")
+        .env_remove("NETC_DATA")
+        .env("XDG_CACHE_HOME", elsewhere.join("cache"))
+        .output()
+        .expect("netc runs")
+}
+
+#[test]
+fn resume_reads_the_runs_data_and_can_change_its_epochs() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = synthetic_data(tmp.path());
+
+    let dir = interrupted_run(tmp.path(), &data, "same");
+    let o = resume_elsewhere(tmp.path(), &dir, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(json_line(&o)["epochs_run"], 3);
+
+    // Two epochs instead of the spec's three.
+    let dir = interrupted_run(tmp.path(), &data, "shorter");
+    let o = resume_elsewhere(tmp.path(), &dir, &["--epochs", "2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(json_line(&o)["epochs_run"], 2);
+    let trainer: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("checkpoint/trainer.json")).expect("trainer.json"),
+    )
+    .expect("JSON");
+    assert_eq!(trainer["epochs"], 2, "{trainer}");
+    assert_eq!(history_without_seconds(&dir).len(), 3);
+
+    // Data given explicitly are still checked against the run's.
+    let dir = interrupted_run(tmp.path(), &data, "other");
+    let other = tmp.path().join("other-data");
+    let other = netc_runtime::data::write_synthetic(
+        &other,
+        &netc_runtime::data::SyntheticSpec {
+            records_per_file: 81,
+            seed: 8,
+            format: netc_runtime::data::SyntheticFormat::Tarball,
+        },
+    )
+    .expect("synthetic data");
+    let o = resume_elsewhere(
+        tmp.path(),
+        &dir,
+        &["--data", other.to_str().expect("utf-8")],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("netc::resume::data_mismatch"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A finished run of `TINY_SPEC` on the interpreter, made in this process.
+fn finished_run(tmp: &Path, data: &Path, name: &str) -> std::path::PathBuf {
+    let spec = tmp.join(format!("{name}.net"));
+    std::fs::write(&spec, TINY_SPEC).expect("write spec");
+    let program = netc_compiler::compile(TINY_SPEC)
+        .program
+        .expect("the spec checks");
+    let opts = netc_runtime::run::RunOptions {
+        data: Some(data.to_path_buf()),
+        out: Some(tmp.join(name)),
+        quiet: true,
+        epochs: Some(1),
+        ..netc_runtime::run::RunOptions::default()
+    };
+    netc_runtime::run::run(&program, &spec, &opts, |p, stats| {
+        Ok(Box::new(netc_compiler::interp::Interp::new(p, stats))
+            as Box<dyn netc_compiler::backend::Backend>)
+    })
+    .expect("the run finishes");
+    tmp.join(name)
+}
+
+#[test]
+fn eval_refuses_an_edited_spec_and_non_finite_weights() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = synthetic_data(tmp.path());
+    let dir = finished_run(tmp.path(), &data, "done");
+    let (dir_arg, data_arg) = (dir.to_str().expect("utf-8"), data.to_str().expect("utf-8"));
+    let eval = || {
+        netc(&[
+            "eval",
+            dir_arg,
+            "--data",
+            data_arg,
+            "--backend",
+            "interp",
+            "--mc",
+            "2",
+        ])
+    };
+    let o = eval();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    // Another activation computes something else with the same weights.
+    let spec = dir.join("spec.net");
+    std::fs::write(
+        &spec,
+        TINY_SPEC.replace("activation: selu", "activation: relu"),
+    )
+    .expect("edit");
+    let o = eval();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("netc::eval::spec_changed"),
+        "{}",
+        stderr(&o)
+    );
+    assert_no_panic(&o);
+    std::fs::write(&spec, TINY_SPEC).expect("restore");
+
+    // A NaN in the second dense layer's kernel.
+    let program = netc_compiler::compile(TINY_SPEC)
+        .program
+        .expect("the spec checks");
+    let weights = dir.join("weights.safetensors");
+    let mut params = netc_runtime::weights::load_params(&weights, &program).expect("weights");
+    let index = program
+        .params
+        .iter()
+        .position(|p| p.name == "dense_2.kernel")
+        .expect("dense_2.kernel");
+    params[index][[3, 4]] = f32::NAN;
+    let state = netc_compiler::backend::TrainState {
+        slots: vec![Vec::new(); params.len()],
+        params,
+        step: 0,
+    };
+    netc_runtime::weights::save_params(&weights, &program, &state).expect("save");
+    let o = eval();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("netc::eval::non_finite_weights"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("dense_2.kernel"), "{}", stderr(&o));
+    assert_no_panic(&o);
 }

@@ -53,6 +53,22 @@ pub enum StopReason {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cause: Option<DivergenceCause>,
     },
+    /// The run was stopped (Ctrl-C) in this 1-based epoch after `steps` of its steps; a summary
+    /// of an interrupted run says so, a checkpoint never does.
+    Interrupted { epoch: usize, steps: usize },
+}
+
+/// Whether a run directory's results are final.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Trained and tested; `netc run --resume` refuses it. Summaries of netc versions that did
+    /// not record a status are of finished runs.
+    #[default]
+    Finished,
+    /// Stopped by an interrupt: the results of the epochs completed so far, without a test
+    /// evaluation. `netc run --resume` continues the run and replaces them.
+    Interrupted,
 }
 
 /// Why a step's loss was not finite: the parameters going into the step, checked by replaying
@@ -131,6 +147,19 @@ pub struct Summary {
     pub peak_rss_mb: f64,
     pub stop: StopReason,
     pub run_dir: String,
+    #[serde(default)]
+    pub status: RunStatus,
+    /// Whether `test_acc` and `test_loss` (and the MC Dropout and pruning numbers) were
+    /// measured: an interrupted run stops before its test evaluation, and they are null.
+    #[serde(default = "yes")]
+    pub test_evaluated: bool,
+    /// FNV-1a 64 of the run's `spec.net`, which `netc eval` checks before evaluating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// serde_json writes non-finite floats as `null` (JSON has no NaN), which a diverged run produces;
@@ -499,6 +528,9 @@ fn describe_stop(stop: &StopReason, epochs_run: usize) -> String {
                  the last good weights were kept"
             )
         }
+        StopReason::Interrupted { epoch, steps } => {
+            format!("interrupted in epoch {epoch} after {steps} of its steps ({epochs_run} epochs complete)")
+        }
     }
 }
 
@@ -544,11 +576,15 @@ pub fn render_report(summary: &Summary, history: &History) -> String {
         .ok();
     }
     line(best_line);
-    line(format!(
-        "Test: accuracy {}, loss {:.4}",
-        percent(summary.test_acc),
-        summary.test_loss
-    ));
+    if summary.test_evaluated {
+        line(format!(
+            "Test: accuracy {}, loss {:.4}",
+            percent(summary.test_acc),
+            summary.test_loss
+        ));
+    } else {
+        line("Test: not evaluated (the run was interrupted before its test evaluation)".to_owned());
+    }
     if let Some(unpruned) = summary.unpruned_test_acc {
         line(format!(
             "  before pruning: accuracy {} ({:+.2} points after pruning)",
@@ -656,6 +692,9 @@ pub(crate) mod fixtures {
             peak_rss_mb: 512.0,
             stop: StopReason::EarlyStopping { patience: 5 },
             run_dir: format!("runs/{model}"),
+            status: RunStatus::Finished,
+            test_evaluated: true,
+            spec_hash: Some("0123456789abcdef".to_string()),
         }
     }
 }

@@ -3,26 +3,32 @@
 //! Dropout and magnitude pruning when the spec asks), and leave a run directory behind: a copy of
 //! the spec, `history.csv`, `summary.json`, `curves.png` and `weights.safetensors`, and during
 //! training a `checkpoint/` (see `checkpoint`) that `resume` continues from. A run is finished
-//! once `summary.json` exists.
+//! once `summary.json` exists with the status `finished`; an interrupted run writes the same
+//! files with the results of its completed epochs, the status `interrupted` and no test
+//! evaluation, and `resume` replaces them.
 //!
 //! A run directory is never overwritten: the default name gets a numeric suffix when taken, and
-//! an explicit `--out` that exists is an error. Every file in it is written atomically.
+//! an explicit `--out` that exists is an error. Every file in it is written atomically. The
+//! process that trains in a run directory holds its lock (`RunLock`), so a second one is refused.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read as _, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use ndarray::ArrayD;
 use netc_compiler::backend::{Backend, BackendError, InputStats, TrainState};
 use netc_compiler::ir::{OpKind, ParamId, Preprocess, Program};
 
-use crate::checkpoint::{self, CheckpointError, Checkpointer, ResumeError, RunIdentity};
+use crate::checkpoint::{self, CheckpointError, Checkpointer, Loaded, ResumeError, RunIdentity};
 use crate::data::{self, DataError};
 use crate::plot::{self, PlotError};
-use crate::report::{self, LayerSparsity, ReportError, Summary};
-use crate::train::{self, Evaluation, TrainOptions, TrainStop};
+use crate::report::{self, LayerSparsity, ReportError, RunStatus, StopReason, Summary};
+use crate::train::{
+    self, EvalStop, Evaluation, OutOfMemory, TrainOptions, TrainOutcome, TrainStop,
+};
 use crate::weights::{self, WeightsError};
 
 /// What the command line can change about a run.
@@ -41,8 +47,9 @@ pub struct RunOptions {
     /// Write a checkpoint after every this many epochs and when training ends; 0 writes one
     /// only when interrupted.
     pub checkpoint_every: usize,
-    /// Once set (by a signal handler), training stops after the current step, writes a
-    /// checkpoint and the run returns `RunError::Interrupted`.
+    /// Once set (by a signal handler), training stops after the current step (the test
+    /// evaluation between two batches), writes a checkpoint and the results so far, and the
+    /// run returns `RunError::Interrupted`.
     pub interrupt: Option<Arc<AtomicBool>>,
 }
 
@@ -52,6 +59,8 @@ pub const HISTORY_FILE: &str = "history.csv";
 pub const SUMMARY_FILE: &str = "summary.json";
 pub const CURVES_FILE: &str = "curves.png";
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
+/// The file the training process locks (see `RunLock`).
+pub const LOCK_FILE: &str = ".lock";
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum RunError {
@@ -75,6 +84,10 @@ pub enum RunError {
     #[diagnostic(transparent)]
     Weights(Box<WeightsError>),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    OutOfMemory(#[from] OutOfMemory),
+
     #[error("the run directory {} already exists", path.display())]
     #[diagnostic(
         code(netc::run::out_exists),
@@ -93,6 +106,31 @@ pub enum RunError {
         source: io::Error,
     },
 
+    #[error("another netc process{holder} is training in {}", dir.display())]
+    #[diagnostic(
+        code(netc::run::locked),
+        help(
+            "two processes training one run would overwrite each other's files: wait for the \
+             other one to end, or stop it (Ctrl-C writes a checkpoint) and resume then"
+        )
+    )]
+    Locked {
+        dir: PathBuf,
+        /// ` (pid N)` when the lock file says which process holds it, else empty.
+        holder: String,
+    },
+
+    #[error("cannot lock the run directory with {}: {source}", path.display())]
+    #[diagnostic(
+        code(netc::run::lock),
+        help("check that the run directory is writable")
+    )]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
     #[error(transparent)]
     #[diagnostic(transparent)]
     Checkpoint(Box<CheckpointError>),
@@ -101,20 +139,9 @@ pub enum RunError {
     #[diagnostic(transparent)]
     Resume(Box<ResumeError>),
 
-    #[error(
-        "training was interrupted after {epochs_completed} epochs and {steps} steps of the next; \
-         the checkpoint in {} holds everything so far",
-        run_dir.display()
-    )]
-    #[diagnostic(
-        code(netc::run::interrupted),
-        help("continue exactly where it stopped with `netc run --resume {}`", run_dir.display())
-    )]
-    Interrupted {
-        run_dir: PathBuf,
-        epochs_completed: usize,
-        steps: usize,
-    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Interrupted(Interruption),
 
     #[error("cannot read the spec {}: {source}", path.display())]
     #[diagnostic(code(netc::run::read_spec))]
@@ -123,6 +150,107 @@ pub enum RunError {
         #[source]
         source: io::Error,
     },
+
+    #[error(
+        "{} changed since the run trained: its hash is {found}, the run recorded {recorded}",
+        path.display()
+    )]
+    #[diagnostic(
+        code(netc::eval::spec_changed),
+        help(
+            "the weights belong to the spec the run trained, and an edited spec would compute \
+             something else with them: put the original spec.net back, or train the edited \
+             spec in a new run (`netc run` with it)"
+        )
+    )]
+    SpecChanged {
+        path: PathBuf,
+        recorded: String,
+        found: String,
+    },
+
+    #[error("{} holds a NaN or an infinity in `{tensor}`", path.display())]
+    #[diagnostic(
+        code(netc::eval::non_finite_weights),
+        help(
+            "netc never keeps such weights from a run that trained well: the file was damaged \
+             or edited. Train the spec again"
+        )
+    )]
+    NonFiniteWeights { path: PathBuf, tensor: String },
+}
+
+/// How far an interrupted run got, and what it left behind: `RunError::Interrupted`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interruption {
+    pub run_dir: PathBuf,
+    pub epochs_completed: usize,
+    /// Steps of the next epoch done; 0 when training had ended.
+    pub steps: usize,
+    /// Training had ended: the test evaluation was interrupted.
+    pub training_done: bool,
+    /// `RUN_DIR/checkpoint/` holds the state reached: always when training was interrupted,
+    /// and after it unless checkpoints were off (`checkpoint_every` 0).
+    pub checkpointed: bool,
+}
+
+impl std::fmt::Display for Interruption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = self.run_dir.display();
+        let so_far =
+            format!("{dir}/{SUMMARY_FILE} holds the results so far (without a test evaluation)");
+        match (self.training_done, self.checkpointed) {
+            (false, _) => write!(
+                f,
+                "interrupted after {} epochs and {} steps of the next; checkpoint written to \
+                 {dir}/{}, and {so_far}",
+                self.epochs_completed,
+                self.steps,
+                checkpoint::CHECKPOINT_DIR
+            ),
+            (true, true) => write!(
+                f,
+                "interrupted during the test evaluation, after {} epochs of training; training \
+                 is checkpointed in {dir}/{}, and {so_far}",
+                self.epochs_completed,
+                checkpoint::CHECKPOINT_DIR
+            ),
+            (true, false) => write!(
+                f,
+                "interrupted during the test evaluation, after {} epochs of training; {so_far} \
+                 and {dir}/{WEIGHTS_FILE} its weights, but with --checkpoint-every 0 no \
+                 checkpoint of the end of training was written",
+                self.epochs_completed
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Interruption {}
+
+impl miette::Diagnostic for Interruption {
+    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        Some(Box::new("netc::run::interrupted"))
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        Some(Box::new(self.hint()))
+    }
+}
+
+impl Interruption {
+    /// What to do next: resume, or evaluate what was kept (the command in backticks, as in
+    /// every diagnostic's help, so the CLI can spell it the way netc was started).
+    pub fn hint(&self) -> String {
+        let dir = self.run_dir.display();
+        match (self.training_done, self.checkpointed) {
+            (false, _) => format!("resume with `netc run --resume {dir}`"),
+            (true, true) => {
+                format!("resume with `netc run --resume {dir}` (it only evaluates the test set)")
+            }
+            (true, false) => format!("evaluate the kept weights with `netc eval {dir}`"),
+        }
+    }
 }
 
 // The report, plot and weights errors carry a source excerpt each; boxing them keeps `RunError`
@@ -151,10 +279,73 @@ impl From<Box<ResumeError>> for RunError {
     }
 }
 
+impl From<ResumeError> for RunError {
+    fn from(e: ResumeError) -> Self {
+        RunError::Resume(Box::new(e))
+    }
+}
+
 impl From<WeightsError> for RunError {
     fn from(e: WeightsError) -> Self {
         RunError::Weights(Box::new(e))
     }
+}
+
+/// The exclusive lock on a run directory, held by the process that trains in it, so that a
+/// second `netc run --resume` of the directory is refused instead of training alongside (the
+/// last writer winning) and removing the first one's temporary files. It is an advisory lock
+/// (`flock`) on `RUN_DIR/.lock`, which the operating system releases when the file is closed:
+/// when this is dropped, or the process ends however it ends. A file system that cannot lock
+/// files gets no lock rather than no run.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: fs::File,
+}
+
+impl RunLock {
+    /// Locks `run_dir`, or says which process holds it; the holder's pid is written to the file.
+    pub fn acquire(run_dir: &Path) -> Result<RunLock, RunError> {
+        let path = run_dir.join(LOCK_FILE);
+        let lock_error = |source| RunError::Lock {
+            path: path.clone(),
+            source,
+        };
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(lock_error)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                file.read_to_string(&mut text).ok();
+                let holder = match text.trim().parse::<u32>() {
+                    Ok(pid) => format!(" (pid {pid})"),
+                    Err(_) => String::new(),
+                };
+                return Err(RunError::Locked {
+                    dir: run_dir.to_path_buf(),
+                    holder,
+                });
+            }
+            Err(fs::TryLockError::Error(e)) if e.kind() == io::ErrorKind::Unsupported => {}
+            Err(fs::TryLockError::Error(e)) => return Err(lock_error(e)),
+        }
+        // Only the holder writes; the pid is a courtesy for the message above.
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| write!(file, "{}", std::process::id()))
+            .map_err(lock_error)?;
+        Ok(RunLock { _file: file })
+    }
+}
+
+/// The absolute form of a data path, recorded in checkpoints; `None` when there is none.
+fn absolute_data_path(data: &data::Cifar10) -> Option<PathBuf> {
+    std::path::absolute(data.source.path()).ok()
 }
 
 /// Runs `program` (parsed from `spec_path`) end to end and returns its summary, also written to
@@ -192,6 +383,7 @@ where
 
     // Reserve the directory before the long part, so a taken `--out` fails in seconds.
     let run_dir = create_run_dir(opts.out.as_deref(), &program.name)?;
+    let lock = RunLock::acquire(&run_dir)?;
     write_file(&run_dir.join(SPEC_FILE), &spec_text)?;
 
     let identity = RunIdentity {
@@ -202,6 +394,7 @@ where
         seed: program.train.seed,
         epochs: program.train.epochs,
         data: checkpoint::data_fingerprint(&data.train),
+        data_path: absolute_data_path(&data),
     };
     let checkpointer = Checkpointer::new(&run_dir, &program, identity.clone());
     let session = Session {
@@ -218,6 +411,7 @@ where
         interrupt: opts.interrupt.as_deref(),
         checkpointer,
         resumed: None,
+        _lock: lock,
     };
     session.finish()
 }
@@ -225,8 +419,12 @@ where
 /// What `resume` takes from the command line; the rest comes from the checkpoint.
 #[derive(Clone, Debug, Default)]
 pub struct ResumeOptions {
-    /// Where CIFAR-10 is (it must be the data the run started with).
+    /// Where CIFAR-10 is (it must be the data the run started with); by default where the
+    /// checkpoint says the run read it.
     pub data: Option<PathBuf>,
+    /// Train until this many epochs instead of the recorded count: more extends the run, as
+    /// many as are complete or fewer ends it now (see `set_epochs`).
+    pub epochs: Option<usize>,
     pub quiet: bool,
     /// As `RunOptions::checkpoint_every`.
     pub checkpoint_every: usize,
@@ -235,9 +433,10 @@ pub struct ResumeOptions {
 }
 
 /// Continues the run in `run_dir` from its checkpoint and finishes it as `run` would have, with
-/// the same weights and history (bit for bit, on the same backend). `program` is compiled from
-/// the run's `spec.net`; the seed and epochs come from the checkpoint. `make_backend` gets the
-/// name of the backend that trained the run.
+/// the same weights and history (bit for bit, on the same backend, with the same epochs).
+/// `program` is compiled from the run's `spec.net`; the seed and epochs come from the checkpoint
+/// (the epochs unless `opts.epochs` changes them). `make_backend` gets the name of the backend
+/// that trained the run.
 pub fn resume<F>(
     program: &Program,
     run_dir: &Path,
@@ -248,46 +447,48 @@ where
     F: FnOnce(&Program, Option<InputStats>, &str) -> Result<Box<dyn Backend>, BackendError>,
 {
     let started = Instant::now();
+    checkpoint::check_resumable(run_dir)?;
+    // Before anything is read: another process may be writing the checkpoint.
+    let lock = RunLock::acquire(run_dir)?;
     let spec_path = run_dir.join(SPEC_FILE);
     let spec_text = fs::read(&spec_path).map_err(|source| RunError::ReadSpec {
         path: spec_path.clone(),
         source,
     })?;
-    let loaded = checkpoint::load(run_dir, program, &spec_text).map_err(Box::new)?;
+    let mut loaded = checkpoint::load(run_dir, program, &spec_text)?;
     let mut program = program.clone();
     program.train.seed = loaded.identity.seed;
-    program.train.epochs = loaded.identity.epochs;
 
-    let data = data::load(opts.data.as_deref())?;
+    let data_path = opts.data.as_ref().or(loaded.identity.data_path.as_ref());
+    let data = data::load(data_path.map(PathBuf::as_path))?;
     checkpoint::check_data(&loaded.identity.data, &data.train).map_err(Box::new)?;
     let (split, stats) = split_and_stats(&program, &data.train)?;
     let steps_per_epoch = data::batch_count(split.train.len(), program.train.batch);
-    let ls = &loaded.resumed.loop_state;
-    let expected_step =
-        (ls.epochs_completed * steps_per_epoch + ls.partial.map_or(0, |p| p.steps)) as u64;
-    if loaded.state.step != expected_step || ls.partial.is_some_and(|p| p.steps >= steps_per_epoch)
-    {
-        return Err(Box::new(ResumeError::BadCheckpoint {
-            path: run_dir.join(checkpoint::CHECKPOINT_DIR),
-            reason: format!(
-                "its state is at step {}, but {} epochs of {steps_per_epoch} steps and {} more \
-                 make step {expected_step}",
-                loaded.state.step,
-                ls.epochs_completed,
-                ls.partial.map_or(0, |p| p.steps)
-            ),
-        })
-        .into());
-    }
+    loaded.check_schedule(steps_per_epoch, &program)?;
+    let epochs_changed = opts
+        .epochs
+        .is_some_and(|epochs| set_epochs(&mut loaded, epochs));
+    program.train.epochs = loaded.identity.epochs;
 
     let compile_started = Instant::now();
     let mut backend = make_backend(&program, stats, &loaded.identity.backend)?;
     let compile_ms = compile_started.elapsed().as_secs_f64() * 1e3;
     backend.set_state(&loaded.state);
 
-    let checkpointer = Checkpointer::resume(run_dir, &program, &loaded);
-    let mut identity = loaded.identity;
+    let mut identity = loaded.identity.clone();
     identity.backend = backend.name().to_owned();
+    identity.data_path = absolute_data_path(&data);
+    let mut checkpointer = Checkpointer::resume(run_dir, &program, identity.clone(), &loaded);
+    if epochs_changed {
+        // Recorded at once, so that a run interrupted before its next checkpoint keeps it.
+        let resumed = &loaded.resumed;
+        checkpointer.save(&train::Snapshot {
+            loop_state: &resumed.loop_state,
+            state: &loaded.state,
+            last_good: &resumed.last_good,
+            best: resumed.best.as_ref(),
+        })?;
+    }
     let session = Session {
         program: &program,
         data: &data,
@@ -302,8 +503,33 @@ where
         interrupt: opts.interrupt.as_deref(),
         checkpointer,
         resumed: Some(loaded.resumed),
+        _lock: lock,
     };
     session.finish()
+}
+
+/// Makes a loaded run end after `epochs` epochs; returns whether that changed anything. More
+/// epochs than are complete extend it: a run that had completed its epochs trains on, while an
+/// early stop or a divergence stands. As many or fewer end it now: the epoch in progress is
+/// dropped (the run goes back to the end of its last completed epoch), training counts as
+/// completed, and the run keeps all of its completed epochs.
+pub fn set_epochs(loaded: &mut Loaded, epochs: usize) -> bool {
+    let ls = &mut loaded.resumed.loop_state;
+    let done = ls.epochs_completed;
+    let before = (loaded.identity.epochs, ls.stop.clone(), ls.partial);
+    if epochs > done {
+        if ls.stop == Some(StopReason::Completed) {
+            ls.stop = None;
+        }
+        loaded.identity.epochs = epochs;
+    } else {
+        if ls.partial.take().is_some() {
+            loaded.state = loaded.resumed.last_good.clone();
+        }
+        ls.stop.get_or_insert(StopReason::Completed);
+        loaded.identity.epochs = done;
+    }
+    before != (loaded.identity.epochs, ls.stop.clone(), ls.partial)
 }
 
 /// The validation split and, for standardized inputs, the training split's statistics: what
@@ -318,6 +544,49 @@ pub fn split_and_stats(
         Preprocess::Scale01 => None,
     };
     Ok((split, stats))
+}
+
+/// Refuses to evaluate the run in `run_dir` when its `spec.net` is not the one it trained: its
+/// hash must be the one the summary (or, for runs of netc versions that did not record it
+/// there, the checkpoint) recorded. A run that recorded none cannot be checked.
+pub fn check_spec_unchanged(run_dir: &Path, summary: &Summary) -> Result<(), RunError> {
+    let path = run_dir.join(SPEC_FILE);
+    let recorded = summary.spec_hash.clone().or_else(|| {
+        let trainer = run_dir
+            .join(checkpoint::CHECKPOINT_DIR)
+            .join(checkpoint::TRAINER_FILE);
+        let text = fs::read_to_string(trainer).ok()?;
+        checkpoint::parse_trainer_json(&text)
+            .ok()
+            .map(|t| t.identity.spec_hash)
+    });
+    let Some(recorded) = recorded else {
+        return Ok(());
+    };
+    let bytes = fs::read(&path).map_err(|e| ReportError::read(&path, e))?;
+    let found = checkpoint::fnv1a64(&bytes);
+    if found != recorded {
+        return Err(RunError::SpecChanged {
+            path,
+            recorded,
+            found,
+        });
+    }
+    Ok(())
+}
+
+/// The weights a finished (or interrupted) run kept, for `program` compiled from its
+/// `spec.net`; refused when one of them is not finite.
+pub fn load_kept_weights(run_dir: &Path, program: &Program) -> Result<Vec<ArrayD<f32>>, RunError> {
+    let path = run_dir.join(WEIGHTS_FILE);
+    let params = weights::load_params(&path, program)?;
+    if let Some(tensor) = checkpoint::first_non_finite(program, &params) {
+        return Err(RunError::NonFiniteWeights {
+            path,
+            tensor: tensor.to_owned(),
+        });
+    }
+    Ok(params)
 }
 
 /// A run with its data, backend and directory in place: what `run` and `resume` share.
@@ -335,17 +604,29 @@ struct Session<'a> {
     interrupt: Option<&'a AtomicBool>,
     checkpointer: Checkpointer,
     resumed: Option<train::Resumed>,
+    /// Held until the run ends.
+    _lock: RunLock,
+}
+
+/// The test set's numbers: the evaluation and, when the spec prunes, the accuracy before.
+struct Tested {
+    test: Evaluation,
+    unpruned_test_acc: Option<f64>,
 }
 
 impl Session<'_> {
-    /// Trains (from the checkpoint when resuming), tests, and writes the run directory.
+    /// Trains (from the checkpoint when resuming), tests, and writes the run directory. When
+    /// interrupted, writes the results so far instead (see `write_interrupted`).
     fn finish(mut self) -> Result<Summary, RunError> {
         if !self.quiet {
             eprintln!("run directory: {}", self.run_dir.display());
         }
-        let program = self.program;
-        let data = self.data;
-        let interrupted = || self.interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
+        // A run resumed after training ended has the end of training in its checkpoint.
+        let end_checkpointed = self.checkpoint_every > 0
+            || self
+                .resumed
+                .as_ref()
+                .is_some_and(|r| r.loop_state.stop.is_some());
         let train_opts = TrainOptions {
             epochs: None,
             quiet: self.quiet,
@@ -359,8 +640,8 @@ impl Session<'_> {
         };
         let outcome = train::train_from(
             self.backend.as_mut(),
-            program,
-            &data.train,
+            self.program,
+            &self.data.train,
             self.split,
             &train_opts,
             self.resumed.take(),
@@ -369,103 +650,162 @@ impl Session<'_> {
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(TrainStop::Save(e)) => return Err(e.into()),
-            Err(TrainStop::Interrupted { epoch, steps }) => {
-                return Err(RunError::Interrupted {
+            Err(TrainStop::OutOfMemory(e)) => return Err(e.into()),
+            Err(TrainStop::Interrupted {
+                epoch,
+                steps,
+                so_far,
+            }) => {
+                let stop = StopReason::Interrupted { epoch, steps };
+                self.write_interrupted(&so_far.history, so_far.best_epoch, stop, &so_far.kept)?;
+                return Err(RunError::Interrupted(Interruption {
                     run_dir: self.run_dir.clone(),
                     epochs_completed: epoch - 1,
                     steps,
-                })
+                    training_done: false,
+                    checkpointed: true,
+                }));
             }
         };
-        // An interrupt during the last epoch's validation stops here, before testing: training is
-        // over and checkpointed (unless checkpoints are off), so a resumed run only tests.
-        if interrupted() && self.checkpoint_every > 0 {
-            return Err(RunError::Interrupted {
-                run_dir: self.run_dir.clone(),
-                epochs_completed: outcome.history.epochs.len(),
-                steps: 0,
-            });
-        }
-        let backend = &mut self.backend;
-        let run_dir = &self.run_dir;
-        let opts_quiet = self.quiet;
+        // The weights training ended with (before pruning), kept if the test is interrupted.
+        let trained = self.backend.state();
+        let tested = match self.test() {
+            Ok(tested) => tested,
+            Err(EvalStop::OutOfMemory(e)) => return Err(e.into()),
+            Err(EvalStop::Interrupted) => {
+                let history = &outcome.history;
+                self.write_interrupted(
+                    history,
+                    outcome.best_epoch,
+                    outcome.stop.clone(),
+                    &trained,
+                )?;
+                return Err(RunError::Interrupted(Interruption {
+                    run_dir: self.run_dir.clone(),
+                    epochs_completed: history.epochs.len(),
+                    steps: 0,
+                    training_done: true,
+                    checkpointed: end_checkpointed,
+                }));
+            }
+        };
+        self.write_finished(&outcome, &tested)
+    }
 
-        let test_indices = data.test.all_indices();
+    /// Evaluates the trained backend on the test set, pruned when the spec asks; stops between
+    /// two batches when interrupted.
+    fn test(&mut self) -> Result<Tested, EvalStop> {
+        let program = self.program;
+        let test = &self.data.test;
+        let backend = self.backend.as_mut();
+        let indices = test.all_indices();
         let classes = program.output_width();
         let mc_samples = program.eval.mc_dropout;
-        let (test, unpruned_test_acc) = match program.eval.prune {
+        let interrupt = self.interrupt;
+        Ok(match program.eval.prune {
             Some(prune) => {
-                let before =
-                    train::evaluate(backend.as_mut(), &data.test, &test_indices, classes, None);
+                let before = train::evaluate(backend, test, &indices, classes, None, interrupt)?;
                 let mut state = backend.state();
-                prune_dense_kernels(program, &mut state, prune.sparsity);
+                prune_dense_kernels(program, &mut state, prune.sparsity)?;
                 backend.set_state(&state);
-                let after = train::evaluate(
-                    backend.as_mut(),
-                    &data.test,
-                    &test_indices,
-                    classes,
-                    mc_samples,
-                );
-                (after, Some(before.standard.accuracy))
+                Tested {
+                    test: train::evaluate(backend, test, &indices, classes, mc_samples, interrupt)?,
+                    unpruned_test_acc: Some(before.standard.accuracy),
+                }
             }
-            None => (
-                train::evaluate(
-                    backend.as_mut(),
-                    &data.test,
-                    &test_indices,
-                    classes,
-                    mc_samples,
-                ),
-                None,
-            ),
-        };
-        let final_state = backend.state();
-        let (sparsity, layer_sparsity) = dense_sparsity(program, &final_state);
+            None => Tested {
+                test: train::evaluate(backend, test, &indices, classes, mc_samples, interrupt)?,
+                unpruned_test_acc: None,
+            },
+        })
+    }
 
-        weights::save_params(&run_dir.join(WEIGHTS_FILE), program, &final_state)?;
-        let history = &outcome.history;
+    /// Writes the finished run's weights, history, curves and summary.
+    fn write_finished(&self, outcome: &TrainOutcome, tested: &Tested) -> Result<Summary, RunError> {
+        let final_state = self.backend.state();
+        let mut summary = self.write_results(
+            &outcome.history,
+            outcome.best_epoch,
+            outcome.stop.clone(),
+            &final_state,
+        )?;
+        let test = &tested.test;
+        summary.test_acc = test.standard.accuracy;
+        summary.test_loss = test.standard.loss;
+        summary.mc_test_acc = test.mc_dropout.as_ref().map(|m| m.metrics.accuracy);
+        summary.mc_samples = test.mc_dropout.as_ref().map(|m| m.samples);
+        summary.unpruned_test_acc = tested.unpruned_test_acc;
+        summary.test_evaluated = true;
+        summary.status = RunStatus::Finished;
+        if !self.quiet {
+            print_test_line(test);
+            if let Some(before) = tested.unpruned_test_acc {
+                eprintln!(
+                    "pruned dense kernels to {:.1}% zeros: test acc {before:.4} before, {:.4} after",
+                    summary.sparsity * 100.0,
+                    test.standard.accuracy
+                );
+            }
+        }
+        report::write_summary(&self.run_dir.join(SUMMARY_FILE), &summary)?;
+        Ok(summary)
+    }
+
+    /// Writes what an interrupted run has so far: the weights it would keep, the history and
+    /// curves of its completed epochs, and a summary marked `interrupted`, without test numbers.
+    /// A resumed run replaces them all when it ends.
+    fn write_interrupted(
+        &self,
+        history: &report::History,
+        best_epoch: usize,
+        stop: StopReason,
+        kept: &TrainState,
+    ) -> Result<(), RunError> {
+        let summary = self.write_results(history, best_epoch, stop, kept)?;
+        report::write_summary(&self.run_dir.join(SUMMARY_FILE), &summary)?;
+        Ok(())
+    }
+
+    /// Writes `weights`, the history and the curves, and returns the summary of them: that of an
+    /// interrupted run, without test numbers, which `write_finished` completes.
+    fn write_results(
+        &self,
+        history: &report::History,
+        best_epoch: usize,
+        stop: StopReason,
+        weights: &TrainState,
+    ) -> Result<Summary, RunError> {
+        let program = self.program;
+        let run_dir = &self.run_dir;
+        let (sparsity, layer_sparsity) = dense_sparsity(program, weights);
+        weights::save_params(&run_dir.join(WEIGHTS_FILE), program, weights)?;
         write_history(run_dir, history)?;
         if !history.epochs.is_empty() {
             plot::plot_curves(
                 &run_dir.join(CURVES_FILE),
                 &program.name,
                 history,
-                outcome.best_epoch,
+                best_epoch,
             )?;
         }
-        if !opts_quiet {
-            print_test_line(&test);
-            if let Some(before) = unpruned_test_acc {
-                eprintln!(
-                    "pruned dense kernels to {:.1}% zeros: test acc {before:.4} before, {:.4} after",
-                    sparsity * 100.0,
-                    test.standard.accuracy
-                );
-            }
-        }
-
         // The summary speaks of one epoch: the best one, whose weights the run keeps and tests.
-        let best = history
-            .epochs
-            .iter()
-            .find(|e| e.epoch == outcome.best_epoch);
-        let summary = Summary {
+        let best = history.epochs.iter().find(|e| e.epoch == best_epoch);
+        Ok(Summary {
             spec: self.identity.spec.clone(),
             model: program.name.clone(),
-            backend: backend.name().to_owned(),
+            backend: self.backend.name().to_owned(),
             seed: program.train.seed,
             epochs_run: history.epochs.len(),
-            best_epoch: outcome.best_epoch,
+            best_epoch,
             best_val_acc: best.map_or(f64::NAN, |e| f64::from(e.val_accuracy)),
             best_val_loss: best.map_or(f64::NAN, |e| f64::from(e.val_loss)),
-            test_acc: test.standard.accuracy,
-            test_loss: test.standard.loss,
-            mc_test_acc: test.mc_dropout.as_ref().map(|m| m.metrics.accuracy),
-            mc_samples: test.mc_dropout.as_ref().map(|m| m.samples),
+            test_acc: f64::NAN,
+            test_loss: f64::NAN,
+            mc_test_acc: None,
+            mc_samples: None,
             sparsity,
             layer_sparsity,
-            unpruned_test_acc,
+            unpruned_test_acc: None,
             param_count: program.param_count(),
             trainable_params: program.trainable_param_count(),
             sec_per_epoch: median(history.epochs.iter().map(|e| e.seconds).collect()),
@@ -475,11 +815,12 @@ impl Session<'_> {
                 .max(self.started.elapsed().as_secs_f64()),
             compile_ms: self.compile_ms,
             peak_rss_mb: peak_rss_mb(),
-            stop: outcome.stop.clone(),
+            stop,
             run_dir: run_dir.display().to_string(),
-        };
-        report::write_summary(&run_dir.join(SUMMARY_FILE), &summary)?;
-        Ok(summary)
+            status: RunStatus::Interrupted,
+            test_evaluated: false,
+            spec_hash: Some(self.identity.spec_hash.clone()),
+        })
     }
 }
 
@@ -629,7 +970,11 @@ fn dense_kernels(program: &Program) -> Vec<(&str, ParamId)> {
 /// smallest absolute value to zero. As TensorFlow's model-optimization toolkit, it keeps
 /// `round(len · (1 - sparsity))` weights; ties in magnitude are broken by position, so the count
 /// is exact.
-pub fn prune_dense_kernels(program: &Program, state: &mut TrainState, sparsity: f32) {
+pub fn prune_dense_kernels(
+    program: &Program,
+    state: &mut TrainState,
+    sparsity: f32,
+) -> Result<(), OutOfMemory> {
     let sparsity = f64::from(sparsity).clamp(0.0, 1.0);
     for (_, kernel) in dense_kernels(program) {
         let Some(weights) = state.params.get_mut(kernel.index()) else {
@@ -641,12 +986,20 @@ pub fn prune_dense_kernels(program: &Program, state: &mut TrainState, sparsity: 
         if zeroed == 0 {
             continue;
         }
-        let values: Vec<f32> = weights.iter().copied().collect();
-        let mut order: Vec<usize> = (0..len).collect();
-        let by_magnitude =
-            |&a: &usize, &b: &usize| values[a].abs().total_cmp(&values[b].abs()).then(a.cmp(&b));
-        order.select_nth_unstable_by(zeroed - 1, by_magnitude);
-        let mut pruned = vec![false; len];
+        let mut order = train::try_filled(Some(len), 0usize, "the pruning order of a kernel")?;
+        order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
+        let mut pruned = train::try_filled(Some(len), false, "the pruning mask of a kernel")?;
+        {
+            let mut values = train::try_filled(Some(len), 0.0f32, "a copy of a kernel to prune")?;
+            values
+                .iter_mut()
+                .zip(weights.iter())
+                .for_each(|(v, w)| *v = *w);
+            let by_magnitude = |&a: &usize, &b: &usize| {
+                values[a].abs().total_cmp(&values[b].abs()).then(a.cmp(&b))
+            };
+            order.select_nth_unstable_by(zeroed - 1, by_magnitude);
+        }
         for &i in &order[..zeroed] {
             pruned[i] = true;
         }
@@ -656,6 +1009,7 @@ pub fn prune_dense_kernels(program: &Program, state: &mut TrainState, sparsity: 
             }
         }
     }
+    Ok(())
 }
 
 /// The share of exactly-zero weights in each dense kernel and over all of them.
@@ -948,7 +1302,7 @@ evaluate { mc_dropout: 4, prune { sparsity: 0.5 } }
     fn pruning_zeroes_the_smallest_magnitudes_exactly() {
         let program = fake::program(3, 2, 1, 1);
         let mut state = state_of(vec![0.5, -0.1, 0.3, -0.7, 0.1, 0.2], &[3, 2]);
-        prune_dense_kernels(&program, &mut state, 0.5);
+        prune_dense_kernels(&program, &mut state, 0.5).unwrap();
         // Keeps round(6 · 0.5) = 3; of the tied ±0.1 both go, with 0.2.
         let kept: Vec<f32> = state.params[0].iter().copied().collect();
         assert_eq!(kept, vec![0.5, 0.0, 0.3, -0.7, 0.0, 0.0]);
@@ -957,9 +1311,9 @@ evaluate { mc_dropout: 4, prune { sparsity: 0.5 } }
         // The bias is not a kernel and is never pruned or counted.
         let mut state = state_of(vec![1.0; 6], &[3, 2]);
         state.params[1].fill(0.0);
-        prune_dense_kernels(&program, &mut state, 0.34);
+        prune_dense_kernels(&program, &mut state, 0.34).unwrap();
         assert_eq!(dense_sparsity(&program, &state).0, 2.0 / 6.0);
-        prune_dense_kernels(&program, &mut state, 1.0);
+        prune_dense_kernels(&program, &mut state, 1.0).unwrap();
         assert_eq!(dense_sparsity(&program, &state).0, 1.0);
     }
 

@@ -4,7 +4,10 @@
 //! epoch, stops early or on divergence, and returns the history. `train_from` is the same loop
 //! made resumable: it can start from a `Resumed` loop state, hands `Snapshot`s to a caller's
 //! `save` (every `checkpoint_every` epochs, at the end, and when interrupted), and stops between
-//! two steps when asked to. `evaluate` measures a set, optionally with MC Dropout. Progress goes
+//! two steps when asked to. `evaluate` measures a set, optionally with MC Dropout, and stops
+//! between two batches when asked to. Buffers whose size comes from the data or the spec are
+//! allocated with `try_filled`, so a size the machine cannot provide is an `OutOfMemory` error
+//! rather than an abort. Progress goes
 //! to stderr (a bar per epoch, then one line), never to stdout, which belongs to `--json`.
 //! Nothing here knows which backend it drives or reads or writes files.
 //!
@@ -127,9 +130,76 @@ pub struct Control<'a, E> {
 pub enum TrainStop<E> {
     /// The interrupt flag was set; a snapshot was saved. `epoch` is the 1-based epoch in
     /// progress, `steps` the steps of it done.
-    Interrupted { epoch: usize, steps: usize },
+    Interrupted {
+        epoch: usize,
+        steps: usize,
+        so_far: Box<SoFar>,
+    },
     /// `save` failed; the previous checkpoint is whatever `save` left.
     Save(E),
+    /// A buffer for validation could not be allocated.
+    OutOfMemory(OutOfMemory),
+}
+
+/// What an interrupted loop had achieved, for the run's interim results.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SoFar {
+    /// The completed epochs.
+    pub history: History,
+    /// As `TrainOutcome::best_epoch`.
+    pub best_epoch: usize,
+    /// The weights a run ending now would keep: the best epoch's when early stopping restores
+    /// them, else those of the end of the last completed epoch (the initial ones before it).
+    pub kept: TrainState,
+}
+
+/// A buffer whose size comes from the data or the spec could not be allocated. The runtime
+/// reports it instead of letting the allocator abort the process.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[error("cannot allocate {what} ({size}): out of memory")]
+#[diagnostic(
+    code(netc::run::out_of_memory),
+    help(
+        "close other programs, or make the spec need less memory: a smaller batch, narrower \
+         layers, fewer MC Dropout samples"
+    )
+)]
+pub struct OutOfMemory {
+    /// What the buffer was for.
+    pub what: &'static str,
+    /// Its size in words, e.g. "41 GB".
+    pub size: String,
+}
+
+impl OutOfMemory {
+    /// The error for `count` values of `T`; `None` when the byte count overflows.
+    pub fn of<T>(what: &'static str, count: Option<usize>) -> Self {
+        let bytes = count.and_then(|n| n.checked_mul(std::mem::size_of::<T>()));
+        let size = match bytes {
+            Some(b) if b >= 1 << 30 => format!("{:.1} GB", b as f64 / 1e9),
+            Some(b) => format!("{:.1} MB", b as f64 / 1e6),
+            None => "more bytes than the machine can address".to_owned(),
+        };
+        OutOfMemory { what, size }
+    }
+}
+
+/// `len` copies of `value`, or an `OutOfMemory` naming `what` when the memory cannot be had.
+/// For buffers whose size comes from the data or the spec.
+pub fn try_filled<T: Clone>(
+    len: Option<usize>,
+    value: T,
+    what: &'static str,
+) -> Result<Vec<T>, OutOfMemory> {
+    let mut buffer = Vec::new();
+    let Some(len) = len else {
+        return Err(OutOfMemory::of::<T>(what, None));
+    };
+    buffer
+        .try_reserve_exact(len)
+        .map_err(|_| OutOfMemory::of::<T>(what, Some(len)))?;
+    buffer.resize(len, value);
+    Ok(buffer)
 }
 
 /// Trains `backend` on `split.train` of `data`, validating on `split.validation` after every
@@ -145,7 +215,7 @@ pub fn train(
     data: &Examples,
     split: &Split,
     opts: &TrainOptions,
-) -> TrainOutcome {
+) -> Result<TrainOutcome, OutOfMemory> {
     let mut save = |_: &Snapshot<'_>| Ok::<(), std::convert::Infallible>(());
     let mut control = Control {
         interrupt: None,
@@ -153,7 +223,8 @@ pub fn train(
         save: &mut save,
     };
     match train_from(backend, program, data, split, opts, None, &mut control) {
-        Ok(outcome) => outcome,
+        Ok(outcome) => Ok(outcome),
+        Err(TrainStop::OutOfMemory(e)) => Err(e),
         Err(TrainStop::Save(never)) => match never {},
         Err(TrainStop::Interrupted { .. }) => unreachable!("no interrupt flag was given"),
     }
@@ -220,8 +291,10 @@ pub fn train_from<E>(
         }
         let partial = ls.partial.take();
         let done_before = partial.map_or(0, |p| p.steps);
-        let started = Instant::now()
-            .checked_sub(Duration::from_secs_f64(partial.map_or(0.0, |p| p.seconds)))
+        // A checkpoint's times are checked when it is read; still, no value may panic here.
+        let started = Duration::try_from_secs_f64(partial.map_or(0.0, |p| p.seconds))
+            .ok()
+            .and_then(|spent| Instant::now().checked_sub(spent))
             .unwrap_or_else(Instant::now);
         let order = epoch_order(&split.train, cfg.seed, epoch);
         // Batches are consecutive runs of the order, so skipping the steps already done is
@@ -262,9 +335,15 @@ pub fn train_from<E>(
                     &last_good,
                     tracker.best_state.as_ref(),
                 )?;
+                let so_far = SoFar {
+                    best_epoch: tracker.best_epoch(ls.history.epochs.len()),
+                    history: ls.history,
+                    kept: tracker.best_state.take().unwrap_or(last_good),
+                };
                 return Err(TrainStop::Interrupted {
                     epoch: epoch + 1,
                     steps: done,
+                    so_far: Box::new(so_far),
                 });
             }
             let step = epoch_start_step + done as u64;
@@ -318,7 +397,11 @@ pub fn train_from<E>(
             ));
         }
         bar.finish_and_clear();
-        let val = measure(backend, data, &split.validation, classes, None);
+        let val = match measure(backend, data, &split.validation, classes, None, None) {
+            Ok(val) => val,
+            Err(EvalStop::OutOfMemory(e)) => return Err(TrainStop::OutOfMemory(e)),
+            Err(EvalStop::Interrupted) => unreachable!("validation is not interruptible"),
+        };
         let record = EpochRecord {
             epoch: epoch + 1,
             lr,
@@ -379,11 +462,7 @@ pub fn train_from<E>(
     if let Some(best) = &tracker.best_state {
         backend.set_state(best);
     }
-    let best_epoch = if tracker.active {
-        tracker.best_epoch
-    } else {
-        ls.history.epochs.len()
-    };
+    let best_epoch = tracker.best_epoch(ls.history.epochs.len());
     Ok(TrainOutcome {
         history: ls.history,
         best_epoch,
@@ -501,6 +580,16 @@ impl BestTracker {
         self.best_epoch = saved.best_epoch;
         self.wait = saved.wait;
         self.best_state = best_state.filter(|_| self.keep_state);
+    }
+
+    /// The epoch a run reports as best after `completed` epochs: the tracker's, or the last
+    /// one when there is nothing to monitor.
+    fn best_epoch(&self, completed: usize) -> usize {
+        if self.active {
+            self.best_epoch
+        } else {
+            completed
+        }
     }
 
     fn state(&self) -> TrackerState {
@@ -655,55 +744,93 @@ pub struct Evaluation {
     pub mc_dropout: Option<McDropoutMetrics>,
 }
 
+/// Why `evaluate` returned no metrics.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+pub enum EvalStop {
+    /// The interrupt flag was raised; the evaluation stopped between two `predict` calls.
+    #[error("the evaluation was interrupted")]
+    #[diagnostic(code(netc::eval::interrupted))]
+    Interrupted,
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    OutOfMemory(OutOfMemory),
+}
+
+impl From<OutOfMemory> for EvalStop {
+    fn from(e: OutOfMemory) -> Self {
+        EvalStop::OutOfMemory(e)
+    }
+}
+
 /// Evaluates `indices` of `examples` in inference mode and, when `mc_samples` is set, with MC
 /// Dropout (probabilities averaged over samples `0..n`, which every backend draws identically).
+/// Stops between two `predict` calls once `interrupt` is raised.
 pub fn evaluate(
     backend: &mut dyn Backend,
     examples: &Examples,
     indices: &[u32],
     classes: usize,
     mc_samples: Option<usize>,
-) -> Evaluation {
-    let standard = measure(backend, examples, indices, classes, None);
-    let mc_dropout = mc_samples.map(|n| McDropoutMetrics {
-        samples: n,
-        metrics: measure(backend, examples, indices, classes, Some(n)),
-    });
-    Evaluation {
+    interrupt: Option<&AtomicBool>,
+) -> Result<Evaluation, EvalStop> {
+    let standard = measure(backend, examples, indices, classes, None, interrupt)?;
+    let mc_dropout = match mc_samples {
+        None => None,
+        Some(n) => Some(McDropoutMetrics {
+            samples: n,
+            metrics: measure(backend, examples, indices, classes, Some(n), interrupt)?,
+        }),
+    };
+    Ok(Evaluation {
         standard,
         mc_dropout,
-    }
+    })
 }
 
 /// Predicts `indices` in chunks of `EVAL_CHUNK` and scores the probabilities; with `mc_samples`,
 /// averages that many MC Dropout passes per chunk. A mask element is keyed by its position in the
 /// `predict` call, so rows at the same offset of different chunks share masks; that does not bias
 /// the per-example average, and every backend is handed the same chunks, so they still agree.
+/// The probability buffers, whose size comes from the spec, are allocated once, fallibly.
 fn measure(
     backend: &mut dyn Backend,
     examples: &Examples,
     indices: &[u32],
     classes: usize,
     mc_samples: Option<usize>,
-) -> SetMetrics {
+    interrupt: Option<&AtomicBool>,
+) -> Result<SetMetrics, EvalStop> {
     let started = Instant::now();
     let mut score = Score::default();
     let mut batcher = Batcher::new(examples, indices, EVAL_CHUNK);
-    let mut probs = Vec::new();
-    let mut sample_probs = Vec::new();
+    let len = EVAL_CHUNK.min(indices.len()).checked_mul(classes);
+    let mut probs = try_filled(len, 0.0f32, "the predicted probabilities")?;
+    let mut sample_probs = match mc_samples {
+        Some(_) => try_filled(len, 0.0f32, "the MC Dropout probabilities")?,
+        None => Vec::new(),
+    };
+    let interrupted = || interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
     while let Some(batch) = batcher.next_batch() {
-        probs.clear();
-        probs.resize(batch.len() * classes, 0.0f32);
+        let probs = &mut probs[..batch.len() * classes];
         match mc_samples {
-            None => backend.predict(batch.pixels, Mode::Inference, &mut probs),
+            None => {
+                if interrupted() {
+                    return Err(EvalStop::Interrupted);
+                }
+                backend.predict(batch.pixels, Mode::Inference, probs);
+            }
             Some(n) => {
-                sample_probs.resize(probs.len(), 0.0f32);
+                probs.fill(0.0);
+                let sample_probs = &mut sample_probs[..probs.len()];
                 for sample in 0..n {
+                    if interrupted() {
+                        return Err(EvalStop::Interrupted);
+                    }
                     let mode = Mode::McDropout {
                         sample: sample as u32,
                     };
-                    backend.predict(batch.pixels, mode, &mut sample_probs);
-                    for (p, s) in probs.iter_mut().zip(&sample_probs) {
+                    backend.predict(batch.pixels, mode, sample_probs);
+                    for (p, s) in probs.iter_mut().zip(sample_probs.iter()) {
                         *p += s;
                     }
                 }
@@ -715,7 +842,7 @@ fn measure(
             score.add(row, usize::from(label));
         }
     }
-    score.finish(started.elapsed())
+    Ok(score.finish(started.elapsed()))
 }
 
 /// Running sums over scored examples.
@@ -1099,7 +1226,7 @@ mod tests {
     fn epoch_means_are_weighted_by_batch_size() {
         let (data, split) = scripted_data();
         let mut backend = Scripted::new(3, vec![(0.6, 7)]);
-        let out = train(&mut backend, &scripted_program(2), &data, &split, &QUIET);
+        let out = train(&mut backend, &scripted_program(2), &data, &split, &QUIET).unwrap();
         assert_eq!(out.stop, StopReason::Completed);
         assert_eq!(out.history.epochs.len(), 2);
         let r = &out.history.epochs[0];
@@ -1125,7 +1252,7 @@ mod tests {
             epochs: Some(3),
             quiet: true,
         };
-        let out = train(&mut backend, &program, &data, &split, &opts);
+        let out = train(&mut backend, &program, &data, &split, &opts).unwrap();
         assert_eq!(
             backend.lrs,
             [0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001, 0.001, 0.001]
@@ -1151,7 +1278,7 @@ mod tests {
         let script = vec![(0.5, 10), (0.7, 10), (0.6, 10), (0.65, 10), (0.9, 10)];
         let program = early_stopping(Monitor::ValLoss, 2, 0.0, true);
         let mut backend = Scripted::new(3, script.clone());
-        let out = train(&mut backend, &program, &data, &split, &QUIET);
+        let out = train(&mut backend, &program, &data, &split, &QUIET).unwrap();
         assert_eq!(out.stop, StopReason::EarlyStopping { patience: 2 });
         assert_eq!(out.history.epochs.len(), 4);
         assert_eq!(out.best_epoch, 2);
@@ -1159,7 +1286,7 @@ mod tests {
 
         let program = early_stopping(Monitor::ValLoss, 2, 0.0, false);
         let mut backend = Scripted::new(3, script);
-        let out = train(&mut backend, &program, &data, &split, &QUIET);
+        let out = train(&mut backend, &program, &data, &split, &QUIET).unwrap();
         assert_eq!((out.best_epoch, backend.state().step), (2, 12));
     }
 
@@ -1171,7 +1298,7 @@ mod tests {
         let script = [3, 4, 6, 6, 7, 7, 9, 9].map(|m| (0.8, m)).to_vec();
         let program = early_stopping(Monitor::ValAccuracy, 3, 0.15, true);
         let mut backend = Scripted::new(3, script);
-        let out = train(&mut backend, &program, &data, &split, &QUIET);
+        let out = train(&mut backend, &program, &data, &split, &QUIET).unwrap();
         assert_eq!(out.stop, StopReason::EarlyStopping { patience: 3 });
         assert_eq!((out.history.epochs.len(), out.best_epoch), (6, 3));
         assert_eq!(backend.state().step, 9);
@@ -1182,7 +1309,7 @@ mod tests {
         let (data, split) = scripted_data();
         let mut backend = Scripted::new(3, vec![(0.6, 7)]);
         backend.nan_at = Some(7);
-        let out = train(&mut backend, &scripted_program(5), &data, &split, &QUIET);
+        let out = train(&mut backend, &scripted_program(5), &data, &split, &QUIET).unwrap();
         // Replaying step 6 from the end of epoch 2 shows finite parameters going into step 7.
         let finite = Some(DivergenceCause::FiniteParams);
         assert_eq!(
@@ -1198,7 +1325,7 @@ mod tests {
 
         let mut backend = Scripted::new(3, vec![(0.6, 7)]);
         backend.nan_at = Some(0);
-        let out = train(&mut backend, &scripted_program(5), &data, &split, &QUIET);
+        let out = train(&mut backend, &scripted_program(5), &data, &split, &QUIET).unwrap();
         assert_eq!(
             out.stop,
             StopReason::Diverged {
@@ -1231,11 +1358,75 @@ mod tests {
         assert_eq!(found.as_deref(), Some("dense_1.kernel"));
     }
 
+    /// Buffers sized by the spec are allocated fallibly: a size the machine cannot provide is
+    /// an error naming the buffer, not an abort of the whole process.
+    #[test]
+    fn an_evaluation_too_large_for_memory_is_an_error() {
+        let (data, split) = scripted_data();
+        let mut backend = Scripted::new(3, vec![(0.6, 7)]);
+        // 10 examples of 2^40 classes: 44 TB of probabilities.
+        let err = evaluate(
+            &mut backend,
+            &data,
+            &split.validation,
+            1 << 40,
+            Some(2),
+            None,
+        );
+        match err {
+            Err(EvalStop::OutOfMemory(e)) => {
+                assert_eq!(e.what, "the predicted probabilities");
+                assert_eq!(e.size, "43980.5 GB");
+            }
+            other => panic!("expected an allocation failure, got {other:?}"),
+        }
+        let err = evaluate(
+            &mut backend,
+            &data,
+            &split.validation,
+            usize::MAX,
+            None,
+            None,
+        );
+        assert!(
+            matches!(&err, Err(EvalStop::OutOfMemory(e)) if e.size.contains("address")),
+            "{err:?}"
+        );
+        assert!(try_filled(Some(usize::MAX / 2), 0u64, "x").is_err());
+        assert_eq!(try_filled(Some(3), 1u8, "x").unwrap(), vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn an_interrupted_evaluation_stops_between_predictions() {
+        let (data, split) = scripted_data();
+        let mut backend = Scripted::new(3, vec![(0.6, 7)]);
+        let flag = AtomicBool::new(true);
+        let stopped = evaluate(
+            &mut backend,
+            &data,
+            &split.validation,
+            10,
+            None,
+            Some(&flag),
+        );
+        assert_eq!(stopped, Err(EvalStop::Interrupted));
+        flag.store(false, Ordering::SeqCst);
+        assert!(evaluate(
+            &mut backend,
+            &data,
+            &split.validation,
+            10,
+            None,
+            Some(&flag)
+        )
+        .is_ok());
+    }
+
     #[test]
     fn evaluate_scores_probabilities_and_averages_mc_samples() {
         let (data, split) = scripted_data();
         let mut backend = Scripted::new(3, vec![(0.6, 7)]);
-        let ev = evaluate(&mut backend, &data, &split.validation, 10, Some(3));
+        let ev = evaluate(&mut backend, &data, &split.validation, 10, Some(3), None).unwrap();
         let (p, q) = (0.6f64, 0.4f64 / 9.0);
         let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
         let s = &ev.standard;
@@ -1249,7 +1440,9 @@ mod tests {
         assert!(close(mc.metrics.loss, -((2.0 * p + q) / 3.0).ln()));
         assert!(close(mc.metrics.confidence, (2.0 * p + q) / 3.0));
         assert!(mc.metrics.ms_per_10k >= 0.0);
-        let empty = evaluate(&mut backend, &data, &[], 10, None).standard;
+        let empty = evaluate(&mut backend, &data, &[], 10, None, None)
+            .unwrap()
+            .standard;
         assert_eq!(empty.examples, 0);
         assert!(empty.accuracy.is_nan());
     }
@@ -1272,7 +1465,7 @@ mod tests {
             epochs: None,
             quiet: false,
         };
-        let out = train(&mut backend, &program, &data.train, &split, &opts);
+        let out = train(&mut backend, &program, &data.train, &split, &opts).unwrap();
         let h = &out.history.epochs;
         assert_eq!((h.len(), out.stop.clone()), (4, StopReason::Completed));
         assert!(h[3].loss < h[0].loss, "{h:?}");
@@ -1283,7 +1476,9 @@ mod tests {
             &data.test.all_indices(),
             10,
             Some(4),
-        );
+            None,
+        )
+        .unwrap();
         assert!(ev.standard.accuracy > 0.5, "{ev:?}");
         let mc = ev.mc_dropout.expect("mc metrics").metrics;
         assert!(mc.accuracy > 0.3, "{mc:?}");

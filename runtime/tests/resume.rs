@@ -13,7 +13,7 @@ use netc_compiler::backend::{Backend, BackendError, Batch, InputStats, Mode, Ste
 use netc_compiler::ir::Program;
 use netc_runtime::checkpoint::{self, ResumeError, CHECKPOINT_DIR, TRAINER_FILE};
 use netc_runtime::data::{self, SyntheticFormat, SyntheticSpec};
-use netc_runtime::report::StopReason;
+use netc_runtime::report::{RunStatus, StopReason};
 use netc_runtime::run::{self, ResumeOptions, RunError, RunOptions};
 
 /// Dropout, Nadam, reduce-on-plateau and early stopping with restore_best: every piece of state
@@ -67,13 +67,15 @@ fn program(text: &str) -> Program {
         .expect("the spec checks")
 }
 
-/// A backend that raises the interrupt flag after its `after`-th training step, as a signal
-/// arriving during that step would.
+/// A backend that raises the interrupt flag after its `after`-th training step (or its
+/// `after_predicts`-th `predict` call), as a signal arriving during that call would.
 struct Interrupting {
     inner: Box<dyn Backend>,
     flag: Arc<AtomicBool>,
     after: Option<usize>,
     steps: usize,
+    after_predicts: Option<usize>,
+    predicts: usize,
 }
 
 impl Backend for Interrupting {
@@ -92,6 +94,10 @@ impl Backend for Interrupting {
 
     fn predict(&mut self, pixels: &[u8], mode: Mode, probs: &mut [f32]) {
         self.inner.predict(pixels, mode, probs);
+        self.predicts += 1;
+        if Some(self.predicts) == self.after_predicts {
+            self.flag.store(true, Ordering::SeqCst);
+        }
     }
 
     fn state(&self) -> TrainState {
@@ -127,6 +133,8 @@ fn interrupting(
             flag,
             after,
             steps: 0,
+            after_predicts: None,
+            predicts: 0,
         }))
     }
 }
@@ -148,9 +156,21 @@ fn resume(
     kind: Kind,
     after: Option<usize>,
 ) -> Result<netc_runtime::report::Summary, RunError> {
+    resume_with(f, dir, kind, after, None)
+}
+
+/// `resume`, training until `epochs` epochs when given.
+fn resume_with(
+    f: &Fixture,
+    dir: &Path,
+    kind: Kind,
+    after: Option<usize>,
+    epochs: Option<usize>,
+) -> Result<netc_runtime::report::Summary, RunError> {
     let flag = Arc::new(AtomicBool::new(false));
     let opts = ResumeOptions {
         data: Some(f.data.clone()),
+        epochs,
         quiet: true,
         checkpoint_every: 1,
         interrupt: Some(flag.clone()),
@@ -192,11 +212,7 @@ fn assert_same_run(expected: &Path, actual: &Path) {
 
 fn interrupted(result: Result<netc_runtime::report::Summary, RunError>) -> (usize, usize) {
     match result {
-        Err(RunError::Interrupted {
-            epochs_completed,
-            steps,
-            ..
-        }) => (epochs_completed, steps),
+        Err(RunError::Interrupted(stopped)) => (stopped.epochs_completed, stopped.steps),
         other => panic!("expected an interruption, got {other:?}"),
     }
 }
@@ -236,7 +252,17 @@ fn interrupted_runs_resume_exactly(kind: Kind) {
     assert_eq!(trainer["partial"]["steps"], 3);
     assert_eq!(trainer["state"]["step"], mid_epoch);
     assert_eq!(trainer["last_good"]["step"], 2 * STEPS_PER_EPOCH);
-    assert!(!dir.join(run::SUMMARY_FILE).exists());
+    // The results so far are written too, marked as such, without a test evaluation.
+    let interim = netc_runtime::report::read_summary(&dir.join(run::SUMMARY_FILE)).unwrap();
+    assert_eq!(interim.status, RunStatus::Interrupted);
+    assert!(
+        !interim.test_evaluated && interim.test_acc.is_nan(),
+        "{interim:?}"
+    );
+    assert_eq!(interim.epochs_run, 2);
+    assert_eq!(interim.stop, StopReason::Interrupted { epoch: 3, steps: 3 });
+    assert_eq!(history_without_seconds(&dir).len(), 3);
+    assert!(dir.join(run::CURVES_FILE).is_file() && dir.join(run::WEIGHTS_FILE).is_file());
 
     // The rest of epoch 3 is 5 steps: interrupted after its last one, the epoch is validated
     // and the checkpoint is taken at its end.
@@ -249,6 +275,10 @@ fn interrupted_runs_resume_exactly(kind: Kind) {
     let resumed = resume(&f, &dir, kind, None).unwrap();
     assert_same_run(Path::new(&full.run_dir), &dir);
     assert_eq!(resumed.test_acc.to_bits(), full.test_acc.to_bits());
+    assert_eq!(
+        (resumed.status, resumed.test_evaluated),
+        (RunStatus::Finished, true)
+    );
     assert_eq!(
         (resumed.best_epoch, resumed.epochs_run, &resumed.stop),
         (full.best_epoch, full.epochs_run, &full.stop)
@@ -319,17 +349,21 @@ fn early_stopping_restores_the_best_state_after_a_resume() {
     assert_eq!(resumed.best_epoch, full.best_epoch);
 }
 
-/// The interrupted run's directory, for the diagnostics tests.
+/// The interrupted run's directory, for the diagnostics tests: one epoch and two steps done.
 fn stopped_run(f: &Fixture) -> PathBuf {
+    stopped_run_named(f, "stopped")
+}
+
+fn stopped_run_named(f: &Fixture, name: &str) -> PathBuf {
     let flag = Arc::new(AtomicBool::new(false));
     let result = run::run(
         &program(SPEC),
         &f.spec,
-        &run_options(f, "stopped", &flag),
+        &run_options(f, name, &flag),
         interrupting(Kind::Interp, &flag, Some(STEPS_PER_EPOCH + 2)),
     );
     assert_eq!(interrupted(result), (1, 2));
-    f.dir.path().join("stopped")
+    f.dir.path().join(name)
 }
 
 fn resume_error(result: Result<netc_runtime::report::Summary, RunError>) -> ResumeError {
@@ -543,4 +577,359 @@ fn other_images_under_the_same_labels_are_refused() {
         "{err}"
     );
     resume(&f, &dir, Kind::Interp, None).expect("a label-only fingerprint resumes");
+}
+
+fn run_error_code(result: Result<netc_runtime::report::Summary, RunError>) -> (String, String) {
+    match result {
+        Err(e) => (
+            miette::Diagnostic::code(&e)
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+            e.to_string(),
+        ),
+        Ok(summary) => panic!("expected an error, got {summary:?}"),
+    }
+}
+
+/// Every number of trainer.json is checked: an edited or damaged value is refused with a
+/// diagnostic naming the field and the file, never a panic, and the checkpoint is left as it is.
+#[test]
+fn a_tampered_trainer_json_is_refused_naming_the_field() {
+    let f = fixture(SPEC);
+    let dir = stopped_run(&f);
+    let path = dir.join(CHECKPOINT_DIR).join(TRAINER_FILE);
+    let good = fs::read_to_string(&path).unwrap();
+    let original: serde_json::Value = serde_json::from_str(&good).unwrap();
+    assert_eq!(original["partial"]["seen"], 64, "{original}");
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "partial.seconds",
+            Box::new(|t| t["partial"]["seconds"] = "-1".into()),
+        ),
+        (
+            "partial.seconds",
+            Box::new(|t| t["partial"]["seconds"] = "NaN".into()),
+        ),
+        (
+            "partial.seconds",
+            Box::new(|t| t["partial"]["seconds"] = "inf".into()),
+        ),
+        (
+            "partial.seconds",
+            Box::new(|t| t["partial"]["seconds"] = "1e30".into()),
+        ),
+        ("seconds", Box::new(|t| t["seconds"] = "-0.5".into())),
+        (
+            "partial.loss_sum",
+            Box::new(|t| t["partial"]["loss_sum"] = "inf".into()),
+        ),
+        (
+            "partial.correct",
+            Box::new(|t| t["partial"]["correct"] = 65.into()),
+        ),
+        (
+            "partial.seen",
+            Box::new(|t| t["partial"]["seen"] = 63.into()),
+        ),
+        (
+            "partial.steps",
+            Box::new(|t| t["partial"]["steps"] = 0.into()),
+        ),
+        (
+            "partial.lr",
+            Box::new(|t| t["partial"]["lr"] = "NaN".into()),
+        ),
+        (
+            "history[0].accuracy",
+            Box::new(|t| t["history"][0]["accuracy"] = "1.5".into()),
+        ),
+        (
+            "history[0].val_loss",
+            Box::new(|t| t["history"][0]["val_loss"] = "-1".into()),
+        ),
+        (
+            "history[0].seconds",
+            Box::new(|t| t["history"][0]["seconds"] = "inf".into()),
+        ),
+        (
+            "history[0].epoch",
+            Box::new(|t| t["history"][0]["epoch"] = 2.into()),
+        ),
+        (
+            "epochs_completed",
+            Box::new(|t| t["epochs_completed"] = 2.into()),
+        ),
+        ("epochs", Box::new(|t| t["epochs"] = 0.into())),
+        (
+            "early_stopping.best",
+            Box::new(|t| t["early_stopping"]["best"] = "0.25".into()),
+        ),
+        (
+            "early_stopping.wait",
+            Box::new(|t| t["early_stopping"]["wait"] = 5.into()),
+        ),
+        ("plateau.lr", Box::new(|t| t["plateau"]["lr"] = "-1".into())),
+        (
+            "plateau.best",
+            Box::new(|t| t["plateau"]["best"] = "NaN".into()),
+        ),
+        (
+            "state.step",
+            Box::new(|t| {
+                t["state"] = serde_json::json!({
+                    "step": 11,
+                    "params": "params-11.safetensors",
+                    "optimizer": "optimizer-11.safetensors"
+                })
+            }),
+        ),
+        (
+            "state.params",
+            Box::new(|t| t["state"]["params"] = "../../weights".into()),
+        ),
+        (
+            "best.step",
+            Box::new(|t| {
+                t["best"] = serde_json::json!({
+                    "step": 10,
+                    "params": "params-10.safetensors",
+                    "optimizer": "optimizer-10.safetensors"
+                })
+            }),
+        ),
+        (
+            "partial",
+            Box::new(|t| t["stop"] = serde_json::json!({ "kind": "completed" })),
+        ),
+        (
+            "stop",
+            Box::new(|t| {
+                t["stop"] = serde_json::json!({ "kind": "interrupted", "epoch": 2, "steps": 2 });
+                t["partial"] = serde_json::Value::Null;
+                t["state"] = t["last_good"].clone();
+            }),
+        ),
+        (
+            "data_path",
+            Box::new(|t| t["data_path"] = "data/cifar".into()),
+        ),
+    ];
+    let files = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut all: Vec<_> = fs::read_dir(dir.join(CHECKPOINT_DIR))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name() != TRAINER_FILE)
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let before = files(&dir);
+    for (field, edit) in &cases {
+        let mut tampered = original.clone();
+        edit(&mut tampered);
+        fs::write(&path, serde_json::to_string_pretty(&tampered).unwrap()).unwrap();
+        let (code, message) = run_error_code(resume(&f, &dir, Kind::Interp, None));
+        assert_eq!(code, "netc::resume::tampered", "{field}: {message}");
+        assert!(
+            message.contains(&format!("`{field}`")),
+            "{field}: {message}"
+        );
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(files(&dir) == before, "{field}: the checkpoint was changed");
+    }
+    fs::write(&path, good).unwrap();
+    resume(&f, &dir, Kind::Interp, None).unwrap();
+}
+
+#[test]
+fn non_finite_parameters_in_a_checkpoint_are_refused() {
+    let f = fixture(SPEC);
+    let dir = stopped_run(&f);
+    let p = program(SPEC);
+    let file = dir
+        .join(CHECKPOINT_DIR)
+        .join(format!("params-{}.safetensors", STEPS_PER_EPOCH + 2));
+    let mut params = netc_runtime::weights::load_params(&file, &p).unwrap();
+    let index = p
+        .params
+        .iter()
+        .position(|q| q.name == "dense_2.bias")
+        .unwrap();
+    params[index][[7]] = f32::INFINITY;
+    let state = TrainState {
+        slots: vec![Vec::new(); params.len()],
+        params,
+        step: (STEPS_PER_EPOCH + 2) as u64,
+    };
+    netc_runtime::weights::save_params(&file, &p, &state).unwrap();
+    let (code, message) = run_error_code(resume(&f, &dir, Kind::Interp, None));
+    assert_eq!(code, "netc::resume::non_finite_params", "{message}");
+    assert!(message.contains("`dense_2.bias`"), "{message}");
+    assert!(message.contains(&file.display().to_string()), "{message}");
+}
+
+/// A backend that, at its first training step, looks whether the run directory is locked.
+struct LockProbe {
+    inner: Box<dyn Backend>,
+    lock_file: PathBuf,
+    seen: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Backend for LockProbe {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn train_step(&mut self, batch: Batch<'_>, lr: f32) -> StepStats {
+        let mut seen = self.seen.lock().unwrap();
+        if seen.is_none() {
+            let outcome = match fs::File::open(&self.lock_file) {
+                Err(e) => format!("no lock file: {e}"),
+                Ok(file) => match file.try_lock() {
+                    Err(fs::TryLockError::WouldBlock) => "locked".to_owned(),
+                    other => format!("not locked: {other:?}"),
+                },
+            };
+            *seen = Some(outcome);
+        }
+        self.inner.train_step(batch, lr)
+    }
+
+    fn predict(&mut self, pixels: &[u8], mode: Mode, probs: &mut [f32]) {
+        self.inner.predict(pixels, mode, probs);
+    }
+
+    fn state(&self) -> TrainState {
+        self.inner.state()
+    }
+
+    fn set_state(&mut self, state: &TrainState) {
+        self.inner.set_state(state);
+    }
+}
+
+#[test]
+fn a_run_locks_its_directory_while_it_trains() {
+    let f = fixture(SPEC);
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let flag = Arc::new(AtomicBool::new(false));
+    let mut opts = run_options(&f, "locked", &flag);
+    opts.epochs = Some(1);
+    let probe = seen.clone();
+    let lock_file = f.dir.path().join("locked").join(run::LOCK_FILE);
+    run::run(&program(SPEC), &f.spec, &opts, move |p, stats| {
+        Ok(Box::new(LockProbe {
+            inner: build(Kind::Interp, p, stats)?,
+            lock_file,
+            seen: probe,
+        }))
+    })
+    .unwrap();
+    assert_eq!(seen.lock().unwrap().as_deref(), Some("locked"));
+
+    // A resumed run holds it too: another process is refused, the checkpoint left alone.
+    let dir = stopped_run(&f);
+    let lock = fs::File::open(dir.join(run::LOCK_FILE)).unwrap();
+    lock.try_lock().unwrap();
+    let (code, message) = run_error_code(resume(&f, &dir, Kind::Interp, None));
+    assert_eq!(code, "netc::run::locked", "{message}");
+    drop(lock);
+    resume(&f, &dir, Kind::Interp, None).unwrap();
+}
+
+/// An interrupt while the test set is evaluated stops the run (it used to be announced and
+/// ignored): training is over and checkpointed, the results so far are written, and a resumed
+/// run only evaluates, ending as a run never interrupted.
+#[test]
+fn an_interrupt_during_the_test_evaluation_stops_the_run() {
+    let text = format!("{SPEC}evaluate {{ mc_dropout: 3 }}\n");
+    let f = fixture(&text);
+    let p = program(&text);
+    let flag = Arc::new(AtomicBool::new(false));
+    let mut opts = run_options(&f, "full", &flag);
+    opts.epochs = Some(2);
+    let full = run::run(&p, &f.spec, &opts, interrupting(Kind::Interp, &flag, None)).unwrap();
+    assert_eq!(full.epochs_run, 2);
+
+    // One `predict` per validation, then the test set's dropout-off pass: the interrupt
+    // arrives during it, before the MC Dropout passes.
+    let flag = Arc::new(AtomicBool::new(false));
+    let mut opts = run_options(&f, "stopped", &flag);
+    opts.epochs = Some(2);
+    let make = {
+        let flag = flag.clone();
+        move |program: &Program, stats| -> Result<Box<dyn Backend>, BackendError> {
+            Ok(Box::new(Interrupting {
+                inner: build(Kind::Interp, program, stats)?,
+                flag,
+                after: None,
+                steps: 0,
+                after_predicts: Some(3),
+                predicts: 0,
+            }))
+        }
+    };
+    let (code, message) = run_error_code(run::run(&p, &f.spec, &opts, make));
+    assert_eq!(code, "netc::run::interrupted", "{message}");
+    assert!(message.contains("test evaluation"), "{message}");
+    let dir = f.dir.path().join("stopped");
+    let interim: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join(run::SUMMARY_FILE)).unwrap()).unwrap();
+    assert_eq!(interim["status"], "interrupted", "{interim}");
+    assert_eq!(interim["test_evaluated"], false, "{interim}");
+    assert_eq!(interim["stop"]["kind"], "completed", "{interim}");
+    assert_eq!(interim["epochs_run"], 2, "{interim}");
+    assert_same_run(Path::new(&full.run_dir), &dir);
+    assert_eq!(trainer_json(&dir)["stop"]["kind"], "completed");
+
+    let resumed = resume(&f, &dir, Kind::Interp, None).unwrap();
+    assert_eq!(resumed.test_acc.to_bits(), full.test_acc.to_bits());
+    assert_eq!(
+        resumed.mc_test_acc.map(f64::to_bits),
+        full.mc_test_acc.map(f64::to_bits)
+    );
+    assert_same_run(Path::new(&full.run_dir), &dir);
+}
+
+/// `--epochs` on resume: fewer epochs than are done end the run now, at the end of its last
+/// completed epoch, as a run of that many epochs would have; more extend it, as a run started
+/// with that many would have gone, and the new count is kept by later resumes.
+#[test]
+fn a_resumed_run_can_be_shortened_or_extended() {
+    let f = fixture(SPEC);
+    let p = program(SPEC);
+    let full_run = |epochs: usize, name: &str| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut opts = run_options(&f, name, &flag);
+        opts.epochs = Some(epochs);
+        run::run(&p, &f.spec, &opts, interrupting(Kind::Interp, &flag, None)).unwrap()
+    };
+
+    let one = full_run(1, "one");
+    let dir = stopped_run_named(&f, "shortened");
+    let shortened = resume_with(&f, &dir, Kind::Interp, None, Some(1)).unwrap();
+    assert_same_run(Path::new(&one.run_dir), &dir);
+    assert_eq!(shortened.test_acc.to_bits(), one.test_acc.to_bits());
+    assert_eq!(
+        (shortened.epochs_run, &shortened.stop),
+        (1, &StopReason::Completed)
+    );
+    assert_eq!(trainer_json(&dir)["epochs"], 1);
+
+    let three = full_run(3, "three");
+    let dir = stopped_run_named(&f, "extended");
+    let first = resume_with(&f, &dir, Kind::Interp, Some(7), Some(3));
+    assert_eq!(interrupted(first), (2, 1));
+    assert_eq!(trainer_json(&dir)["epochs"], 3);
+    let extended = resume(&f, &dir, Kind::Interp, None).unwrap();
+    assert_same_run(Path::new(&three.run_dir), &dir);
+    assert_eq!(extended.test_acc.to_bits(), three.test_acc.to_bits());
+    assert_eq!(extended.epochs_run, 3);
 }

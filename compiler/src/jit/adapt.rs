@@ -10,10 +10,13 @@
 //! from measurements instead of guessed from the load.
 //!
 //! The policy, per phase kind: run in the current mode and keep its last few times (per row, as
-//! batches differ in length); every `probe_every` runs, run the other mode a few times; switch
-//! when its median beats the current median by a margin. A probe that loses doubles the
+//! batches differ in length); every `probe_every` runs, run the other mode a few times (one,
+//! when that one is clearly slower); switch when its mean beats the current mean by a margin.
+//! Means, not medians: on a busy machine a run of the pool now and then waits a whole time
+//! slice for a descheduled partner, and those rare stalls are most of what it costs. A probe that loses doubles the
 //! interval up to a cap, so a machine that stays quiet (or stays busy) pays well under 1% for
-//! the probing, while a change of load is noticed within a few seconds.
+//! the probing, while a change of load is noticed within a few seconds; sooner when it makes
+//! the current mode markedly slower, which starts a probe at once.
 
 use std::time::Duration;
 
@@ -52,6 +55,11 @@ const PROBE_RUNS: usize = 3;
 const FIRST_PROBE: u32 = 16;
 /// The longest interval between probes, in runs (about 2 s of training steps).
 const MAX_PROBE_EVERY: u32 = 1024;
+/// A probe run this many times slower than the current mean ends the probe: on a quiet
+/// machine one thread takes about twice as long, and the runs left would only repeat it.
+const CLEARLY_SLOWER: f64 = 1.5;
+/// The current mode's mean this many times its settled value means the load changed.
+const DEGRADED: f64 = 1.3;
 /// The other mode must be this much faster to be chosen, so noise does not flip the choice.
 const MARGIN: f64 = 0.93;
 
@@ -70,6 +78,9 @@ pub struct Adapt {
     probe: [f64; PROBE_RUNS],
     probe_len: usize,
     probing: bool,
+    /// The current mode's mean when it was last chosen (or first measured): runs getting
+    /// `DEGRADED` times slower than this start a probe at once.
+    settled: f64,
     /// Runs by mode, for reports.
     runs: [u64; 2],
 }
@@ -93,6 +104,7 @@ impl Adapt {
             probe: [0.0; PROBE_RUNS],
             probe_len: 0,
             probing: false,
+            settled: f64::INFINITY,
             runs: [0; 2],
         }
     }
@@ -113,7 +125,7 @@ impl Adapt {
         if self.probing {
             self.probe[self.probe_len] = per_row;
             self.probe_len += 1;
-            if self.probe_len == PROBE_RUNS {
+            if self.probe_len == PROBE_RUNS || per_row > self.current() * CLEARLY_SLOWER {
                 self.decide();
             }
             return;
@@ -122,26 +134,42 @@ impl Adapt {
         self.recent_next = (self.recent_next + 1) % RECENT;
         self.recent_len = (self.recent_len + 1).min(RECENT);
         self.until_probe = self.until_probe.saturating_sub(1);
+        if self.recent_len == RECENT {
+            let current = self.current();
+            if self.settled.is_infinite() {
+                self.settled = current;
+            } else if current > self.settled * DEGRADED {
+                // The load changed: look again now, and keep looking often for a while.
+                self.until_probe = 0;
+                self.probe_every = FIRST_PROBE / 2;
+                self.settled = current;
+            }
+        }
         if self.until_probe == 0 {
             self.probing = true;
             self.probe_len = 0;
         }
     }
 
+    /// The mean time per row of the current mode's recent runs.
+    fn current(&self) -> f64 {
+        mean(&self.recent[..self.recent_len])
+    }
+
     /// Ends a probe: switch if the other mode was clearly faster, else probe less often.
     fn decide(&mut self) {
         self.probing = false;
-        let (mut recent, mut probe) = (self.recent, self.probe);
-        let current = median(&mut recent[..self.recent_len]);
-        let other = median(&mut probe);
-        if other < current * MARGIN {
+        let other = mean(&self.probe[..self.probe_len]);
+        if self.probe_len == PROBE_RUNS && other < self.current() * MARGIN {
             self.mode = self.mode.other();
             self.recent[..PROBE_RUNS].copy_from_slice(&self.probe);
             self.recent_len = PROBE_RUNS;
             self.recent_next = PROBE_RUNS;
             self.probe_every = FIRST_PROBE;
+            self.settled = other;
         } else {
             self.probe_every = (self.probe_every * 2).min(MAX_PROBE_EVERY);
+            self.settled = self.current();
         }
         self.until_probe = self.probe_every;
     }
@@ -152,13 +180,12 @@ impl Adapt {
     }
 }
 
-/// The median of `xs` (the upper one of an even count); `f64::INFINITY` for none.
-fn median(xs: &mut [f64]) -> f64 {
+/// The mean of `xs`; `f64::INFINITY` for none.
+fn mean(xs: &[f64]) -> f64 {
     if xs.is_empty() {
         return f64::INFINITY;
     }
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
+    xs.iter().sum::<f64>() / xs.len() as f64
 }
 
 #[cfg(test)]
@@ -201,6 +228,30 @@ mod tests {
             late_solo <= 3 * (10_000 / MAX_PROBE_EVERY as usize + 1),
             "{late_solo}"
         );
+    }
+
+    #[test]
+    fn a_pool_that_slows_down_is_probed_at_once() {
+        let mut a = Adapt::new();
+        // Quiet for long enough that probes are 1024 runs apart, then partners stall.
+        drive(&mut a, 5_000, |m| if m == Runner::Pool { 100 } else { 180 });
+        assert_eq!(a.next(), Runner::Pool);
+        let modes = drive(&mut a, 40, |m| if m == Runner::Pool { 400 } else { 180 });
+        assert_eq!(a.next(), Runner::Solo, "{modes:?}");
+    }
+
+    #[test]
+    fn a_probe_clearly_slower_stops_after_one_run() {
+        let mut a = Adapt::new();
+        let modes = drive(
+            &mut a,
+            20_000,
+            |m| if m == Runner::Pool { 100 } else { 200 },
+        );
+        let solo = modes.iter().filter(|m| **m == Runner::Solo).count();
+        // One run per probe: at 16, 32, ..., 1024, then every 1024 runs.
+        assert_eq!(solo, 7 + (20_000 - 2032) / 1025, "{solo}");
+        assert!(modes.windows(2).all(|w| w != [Runner::Solo, Runner::Solo]));
     }
 
     #[test]

@@ -88,6 +88,15 @@ pub enum BackendError {
         help("this is a bug in netc; `--backend interp` runs the same spec without the JIT")
     )]
     Compile(String),
+    #[error("could not allocate {bytes} bytes for the JIT's buffers")]
+    #[diagnostic(
+        code(netc::backend::out_of_memory),
+        help(
+            "the machine has less free memory than the spec needs (`netc compile --emit summary` \
+              shows the estimate); use a smaller batch or fewer or narrower layers"
+        )
+    )]
+    OutOfMemory { bytes: u64 },
     #[error("this machine cannot run JIT code: {0}")]
     #[diagnostic(
         code(netc::backend::host),

@@ -19,6 +19,10 @@ pub const MAX_LAYERS: u64 = 1_000;
 pub const MAX_UNITS: u64 = 65_536;
 /// Most parameters a model may have (400 MB of f32 weights, before optimizer state).
 pub const MAX_PARAMS: u64 = 100_000_000;
+/// Most memory a spec's training may need (`ir::Program::training_memory`): enough for every
+/// dense model worth training on CIFAR-10, and below what a machine of the kind netc targets
+/// has, so a spec that would exhaust it is refused up front instead of aborting mid-run.
+pub const MAX_TRAINING_MEMORY: u64 = 16 << 30;
 /// Largest batch.
 pub const MAX_BATCH: u64 = 65_536;
 pub const MAX_EPOCHS: u64 = 100_000;
@@ -1108,4 +1112,57 @@ fn count_layers(stmts: &[LayerStmt]) -> u64 {
             LayerStmt::Repeat(r) => r.count.value.saturating_mul(count_layers(&r.body)),
         })
     })
+}
+
+/// Refuses a program whose training would need more than `MAX_TRAINING_MEMORY`, pointing at
+/// the batch size (or the `train` block when the batch is the default), with the estimate and
+/// the largest batch that fits.
+pub fn memory(spec: &Spec, program: &ir::Program, diags: &mut Vec<Diag>) {
+    let m = program.training_memory();
+    if m.total() <= MAX_TRAINING_MEMORY {
+        return;
+    }
+    let size = |b: u64| crate::print::bytes(usize::try_from(b).unwrap_or(usize::MAX));
+    let batch = program.train.batch;
+    let fixed = m.parameters.saturating_add(m.optimizer);
+    let fits = MAX_TRAINING_MEMORY.saturating_sub(fixed) / m.per_row.max(1);
+    let (span, label) = match &spec.train {
+        Some(t) => match &t.batch {
+            Some(b) => (
+                b.span,
+                format!("{} a row, {} a batch", size(m.per_row), size(m.activations)),
+            ),
+            None => (t.span, format!("at the default batch of {batch}")),
+        },
+        None => (Span::default(), String::new()),
+    };
+    let help = if fits >= 1 {
+        format!(
+            "use a batch of at most {fits}, or fewer or narrower layers (each value of a batch \
+             is kept, with its gradient, for the backward pass)"
+        )
+    } else {
+        "use fewer or narrower layers: the parameters and the optimizer's state alone exceed \
+         the limit"
+            .to_string()
+    };
+    diags.push(
+        Diag::error(
+            "check::too_much_memory",
+            format!(
+                "training this model needs about {} of memory; the limit is {}",
+                size(m.total()),
+                size(MAX_TRAINING_MEMORY)
+            ),
+        )
+        .with_label(span, label)
+        .with_help(help)
+        .with_note(format!(
+            "parameters and gradients {}, optimizer state {}, values and gradients of a batch \
+             of {batch} {}",
+            size(m.parameters),
+            size(m.optimizer),
+            size(m.activations)
+        )),
+    );
 }

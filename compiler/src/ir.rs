@@ -52,9 +52,65 @@ pub struct Program {
     pub eval: EvalConfig,
 }
 
+/// What training a program keeps in memory at its batch size, in bytes of `f32`, rows padded to
+/// four floats as the JIT lays them out. The interpreter keeps about as much; the data set
+/// (about 180 MB of CIFAR-10 bytes) comes on top.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Parameters and their gradients.
+    pub parameters: u64,
+    /// The optimizer's state per parameter (moments, velocities).
+    pub optimizer: u64,
+    /// Every value of one batch and its gradient, kept for the backward pass.
+    pub activations: u64,
+    /// `activations` per row of the batch.
+    pub per_row: u64,
+}
+
+impl MemoryEstimate {
+    pub fn total(&self) -> u64 {
+        self.parameters
+            .saturating_add(self.optimizer)
+            .saturating_add(self.activations)
+    }
+}
+
 impl Program {
     pub fn param(&self, id: ParamId) -> &Param {
         &self.params[id.index()]
+    }
+
+    /// How much memory training needs (`MemoryEstimate`).
+    pub fn training_memory(&self) -> MemoryEstimate {
+        const F32: u64 = 4;
+        let padded = |n: usize| n.div_ceil(4) as u64 * 4;
+        let (mut parameters, mut optimizer) = (0u64, 0u64);
+        let slots = self.train.optimizer.kind.slot_count() as u64;
+        for p in &self.params {
+            let (cols, rows) = p
+                .shape
+                .split_last()
+                .map_or((1, 1), |(c, r)| (*c, r.iter().product::<usize>()));
+            let floats = padded(cols).saturating_mul(rows as u64);
+            let has_grad = !matches!(p.role, ParamRole::MovingMean | ParamRole::MovingVariance);
+            let copies = 1 + u64::from(has_grad);
+            parameters = parameters.saturating_add(floats * copies * F32);
+            if p.trainable {
+                optimizer = optimizer.saturating_add(floats * slots * F32);
+            }
+        }
+        // Each value and its gradient, the input included, and the output's probabilities.
+        let widths = std::iter::once(self.input.features).chain(self.ops.iter().map(|op| op.width));
+        let per_row = widths
+            .map(|w| 2 * padded(w))
+            .fold(padded(self.output_width()), u64::saturating_add)
+            .saturating_mul(F32);
+        MemoryEstimate {
+            parameters,
+            optimizer,
+            activations: per_row.saturating_mul(self.train.batch as u64),
+            per_row,
+        }
     }
 
     /// Width of the network's output (number of classes).

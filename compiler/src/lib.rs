@@ -69,7 +69,11 @@ pub fn compile(source: &str) -> Compiled {
     let spec = ast::build(&entries, &mut diags);
     let checked = check::check(&spec, &mut diags);
     let program = match checked {
-        Some(c) if !diags.iter().any(Diag::is_error) => Some(lower::lower(&c)),
+        Some(c) if !diags.iter().any(Diag::is_error) => {
+            let program = lower::lower(&c);
+            check::memory(&spec, &program, &mut diags);
+            Some(program).filter(|_| !diags.iter().any(Diag::is_error))
+        }
         _ => None,
     };
     diags.sort_by_key(Diag::primary_start);

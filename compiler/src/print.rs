@@ -616,6 +616,18 @@ pub fn summary(p: &Program) -> String {
         thousands(total - trainable),
         bytes((total - trainable) * 4)
     );
+    let m = p.training_memory();
+    let size = |b: u64| bytes(usize::try_from(b).unwrap_or(usize::MAX));
+    let _ = writeln!(
+        out,
+        "Training memory at batch {}: {} (parameters and gradients {}, optimizer state {}, \
+         values and gradients of a batch {})",
+        p.train.batch,
+        size(m.total()),
+        size(m.parameters),
+        size(m.optimizer),
+        size(m.activations)
+    );
     out
 }
 
@@ -632,8 +644,11 @@ pub fn thousands(n: usize) -> String {
     out
 }
 
-fn bytes(n: usize) -> String {
-    if n >= 1 << 20 {
+/// A byte count as Keras' `model.summary()` writes it (`204.48 KB`, powers of 1024).
+pub fn bytes(n: usize) -> String {
+    if n >= 1 << 30 {
+        format!("{:.2} GB", n as f64 / (1u64 << 30) as f64)
+    } else if n >= 1 << 20 {
         format!("{:.2} MB", n as f64 / (1u64 << 20) as f64)
     } else if n >= 1 << 10 {
         format!("{:.2} KB", n as f64 / 1024.0)

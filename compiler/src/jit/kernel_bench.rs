@@ -309,7 +309,7 @@ impl KernelBench {
         // Each buffer on its own cache lines, as the `Jit` places them.
         let mut alloc = Alloc::default();
         let offsets: Vec<usize> = buffers.iter().map(|b| alloc.take(b.floats)).collect();
-        let mut arena = Arena::new(alloc.next);
+        let mut arena = Arena::new(alloc.next)?;
         for (i, (b, &off)) in buffers.iter().zip(&offsets).enumerate() {
             if b.role == Role::Input || b.role == Role::Updated {
                 for (j, x) in arena.slice_mut(off, b.floats).iter_mut().enumerate() {

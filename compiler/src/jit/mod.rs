@@ -1237,17 +1237,24 @@ struct Arena {
 const HUGE_PAGE: usize = 2 << 20;
 
 impl Arena {
-    fn new(floats: usize) -> Arena {
+    fn new(floats: usize) -> Result<Arena, BackendError> {
         let pad = HUGE_PAGE / 4;
+        let len = floats.saturating_add(pad);
+        let too_large = || BackendError::OutOfMemory {
+            bytes: (len as u64).saturating_mul(4),
+        };
+        // Reserved first so that a size the machine cannot provide is an error, not an abort.
+        let mut data: Vec<f32> = Vec::new();
+        data.try_reserve_exact(len).map_err(|_| too_large())?;
         // A zeroed allocation this large usually comes from the OS untouched (mmap), so the
         // advice below applies before any page exists; pages already touched are left to the
         // kernel's background collapsing.
-        let data = vec![0.0f32; floats + pad];
+        data.resize(len, 0.0);
         let misalign = (data.as_ptr() as usize / 4) % pad;
         let base = (pad - misalign) % pad;
         let arena = Arena { data, base };
         arena.advise_huge_pages(floats);
-        arena
+        Ok(arena)
     }
 
     /// Asks Linux to back the arena with 2 MiB pages: a step walks several MiB of parameters,
@@ -1381,7 +1388,7 @@ impl Jit {
             program: program.clone(),
             kernels,
             fns,
-            arena: Arena::new(plan.size),
+            arena: Arena::new(plan.size)?,
             plan,
             step: 0,
             nadam_u_product: 1.0,

@@ -378,11 +378,25 @@ fn make_backend(
     stats: Option<InputStats>,
 ) -> std::result::Result<Box<dyn Backend>, BackendError> {
     Ok(match kind {
-        BackendKind::Jit => Box::new(netc_compiler::jit::Jit::with_threads(
-            program, stats, threads,
-        )?),
+        BackendKind::Jit => {
+            let mut jit = netc_compiler::jit::Jit::with_threads(program, stats, threads)?;
+            jit.set_dispatch(dispatch_override());
+            Box::new(jit)
+        }
         BackendKind::Interp => Box::new(netc_compiler::interp::Interp::new(program, stats)),
     })
+}
+
+/// `NETC_DISPATCH=pool` or `solo` fixes who runs the JIT's shares instead of measuring it
+/// (`adaptive`, the default): for benchmarks of the adaptation itself. Anything else is the
+/// default.
+fn dispatch_override() -> netc_compiler::jit::Dispatch {
+    use netc_compiler::jit::Dispatch;
+    match std::env::var("NETC_DISPATCH").as_deref() {
+        Ok("pool") => Dispatch::Pool,
+        Ok("solo") => Dispatch::Solo,
+        _ => Dispatch::Adaptive,
+    }
 }
 
 fn run(args: RunArgs) -> Result<ExitCode> {
@@ -635,6 +649,24 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     let Some(program) = program_of(&args.spec)? else {
         return Ok(ExitCode::from(1));
     };
+    if let Some(batch) = args.batch {
+        // The checker saw the spec's batch, not this one.
+        let mut at = program.clone();
+        at.train.batch = batch as usize;
+        let m = at.training_memory();
+        let limit = netc_compiler::check::MAX_TRAINING_MEMORY;
+        if m.total() > limit {
+            let size = |b: u64| netc_compiler::print::bytes(b as usize);
+            return Err(miette::miette!(
+                code = "netc::check::too_much_memory",
+                help = format!("use a smaller --batch: {} a row", size(m.per_row)),
+                "training {} at --batch {batch} needs about {} of memory; the limit is {}",
+                args.spec.display(),
+                size(m.total()),
+                size(limit)
+            ));
+        }
+    }
     let opts = netc_runtime::bench::BenchOptions {
         batch: args.batch.map(|b| b as usize),
         steps: args.steps as usize,
@@ -725,19 +757,58 @@ fn program_of(path: &Path) -> Result<Option<Program>> {
 /// Width diagnostics are wrapped at, on a terminal or not.
 const DIAGNOSTIC_WIDTH: usize = 100;
 
-/// Reads and compiles a spec, printing its diagnostics to stderr. Returns the result and
-/// whether it is free of errors.
-pub fn front_end(path: &Path) -> Result<(netc_compiler::Compiled, bool)> {
-    let bytes = std::fs::read(path).map_err(|e| {
+/// A spec file's bytes, reading at most one byte past `MAX_SOURCE_LEN` (a sparse file of
+/// gigabytes or `/dev/urandom` costs a megabyte, not all of memory); a longer file is the
+/// `syntax::too_large` diagnostic.
+fn read_spec(
+    path: &Path,
+) -> Result<std::result::Result<Vec<u8>, netc_compiler::diagnostics::Diag>> {
+    use netc_compiler::syntax::{too_large, MAX_SOURCE_LEN};
+    use std::io::Read as _;
+    let cannot_read = |e: std::io::Error| {
         miette!(
             code = "netc::io::read",
             help = "check the path; specs live in files like `specs/baseline.net`",
             "cannot read `{}`: {e}",
             path.display()
         )
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(cannot_read)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SOURCE_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot_read)?;
+    if bytes.len() <= MAX_SOURCE_LEN {
+        return Ok(Ok(bytes));
+    }
+    let size = std::fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
+    Ok(Err(too_large(size)))
+}
+
+/// Reads and compiles a spec, printing its diagnostics to stderr. Returns the result and
+/// whether it is free of errors.
+pub fn front_end(path: &Path) -> Result<(netc_compiler::Compiled, bool)> {
     let name = path.display().to_string();
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let bytes = match read_spec(path)? {
+        Ok(bytes) => bytes,
+        Err(too_large) => {
+            // Nothing of the file is shown: it may be megabytes of anything.
+            eprint!(
+                "{}",
+                diagnostics::render(&name, "", &[too_large], DIAGNOSTIC_WIDTH, color)
+            );
+            let compiled = netc_compiler::Compiled {
+                ast: None,
+                program: None,
+                diags: Vec::new(),
+            };
+            return Ok((compiled, false));
+        }
+    };
     let source = match netc_compiler::decode(&bytes) {
         Ok(s) => s,
         Err(bad) => {
@@ -878,13 +949,22 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
     let Some(program) = base.program.as_ref().filter(|_| ok) else {
         return Ok(ExitCode::from(1));
     };
-    let source = std::fs::read_to_string(&args.spec).map_err(|e| {
-        miette!(
-            code = "netc::io::read",
-            "cannot read `{}`: {e}",
-            args.spec.display()
-        )
-    })?;
+    let source = match read_spec(&args.spec)? {
+        Ok(bytes) => String::from_utf8(bytes).map_err(|_| {
+            miette!(
+                code = "netc::io::read",
+                "`{}` changed while netc read it",
+                args.spec.display()
+            )
+        })?,
+        Err(too_large) => {
+            return Err(miette!(
+                code = "netc::syntax::too_large",
+                "{}",
+                too_large.message
+            ))
+        }
+    };
     let mut paths: Vec<String> = Vec::new();
     for set in &args.set {
         let full = overrides::resolve(&source, &set.path)?;

@@ -95,6 +95,55 @@ fn binary_files_are_diagnostics() {
     assert_no_panic(&o);
 }
 
+/// A huge file is refused after reading one byte past the limit, and nothing of it (or of a
+/// binary file's control bytes) reaches the terminal.
+#[test]
+fn huge_and_binary_files_are_refused_without_echoing_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A sparse file of 64 GB: reading it whole would take minutes and all of memory.
+    let sparse = dir.path().join("sparse.net");
+    let file = std::fs::File::create(&sparse).expect("create");
+    file.set_len(64 << 30).expect("a sparse file");
+    let o = netc(&["check", sparse.to_str().expect("utf-8 path")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("this file is 68719476736 bytes; a spec may be at most 1048576"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).len() < 1_000, "{}", stderr(&o));
+
+    // Two megabytes of bytes of every value, control bytes included.
+    let noise = dir.path().join("noise.net");
+    let bytes: Vec<u8> = (0..2u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&noise, &bytes).expect("write");
+    let o = netc(&["check", noise.to_str().expect("utf-8 path")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("larger than 1048576 bytes") || stderr(&o).contains("2097152 bytes"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).len() < 1_000, "{}", stderr(&o));
+
+    // Escape sequences in a small file, valid UTF-8 or not, are shown as `?`.
+    for text in [
+        &b"model m\ninput cifar10 \x1b[31mred\n"[..],
+        b"model \x1b]0;x\x07\xff\n",
+    ] {
+        let path = dir.path().join("escape.net");
+        std::fs::write(&path, text).expect("write");
+        let o = netc(&["check", path.to_str().expect("utf-8 path")]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
+        assert!(err.contains("?[31m") || err.contains("?]0;x?"), "{err}");
+        assert_no_panic(&o);
+    }
+}
+
 #[test]
 fn bad_flags_are_usage_errors() {
     for args in [

@@ -282,10 +282,19 @@ impl<'a> Excerpt<'a> {
         }
     }
 
+    /// Keeps `from..to` of the original, each control character but tab, line feed and
+    /// carriage return shown as `?` (one per byte, so offsets stay): a binary file's escape
+    /// sequences must not reach the terminal.
     fn keep(&mut self, from: usize, to: usize) {
         if from < to {
             self.kept.push((from, to, self.text.len()));
-            self.text.push_str(&self.original[from..to]);
+            for c in self.original[from..to].chars() {
+                if c.is_control() && !matches!(c, '\t' | '\n' | '\r') {
+                    self.text.extend(std::iter::repeat_n('?', c.len_utf8()));
+                } else {
+                    self.text.push(c);
+                }
+            }
         }
     }
 

@@ -77,20 +77,27 @@ impl ValueKind {
     }
 }
 
+/// `syntax::too_large`: a file over `MAX_SOURCE_LEN` bytes (`size`, when known; a reader stops
+/// one byte past the limit, and a device or pipe has no size). Its label is at the start of
+/// the file, so rendering it shows nothing of the contents.
+pub fn too_large(size: Option<u64>) -> Diag {
+    let what = match size {
+        Some(n) => format!("this file is {n} bytes"),
+        None => format!("this file is larger than {MAX_SOURCE_LEN} bytes"),
+    };
+    Diag::error(
+        "syntax::too_large",
+        format!("{what}; a spec may be at most {MAX_SOURCE_LEN}"),
+    )
+    .with_label(Span::new(0, 0), "the file starts here")
+    .with_help("a `.net` file describes one model; is this the right file?")
+}
+
 /// Parses a whole file. Returns the entries of every well-formed top-level statement, and one
 /// diagnostic per malformed one.
 pub fn parse(source: &str) -> (Vec<Entry>, Vec<Diag>) {
     if source.len() > MAX_SOURCE_LEN {
-        let diag = Diag::error(
-            "syntax::too_large",
-            format!(
-                "this file is {} bytes; a spec may be at most {MAX_SOURCE_LEN}",
-                source.len()
-            ),
-        )
-        .with_label(Span::new(0, 0), "the file starts here")
-        .with_help("a `.net` file describes one model; is this the right file?");
-        return (Vec::new(), vec![diag]);
+        return (Vec::new(), vec![too_large(Some(source.len() as u64))]);
     }
     let mut entries = Vec::new();
     let mut diags = Vec::new();

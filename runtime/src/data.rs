@@ -1026,16 +1026,18 @@ pub struct Batcher<'a> {
 
 impl<'a> Batcher<'a> {
     /// A `batch` of 0 is treated as 1 rather than looping forever; the checker never lets it
-    /// through anyway.
+    /// through anyway. The buffer holds at most the examples in `order`, so it is never larger
+    /// than the data it gathers from (which is already in memory).
     pub fn new(examples: &'a Examples, order: &'a [u32], batch: usize) -> Self {
         let batch = batch.max(1);
+        let rows = batch.min(order.len());
         Batcher {
             examples,
             order,
             batch,
             next: 0,
-            pixels: Vec::with_capacity(batch * examples.features()),
-            labels: Vec::with_capacity(batch),
+            pixels: Vec::with_capacity(rows * examples.features()),
+            labels: Vec::with_capacity(rows),
         }
     }
 

@@ -675,9 +675,13 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     let spec = args.spec.display().to_string();
     let kind = args.backend;
     let threads = args.threads.count();
-    let r = netc_runtime::bench::bench(&program, &spec, &opts, |p, s| {
-        make_backend(kind, threads, p, s)
-    })?;
+    let r = netc_runtime::bench::bench(
+        &program,
+        &spec,
+        &opts,
+        |p, s| make_backend(kind, threads, p, s),
+        || netc_compiler::jit::fma_peak_gflops(PEAK_ITERATIONS, 5),
+    )?;
     if args.json {
         println!(
             "{}",
@@ -756,6 +760,9 @@ fn program_of(path: &Path) -> Result<Option<Program>> {
 
 /// Width diagnostics are wrapped at, on a terminal or not.
 const DIAGNOSTIC_WIDTH: usize = 100;
+
+/// Iterations of `netc bench`'s peak-calibration kernel: about 20 ms per run.
+const PEAK_ITERATIONS: i64 = 10_000_000;
 
 /// A spec file's bytes, reading at most one byte past `MAX_SOURCE_LEN` (a sparse file of
 /// gigabytes or `/dev/urandom` costs a megabyte, not all of memory); a longer file is the

@@ -63,9 +63,6 @@ pub struct BenchReport {
     pub calls: Vec<CallTime>,
 }
 
-/// Iterations of the peak-calibration kernel: about 20 ms per run.
-const PEAK_ITERATIONS: i64 = 10_000_000;
-
 /// Training images per epoch in the exercise (50,000 minus the 5,000 validation images).
 pub const EPOCH_IMAGES: usize = 45_000;
 
@@ -111,11 +108,14 @@ pub fn generated(program: &Program, rows: usize, seed: u64) -> (Vec<u8>, Vec<u8>
 }
 
 /// Builds the backend with `make` (timed as compile time) and times training and inference.
+/// `peak_gflops` measures one core's FMA peak, which the report compares the step against; the
+/// caller supplies it, as it supplies the backend, so the runtime depends on no backend.
 pub fn bench<F>(
     program: &Program,
     spec: &str,
     opts: &BenchOptions,
     make: F,
+    peak_gflops: impl FnOnce() -> Result<f64, BackendError>,
 ) -> Result<BenchReport, BackendError>
 where
     F: FnOnce(&Program, Option<InputStats>) -> Result<Box<dyn Backend>, BackendError>,
@@ -174,7 +174,7 @@ where
     let flops = flops_per_step(&program, batch);
     let gflops = flops / (step_ms * 1e6);
     let threads = backend.threads();
-    let peak = netc_compiler::jit::fma_peak_gflops(PEAK_ITERATIONS, 5)?;
+    let peak = peak_gflops()?;
     Ok(BenchReport {
         spec: spec.to_string(),
         backend: backend.name().to_string(),
@@ -220,7 +220,10 @@ mod tests {
             steps,
             repeats,
         };
-        bench(&program, "m.net", &opts, make).expect("bench")
+        bench(&program, "m.net", &opts, make, || {
+            netc_compiler::jit::fma_peak_gflops(100_000, 3)
+        })
+        .expect("bench")
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! UTF-8 input goes through `netc_compiler::compile`, the diagnostics are rendered as text, and a
 //! spec that lowers is printed with every dump. Other bytes get the CLI's `syntax::not_utf8`
 //! diagnostic (`netc_compiler::decode`), then their lossy decoding is compiled too, so that mutations which break UTF-8 still
-//! exercise the parser. Nothing here may panic (the "no input makes netc panic" invariant of
+//! exercise the parser. One input in eight is also compiled with 66,000 spaces put before its
+//! last line, so every diagnostic on that line lies past column 65,535, where miette's padding
+//! used to panic, and the renderer has to cut the line. Nothing here may panic (the "no input makes netc panic" invariant of
 //! `docs/ARCHITECTURE.md`), and a spec without errors must lower to a program.
 
 #![no_main]
@@ -18,13 +20,30 @@ const WIDTH: usize = 100;
 
 const FILE_NAME: &str = "fuzz.net";
 
+/// Spaces put before the last line of some inputs: past `u16::MAX` columns.
+const LONG_LINE: usize = 66_000;
+
 fuzz_target!(|data: &[u8]| {
-    match netc_compiler::decode(data) {
-        Ok(source) => front_end(source),
+    let source = match netc_compiler::decode(data) {
+        Ok(source) => {
+            front_end(source);
+            source.to_owned()
+        }
         Err(bad) => {
             let _ = diagnostics::render(FILE_NAME, &bad.lossy, &[bad.diag], WIDTH, false);
             front_end(&bad.lossy);
+            bad.lossy
         }
+    };
+    if data.len() % 8 == 0 {
+        let at = source.trim_end().rfind('\n').map_or(0, |i| i + 1);
+        let long = format!(
+            "{}{}{}",
+            &source[..at],
+            " ".repeat(LONG_LINE),
+            &source[at..]
+        );
+        front_end(&long);
     }
 });
 

@@ -885,6 +885,39 @@ fn a_run_shows_its_directory_and_eta_and_eval_skips_mc_dropout_without_dropout()
 fn interrupted_run(tmp: &Path, data: &Path, name: &str) -> std::path::PathBuf {
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
+    let opts = netc_runtime::run::RunOptions {
+        checkpoint_every: 1,
+        interrupt: Some(Arc::new(AtomicBool::new(true))),
+        ..netc_runtime::run::RunOptions::default()
+    };
+    let (dir, result) = tiny_run(tmp, data, name, opts);
+    assert!(result.is_err(), "the run was interrupted");
+    assert!(dir.join("checkpoint/trainer.json").is_file());
+    dir
+}
+
+/// A finished one-epoch run of `TINY_SPEC` on the interpreter, made in this process.
+fn finished_run(tmp: &Path, data: &Path, name: &str) -> std::path::PathBuf {
+    let opts = netc_runtime::run::RunOptions {
+        epochs: Some(1),
+        ..netc_runtime::run::RunOptions::default()
+    };
+    let (dir, result) = tiny_run(tmp, data, name, opts);
+    result.expect("the run finishes");
+    dir
+}
+
+/// Trains `TINY_SPEC`, written to `tmp/NAME.net`, on the interpreter into `tmp/NAME`, quietly,
+/// with `opts` otherwise.
+fn tiny_run(
+    tmp: &Path,
+    data: &Path,
+    name: &str,
+    opts: netc_runtime::run::RunOptions,
+) -> (
+    std::path::PathBuf,
+    Result<netc_runtime::report::Summary, netc_runtime::run::RunError>,
+) {
     let spec = tmp.join(format!("{name}.net"));
     std::fs::write(&spec, TINY_SPEC).expect("write spec");
     let program = netc_compiler::compile(TINY_SPEC)
@@ -894,18 +927,13 @@ fn interrupted_run(tmp: &Path, data: &Path, name: &str) -> std::path::PathBuf {
         data: Some(data.to_path_buf()),
         out: Some(tmp.join(name)),
         quiet: true,
-        checkpoint_every: 1,
-        interrupt: Some(Arc::new(AtomicBool::new(true))),
-        ..netc_runtime::run::RunOptions::default()
+        ..opts
     };
     let result = netc_runtime::run::run(&program, &spec, &opts, |p, stats| {
         Ok(Box::new(netc_compiler::interp::Interp::new(p, stats))
             as Box<dyn netc_compiler::backend::Backend>)
     });
-    assert!(result.is_err(), "the run was interrupted");
-    let dir = tmp.join(name);
-    assert!(dir.join("checkpoint/trainer.json").is_file());
-    dir
+    (tmp.join(name), result)
 }
 
 /// Every file under `dir` with its bytes, by path relative to it.
@@ -1047,28 +1075,6 @@ fn resume_reads_the_runs_data_and_can_change_its_epochs() {
         "{}",
         stderr(&o)
     );
-}
-
-/// A finished run of `TINY_SPEC` on the interpreter, made in this process.
-fn finished_run(tmp: &Path, data: &Path, name: &str) -> std::path::PathBuf {
-    let spec = tmp.join(format!("{name}.net"));
-    std::fs::write(&spec, TINY_SPEC).expect("write spec");
-    let program = netc_compiler::compile(TINY_SPEC)
-        .program
-        .expect("the spec checks");
-    let opts = netc_runtime::run::RunOptions {
-        data: Some(data.to_path_buf()),
-        out: Some(tmp.join(name)),
-        quiet: true,
-        epochs: Some(1),
-        ..netc_runtime::run::RunOptions::default()
-    };
-    netc_runtime::run::run(&program, &spec, &opts, |p, stats| {
-        Ok(Box::new(netc_compiler::interp::Interp::new(p, stats))
-            as Box<dyn netc_compiler::backend::Backend>)
-    })
-    .expect("the run finishes");
-    tmp.join(name)
 }
 
 #[test]

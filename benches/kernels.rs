@@ -11,9 +11,9 @@
 //! Timings are reported, never asserted.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use netc_compiler::backend::{Backend, Batch, InputStats};
-use netc_compiler::ir::Activation;
-use netc_compiler::jit::{Jit, KernelBench};
+use netc_ir::backend::{Backend, Batch, InputStats};
+use netc_ir::ir::Activation;
+use netc_jit::{Jit, KernelBench};
 use netc_runtime::bench::{generated, STEP_LR};
 
 /// The baseline's batch.
@@ -122,7 +122,7 @@ fn nadam(c: &mut Criterion) {
 fn train_step(c: &mut Criterion) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/specs/baseline.net");
     let source = std::fs::read_to_string(path).expect("specs/baseline.net is readable");
-    let program = netc_compiler::compile(&source)
+    let program = netc_front::compile(&source)
         .program
         .expect("specs/baseline.net compiles");
     let stats = InputStats::placeholder(&program);

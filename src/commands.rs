@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use miette::{miette, Result};
-use netc_compiler::backend::{Backend, BackendError, InputStats, WHOLE_PHASE};
-use netc_compiler::diagnostics;
-use netc_compiler::ir::Program;
-use netc_compiler::print;
+use netc_diagnostics as diagnostics;
+use netc_front::print;
+use netc_ir::backend::{Backend, BackendError, InputStats, WHOLE_PHASE};
+use netc_ir::ir::Program;
 use netc_runtime::run::RunOptions;
 
 #[derive(Parser, Debug)]
@@ -268,12 +268,12 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Emit::Ast => compiled.ast.as_ref().map(print::ast).unwrap_or_default(),
                 Emit::Ir => print::ir(program),
                 Emit::Summary => print::summary(program),
-                Emit::Clif => netc_compiler::jit::emit_clif(program)?,
+                Emit::Clif => netc_jit::emit_clif(program)?,
             };
             print!("{text}");
             if timings {
                 let threads = threads.count();
-                let jit = netc_compiler::jit::Jit::with_threads(
+                let jit = netc_jit::Jit::with_threads(
                     program,
                     InputStats::placeholder(program),
                     threads,
@@ -379,19 +379,19 @@ fn make_backend(
 ) -> std::result::Result<Box<dyn Backend>, BackendError> {
     Ok(match kind {
         BackendKind::Jit => {
-            let mut jit = netc_compiler::jit::Jit::with_threads(program, stats, threads)?;
+            let mut jit = netc_jit::Jit::with_threads(program, stats, threads)?;
             jit.set_dispatch(dispatch_override());
             Box::new(jit)
         }
-        BackendKind::Interp => Box::new(netc_compiler::interp::Interp::new(program, stats)),
+        BackendKind::Interp => Box::new(netc_interp::Interp::new(program, stats)),
     })
 }
 
 /// `NETC_DISPATCH=pool` or `solo` fixes who runs the JIT's shares instead of measuring it
 /// (`adaptive`, the default): for benchmarks of the adaptation itself. Anything else is the
 /// default.
-fn dispatch_override() -> netc_compiler::jit::Dispatch {
-    use netc_compiler::jit::Dispatch;
+fn dispatch_override() -> netc_jit::Dispatch {
+    use netc_jit::Dispatch;
     match std::env::var("NETC_DISPATCH").as_deref() {
         Ok("pool") => Dispatch::Pool,
         Ok("solo") => Dispatch::Solo,
@@ -654,9 +654,9 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         let mut at = program.clone();
         at.train.batch = batch as usize;
         let m = at.training_memory();
-        let limit = netc_compiler::check::MAX_TRAINING_MEMORY;
+        let limit = netc_front::check::MAX_TRAINING_MEMORY;
         if m.total() > limit {
-            let size = |b: u64| netc_compiler::print::bytes(b as usize);
+            let size = |b: u64| netc_front::print::bytes(b as usize);
             return Err(miette::miette!(
                 code = "netc::check::too_much_memory",
                 help = format!("use a smaller --batch: {} a row", size(m.per_row)),
@@ -680,7 +680,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         &spec,
         &opts,
         |p, s| make_backend(kind, threads, p, s),
-        || netc_compiler::jit::fma_peak_gflops(PEAK_ITERATIONS, 5),
+        || netc_jit::fma_peak_gflops(PEAK_ITERATIONS, 5),
     )?;
     if args.json {
         println!(
@@ -767,10 +767,8 @@ const PEAK_ITERATIONS: i64 = 10_000_000;
 /// A spec file's bytes, reading at most one byte past `MAX_SOURCE_LEN` (a sparse file of
 /// gigabytes or `/dev/urandom` costs a megabyte, not all of memory); a longer file is the
 /// `syntax::too_large` diagnostic.
-fn read_spec(
-    path: &Path,
-) -> Result<std::result::Result<Vec<u8>, netc_compiler::diagnostics::Diag>> {
-    use netc_compiler::syntax::{too_large, MAX_SOURCE_LEN};
+fn read_spec(path: &Path) -> Result<std::result::Result<Vec<u8>, netc_diagnostics::Diag>> {
+    use netc_front::syntax::{too_large, MAX_SOURCE_LEN};
     use std::io::Read as _;
     let cannot_read = |e: std::io::Error| {
         miette!(
@@ -797,7 +795,7 @@ fn read_spec(
 
 /// Reads and compiles a spec, printing its diagnostics to stderr. Returns the result and
 /// whether it is free of errors.
-pub fn front_end(path: &Path) -> Result<(netc_compiler::Compiled, bool)> {
+pub fn front_end(path: &Path) -> Result<(netc_front::Compiled, bool)> {
     let name = path.display().to_string();
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let bytes = match read_spec(path)? {
@@ -808,7 +806,7 @@ pub fn front_end(path: &Path) -> Result<(netc_compiler::Compiled, bool)> {
                 "{}",
                 diagnostics::render(&name, "", &[too_large], DIAGNOSTIC_WIDTH, color)
             );
-            let compiled = netc_compiler::Compiled {
+            let compiled = netc_front::Compiled {
                 ast: None,
                 program: None,
                 diags: Vec::new(),
@@ -816,14 +814,14 @@ pub fn front_end(path: &Path) -> Result<(netc_compiler::Compiled, bool)> {
             return Ok((compiled, false));
         }
     };
-    let source = match netc_compiler::decode(&bytes) {
+    let source = match netc_front::decode(&bytes) {
         Ok(s) => s,
         Err(bad) => {
             eprint!(
                 "{}",
                 diagnostics::render(&name, &bad.lossy, &[bad.diag], DIAGNOSTIC_WIDTH, color)
             );
-            let compiled = netc_compiler::Compiled {
+            let compiled = netc_front::Compiled {
                 ast: None,
                 program: None,
                 diags: Vec::new(),
@@ -831,7 +829,7 @@ pub fn front_end(path: &Path) -> Result<(netc_compiler::Compiled, bool)> {
             return Ok((compiled, false));
         }
     };
-    let compiled = netc_compiler::compile(source);
+    let compiled = netc_front::compile(source);
     if !compiled.diags.is_empty() {
         eprint!(
             "{}",
@@ -918,7 +916,7 @@ pub struct SweepArgs {
     /// `train.optimizer.lr=1e-4,3e-4`; repeat for a grid. Paths: docs/language.md, "Addressing
     /// parameters (`--set`)".
     #[arg(long = "set", value_name = "PATH=VALUES", required = true, value_parser = parse_set)]
-    set: Vec<netc_compiler::overrides::SetArg>,
+    set: Vec<netc_front::overrides::SetArg>,
     #[command(flatten)]
     common: DataArgs,
     /// Train every run this many epochs instead of the spec's.
@@ -937,15 +935,15 @@ pub struct SweepArgs {
 }
 
 /// clap's parser for `--set`: a malformed argument is a usage error (exit code 2).
-fn parse_set(arg: &str) -> std::result::Result<netc_compiler::overrides::SetArg, String> {
-    netc_compiler::overrides::SetArg::parse(arg).map_err(|e| {
+fn parse_set(arg: &str) -> std::result::Result<netc_front::overrides::SetArg, String> {
+    netc_front::overrides::SetArg::parse(arg).map_err(|e| {
         let help = miette::Diagnostic::help(&e).map(|h| format!("\n  help: {h}"));
         format!("{e}{}", help.unwrap_or_default())
     })
 }
 
 fn sweep(args: SweepArgs) -> Result<ExitCode> {
-    use netc_compiler::overrides;
+    use netc_front::overrides;
     use netc_runtime::sweep::{self, Axis, PlannedRun, SweepOptions};
 
     // The size is known from the value counts alone, before any combination is built.
@@ -1008,7 +1006,7 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
     let mut repeats = 0;
     for combination in sweep::grid(&axes) {
         let text = overrides::apply_all(&source, &combination.values)?;
-        let compiled = netc_compiler::compile(&text);
+        let compiled = netc_front::compile(&text);
         let fresh: Vec<diagnostics::Diag> = compiled
             .diags
             .iter()

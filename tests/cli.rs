@@ -440,7 +440,7 @@ fn history_without_seconds(dir: &Path) -> Vec<String> {
 
 /// The bits of every weight a finished run kept.
 fn weight_bits(dir: &Path, spec_text: &str) -> Vec<Vec<u32>> {
-    let program = netc_compiler::compile(spec_text)
+    let program = netc_front::compile(spec_text)
         .program
         .expect("the spec checks");
     netc_runtime::weights::load_params(&dir.join("weights.safetensors"), &program)
@@ -920,7 +920,7 @@ fn tiny_run(
 ) {
     let spec = tmp.join(format!("{name}.net"));
     std::fs::write(&spec, TINY_SPEC).expect("write spec");
-    let program = netc_compiler::compile(TINY_SPEC)
+    let program = netc_front::compile(TINY_SPEC)
         .program
         .expect("the spec checks");
     let opts = netc_runtime::run::RunOptions {
@@ -930,8 +930,7 @@ fn tiny_run(
         ..opts
     };
     let result = netc_runtime::run::run(&program, &spec, &opts, |p, stats| {
-        Ok(Box::new(netc_compiler::interp::Interp::new(p, stats))
-            as Box<dyn netc_compiler::backend::Backend>)
+        Ok(Box::new(netc_interp::Interp::new(p, stats)) as Box<dyn netc_ir::backend::Backend>)
     });
     (tmp.join(name), result)
 }
@@ -1116,7 +1115,7 @@ fn eval_refuses_an_edited_spec_and_non_finite_weights() {
     std::fs::write(&spec, TINY_SPEC).expect("restore");
 
     // A NaN in the second dense layer's kernel.
-    let program = netc_compiler::compile(TINY_SPEC)
+    let program = netc_front::compile(TINY_SPEC)
         .program
         .expect("the spec checks");
     let weights = dir.join("weights.safetensors");
@@ -1127,7 +1126,7 @@ fn eval_refuses_an_edited_spec_and_non_finite_weights() {
         .position(|p| p.name == "dense_2.kernel")
         .expect("dense_2.kernel");
     params[index][[3, 4]] = f32::NAN;
-    let state = netc_compiler::backend::TrainState {
+    let state = netc_ir::backend::TrainState {
         slots: vec![Vec::new(); params.len()],
         params,
         step: 0,

@@ -10,7 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use netc_compiler::{diagnostics, print};
+use netc_diagnostics as diagnostics;
+use netc_front::print;
 
 /// Diagnostics are rendered without colour at this width so `.stderr` files are stable.
 const WIDTH: usize = 100;
@@ -67,7 +68,7 @@ fn run_cases(dir: &str, expect_errors: bool) {
     assert!(!files.is_empty(), "no cases in tests/golden/{dir}");
     for file in &files {
         let source = std::fs::read_to_string(file).expect("golden specs are UTF-8");
-        let compiled = netc_compiler::compile(&source);
+        let compiled = netc_front::compile(&source);
         let name = display_name(file);
         if compiled.has_errors() != expect_errors {
             let rendered = diagnostics::render(&name, &source, &compiled.diags, WIDTH, false);
@@ -122,15 +123,14 @@ fn clif_cases_match_their_kernels() {
     assert!(!files.is_empty(), "no cases in tests/golden/clif");
     for file in &files {
         let source = std::fs::read_to_string(file).expect("golden specs are UTF-8");
-        let compiled = netc_compiler::compile(&source);
+        let compiled = netc_front::compile(&source);
         let name = display_name(file);
         let Some(program) = compiled.program.as_ref().filter(|_| !compiled.has_errors()) else {
             let rendered = diagnostics::render(&name, &source, &compiled.diags, WIDTH, false);
             failures.push(format!("{name}: expected no errors, got:\n{rendered}"));
             continue;
         };
-        let clif = netc_compiler::jit::emit_clif(program)
-            .unwrap_or_else(|e| panic!("{name}: no CLIF: {e}"));
+        let clif = netc_jit::emit_clif(program).unwrap_or_else(|e| panic!("{name}: no CLIF: {e}"));
         if let Some(f) = expect_file(&file.with_extension("clif"), &clif) {
             failures.push(f);
         }
@@ -157,7 +157,7 @@ fn exercise_specs_compile_without_warnings() {
         }
         count += 1;
         let source = std::fs::read_to_string(&path).expect("UTF-8");
-        let compiled = netc_compiler::compile(&source);
+        let compiled = netc_front::compile(&source);
         let rendered =
             diagnostics::render(&display_name(&path), &source, &compiled.diags, WIDTH, false);
         assert!(compiled.diags.is_empty(), "{rendered}");

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use netc_compiler::diagnostics;
+use netc_diagnostics as diagnostics;
 use proptest::prelude::*;
 
 fn corpus() -> Vec<String> {
@@ -26,11 +26,11 @@ fn corpus() -> Vec<String> {
 
 /// Runs the whole front end and the renderer, as `netc check` does.
 fn front_end(source: &str) {
-    let compiled = netc_compiler::compile(source);
+    let compiled = netc_front::compile(source);
     let _ = diagnostics::render("fuzz.net", source, &compiled.diags, 80, false);
     if let Some(program) = &compiled.program {
-        let _ = netc_compiler::print::ir(program);
-        let _ = netc_compiler::print::summary(program);
+        let _ = netc_front::print::ir(program);
+        let _ = netc_front::print::summary(program);
     }
 }
 
@@ -155,7 +155,7 @@ fn pathological_inputs_are_errors_not_crashes() {
         ),
     ];
     for case in &cases {
-        let compiled = netc_compiler::compile(case);
+        let compiled = netc_front::compile(case);
         assert!(
             compiled.has_errors(),
             "accepted a pathological input of {} bytes",

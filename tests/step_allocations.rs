@@ -2,13 +2,16 @@
 //! time, the thread pool's call lists keep their capacity, and no thread is spawned per step.
 //! The global allocator of this test binary counts every allocation on every thread (the pool's
 //! workers included), so this file holds this one test and nothing else may run beside it.
+//! A counting allocator must implement the `unsafe` trait `GlobalAlloc`: the one place outside
+//! the JIT crate allowed `unsafe` (the CLI package denies it elsewhere).
+#![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use netc_compiler::backend::{Backend, Batch, InputStats};
-use netc_compiler::jit::Jit;
+use netc_ir::backend::{Backend, Batch, InputStats};
+use netc_jit::Jit;
 
 struct Counting;
 
@@ -52,7 +55,7 @@ fn training_steps_allocate_nothing() {
     for spec in ["baseline", "batch_norm", "alpha_dropout"] {
         let path = root.join("specs").join(format!("{spec}.net"));
         let source = std::fs::read_to_string(&path).expect("spec");
-        let program = netc_compiler::compile(&source).program.expect("compiles");
+        let program = netc_front::compile(&source).program.expect("compiles");
         let batch = program.train.batch;
         let features = program.input.features;
         // A full batch and the short last one of an epoch.

@@ -1,9 +1,9 @@
 //! Fuzz target `spec`: arbitrary bytes through the whole front end, as `netc check` and
 //! `netc compile --emit ast|ir|summary` would treat a file holding them.
 //!
-//! UTF-8 input goes through `netc_compiler::compile`, the diagnostics are rendered as text, and a
+//! UTF-8 input goes through `netc_front::compile`, the diagnostics are rendered as text, and a
 //! spec that lowers is printed with every dump. Other bytes get the CLI's `syntax::not_utf8`
-//! diagnostic (`netc_compiler::decode`), then their lossy decoding is compiled too, so that mutations which break UTF-8 still
+//! diagnostic (`netc_front::decode`), then their lossy decoding is compiled too, so that mutations which break UTF-8 still
 //! exercise the parser. One input in eight is also compiled with 66,000 spaces put before its
 //! last line, so every diagnostic on that line lies past column 65,535, where miette's padding
 //! used to panic, and the renderer has to cut the line. Nothing here may panic (the "no input makes netc panic" invariant of
@@ -12,8 +12,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use netc_compiler::diagnostics;
-use netc_compiler::print;
+use netc_diagnostics as diagnostics;
+use netc_front::print;
 
 /// The CLI's width for diagnostics (`DIAGNOSTIC_WIDTH` in `src/commands.rs`).
 const WIDTH: usize = 100;
@@ -24,7 +24,7 @@ const FILE_NAME: &str = "fuzz.net";
 const LONG_LINE: usize = 66_000;
 
 fuzz_target!(|data: &[u8]| {
-    let source = match netc_compiler::decode(data) {
+    let source = match netc_front::decode(data) {
         Ok(source) => {
             front_end(source);
             source.to_owned()
@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
 
 /// `netc check` and `netc compile` on a UTF-8 file.
 fn front_end(source: &str) {
-    let compiled = netc_compiler::compile(source);
+    let compiled = netc_front::compile(source);
     let _ = diagnostics::render(FILE_NAME, source, &compiled.diags, WIDTH, false);
     match &compiled.program {
         Some(program) => {

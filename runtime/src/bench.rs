@@ -7,9 +7,9 @@
 
 use std::time::Instant;
 
-use netc_compiler::backend::{Backend, BackendError, Batch, CallTime, InputStats, Mode};
-use netc_compiler::ir::{OpKind, Program};
-use netc_compiler::rng::SplitMix64;
+use netc_ir::backend::{Backend, BackendError, Batch, CallTime, InputStats, Mode};
+use netc_ir::ir::{OpKind, Program};
+use netc_ir::rng::SplitMix64;
 use serde::Serialize;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -214,14 +214,14 @@ mod tests {
             "model m\ninput cifar10\ndense 16 {{ activation: {activation}, init: he_normal }}\n\
              dense 10 {{ activation: softmax }}\ntrain {{ optimizer: {optimizer}\n epochs: 1\n batch: 8 }}\n"
         );
-        let program = netc_compiler::compile(&source).program.expect("compiles");
+        let program = netc_front::compile(&source).program.expect("compiles");
         let opts = BenchOptions {
             batch: None,
             steps,
             repeats,
         };
         bench(&program, "m.net", &opts, make, || {
-            netc_compiler::jit::fma_peak_gflops(100_000, 3)
+            netc_jit::fma_peak_gflops(100_000, 3)
         })
         .expect("bench")
     }
@@ -233,7 +233,7 @@ mod tests {
             "/../specs/baseline.net"
         ))
         .expect("spec");
-        let program = netc_compiler::compile(&source).program.expect("compiles");
+        let program = netc_front::compile(&source).program.expect("compiles");
         // Forward 2·32·(3072·100 + 19·100·100 + 100·10), weight gradients the same again, input
         // gradients for all but the first layer.
         let fwd = 2.0 * 32.0 * (3072.0 * 100.0 + 19.0 * 100.0 * 100.0 + 100.0 * 10.0);
@@ -245,14 +245,14 @@ mod tests {
             "/../specs/batch_norm.net"
         ))
         .expect("spec");
-        let program = netc_compiler::compile(&source).program.expect("compiles");
+        let program = netc_front::compile(&source).program.expect("compiles");
         assert_eq!(flops_per_step(&program, 32), 2.0 * fwd + dx);
     }
 
     #[test]
     fn bench_runs_the_interpreter_on_generated_data() {
         let report = bench_small("relu", "adam", 3, 3, |p, s| {
-            Ok(Box::new(netc_compiler::interp::Interp::new(p, s)))
+            Ok(Box::new(netc_interp::Interp::new(p, s)))
         });
         assert_eq!(report.backend, "interp");
         assert_eq!(report.step_ms_runs.len(), 3);
@@ -268,10 +268,10 @@ mod tests {
     #[test]
     fn bench_profiles_every_call_of_the_jit() {
         let report = bench_small("elu", "nadam", 2, 1, |p, s| {
-            Ok(Box::new(netc_compiler::jit::Jit::with_threads(p, s, 2)?))
+            Ok(Box::new(netc_jit::Jit::with_threads(p, s, 2)?))
         });
         assert_eq!((report.backend.as_str(), report.threads), ("jit", 2));
-        let whole = |c: &&CallTime| c.kernel.starts_with(netc_compiler::backend::WHOLE_PHASE);
+        let whole = |c: &&CallTime| c.kernel.starts_with(netc_ir::backend::WHOLE_PHASE);
         let phases: Vec<&str> = report.calls.iter().map(|c| c.phase).collect();
         // convert, dense+elu, dense, loss; weight gradient, input gradient, elu', weight
         // gradient (on two threads: two shares each); the optimizer; the transposes.

@@ -32,8 +32,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
-use netc_compiler::backend::TrainState;
-use netc_compiler::ir::Program;
+use netc_ir::backend::TrainState;
+use netc_ir::ir::Program;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Examples;
@@ -636,7 +636,7 @@ pub enum TrainerJsonError {
 pub const MAX_SECONDS: f64 = 1e10;
 
 /// The most epochs a run may have; the checker's limit for `epochs`.
-pub const MAX_EPOCHS: usize = netc_compiler::check::MAX_EPOCHS as usize;
+pub const MAX_EPOCHS: usize = netc_ir::ir::MAX_EPOCHS;
 
 /// Parses and checks the text of a `trainer.json`. Every number is validated: times finite and
 /// non-negative, sums finite, rates and metrics in range, counters consistent with each other

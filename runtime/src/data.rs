@@ -19,8 +19,8 @@ use std::rc::Rc;
 
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
-use netc_compiler::backend::{Batch, InputStats};
-use netc_compiler::rng::{purpose, SplitMix64};
+use netc_ir::backend::{Batch, InputStats};
+use netc_ir::rng::{purpose, SplitMix64};
 
 use crate::report::atomic_write;
 

@@ -2,7 +2,7 @@
 //! early stopping, evaluation (MC Dropout, pruning), and what a run leaves behind: history,
 //! summary, plots and weights.
 //!
-//! Architecture invariant: the runtime sees only the IR (`netc_compiler::ir`) and the `Backend`
+//! Architecture invariant: the runtime sees only the IR (`netc_ir::ir`) and the `Backend`
 //! trait, never the AST or a backend's internals.
 
 pub mod bench;

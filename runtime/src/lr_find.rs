@@ -6,7 +6,7 @@
 //! the smoothed loss. This module only measures and suggests; it writes nothing (the caller plots
 //! and reports).
 
-use netc_compiler::backend::Backend;
+use netc_ir::backend::Backend;
 
 use crate::data::{epoch_order, Batcher, Examples};
 
@@ -188,7 +188,7 @@ pub fn reasoning(r: &LrFindResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netc_compiler::backend::{Batch, Mode, StepStats, TrainState};
+    use netc_ir::backend::{Batch, Mode, StepStats, TrainState};
 
     /// A backend with the loss curve of a real range test, in log10(lr): flat below 1e-4, falling
     /// steadily to its minimum at 1e-2, then exploding, NaN above 0.3.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use miette::SourceSpan;
-use netc_compiler::diagnostics::{Excerpt, Span};
+use netc_diagnostics::{Excerpt, Span};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// One row of `history.csv`.

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ndarray::ArrayD;
-use netc_compiler::backend::{Backend, BackendError, InputStats, TrainState};
-use netc_compiler::ir::{OpKind, ParamId, Preprocess, Program};
+use netc_ir::backend::{Backend, BackendError, InputStats, TrainState};
+use netc_ir::ir::{OpKind, ParamId, Preprocess, Program};
 
 use crate::checkpoint::{self, CheckpointError, Checkpointer, Loaded, ResumeError, RunIdentity};
 use crate::data::{self, DataError};
@@ -1058,7 +1058,7 @@ mod tests {
     use crate::train::fake;
     use miette::Diagnostic;
     use ndarray::{ArrayD, IxDyn};
-    use netc_compiler::ir::Prune;
+    use netc_ir::ir::Prune;
 
     struct Fixture {
         dir: tempfile::TempDir,
@@ -1198,7 +1198,7 @@ evaluate { mc_dropout: 4, prune { sparsity: 0.5 } }
     fn the_reference_interpreter_learns_synthetic_data() {
         let f = fixture();
         fs::write(&f.spec, INTERP_SPEC).unwrap();
-        let compiled = netc_compiler::compile(INTERP_SPEC);
+        let compiled = netc_front::compile(INTERP_SPEC);
         let program = compiled.program.expect("the spec checks");
         let opts = RunOptions {
             seed: None,
@@ -1207,7 +1207,7 @@ evaluate { mc_dropout: 4, prune { sparsity: 0.5 } }
             ..options(&f, "interp")
         };
         let summary = run(&program, &f.spec, &opts, |p, stats| {
-            Ok(Box::new(netc_compiler::interp::Interp::new(p, stats)) as Box<dyn Backend>)
+            Ok(Box::new(netc_interp::Interp::new(p, stats)) as Box<dyn Backend>)
         })
         .unwrap();
         assert_eq!(

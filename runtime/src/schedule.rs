@@ -6,7 +6,7 @@
 //! which a checkpoint saves and a resumed run restores); everything else is a pure function of
 //! the step. Arithmetic is in f64 and only the result is rounded to f32.
 
-use netc_compiler::ir::Schedule;
+use netc_ir::ir::Schedule;
 
 /// An improvement of the validation loss smaller than this does not reset reduce-on-plateau's
 /// patience (Keras' `ReduceLROnPlateau` default `min_delta`).

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use netc_compiler::backend::{Backend, Mode, TrainState};
-use netc_compiler::ir::{Monitor, Program};
+use netc_ir::backend::{Backend, Mode, TrainState};
+use netc_ir::ir::{Monitor, Program};
 
 use crate::data::{batch_count, epoch_order, Batcher, Examples, Split};
 use crate::report::{DivergenceCause, EpochRecord, History, StopReason};
@@ -905,9 +905,9 @@ impl Score {
 #[cfg(test)]
 pub(crate) mod fake {
     use ndarray::{ArrayD, IxDyn};
-    use netc_compiler::backend::{Backend, Batch, InputStats, Mode, StepStats, TrainState};
-    use netc_compiler::ir::*;
-    use netc_compiler::rng::{self, purpose, SplitMix64, Stream};
+    use netc_ir::backend::{Backend, Batch, InputStats, Mode, StepStats, TrainState};
+    use netc_ir::ir::*;
+    use netc_ir::rng::{self, purpose, SplitMix64, Stream};
 
     /// One dense layer `features → classes` (params `p0` kernel, `p1` bias), SGD, constant rate.
     pub(crate) fn program(features: usize, classes: usize, batch: usize, epochs: usize) -> Program {
@@ -1105,8 +1105,8 @@ mod tests {
     use super::*;
     use crate::data::{self, input_stats, split_validation, SyntheticFormat, SyntheticSpec};
     use ndarray::{ArrayD, IxDyn};
-    use netc_compiler::backend::{Batch, StepStats};
-    use netc_compiler::ir::{EarlyStopping, Schedule};
+    use netc_ir::backend::{Batch, StepStats};
+    use netc_ir::ir::{EarlyStopping, Schedule};
 
     const QUIET: TrainOptions = TrainOptions {
         epochs: None,

@@ -14,8 +14,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
-use netc_compiler::backend::TrainState;
-use netc_compiler::ir::Program;
+use netc_ir::backend::TrainState;
+use netc_ir::ir::Program;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::report::{atomic_write, ReportError};
@@ -455,7 +455,7 @@ pub fn load_train_state(
 mod tests {
     use super::*;
     use ndarray::ShapeBuilder;
-    use netc_compiler::ir::{
+    use netc_ir::ir::{
         Dataset, EvalConfig, Head, Init, Input, Op, OpKind, Optimizer, OptimizerKind, Param,
         ParamId, ParamRole, Preprocess, Regularizer, Schedule, TrainConfig, ValueId,
     };

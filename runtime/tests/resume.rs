@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use netc_compiler::backend::TrainState;
-use netc_compiler::backend::{Backend, BackendError, Batch, InputStats, Mode, StepStats};
-use netc_compiler::ir::Program;
+use netc_ir::backend::TrainState;
+use netc_ir::backend::{Backend, BackendError, Batch, InputStats, Mode, StepStats};
+use netc_ir::ir::Program;
 use netc_runtime::checkpoint::{self, ResumeError, CHECKPOINT_DIR, TRAINER_FILE};
 use netc_runtime::data::{self, SyntheticFormat, SyntheticSpec};
 use netc_runtime::report::{RunStatus, StopReason};
@@ -62,9 +62,7 @@ fn fixture(spec_text: &str) -> Fixture {
 }
 
 fn program(text: &str) -> Program {
-    netc_compiler::compile(text)
-        .program
-        .expect("the spec checks")
+    netc_front::compile(text).program.expect("the spec checks")
 }
 
 /// A backend that raises the interrupt flag after its `after`-th training step (or its
@@ -115,8 +113,8 @@ fn build(
     stats: Option<InputStats>,
 ) -> Result<Box<dyn Backend>, BackendError> {
     Ok(match kind {
-        Kind::Interp => Box::new(netc_compiler::interp::Interp::new(program, stats)),
-        Kind::Jit => Box::new(netc_compiler::jit::Jit::new(program, stats)?),
+        Kind::Interp => Box::new(netc_interp::Interp::new(program, stats)),
+        Kind::Jit => Box::new(netc_jit::Jit::new(program, stats)?),
     })
 }
 

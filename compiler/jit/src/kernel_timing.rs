@@ -1,0 +1,88 @@
+//! Time of single dense kernels at the baseline's shapes, in GFLOP/s, to tune the matrix-multiply
+//! loops without the noise of a whole step. Not asserted (timings belong to benchmarks):
+//! `cargo test --release -p netc-compiler jit::kernel_timing -- --ignored --nocapture`.
+//! The kernels are built by `KernelBench`, as `benches/kernels.rs` builds them.
+
+use std::time::Instant;
+
+use super::kernel_bench::KernelBench;
+use netc_ir::ir::Activation;
+
+/// Fastest microseconds per call of `run` over `samples` samples of 50 calls.
+fn fastest_us(samples: usize, mut run: impl FnMut()) -> f64 {
+    let reps = 50;
+    (0..samples)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..reps {
+                run();
+            }
+            started.elapsed().as_secs_f64() * 1e6 / reps as f64
+        })
+        // The fastest sample: the machine is shared, and other load only ever adds time.
+        .fold(f64::MAX, f64::min)
+}
+
+/// Times `bench` and prints its line of the report.
+fn report(mut bench: KernelBench) {
+    let us = fastest_us(15, || bench.run());
+    println!(
+        "{:<28} {:3} rows {us:8.1} us {:6.1} GFLOP/s",
+        bench.name(),
+        bench.rows(),
+        bench.flops() / us / 1e3
+    );
+}
+
+#[test]
+#[ignore = "timing report; run in release with --ignored --nocapture"]
+fn dense_kernels() {
+    let elu = Some(Activation::Elu { alpha: 1.0 });
+    // 16 rows: one thread's share of a batch of 32 on two threads.
+    for (rows, inputs, units, activation) in [
+        (32, 3072, 100, None),
+        (16, 3072, 100, None),
+        (32, 100, 100, elu),
+        (16, 100, 100, elu),
+        (32, 100, 100, None),
+    ] {
+        report(KernelBench::dense(rows, inputs, units, activation).expect("compiles"));
+        report(KernelBench::weight_grad(rows, inputs, units, 1).expect("compiles"));
+        report(KernelBench::input_grad(rows, inputs, units).expect("compiles"));
+    }
+}
+
+#[test]
+#[ignore = "timing report; run in release with --ignored --nocapture"]
+fn fma_peak() {
+    let g = super::calibrate::fma_peak_gflops(10_000_000, 7).expect("compiles");
+    println!("f32x4 FMA peak on one core: {g:.1} GFLOP/s");
+}
+
+/// Whether two cores slow each other down: the forward kernel of a 100×100 ELU layer on 16 rows
+/// (one thread's share of a batch of 32) alone and on both cores at once, over one shared kernel
+/// and private rows, as a step on two threads runs it.
+#[test]
+#[ignore = "timing report; run in release with --ignored --nocapture"]
+fn dense_kernels_on_two_cores() {
+    let elu = Some(Activation::Elu { alpha: 1.0 });
+    let mut bench = KernelBench::dense(32, 100, 100, elu).expect("compiles");
+    let name = bench.name().to_string();
+    let mut shares = bench.row_shares(2);
+    let rows = shares[0].rows();
+    let mut time = |threads: usize| -> f64 {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = shares
+                .iter_mut()
+                .take(threads)
+                .map(|share| s.spawn(move || fastest_us(200, || share.run())))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("joins"))
+                .fold(0.0, f64::max)
+        })
+    };
+    println!("{name} on {rows} rows: 1 core {:.1} us per call", time(1));
+    println!("{name} on {rows} rows: 2 cores {:.1} us per call", time(2));
+}

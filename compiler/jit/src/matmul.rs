@@ -1,0 +1,473 @@
+//! The register-blocked matrix multiply every dense kernel is built from:
+//! `C[m, n] (+)= A(m, k) · B[k, n]`, then an optional epilogue (bias, pre-activation store,
+//! activation, or an activation's derivative) on the accumulators before the single store of `C`.
+//!
+//! `B` and `C` are row-major with rows padded to a multiple of 4 floats, so every column block is
+//! whole f32x4 vectors. `A` is read one scalar at a time and broadcast, through two strides, which
+//! makes the same loop nest serve `x · W` (A = x), `xᵀ · dy` (A = x read down its columns) and
+//! `dy · Wᵀ` (B = the transposed kernel copy). Nothing here knows about layers.
+//!
+//! The kernels that call this are compiled without the e-graph pass (`Kernel::in_program_order`),
+//! so the order written here is the schedule. Blocks are 4 rows × 2 vectors with two values of
+//! `t` per k iteration: 8 accumulators, the 2 `B` vectors of the step, and one broadcast per FMA,
+//! loaded straight from memory (`vbroadcastss m32`). x64 lowers `fma(a, b, c)` with `a` as the
+//! destination, so `a` is the broadcast, which dies there; with one shared broadcast per row, the
+//! lowering would copy it for every column and the 4 × 3 blocks tried before spilled. The column
+//! remainder (1 vector) and the row remainder (single rows) get their own blocks.
+
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::types::{F32X4, I64};
+use cranelift_codegen::ir::InstBuilder;
+use cranelift_codegen::ir::{MemFlagsData, Value};
+use cranelift_frontend::Variable;
+
+use super::emit::{ro, rw, Fx};
+use super::kernels::{
+    act_backward, act_forward, step_scalar_vectors, store_as_columns, update_rule,
+};
+use netc_ir::ir::{Activation, OptimizerKind};
+
+/// A loop extent: a compile-time constant or the kernel's runtime row count.
+#[derive(Clone, Copy, Debug)]
+pub enum Dim {
+    Static(usize),
+    Rows,
+    /// A count computed in the kernel (the rows of the last chunk of a batch).
+    Dyn(Value),
+}
+
+impl Dim {
+    fn value(self, fx: &mut Fx) -> Value {
+        match self {
+            Dim::Static(v) => fx.iconst(v as i64),
+            Dim::Rows => fx.rows,
+            Dim::Dyn(v) => v,
+        }
+    }
+
+    fn multiple_of(self, step: usize) -> bool {
+        matches!(self, Dim::Static(v) if v % step == 0)
+    }
+}
+
+/// What happens to an accumulator block before it is stored.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue {
+    /// Add the old contents of `C` (accumulate instead of overwrite).
+    pub accumulate: bool,
+    /// Bias vector of `n` floats added to every row.
+    pub bias: Option<Value>,
+    /// Where to store the pre-activation values (same layout as `C`), when the backward pass of
+    /// the activation needs them.
+    pub pre_activation: Option<Value>,
+    pub activation: Option<Activation>,
+    /// Multiply by the derivative of this activation, from saved values laid out as `C`
+    /// (`kernels::act_backward`; an input gradient only).
+    pub derivative: Option<(Activation, Value)>,
+    /// Update the kernel rows of each block row once its gradient is complete (`update_rows`;
+    /// a weight gradient only, `rows_outer`).
+    pub update: Option<EpilogueUpdate>,
+}
+
+/// The buffers of an update fused into a weight gradient (`kernels::FusedUpdate`).
+#[derive(Clone, Copy, Debug)]
+pub struct EpilogueUpdate {
+    pub kind: OptimizerKind,
+    /// The parameter, laid out as `C`, updated in place.
+    pub param: Value,
+    /// The rule's slots (`OptimizerKind::slot_count` of them), laid out as `C`.
+    pub slots: [Option<Value>; 3],
+    /// The transposed copy to refresh, and the floats between its rows.
+    pub transposed: Option<(Value, usize)>,
+    /// The batch norm before the layer, when `A` is its `x̂` (`kernels::FusedUpdate::normalized`).
+    pub normalized: Option<Normalized>,
+    /// Real columns of `C`: the transposed copy has a row for each of these only.
+    pub columns: usize,
+}
+
+/// The batch norm's vectors, one float per row of `C` (`gamma`, `beta`, and the gradients
+/// written), and `sums`, the column sums of `B` (`Σ dy`, one float per column).
+#[derive(Clone, Copy, Debug)]
+pub struct Normalized {
+    pub gamma: Value,
+    pub beta: Value,
+    pub dgamma: Value,
+    pub dbeta: Value,
+    pub sums: Value,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct MatMul {
+    pub m: Dim,
+    pub k: Dim,
+    /// Columns of `B` and `C`, a multiple of 4.
+    pub n: usize,
+    pub a: Value,
+    /// Elements between `A(i, t)` and `A(i + 1, t)`.
+    pub a_row: usize,
+    /// Elements between `A(i, t)` and `A(i, t + 1)`.
+    pub a_col: usize,
+    /// Flags of the `A` loads: `ro()` unless the same kernel wrote `A` earlier.
+    pub a_flags: MemFlagsData,
+    pub b: Value,
+    pub ldb: usize,
+    pub c: Value,
+    pub ldc: usize,
+    pub epilogue: Epilogue,
+    /// Loop over row blocks outside column blocks. Right when `m` is large and `k` small (the
+    /// weight gradient `xᵀ·dy`): each block row of `C` is written once, with `B` in L1. Wrong
+    /// when `k` is large (`x · W`): every row block would stream all of `B` again.
+    pub rows_outer: bool,
+    /// When `k` is `Rows`: the usual row count (the batch size). A full batch then runs a k loop
+    /// unrolled completely, a smaller last batch the generic loop.
+    pub k_unroll: Option<usize>,
+}
+
+const MR: usize = 4;
+const NR: usize = 2;
+/// Values of `t` per iteration of the k loop.
+const KU: usize = 4;
+/// Longest k loop that is unrolled completely.
+const FULL_UNROLL: usize = 64;
+
+pub fn emit_matmul(fx: &mut Fx, mm: &MatMul) {
+    debug_assert_eq!(mm.n % 4, 0, "matmul columns are padded to whole vectors");
+    debug_assert!(
+        mm.epilogue.update.is_none() || mm.rows_outer,
+        "a fused update follows the weight gradient's loop order"
+    );
+    if mm.rows_outer {
+        match (mm.k, mm.k_unroll) {
+            (Dim::Rows, Some(full)) if full > FULL_UNROLL => {
+                // The chunks sum the whole gradient into `C` first; the update then streams
+                // through it, row block by row block.
+                let mut sums = *mm;
+                sums.epilogue.update = None;
+                emit_k_chunks(fx, &sums);
+                if let Some(u) = mm.epilogue.update {
+                    emit_row_blocks(fx, mm, |fx, i, mr| update_rows(fx, mm, u, i, mr, false));
+                }
+            }
+            _ => emit_rows_outer(fx, mm),
+        }
+        return;
+    }
+    let vectors = mm.n / 4;
+    let full = vectors / NR;
+    let rem = vectors % NR;
+    if full > 0 {
+        fx.loop_const(0, (full * NR * 4) as i64, (NR * 4) as i64, |fx, j| {
+            emit_rows(fx, mm, j, NR);
+        });
+    }
+    if rem > 0 {
+        let j = fx.iconst((full * NR * 4) as i64);
+        emit_rows(fx, mm, j, rem);
+    }
+}
+
+/// Every block of `C`, row block by row block. With a fused update (a batch of one chunk, `C`
+/// then scratch), each block row is updated as soon as its gradient is complete.
+fn emit_rows_outer(fx: &mut Fx, mm: &MatMul) {
+    emit_row_blocks(fx, mm, |fx, i, mr| {
+        emit_columns(fx, mm, i, mr);
+        if let Some(u) = mm.epilogue.update {
+            update_rows(fx, mm, u, i, mr, true);
+        }
+    });
+}
+
+/// `body(i, mr)` for every block of `mr` rows of `C`: blocks of `MR`, then single rows.
+fn emit_row_blocks(fx: &mut Fx, mm: &MatMul, mut body: impl FnMut(&mut Fx, Value, usize)) {
+    let zero = fx.iconst(0);
+    let limit = mm.m.value(fx);
+    let rest = fx.loop_up(zero, limit, MR as i64, |fx, i| body(fx, i, MR));
+    if !mm.m.multiple_of(MR) {
+        fx.loop_up(rest, limit, 1, |fx, i| body(fx, i, 1));
+    }
+}
+
+/// The fused update of kernel rows `i..i + mr`, once `C` holds their whole gradient (at its
+/// row 0 when `scratch`, one block row's worth, else at row `i`): vector by
+/// vector along the rows, `update_rule` on the gradient (from L1), the kernel and the slots,
+/// then, 4 × 4 at a time, the new rows stored as columns of the transposed copy. Each array is
+/// one sequential stream per row, which the prefetchers follow; updating block by block inside
+/// the multiply's epilogue instead touched twelve short runs of lines between FMAs, and was
+/// slower than the separate update kernel.
+fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize, scratch: bool) {
+    let row_bytes = (mm.ldc * 4) as i64;
+    let g0 = if scratch {
+        mm.c
+    } else {
+        fx.offset(mm.c, i, row_bytes)
+    };
+    let w0 = fx.offset(u.param, i, row_bytes);
+    let slots: Vec<Value> = u
+        .slots
+        .iter()
+        .flatten()
+        .map(|s| fx.offset(*s, i, row_bytes))
+        .collect();
+    let wt0 = u.transposed.map(|(wt, ld_t)| (fx.offset(wt, i, 4), ld_t));
+    let scalars = step_scalar_vectors(fx);
+    // Per row: γᵢ and βᵢ in every lane, and the lane-wise sums for dγᵢ and dβᵢ.
+    let normalized = u.normalized.map(|nz| {
+        let zero = fx.zero4();
+        let rows: Vec<_> = (0..mr)
+            .map(|r| {
+                let [gamma, beta] = [nz.gamma, nz.beta].map(|p| {
+                    let p = fx.offset(p, i, 4);
+                    fx.bcast(ro(), p, r as i64)
+                });
+                (gamma, beta, fx.var(F32X4, zero), fx.var(F32X4, zero))
+            })
+            .collect();
+        (nz, rows)
+    });
+    // Element `e` of each row; `known` when it is the last vector, whose lanes past
+    // `columns` are padding without a row in the transposed copy.
+    let vector = |fx: &mut Fx, e: Value, known: Option<usize>| {
+        let mut new_w = Vec::with_capacity(mr);
+        // Written at the start of this kernel: a load that keeps its place.
+        let sums = normalized.as_ref().map(|(nz, _)| {
+            let p = fx.offset(nz.sums, e, 4);
+            fx.load4(rw(), p, 0)
+        });
+        for r in 0..mr {
+            let off = (r * mm.ldc) as i64;
+            let pg = fx.offset(g0, e, 4);
+            let mut g = fx.load4(rw(), pg, off);
+            let pw = fx.offset(w0, e, 4);
+            let pw = fx.add_imm(pw, off * 4);
+            let ps: Vec<Value> = slots
+                .iter()
+                .map(|s| {
+                    let p = fx.offset(*s, e, 4);
+                    fx.add_imm(p, off * 4)
+                })
+                .collect();
+            let w = fx.load4(rw(), pw, 0);
+            if let (Some((_, rows)), Some(s)) = (&normalized, sums) {
+                let (gamma, beta, dgamma, dbeta) = rows[r];
+                let a = fx.get(dgamma);
+                let a = fx.fma(w, g, a);
+                fx.set(dgamma, a);
+                let b = fx.get(dbeta);
+                let b = fx.fma(w, s, b);
+                fx.set(dbeta, b);
+                let bs = fx.mul(beta, s);
+                g = fx.fma(gamma, g, bs);
+            }
+            let w = update_rule(fx, u.kind, w, g, &ps, scalars);
+            fx.store(w, pw, 0);
+            new_w.push(w);
+        }
+        let Some((wt, ld_t)) = wt0 else { return };
+        let lanes = known.map_or(4, |c| 4.min(u.columns - c));
+        let base = fx.offset(wt, e, (ld_t * 4) as i64);
+        store_as_columns(fx, &new_w, base, ld_t, 0, lanes);
+    };
+    let vectors = mm.n / 4;
+    let padded_last = u.transposed.is_some() && u.columns < mm.n;
+    let looped = if padded_last { vectors - 1 } else { vectors };
+    if looped > 0 {
+        fx.loop_const(0, (looped * 4) as i64, 4, |fx, e| vector(fx, e, None));
+    }
+    if padded_last {
+        let last = (vectors - 1) * 4;
+        let e = fx.iconst(last as i64);
+        vector(fx, e, Some(last));
+    }
+    if let Some((nz, rows)) = normalized {
+        for (r, (_, _, dgamma, dbeta)) in rows.into_iter().enumerate() {
+            for (sum, out) in [(dgamma, nz.dgamma), (dbeta, nz.dbeta)] {
+                let v = fx.get(sum);
+                let v = fx.hsum(v);
+                let p = fx.offset(out, i, 4);
+                fx.store(v, p, r as i64);
+            }
+        }
+    }
+}
+
+/// `emit_rows_outer` for a batch (k) longer than `FULL_UNROLL` rows: `C` is cleared, then
+/// chunk by chunk of `FULL_UNROLL` rows each pass adds its chunk's products into it. A chunk of
+/// `B` (`dy`: 25 KiB of a 100-unit layer) then stays in L1 for all the blocks of a pass, where
+/// the whole batch of 256 (100 KiB) came from L2 again for every row block, and every full
+/// chunk runs the unrolled k loop, emitted once. The order of the sums is fixed by the row
+/// count alone.
+fn emit_k_chunks(fx: &mut Fx, mm: &MatMul) {
+    debug_assert!(mm.epilogue.update.is_none(), "updates follow the sums");
+    let chunk = FULL_UNROLL;
+    let pass = |fx: &mut Fx, k0: Value, k: Dim, accumulate: bool| {
+        let a = fx.offset(mm.a, k0, (mm.a_col * 4) as i64);
+        let b = fx.offset(mm.b, k0, (mm.ldb * 4) as i64);
+        let epilogue = Epilogue {
+            accumulate: accumulate || mm.epilogue.accumulate,
+            ..mm.epilogue
+        };
+        emit_rows_outer(
+            fx,
+            &MatMul {
+                k,
+                a,
+                b,
+                epilogue,
+                k_unroll: None,
+                ..*mm
+            },
+        );
+    };
+    let rows = fx.rows;
+    let zero = fx.iconst(0);
+    let long =
+        fx.b.ins()
+            .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, rows, chunk as i64);
+    fx.if_else(
+        long,
+        |fx| {
+            if !mm.epilogue.accumulate {
+                let m = mm.m.value(fx);
+                let floats = fx.b.ins().imul_imm_s(m, mm.ldc as i64);
+                let zero4 = fx.zero4();
+                fx.loop_up(zero, floats, 4, |fx, e| {
+                    let p = fx.offset(mm.c, e, 4);
+                    fx.store(zero4, p, 0);
+                });
+            }
+            let rest = fx.loop_up(zero, rows, chunk as i64, |fx, k0| {
+                pass(fx, k0, Dim::Static(chunk), true);
+            });
+            let left = fx.b.ins().isub(rows, rest);
+            let some = fx.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, left, 0);
+            fx.if_else(some, |fx| pass(fx, rest, Dim::Dyn(left), true), |_| {});
+        },
+        |fx| pass(fx, zero, Dim::Rows, false),
+    );
+}
+
+/// All row blocks of the column block starting at element `j`, `nr` vectors wide.
+fn emit_rows(fx: &mut Fx, mm: &MatMul, j: Value, nr: usize) {
+    let zero = fx.iconst(0);
+    let limit = mm.m.value(fx);
+    let rest = fx.loop_up(zero, limit, MR as i64, |fx, i| {
+        emit_block(fx, mm, i, j, MR, nr)
+    });
+    if !mm.m.multiple_of(MR) {
+        fx.loop_up(rest, limit, 1, |fx, i| emit_block(fx, mm, i, j, 1, nr));
+    }
+}
+
+/// All column blocks of the `mr` rows starting at row `i`.
+fn emit_columns(fx: &mut Fx, mm: &MatMul, i: Value, mr: usize) {
+    let vectors = mm.n / 4;
+    let full = vectors / NR;
+    let rem = vectors % NR;
+    if full > 0 {
+        fx.loop_const(0, (full * NR * 4) as i64, (NR * 4) as i64, |fx, j| {
+            emit_block(fx, mm, i, j, mr, NR);
+        });
+    }
+    if rem > 0 {
+        let j = fx.iconst((full * NR * 4) as i64);
+        emit_block(fx, mm, i, j, mr, rem);
+    }
+}
+
+/// One `mr × nr` block of `C` at row `i`, column element `j`.
+fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, j: Value, mr: usize, nr: usize) {
+    let a0 = fx.offset(mm.a, i, (mm.a_row * 4) as i64);
+    let b0 = fx.offset(mm.b, j, 4);
+    let zero = fx.zero4();
+    let acc: Vec<Variable> = (0..mr * nr).map(|_| fx.var(F32X4, zero)).collect();
+    let ap = fx.var(I64, a0);
+    let bp = fx.var(I64, b0);
+
+    // `steps` values of t per iteration, then the pointer bumps.
+    let iteration = |fx: &mut Fx, steps: usize| {
+        let mut c: Vec<Value> = acc.iter().map(|v| fx.get(*v)).collect();
+        let pa = fx.get(ap);
+        let pb = fx.get(bp);
+        for u in 0..steps {
+            let bv: Vec<Value> = (0..nr)
+                .map(|q| fx.load4(ro(), pb, (u * mm.ldb + 4 * q) as i64))
+                .collect();
+            for r in 0..mr {
+                let a_off = (r * mm.a_row + u * mm.a_col) as i64;
+                for q in 0..nr {
+                    // A fresh broadcast per FMA: x64 lowers `fma` with its first operand as
+                    // the destination, so that operand must die there (no copy), and a
+                    // broadcast used once is loaded straight from memory.
+                    let av = fx.bcast(mm.a_flags, pa, a_off);
+                    c[r * nr + q] = fx.fma(av, bv[q], c[r * nr + q]);
+                }
+            }
+        }
+        for (var, v) in acc.iter().zip(c) {
+            fx.set(*var, v);
+        }
+        let pa = fx.add_imm(pa, (steps * mm.a_col * 4) as i64);
+        let pb = fx.add_imm(pb, (steps * mm.ldb * 4) as i64);
+        fx.set(ap, pa);
+        fx.set(bp, pb);
+    };
+
+    let k_loop = |fx: &mut Fx| {
+        let zero_i = fx.iconst(0);
+        let k_limit = mm.k.value(fx);
+        let rest = fx.loop_up(zero_i, k_limit, KU as i64, |fx, _| iteration(fx, KU));
+        if !mm.k.multiple_of(KU) {
+            fx.loop_up(rest, k_limit, 1, |fx, _| iteration(fx, 1));
+        }
+    };
+    match (mm.k, mm.k_unroll) {
+        // Straight-line code: no loop-carried accumulators, so no register shuffles at a back
+        // edge, and no mispredicted loop exit per block.
+        (Dim::Static(k), _) if k <= FULL_UNROLL => iteration(fx, k),
+        (Dim::Rows, Some(full)) if full <= FULL_UNROLL => {
+            let is_full = fx.b.ins().icmp_imm_s(IntCC::Equal, fx.rows, full as i64);
+            fx.if_else(is_full, |fx| iteration(fx, full), k_loop);
+        }
+        _ => k_loop(fx),
+    }
+
+    let ep = mm.epilogue;
+    // With a fused update (one chunk), `C` is one block row of scratch (`update_rows`).
+    let c_row = if ep.update.is_some() { fx.iconst(0) } else { i };
+    let c0 = fx.offset(mm.c, c_row, (mm.ldc * 4) as i64);
+    let c0 = fx.offset(c0, j, 4);
+    let bias = ep.bias.map(|b| fx.offset(b, j, 4));
+    let pre = ep.pre_activation.map(|z| {
+        let z = fx.offset(z, i, (mm.ldc * 4) as i64);
+        fx.offset(z, j, 4)
+    });
+    let derivative = ep.derivative.map(|(act, s)| {
+        let s = fx.offset(s, i, (mm.ldc * 4) as i64);
+        (act, fx.offset(s, j, 4))
+    });
+    for r in 0..mr {
+        for q in 0..nr {
+            let off = (r * mm.ldc + 4 * q) as i64;
+            let mut v = fx.get(acc[r * nr + q]);
+            if ep.accumulate {
+                let old = fx.load4(rw(), c0, off);
+                v = fx.add(v, old);
+            }
+            if let Some(b) = bias {
+                let bv = fx.load4(ro(), b, (4 * q) as i64);
+                v = fx.add(v, bv);
+            }
+            if let Some((act, s)) = derivative {
+                let saved = fx.load4(ro(), s, off);
+                v = act_backward(fx, act, v, saved);
+            }
+            if let Some(z) = pre {
+                fx.store(v, z, off);
+            }
+            if let Some(act) = ep.activation {
+                v = act_forward(fx, act, v);
+            }
+            fx.store(v, c0, off);
+        }
+    }
+}

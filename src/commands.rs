@@ -426,13 +426,25 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             })
         }
         (None, Some(spec)) => {
-            let Some(program) = program_of(spec)? else {
+            // The flags are `--set` sugar: the checker sees, and the run directory keeps, the
+            // spec as it trains.
+            let mut overrides = Vec::new();
+            if let Some(epochs) = args.epochs {
+                overrides.push(("train.epochs".to_string(), epochs.to_string()));
+            }
+            if let Some(seed) = args.seed {
+                overrides.push(("train.seed".to_string(), seed.to_string()));
+            }
+            let Some(LoadedSpec {
+                source, program, ..
+            }) = load_spec(spec, &overrides)?
+            else {
                 return Ok(ExitCode::from(1));
             };
             let opts = RunOptions {
                 data: Some(args.common.locate()?),
-                epochs: args.epochs.map(|e| e as usize),
-                seed: args.seed,
+                epochs: None,
+                seed: None,
                 out: args.out.clone(),
                 quiet: args.quiet,
                 checkpoint_every,
@@ -440,7 +452,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             };
             let kind = args.common.backend();
             let threads = args.common.threads.count();
-            netc_runtime::run::run(&program, spec, &opts, |p, stats| {
+            netc_runtime::run::run(&program, &source, &opts, |p, stats| {
                 make_backend(kind, threads, p, stats)
             })
         }
@@ -588,7 +600,7 @@ fn lr_find(args: LrFindArgs) -> Result<ExitCode> {
             args.max
         ));
     }
-    let Some(program) = program_of(&args.spec)? else {
+    let Some(LoadedSpec { program, .. }) = load_spec(&args.spec, &[])? else {
         return Ok(ExitCode::from(1));
     };
     let data = netc_runtime::data::load(Some(&args.common.locate()?))?;
@@ -646,29 +658,17 @@ fn lr_find(args: LrFindArgs) -> Result<ExitCode> {
 }
 
 fn bench(args: BenchArgs) -> Result<ExitCode> {
-    let Some(program) = program_of(&args.spec)? else {
+    // `--batch` is `--set train.batch=N`: the checker's memory estimate and lints see it.
+    let overrides: Vec<(String, String)> = args
+        .batch
+        .map(|b| ("train.batch".to_string(), b.to_string()))
+        .into_iter()
+        .collect();
+    let Some(LoadedSpec { program, .. }) = load_spec(&args.spec, &overrides)? else {
         return Ok(ExitCode::from(1));
     };
-    if let Some(batch) = args.batch {
-        // The checker saw the spec's batch, not this one.
-        let mut at = program.clone();
-        at.train.batch = batch as usize;
-        let m = at.training_memory();
-        let limit = netc_front::check::MAX_TRAINING_MEMORY;
-        if m.total() > limit {
-            let size = |b: u64| netc_front::print::bytes(b as usize);
-            return Err(miette::miette!(
-                code = "netc::check::too_much_memory",
-                help = format!("use a smaller --batch: {} a row", size(m.per_row)),
-                "training {} at --batch {batch} needs about {} of memory; the limit is {}",
-                args.spec.display(),
-                size(m.total()),
-                size(limit)
-            ));
-        }
-    }
     let opts = netc_runtime::bench::BenchOptions {
-        batch: args.batch.map(|b| b as usize),
+        batch: None,
         steps: args.steps as usize,
         repeats: args.repeats as usize,
     };
@@ -796,8 +796,50 @@ fn read_spec(path: &Path) -> Result<std::result::Result<Vec<u8>, netc_diagnostic
 /// Reads and compiles a spec, printing its diagnostics to stderr. Returns the result and
 /// whether it is free of errors.
 pub fn front_end(path: &Path) -> Result<(netc_front::Compiled, bool)> {
+    let Some(source) = read_source(path)? else {
+        let compiled = netc_front::Compiled {
+            ast: None,
+            program: None,
+            diags: Vec::new(),
+        };
+        return Ok((compiled, false));
+    };
+    Ok(compile_source(&source))
+}
+
+/// A spec as a command trains it: its file read once, the overrides applied to the text, and
+/// the program the front end made of that text.
+pub struct LoadedSpec {
+    pub source: netc_runtime::run::SpecSource,
+    pub program: Program,
+    /// The warnings already printed.
+    pub diags: Vec<diagnostics::Diag>,
+}
+
+/// Reads the spec at `path` once, applies `overrides` (`--set` pairs: `--epochs`, `--seed` and
+/// `--batch` are such pairs) to its text, and compiles the result, printing its diagnostics, so
+/// the checker's limits and lints see the spec as it will run. `None` once errors are printed.
+pub fn load_spec(path: &Path, overrides: &[(String, String)]) -> Result<Option<LoadedSpec>> {
+    let Some(mut source) = read_source(path)? else {
+        return Ok(None);
+    };
+    if !overrides.is_empty() {
+        source.text = netc_front::overrides::apply_all(&source.text, overrides)?;
+    }
+    let (compiled, ok) = compile_source(&source);
+    let diags = compiled.diags;
+    Ok(compiled.program.filter(|_| ok).map(|program| LoadedSpec {
+        source,
+        program,
+        diags,
+    }))
+}
+
+/// The text of the spec at `path`, read once; `None` after printing why there is none it can
+/// show (too large, not UTF-8).
+fn read_source(path: &Path) -> Result<Option<netc_runtime::run::SpecSource>> {
     let name = path.display().to_string();
-    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let color = stderr_color();
     let bytes = match read_spec(path)? {
         Ok(bytes) => bytes,
         Err(too_large) => {
@@ -806,34 +848,37 @@ pub fn front_end(path: &Path) -> Result<(netc_front::Compiled, bool)> {
                 "{}",
                 diagnostics::render(&name, "", &[too_large], DIAGNOSTIC_WIDTH, color)
             );
-            let compiled = netc_front::Compiled {
-                ast: None,
-                program: None,
-                diags: Vec::new(),
-            };
-            return Ok((compiled, false));
+            return Ok(None);
         }
     };
-    let source = match netc_front::decode(&bytes) {
-        Ok(s) => s,
-        Err(bad) => {
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(Some(netc_runtime::run::SpecSource { name, text })),
+        Err(e) => {
+            let bad = netc_front::decode(e.as_bytes()).expect_err("not UTF-8");
             eprint!(
                 "{}",
                 diagnostics::render(&name, &bad.lossy, &[bad.diag], DIAGNOSTIC_WIDTH, color)
             );
-            let compiled = netc_front::Compiled {
-                ast: None,
-                program: None,
-                diags: Vec::new(),
-            };
-            return Ok((compiled, false));
+            Ok(None)
         }
-    };
-    let compiled = netc_front::compile(source);
+    }
+}
+
+/// Compiles a spec's text, printing its diagnostics to stderr. Returns the result and whether
+/// it is free of errors.
+fn compile_source(source: &netc_runtime::run::SpecSource) -> (netc_front::Compiled, bool) {
+    let name = &source.name;
+    let compiled = netc_front::compile(&source.text);
     if !compiled.diags.is_empty() {
         eprint!(
             "{}",
-            diagnostics::render(&name, source, &compiled.diags, DIAGNOSTIC_WIDTH, color)
+            diagnostics::render(
+                name,
+                &source.text,
+                &compiled.diags,
+                DIAGNOSTIC_WIDTH,
+                stderr_color()
+            )
         );
         let errors = compiled.diags.iter().filter(|d| d.is_error()).count();
         let warnings = compiled.diags.len() - errors;
@@ -846,7 +891,12 @@ pub fn front_end(path: &Path) -> Result<(netc_front::Compiled, bool)> {
         }
     }
     let ok = !compiled.has_errors();
-    Ok((compiled, ok))
+    (compiled, ok)
+}
+
+/// Whether diagnostics on stderr get colour: on a terminal, unless `NO_COLOR` is set.
+fn stderr_color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
 /// How the user started netc, for the commands the hints print: `netc` when that is what the
@@ -950,29 +1000,13 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
     let counts: Vec<usize> = args.set.iter().map(|s| s.values.len()).collect();
     let max_runs = usize::try_from(args.max_runs).unwrap_or(usize::MAX);
     sweep::check_grid_size(&counts, max_runs)?;
-    let (base, ok) = front_end(&args.spec)?;
-    let Some(program) = base.program.as_ref().filter(|_| ok) else {
+    let Some(base) = load_spec(&args.spec, &[])? else {
         return Ok(ExitCode::from(1));
     };
-    let source = match read_spec(&args.spec)? {
-        Ok(bytes) => String::from_utf8(bytes).map_err(|_| {
-            miette!(
-                code = "netc::io::read",
-                "`{}` changed while netc read it",
-                args.spec.display()
-            )
-        })?,
-        Err(too_large) => {
-            return Err(miette!(
-                code = "netc::syntax::too_large",
-                "{}",
-                too_large.message
-            ))
-        }
-    };
+    let (source, program) = (&base.source.text, &base.program);
     let mut paths: Vec<String> = Vec::new();
     for set in &args.set {
-        let full = overrides::resolve(&source, &set.path)?;
+        let full = overrides::resolve(source, &set.path)?;
         if paths.contains(&full) {
             return Err(overrides::OverrideError::Duplicate {
                 what: "the parameter",
@@ -996,7 +1030,7 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
     // Every combination is rewritten and checked before anything runs or is written. Each
     // distinct diagnostic is shown once, with the first combination that has it: one value's
     // lint would otherwise be repeated for every combination of the other parameters' values.
-    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let color = stderr_color();
     let key = |d: &diagnostics::Diag| (d.code.clone(), d.message.clone());
     let mut shown: std::collections::HashSet<(String, String)> =
         base.diags.iter().map(key).collect();
@@ -1005,7 +1039,7 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
     let mut failed = 0;
     let mut repeats = 0;
     for combination in sweep::grid(&axes) {
-        let text = overrides::apply_all(&source, &combination.values)?;
+        let text = overrides::apply_all(source, &combination.values)?;
         let compiled = netc_front::compile(&text);
         let fresh: Vec<diagnostics::Diag> = compiled
             .diags

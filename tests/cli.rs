@@ -929,6 +929,7 @@ fn tiny_run(
         quiet: true,
         ..opts
     };
+    let spec = netc_runtime::run::SpecSource::read(&spec).expect("read spec");
     let result = netc_runtime::run::run(&program, &spec, &opts, |p, stats| {
         Ok(Box::new(netc_interp::Interp::new(p, stats)) as Box<dyn netc_ir::backend::Backend>)
     });
@@ -1141,4 +1142,78 @@ fn eval_refuses_an_edited_spec_and_non_finite_weights() {
     );
     assert!(stderr(&o).contains("dense_2.kernel"), "{}", stderr(&o));
     assert_no_panic(&o);
+}
+
+/// `netc run` reads its spec once: from a FIFO, which holds its text for one reader only, it
+/// trains, and the run directory's `spec.net` is the text that trained, with `--epochs` and
+/// `--seed` written into it (they are `--set` sugar, so the checker saw them too).
+#[cfg(unix)]
+#[test]
+fn run_reads_the_spec_once_and_keeps_the_text_it_trained() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = synthetic_data(&tmp.path().join("data"));
+    let fifo = tmp.path().join("spec.net");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(&fifo, TINY_SPEC))
+    };
+    let out = tmp.path().join("run");
+    let err_path = tmp.path().join("stderr.txt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netc"))
+        .args([
+            "run",
+            "--backend",
+            "interp",
+            "--quiet",
+            "--epochs",
+            "1",
+            "--seed",
+            "5",
+        ])
+        .arg(&fifo)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .env("NO_COLOR", "1")
+        .env("NETC_OFFLINE", "1")
+        .env("NETC_THREADS", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("netc runs");
+    // Opening the FIFO a second time would wait for a writer forever: bound the wait.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            panic!("netc run did not end in 120 s: it is waiting to read the spec again");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(status.success(), "{err}");
+    writer
+        .join()
+        .expect("writer")
+        .expect("the FIFO was written");
+    let kept = std::fs::read_to_string(out.join("spec.net")).expect("spec.net");
+    let expected = TINY_SPEC
+        .replace("epochs: 3", "epochs: 1")
+        .replace("seed: 1", "seed: 5");
+    assert_eq!(kept, expected);
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("summary.json")).expect("summary.json"),
+    )
+    .expect("JSON");
+    assert_eq!(summary["epochs_run"], 1, "{summary}");
 }

@@ -348,13 +348,39 @@ fn absolute_data_path(data: &data::Cifar10) -> Option<PathBuf> {
     std::path::absolute(data.source.path()).ok()
 }
 
-/// Runs `program` (parsed from `spec_path`) end to end and returns its summary, also written to
-/// the run directory. `make_backend` builds the executor from the program as run (seed and epochs
-/// overridden) and, for standardized inputs, the training split's statistics; the time it takes
-/// is reported as `compile_ms`. Checkpoints go to `RUN_DIR/checkpoint/` (see `checkpoint`).
+/// The text a run trains, exactly as the front end compiled it (overrides applied), and the
+/// name it is reported under (the path the user gave). `run` copies the text to
+/// `RUN_DIR/spec.net` and hashes it; it never reads the spec file itself, so what is recorded is
+/// what was trained.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecSource {
+    pub name: String,
+    pub text: String,
+}
+
+impl SpecSource {
+    /// Reads a spec file whole, for library users and tests; the CLI reads specs itself, once,
+    /// with its size limit.
+    pub fn read(path: &Path) -> Result<SpecSource, RunError> {
+        let text = fs::read_to_string(path).map_err(|source| RunError::ReadSpec {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(SpecSource {
+            name: path.display().to_string(),
+            text,
+        })
+    }
+}
+
+/// Runs `program` (compiled from `spec.text`) end to end and returns its summary, also written
+/// to the run directory. `make_backend` builds the executor from the program as run (seed and
+/// epochs overridden by `opts`, for library users; the CLI applies its flags to the text
+/// instead) and, for standardized inputs, the training split's statistics; the time it takes is
+/// reported as `compile_ms`. Checkpoints go to `RUN_DIR/checkpoint/` (see `checkpoint`).
 pub fn run<F>(
     program: &Program,
-    spec_path: &Path,
+    spec: &SpecSource,
     opts: &RunOptions,
     make_backend: F,
 ) -> Result<Summary, RunError>
@@ -369,10 +395,7 @@ where
     if let Some(epochs) = opts.epochs {
         program.train.epochs = epochs;
     }
-    let spec_text = fs::read(spec_path).map_err(|source| RunError::ReadSpec {
-        path: spec_path.to_path_buf(),
-        source,
-    })?;
+    let spec_text = spec.text.as_bytes();
 
     let data = data::load(opts.data.as_deref())?;
     let (split, stats) = split_and_stats(&program, &data.train)?;
@@ -384,11 +407,11 @@ where
     // Reserve the directory before the long part, so a taken `--out` fails in seconds.
     let run_dir = create_run_dir(opts.out.as_deref(), &program.name)?;
     let lock = RunLock::acquire(&run_dir)?;
-    write_file(&run_dir.join(SPEC_FILE), &spec_text)?;
+    write_file(&run_dir.join(SPEC_FILE), spec_text)?;
 
     let identity = RunIdentity {
-        spec: spec_path.display().to_string(),
-        spec_hash: checkpoint::fnv1a64(&spec_text),
+        spec: spec.name.clone(),
+        spec_hash: checkpoint::fnv1a64(spec_text),
         model: program.name.clone(),
         backend: backend.name().to_owned(),
         seed: program.train.seed,
@@ -1063,7 +1086,7 @@ mod tests {
     struct Fixture {
         dir: tempfile::TempDir,
         data: PathBuf,
-        spec: PathBuf,
+        spec: SpecSource,
     }
 
     fn fixture() -> Fixture {
@@ -1074,8 +1097,10 @@ mod tests {
             format: SyntheticFormat::Tarball,
         };
         let data = data::write_synthetic(&dir.path().join("data"), &spec).unwrap();
-        let spec = dir.path().join("linear.net");
-        fs::write(&spec, "model linear { }\n").unwrap();
+        let spec = SpecSource {
+            name: dir.path().join("linear.net").display().to_string(),
+            text: "model linear { }\n".to_string(),
+        };
         Fixture { dir, data, spec }
     }
 
@@ -1136,8 +1161,8 @@ mod tests {
         let dir = PathBuf::from(&summary.run_dir);
         assert_eq!(dir, f.dir.path().join("run1"));
         assert_eq!(
-            fs::read(dir.join(SPEC_FILE)).unwrap(),
-            fs::read(&f.spec).unwrap()
+            fs::read_to_string(dir.join(SPEC_FILE)).unwrap(),
+            f.spec.text
         );
         let history = report::read_history_csv(&dir.join(HISTORY_FILE)).unwrap();
         assert_eq!(history.epochs.len(), 3);
@@ -1196,8 +1221,8 @@ evaluate { mc_dropout: 4, prune { sparsity: 0.5 } }
     /// The real front end and reference executor, end to end on synthetic data.
     #[test]
     fn the_reference_interpreter_learns_synthetic_data() {
-        let f = fixture();
-        fs::write(&f.spec, INTERP_SPEC).unwrap();
+        let mut f = fixture();
+        f.spec.text = INTERP_SPEC.to_string();
         let compiled = netc_front::compile(INTERP_SPEC);
         let program = compiled.program.expect("the spec checks");
         let opts = RunOptions {

@@ -45,7 +45,7 @@ enum Kind {
 struct Fixture {
     dir: tempfile::TempDir,
     data: PathBuf,
-    spec: PathBuf,
+    spec: run::SpecSource,
 }
 
 fn fixture(spec_text: &str) -> Fixture {
@@ -58,6 +58,7 @@ fn fixture(spec_text: &str) -> Fixture {
     let data = data::write_synthetic(&dir.path().join("data"), &synthetic).unwrap();
     let spec = dir.path().join("resumable.net");
     fs::write(&spec, spec_text).unwrap();
+    let spec = run::SpecSource::read(&spec).unwrap();
     Fixture { dir, data, spec }
 }
 

@@ -141,9 +141,12 @@ impl DataArgs {
                 opts.dir.display()
             );
         };
+        // The download is announced, and its bar shown, even under --quiet: it is long and
+        // not what was asked for.
         let source = netc_runtime::fetch::locate_or_fetch(
             self.data.as_deref(),
             self.offline,
+            &crate::progress::stderr_report(false),
             &mut announce,
         )?;
         Ok(source.path().to_path_buf())
@@ -411,7 +414,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             let opts = netc_runtime::run::ResumeOptions {
                 data: Some(resume_data(&args.common, run_dir)?),
                 epochs: args.epochs.map(|e| e as usize),
-                quiet: args.quiet,
+                report: crate::progress::stderr_report(args.quiet),
                 checkpoint_every,
                 interrupt: Some(interrupt),
             };
@@ -446,7 +449,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 epochs: None,
                 seed: None,
                 out: args.out.clone(),
-                quiet: args.quiet,
+                report: crate::progress::stderr_report(args.quiet),
                 checkpoint_every,
                 interrupt: Some(interrupt),
             };
@@ -1215,7 +1218,7 @@ fn data_fetch(args: FetchArgs) -> Result<ExitCode> {
         connect_timeout: timeout,
         read_timeout: timeout,
         max_bytes: fetch::DEFAULT_MAX_BYTES,
-        progress: true,
+        report: crate::progress::stderr_report(false),
     };
     eprintln!("downloading {}\n  to {}", opts.url, opts.target().display());
     let fetched = fetch::fetch(&opts)?;

@@ -6,6 +6,7 @@
 //! that prints a short apology instead of a Rust backtrace.
 
 mod commands;
+mod progress;
 
 use std::process::ExitCode;
 

@@ -926,7 +926,7 @@ fn tiny_run(
     let opts = netc_runtime::run::RunOptions {
         data: Some(data.to_path_buf()),
         out: Some(tmp.join(name)),
-        quiet: true,
+        report: Default::default(),
         ..opts
     };
     let spec = netc_runtime::run::SpecSource::read(&spec).expect("read spec");

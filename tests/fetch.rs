@@ -260,7 +260,7 @@ fn options(server: &TestServer, dir: &Path, body: &[u8]) -> FetchOptions {
         connect_timeout: Duration::from_secs(2),
         read_timeout: Duration::from_secs(1),
         max_bytes: fetch::DEFAULT_MAX_BYTES,
-        progress: false,
+        report: Default::default(),
     }
 }
 
@@ -595,7 +595,6 @@ fn an_unreachable_server_is_a_network_error_naming_url() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let mut opts = FetchOptions::official(tmp.path().to_path_buf());
     opts.url = format!("http://127.0.0.1:{port}/{TARBALL_NAME}");
-    opts.progress = false;
     let err = fetch::fetch(&opts).expect_err("nothing listens");
     assert_eq!(code(&err), "netc::fetch::network", "{err}");
     assert!(help(&err).contains("offline"), "{}", help(&err));

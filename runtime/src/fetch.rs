@@ -20,10 +20,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use md5::{Digest, Md5};
 
 use crate::data::{self, DataError, DataSource, TARBALL_NAME};
+use crate::progress::{Report, Task, TaskProgress, Unit};
 
 /// The official binary version of CIFAR-10.
 pub const CIFAR10_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
@@ -257,12 +257,12 @@ pub struct FetchOptions {
     pub read_timeout: Duration,
     /// Most bytes the file may have; a server that announces or sends more is cut off.
     pub max_bytes: u64,
-    /// Draw a progress bar on stderr (it draws only when stderr is a terminal).
-    pub progress: bool,
+    /// Where the download's progress goes (nothing by default).
+    pub report: Report,
 }
 
 impl FetchOptions {
-    /// The official archive into `dir`, with the default timeouts and a progress bar.
+    /// The official archive into `dir`, with the default timeouts, reporting nothing.
     pub fn official(dir: PathBuf) -> Self {
         FetchOptions {
             url: CIFAR10_URL.to_owned(),
@@ -271,7 +271,7 @@ impl FetchOptions {
             connect_timeout: DEFAULT_TIMEOUT,
             read_timeout: DEFAULT_TIMEOUT,
             max_bytes: DEFAULT_MAX_BYTES,
-            progress: true,
+            report: Report::silent(),
         }
     }
 
@@ -335,11 +335,13 @@ pub fn offline_from_env() -> bool {
 
 /// Finds the data as `data::locate` does; when it is nowhere and the user neither named a place
 /// (`explicit`, `NETC_DATA`) nor asked to stay offline (`offline`, `NETC_OFFLINE`), downloads the
-/// official archive into the cache dir, calling `announce(looked, options)` first. Otherwise the
-/// answer is `data::locate`'s, including its not-found error.
+/// official archive into the cache dir, calling `announce(looked, options)` first and reporting
+/// the download's progress to `report`. Otherwise the answer is `data::locate`'s, including its
+/// not-found error.
 pub fn locate_or_fetch(
     explicit: Option<&Path>,
     offline: bool,
+    report: &Report,
     announce: &mut dyn FnMut(&[PathBuf], &FetchOptions),
 ) -> Result<DataSource, FetchError> {
     let env = data::env_data();
@@ -351,7 +353,10 @@ pub fn locate_or_fetch(
         cache.as_deref(),
     );
     let may_fetch = explicit.is_none() && env.is_none() && !offline && !offline_from_env();
-    let fetch_options = cache.filter(|_| may_fetch).map(FetchOptions::official);
+    let fetch_options = cache.filter(|_| may_fetch).map(|dir| FetchOptions {
+        report: report.clone(),
+        ..FetchOptions::official(dir)
+    });
     locate_or_fetch_in(&roots, fetch_options.as_ref(), announce)
 }
 
@@ -728,12 +733,14 @@ impl Download<'_> {
         part.seek(SeekFrom::Start(placement.offset))
             .map_err(|e| FetchError::io("write", self.part_path, e))?;
 
-        let bar = self.progress_bar(placement);
-        let streamed = self.stream(response.into_reader(), &mut hasher, placement, &bar);
-        match &streamed {
-            Ok(_) => bar.finish_and_clear(),
-            Err(_) => bar.abandon(),
-        }
+        let bar = self.opts.report.task(Task {
+            label: TARBALL_NAME.to_owned(),
+            total: placement.total,
+            done: placement.offset,
+            unit: Unit::Bytes,
+        });
+        let streamed = self.stream(response.into_reader(), &mut hasher, placement, bar.as_ref());
+        bar.finish();
         let received = streamed?;
         if let Some(total) = placement.total.filter(|&t| received < t) {
             return Err(self.interrupted(
@@ -779,7 +786,7 @@ impl Download<'_> {
         mut body: impl Read,
         hasher: &mut Md5,
         placement: BodyPlacement,
-        bar: &ProgressBar,
+        bar: &dyn TaskProgress,
     ) -> Result<u64, FetchError> {
         let mut out = BufWriter::with_capacity(1 << 20, self.part);
         let mut buf = vec![0u8; CHUNK];
@@ -796,7 +803,7 @@ impl Download<'_> {
                         .map_err(|e| FetchError::io("write", self.part_path, e))?;
                     hasher.update(&buf[..n]);
                     received += n as u64;
-                    bar.set_position(received);
+                    bar.set(received);
                     if let Some(bytes) = progress.too_slow(n as u64) {
                         break StreamEnd::TooSlow { bytes };
                     }
@@ -830,24 +837,6 @@ impl Download<'_> {
             }
             StreamEnd::Failed(e) => Err(self.interrupted(received, placement.total, e.to_string())),
         }
-    }
-
-    fn progress_bar(&self, placement: BodyPlacement) -> ProgressBar {
-        if !self.opts.progress {
-            return ProgressBar::hidden();
-        }
-        let bar = ProgressBar::with_draw_target(placement.total, ProgressDrawTarget::stderr());
-        let template = if placement.total.is_some() {
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
-        } else {
-            "{msg} {bytes} {bytes_per_sec}"
-        };
-        if let Ok(style) = ProgressStyle::with_template(template) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_message(TARBALL_NAME);
-        bar.set_position(placement.offset);
-        bar
     }
 
     fn host(&self) -> String {

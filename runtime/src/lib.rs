@@ -12,6 +12,7 @@ pub mod data;
 pub mod fetch;
 pub mod lr_find;
 pub mod plot;
+pub mod progress;
 pub mod report;
 pub mod run;
 pub mod schedule;

@@ -25,6 +25,7 @@ use netc_ir::ir::{OpKind, ParamId, Preprocess, Program};
 use crate::checkpoint::{self, CheckpointError, Checkpointer, Loaded, ResumeError, RunIdentity};
 use crate::data::{self, DataError};
 use crate::plot::{self, PlotError};
+use crate::progress::Report;
 use crate::report::{self, LayerSparsity, ReportError, RunStatus, StopReason, Summary};
 use crate::train::{
     self, EvalStop, Evaluation, OutOfMemory, TrainOptions, TrainOutcome, TrainStop,
@@ -42,8 +43,8 @@ pub struct RunOptions {
     pub seed: Option<u64>,
     /// Run directory; by default `runs/<model>-<UTC timestamp>`.
     pub out: Option<PathBuf>,
-    /// No progress output on stderr.
-    pub quiet: bool,
+    /// Where progress and results go as the run goes (nothing by default).
+    pub report: Report,
     /// Write a checkpoint after every this many epochs and when training ends; 0 writes one
     /// only when interrupted.
     pub checkpoint_every: usize,
@@ -429,7 +430,7 @@ where
         identity,
         compile_ms,
         started,
-        quiet: opts.quiet,
+        report: opts.report.clone(),
         checkpoint_every: opts.checkpoint_every,
         interrupt: opts.interrupt.as_deref(),
         checkpointer,
@@ -448,7 +449,8 @@ pub struct ResumeOptions {
     /// Train until this many epochs instead of the recorded count: more extends the run, as
     /// many as are complete or fewer ends it now (see `set_epochs`).
     pub epochs: Option<usize>,
-    pub quiet: bool,
+    /// As `RunOptions::report`.
+    pub report: Report,
     /// As `RunOptions::checkpoint_every`.
     pub checkpoint_every: usize,
     /// As `RunOptions::interrupt`.
@@ -521,7 +523,7 @@ where
         identity,
         compile_ms,
         started,
-        quiet: opts.quiet,
+        report: opts.report.clone(),
         checkpoint_every: opts.checkpoint_every,
         interrupt: opts.interrupt.as_deref(),
         checkpointer,
@@ -622,7 +624,7 @@ struct Session<'a> {
     identity: RunIdentity,
     compile_ms: f64,
     started: Instant,
-    quiet: bool,
+    report: Report,
     checkpoint_every: usize,
     interrupt: Option<&'a AtomicBool>,
     checkpointer: Checkpointer,
@@ -641,9 +643,8 @@ impl Session<'_> {
     /// Trains (from the checkpoint when resuming), tests, and writes the run directory. When
     /// interrupted, writes the results so far instead (see `write_interrupted`).
     fn finish(mut self) -> Result<Summary, RunError> {
-        if !self.quiet {
-            eprintln!("run directory: {}", self.run_dir.display());
-        }
+        self.report
+            .line(&format!("run directory: {}", self.run_dir.display()));
         // A run resumed after training ended has the end of training in its checkpoint.
         let end_checkpointed = self.checkpoint_every > 0
             || self
@@ -652,7 +653,7 @@ impl Session<'_> {
                 .is_some_and(|r| r.loop_state.stop.is_some());
         let train_opts = TrainOptions {
             epochs: None,
-            quiet: self.quiet,
+            report: self.report.clone(),
         };
         let checkpointer = &mut self.checkpointer;
         let mut save = |snapshot: &train::Snapshot<'_>| checkpointer.save(snapshot);
@@ -760,15 +761,13 @@ impl Session<'_> {
         summary.unpruned_test_acc = tested.unpruned_test_acc;
         summary.test_evaluated = true;
         summary.status = RunStatus::Finished;
-        if !self.quiet {
-            print_test_line(test);
-            if let Some(before) = tested.unpruned_test_acc {
-                eprintln!(
-                    "pruned dense kernels to {:.1}% zeros: test acc {before:.4} before, {:.4} after",
-                    summary.sparsity * 100.0,
-                    test.standard.accuracy
-                );
-            }
+        self.report.line(&test_lines(test));
+        if let Some(before) = tested.unpruned_test_acc {
+            self.report.line(&format!(
+                "pruned dense kernels to {:.1}% zeros: test acc {before:.4} before, {:.4} after",
+                summary.sparsity * 100.0,
+                test.standard.accuracy
+            ));
         }
         report::write_summary(&self.run_dir.join(SUMMARY_FILE), &summary)?;
         Ok(summary)
@@ -856,7 +855,8 @@ fn write_history(run_dir: &Path, history: &report::History) -> Result<(), RunErr
     Ok(())
 }
 
-fn print_test_line(test: &Evaluation) {
+/// The test set's results, as the run reports them: a line, and one more for MC Dropout.
+fn test_lines(test: &Evaluation) -> String {
     let s = &test.standard;
     let mut line = format!(
         "test  loss {:.4}  acc {:.4}  confidence {:.3}  entropy {:.3}  {:.0} ms/10k images",
@@ -869,7 +869,7 @@ fn print_test_line(test: &Evaluation) {
             mc.samples, m.loss, m.accuracy, m.confidence, m.entropy, m.ms_per_10k
         ));
     }
-    eprintln!("{line}");
+    line
 }
 
 /// The median (mean of the middle two for an even count), NaN for no values.
@@ -1110,7 +1110,7 @@ mod tests {
             epochs: Some(3),
             seed: Some(5),
             out: Some(f.dir.path().join(out)),
-            quiet: true,
+            report: Report::silent(),
             checkpoint_every: 1,
             interrupt: None,
         }
@@ -1225,10 +1225,11 @@ evaluate { mc_dropout: 4, prune { sparsity: 0.5 } }
         f.spec.text = INTERP_SPEC.to_string();
         let compiled = netc_front::compile(INTERP_SPEC);
         let program = compiled.program.expect("the spec checks");
+        let recording = std::sync::Arc::new(crate::progress::recording::Recording::default());
         let opts = RunOptions {
             seed: None,
             epochs: None,
-            quiet: false,
+            report: Report::to(recording.clone()),
             ..options(&f, "interp")
         };
         let summary = run(&program, &f.spec, &opts, |p, stats| {
@@ -1251,6 +1252,23 @@ evaluate { mc_dropout: 4, prune { sparsity: 0.5 } }
             .map(|l| l.zero_fraction)
             .collect();
         assert_eq!(zero, [0.5, 0.5]);
+        // What the user was told, in order: where the run goes, each epoch, the test set (with
+        // MC Dropout), and what pruning cost.
+        let lines = recording.lines.lock().unwrap().clone();
+        assert!(lines[0].starts_with("run directory: "), "{lines:?}");
+        assert!(lines[1].starts_with("epoch 1/3"), "{lines:?}");
+        let test = lines
+            .iter()
+            .find(|l| l.starts_with("test  loss"))
+            .expect("test line");
+        assert!(test.contains("\nMC Dropout (4 samples)"), "{test}");
+        assert!(
+            lines
+                .last()
+                .unwrap()
+                .starts_with("pruned dense kernels to 50.0% zeros"),
+            "{lines:?}"
+        );
     }
 
     #[test]

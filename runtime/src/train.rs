@@ -22,11 +22,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use netc_ir::backend::{Backend, Mode, TrainState};
 use netc_ir::ir::{Monitor, Program};
 
 use crate::data::{batch_count, epoch_order, Batcher, Examples, Split};
+use crate::progress::{Report, Task, TaskProgress, Unit};
 use crate::report::{DivergenceCause, EpochRecord, History, StopReason};
 use crate::schedule::{LrSchedule, PlateauState};
 
@@ -41,8 +41,8 @@ pub const PROB_EPSILON: f64 = 1e-7;
 pub struct TrainOptions {
     /// Run this many epochs instead of the spec's `epochs`.
     pub epochs: Option<usize>,
-    /// No progress bar and no per-epoch lines.
-    pub quiet: bool,
+    /// Where each epoch's progress and results go (nothing by default).
+    pub report: Report,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -247,7 +247,10 @@ pub fn train_from<E>(
     let steps_per_epoch = batch_count(split.train.len(), cfg.batch);
     let mut schedule = LrSchedule::new(&cfg.schedule, cfg.optimizer.lr, steps_per_epoch, epochs);
     let classes = program.output_width();
-    let progress = Progress::new(opts.quiet, epochs);
+    let progress = Progress {
+        report: &opts.report,
+        epochs,
+    };
     let mut tracker = BestTracker::new(program, !split.validation.is_empty());
     let interrupt = control.interrupt;
     let interrupted = || interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
@@ -301,8 +304,7 @@ pub fn train_from<E>(
         // starting the batcher that many batches in.
         let skip = (done_before * cfg.batch).min(order.len());
         let mut batcher = Batcher::new(data, &order[skip..], cfg.batch);
-        let bar = progress.start_epoch(epoch + 1, steps_per_epoch);
-        bar.set_position(done_before as u64);
+        let bar = progress.start_epoch(epoch + 1, steps_per_epoch, done_before);
         let epochs_after = epochs - epoch - 1;
         let mean_epoch = mean_epoch_seconds(&ls.history, None);
         let (mut loss_sum, mut correct, mut seen) = partial.map_or((0.0f64, 0usize, 0usize), |p| {
@@ -318,7 +320,7 @@ pub fn train_from<E>(
         // all done is validated and ends normally; the next one's first look then stops.
         while let Some(batch) = batcher.next_batch() {
             if interrupted() {
-                bar.finish_and_clear();
+                bar.finish();
                 ls.partial = (done > 0).then(|| PartialEpoch {
                     steps: done,
                     loss_sum,
@@ -350,7 +352,7 @@ pub fn train_from<E>(
             lr = schedule.lr(step);
             let stats = backend.train_step(batch, lr);
             if !stats.loss.is_finite() {
-                bar.finish_and_clear();
+                bar.finish();
                 let replay = Replay {
                     data,
                     order: &order,
@@ -385,18 +387,18 @@ pub fn train_from<E>(
             correct += stats.correct;
             seen += batch.len();
             done += 1;
-            bar.inc(1);
+            bar.set(done as u64);
             let elapsed = started.elapsed().as_secs_f64();
             let eta = run_eta(elapsed, done, steps_per_epoch, epochs_after, mean_epoch);
-            bar.set_message(format!(
+            bar.message(format!(
                 "loss {:.4}  acc {:.4}  {:.1} ms/step  run eta {}",
                 loss_sum / seen as f64,
                 correct as f64 / seen as f64,
-                elapsed * 1e3 / bar.position().max(1) as f64,
+                elapsed * 1e3 / done.max(1) as f64,
                 duration_text(eta)
             ));
         }
-        bar.finish_and_clear();
+        bar.finish();
         let val = match measure(backend, data, &split.validation, classes, None, None) {
             Ok(val) => val,
             Err(EvalStop::OutOfMemory(e)) => return Err(TrainStop::OutOfMemory(e)),
@@ -682,36 +684,24 @@ fn duration_text(seconds: f64) -> String {
     }
 }
 
-/// Progress on stderr, or nothing when quiet. The bar hides itself when stderr is not a
-/// terminal, but the per-epoch lines are always printed unless quiet, so logs keep them.
-struct Progress {
-    quiet: bool,
+/// An epoch's progress and the loop's lines, through the caller's `Report`.
+struct Progress<'a> {
+    report: &'a Report,
     epochs: usize,
 }
 
-impl Progress {
-    fn new(quiet: bool, epochs: usize) -> Self {
-        Progress { quiet, epochs }
-    }
-
-    fn start_epoch(&self, epoch: usize, steps: usize) -> ProgressBar {
-        if self.quiet {
-            return ProgressBar::hidden();
-        }
-        let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
-        if let Ok(style) =
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len}  eta {eta}  {msg}")
-        {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_prefix(format!("epoch {epoch}/{}", self.epochs));
-        bar
+impl Progress<'_> {
+    fn start_epoch(&self, epoch: usize, steps: usize, done: usize) -> Box<dyn TaskProgress> {
+        self.report.task(Task {
+            label: format!("epoch {epoch}/{}", self.epochs),
+            total: Some(steps as u64),
+            done: done as u64,
+            unit: Unit::Steps,
+        })
     }
 
     fn line(&self, text: &str) {
-        if !self.quiet {
-            eprintln!("{text}");
-        }
+        self.report.line(text);
     }
 }
 
@@ -1110,7 +1100,7 @@ mod tests {
 
     const QUIET: TrainOptions = TrainOptions {
         epochs: None,
-        quiet: true,
+        report: Report::silent(),
     };
 
     /// A backend whose validation results follow a script, one entry per epoch trained. Each
@@ -1250,7 +1240,7 @@ mod tests {
         let mut backend = Scripted::new(3, vec![(0.6, 7)]);
         let opts = TrainOptions {
             epochs: Some(3),
-            quiet: true,
+            report: Report::silent(),
         };
         let out = train(&mut backend, &program, &data, &split, &opts).unwrap();
         assert_eq!(
@@ -1460,14 +1450,22 @@ mod tests {
         let program = fake::program(data::IMAGE_BYTES, 10, 16, 4);
         let stats = input_stats(&data.train, &split.train);
         let mut backend = fake::LinearSoftmax::new(&program, Some(stats));
-        // Not quiet, so the progress path runs too (its lines go to the captured stderr).
+        // Reported, so the progress path runs too, and says what a user would see.
+        let recording = std::sync::Arc::new(crate::progress::recording::Recording::default());
         let opts = TrainOptions {
             epochs: None,
-            quiet: false,
+            report: Report::to(recording.clone()),
         };
         let out = train(&mut backend, &program, &data.train, &split, &opts).unwrap();
         let h = &out.history.epochs;
         assert_eq!((h.len(), out.stop.clone()), (4, StopReason::Completed));
+        let lines = recording.lines.lock().unwrap().clone();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(lines[0].starts_with("epoch 1/4"), "{lines:?}");
+        let tasks = recording.tasks.lock().unwrap().clone();
+        let labels: Vec<&str> = tasks.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["epoch 1/4", "epoch 2/4", "epoch 3/4", "epoch 4/4"]);
+        assert!(tasks.iter().all(|t| t.unit == Unit::Steps && t.done == 0));
         assert!(h[3].loss < h[0].loss, "{h:?}");
         assert!(h[3].val_accuracy > 0.5, "{h:?}");
         let ev = evaluate(

@@ -142,7 +142,7 @@ fn run_options(f: &Fixture, out: &str, flag: &Arc<AtomicBool>) -> RunOptions {
     RunOptions {
         data: Some(f.data.clone()),
         out: Some(f.dir.path().join(out)),
-        quiet: true,
+        report: Default::default(),
         checkpoint_every: 1,
         interrupt: Some(flag.clone()),
         ..RunOptions::default()
@@ -170,7 +170,7 @@ fn resume_with(
     let opts = ResumeOptions {
         data: Some(f.data.clone()),
         epochs,
-        quiet: true,
+        report: Default::default(),
         checkpoint_every: 1,
         interrupt: Some(flag.clone()),
     };
@@ -388,7 +388,7 @@ fn runs_that_cannot_resume_say_why() {
     fs::write(dir.join(run::SPEC_FILE), &edited).unwrap();
     let opts = ResumeOptions {
         data: Some(f.data.clone()),
-        quiet: true,
+        report: Default::default(),
         ..ResumeOptions::default()
     };
     let err = resume_error(run::resume(&program(&edited), &dir, &opts, |p, s, _| {
@@ -543,7 +543,7 @@ fn other_images_under_the_same_labels_are_refused() {
     fs::write(&batch, &bytes).unwrap();
     let other_opts = ResumeOptions {
         data: Some(other.clone()),
-        quiet: true,
+        report: Default::default(),
         ..ResumeOptions::default()
     };
     let resume_with = |opts: &ResumeOptions| {

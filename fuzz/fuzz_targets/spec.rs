@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use netc_diagnostics as diagnostics;
 use netc_front::print;
 
-/// The CLI's width for diagnostics (`DIAGNOSTIC_WIDTH` in `src/commands.rs`).
+/// The CLI's width for diagnostics (`DIAGNOSTIC_WIDTH` in `src/commands/spec.rs`).
 const WIDTH: usize = 100;
 
 const FILE_NAME: &str = "fuzz.net";

@@ -1,0 +1,124 @@
+//! `netc bench`.
+
+use super::*;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// The `.net` spec whose training step and inference to time.
+    spec: PathBuf,
+    /// Batch size (default: the spec's).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    batch: Option<u64>,
+    /// Which executor to time.
+    #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
+    backend: BackendKind,
+    #[command(flatten)]
+    threads: ThreadsArg,
+    /// Training steps per timed repetition.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    steps: u64,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+    repeats: u64,
+    /// Print the report as one JSON line on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Iterations of `netc bench`'s peak-calibration kernel: about 20 ms per run.
+pub(super) const PEAK_ITERATIONS: i64 = 10_000_000;
+
+pub(super) fn bench(args: BenchArgs) -> Result<ExitCode> {
+    // `--batch` is `--set train.batch=N`: the checker's memory estimate and lints see it.
+    let overrides: Vec<(String, String)> = args
+        .batch
+        .map(|b| ("train.batch".to_string(), b.to_string()))
+        .into_iter()
+        .collect();
+    let Some(LoadedSpec { program, .. }) = load_spec(&args.spec, &overrides)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let opts = netc_runtime::bench::BenchOptions {
+        batch: None,
+        steps: args.steps as usize,
+        repeats: args.repeats as usize,
+    };
+    let spec = args.spec.display().to_string();
+    let kind = args.backend;
+    let threads = args.threads.count();
+    let r = netc_runtime::bench::bench(
+        &program,
+        &spec,
+        &opts,
+        |p, s| make_backend(kind, threads, p, s),
+        || netc_jit::fma_peak_gflops(PEAK_ITERATIONS, 5),
+    )?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&r).map_err(|e| miette!("cannot render the report: {e}"))?
+        );
+    } else {
+        println!(
+            "{} on {}, batch {}, {}",
+            r.spec,
+            r.backend,
+            r.batch,
+            plural(r.threads, "thread")
+        );
+        println!("  compile        {:>10.1} ms", r.compile_ms);
+        println!(
+            "  train step     {:>10.3} ms (median of {} runs of {} steps)",
+            r.step_ms,
+            r.step_ms_runs.len(),
+            opts.steps
+        );
+        println!(
+            "  epoch          {:>10.2} s  ({} images)",
+            r.sec_per_epoch,
+            netc_runtime::bench::EPOCH_IMAGES
+        );
+        println!(
+            "  throughput     {:>10.1} GFLOP/s ({:.1} MFLOP per step)",
+            r.gflops,
+            r.flops_per_step / 1e6
+        );
+        println!(
+            "  of peak        {:>10.1} %  (f32x4 FMA peak {:.1} GFLOP/s per core, measured)",
+            r.peak_fraction * 100.0,
+            r.peak_gflops_per_core
+        );
+        println!(
+            "  predict        {:>10.0} ms per 10,000 images",
+            r.predict_ms_per_10k
+        );
+        if r.solo_fraction > 0.0 {
+            println!(
+                "  one thread     {:>10.1} %  of the timed phases (the threads waited for each \
+                 other: other work on the cores)",
+                r.solo_fraction * 100.0
+            );
+        }
+        if !r.calls.is_empty() {
+            println!("  each call of a step on its own (median):");
+            // A phase timed as a whole (several threads) has its total from that timing.
+            let mut totals: Vec<(&str, f64, bool)> = Vec::new();
+            for c in &r.calls {
+                println!("    {:<10} {:<36} {:>8.3} ms", c.phase, c.kernel, c.ms);
+                let whole = c.kernel.starts_with(WHOLE_PHASE);
+                match totals.iter_mut().find(|t| t.0 == c.phase) {
+                    Some(t) if whole => *t = (c.phase, c.ms, true),
+                    Some(t) if !t.2 => t.1 += c.ms,
+                    Some(_) => {}
+                    None => totals.push((c.phase, c.ms, whole)),
+                }
+            }
+            let line: Vec<String> = totals
+                .iter()
+                .map(|(p, ms, _)| format!("{p} {ms:.3} ms"))
+                .collect();
+            println!("    total: {}", line.join(", "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

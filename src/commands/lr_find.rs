@@ -1,0 +1,94 @@
+//! `netc lr-find`.
+
+use super::*;
+
+#[derive(clap::Args, Debug)]
+pub struct LrFindArgs {
+    /// The `.net` spec to train from its initial weights while the rate grows.
+    spec: PathBuf,
+    #[command(flatten)]
+    common: DataArgs,
+    /// Smallest rate tried.
+    #[arg(long, default_value_t = 1e-6)]
+    min: f32,
+    /// Largest rate tried.
+    #[arg(long, default_value_t = 1.0)]
+    max: f32,
+    /// Steps from the smallest to the largest rate.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=100_000))]
+    steps: u64,
+    /// Where to write lr_find.png (default: runs/lr_find-<model>-<UTC time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the result as one JSON line on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn lr_find(args: LrFindArgs) -> Result<ExitCode> {
+    use netc_runtime::lr_find::{self, LrFindOptions};
+    if !(args.min > 0.0 && args.max > args.min && args.max.is_finite()) {
+        return Err(miette!(
+            code = "netc::lr_find::range",
+            help = "pass rates with 0 < --min < --max, e.g. --min 1e-6 --max 1",
+            "invalid learning-rate range [{}, {}]",
+            args.min,
+            args.max
+        ));
+    }
+    let Some(LoadedSpec { program, .. }) = load_spec(&args.spec, &[])? else {
+        return Ok(ExitCode::from(1));
+    };
+    let data = netc_runtime::data::load(Some(&args.common.locate()?))?;
+    let (split, stats) = netc_runtime::run::split_and_stats(&program, &data.train)?;
+    let threads = args.common.threads.count();
+    let mut backend = make_backend(args.common.backend(), threads, &program, stats)?;
+    let opts = LrFindOptions {
+        min_lr: args.min,
+        max_lr: args.max,
+        steps: args.steps as usize,
+        batch: program.train.batch,
+        seed: program.train.seed,
+        ..LrFindOptions::default()
+    };
+    let result = lr_find::lr_find(backend.as_mut(), &data.train, &split.train, &opts);
+    let out = match args.out {
+        Some(dir) => dir,
+        None => netc_runtime::run::create_run_dir(None, &format!("lr_find-{}", program.name))?,
+    };
+    std::fs::create_dir_all(&out).map_err(|e| {
+        miette!(
+            code = "netc::io::write",
+            "cannot create {}: {e}",
+            out.display()
+        )
+    })?;
+    let plot = out.join("lr_find.png");
+    netc_runtime::plot::plot_lr_find(
+        &plot,
+        &result.lrs,
+        &result.losses,
+        &result.smoothed,
+        result.suggested_lr,
+    )?;
+    eprintln!("{}", lr_find::reasoning(&result));
+    eprintln!(
+        "suggested learning rate: {:.2e} (the spec uses {:.2e}); plot: {}",
+        result.suggested_lr,
+        program.train.optimizer.lr,
+        plot.display()
+    );
+    if args.json {
+        let line = serde_json::json!({
+            "spec": args.spec.display().to_string(),
+            "suggested_lr": result.suggested_lr,
+            "min_loss_lr": result.min_loss_lr,
+            "steepest_lr": result.steepest_lr,
+            "spec_lr": program.train.optimizer.lr,
+            "steps": result.lrs.len(),
+            "plot": plot.display().to_string(),
+        });
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

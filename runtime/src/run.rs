@@ -398,12 +398,9 @@ where
     }
     let spec_text = spec.text.as_bytes();
 
-    let data = data::load(opts.data.as_deref())?;
-    let (split, stats) = split_and_stats(&program, &data.train)?;
-
-    let compile_started = Instant::now();
-    let backend = make_backend(&program, stats)?;
-    let compile_ms = compile_started.elapsed().as_secs_f64() * 1e3;
+    let inputs = Inputs::load(&program, opts.data.as_deref())?;
+    let (backend, compile_ms) = inputs.backend(&program, make_backend)?;
+    let Inputs { data, split, .. } = inputs;
 
     // Reserve the directory before the long part, so a taken `--out` fails in seconds.
     let run_dir = create_run_dir(opts.out.as_deref(), &program.name)?;
@@ -485,20 +482,20 @@ where
     program.train.seed = loaded.identity.seed;
 
     let data_path = opts.data.as_ref().or(loaded.identity.data_path.as_ref());
-    let data = data::load(data_path.map(PathBuf::as_path))?;
-    checkpoint::check_data(&loaded.identity.data, &data.train).map_err(Box::new)?;
-    let (split, stats) = split_and_stats(&program, &data.train)?;
-    let steps_per_epoch = data::batch_count(split.train.len(), program.train.batch);
+    let inputs = Inputs::load(&program, data_path.map(PathBuf::as_path))?;
+    checkpoint::check_data(&loaded.identity.data, &inputs.data.train).map_err(Box::new)?;
+    let steps_per_epoch = data::batch_count(inputs.split.train.len(), program.train.batch);
     loaded.check_schedule(steps_per_epoch, &program)?;
     let epochs_changed = opts
         .epochs
         .is_some_and(|epochs| set_epochs(&mut loaded, epochs));
     program.train.epochs = loaded.identity.epochs;
 
-    let compile_started = Instant::now();
-    let mut backend = make_backend(&program, stats, &loaded.identity.backend)?;
-    let compile_ms = compile_started.elapsed().as_secs_f64() * 1e3;
+    let trained_with = loaded.identity.backend.clone();
+    let (mut backend, compile_ms) =
+        inputs.backend(&program, |p, stats| make_backend(p, stats, &trained_with))?;
     backend.set_state(&loaded.state);
+    let Inputs { data, split, .. } = inputs;
 
     let mut identity = loaded.identity.clone();
     identity.backend = backend.name().to_owned();
@@ -557,9 +554,43 @@ pub fn set_epochs(loaded: &mut Loaded, epochs: usize) -> bool {
     before != (loaded.identity.epochs, ls.stop.clone(), ls.partial)
 }
 
-/// The validation split and, for standardized inputs, the training split's statistics: what
-/// every command that builds a backend for real data needs.
-pub fn split_and_stats(
+/// What executing a program on CIFAR-10 needs before its backend: the data, the validation
+/// split, and for standardized inputs the training split's statistics. Every command that
+/// executes a program (run, resume, eval, lr-find) sets up through `Inputs::load` and
+/// `Inputs::backend`, in that order.
+pub struct Inputs {
+    pub data: data::Cifar10,
+    pub split: data::Split,
+    pub stats: Option<InputStats>,
+}
+
+impl Inputs {
+    /// Loads the data from `data` (or where `data::load` looks) and splits it as `program`
+    /// says (its seed and validation size).
+    pub fn load(program: &Program, data: Option<&Path>) -> Result<Inputs, RunError> {
+        let data = data::load(data)?;
+        let (split, stats) = split_and_stats(program, &data.train)?;
+        Ok(Inputs { data, split, stats })
+    }
+
+    /// Makes the backend for `program` with the caller's factory, and says how long that took
+    /// in milliseconds (the JIT's compile time).
+    pub fn backend<F>(
+        &self,
+        program: &Program,
+        make: F,
+    ) -> Result<(Box<dyn Backend>, f64), BackendError>
+    where
+        F: FnOnce(&Program, Option<InputStats>) -> Result<Box<dyn Backend>, BackendError>,
+    {
+        let started = Instant::now();
+        let backend = make(program, self.stats.clone())?;
+        Ok((backend, started.elapsed().as_secs_f64() * 1e3))
+    }
+}
+
+/// The validation split and, for standardized inputs, the training split's statistics.
+fn split_and_stats(
     program: &Program,
     train: &data::Examples,
 ) -> Result<(data::Split, Option<InputStats>), RunError> {
@@ -598,6 +629,68 @@ pub fn check_spec_unchanged(run_dir: &Path, summary: &Summary) -> Result<(), Run
         });
     }
     Ok(())
+}
+
+/// What `netc eval` reports of a run: its kept weights on the test set.
+#[derive(Clone, Debug)]
+pub struct RunEvaluation {
+    pub evaluation: Evaluation,
+    /// The backend that evaluated (`interp` or `jit`).
+    pub backend: &'static str,
+    /// The MC Dropout samples asked for, not drawn because the model has no dropout (every
+    /// sample would be the pass with dropout off).
+    pub mc_skipped: Option<usize>,
+}
+
+/// Reads the summary of the run in `run_dir` and checks that its `spec.net` is the one it
+/// trained: what `evaluate_run` needs, done before the spec is compiled.
+pub fn evaluable_run(run_dir: &Path) -> Result<Summary, RunError> {
+    let summary = report::read_summary(&run_dir.join(SUMMARY_FILE))?;
+    check_spec_unchanged(run_dir, &summary)?;
+    Ok(summary)
+}
+
+/// Evaluates the weights the run in `run_dir` kept on the test set (`program` compiled from
+/// its `spec.net`, `summary` from `evaluable_run`), with MC Dropout (`mc` samples, else the
+/// spec's, else 10) when the model has dropout.
+pub fn evaluate_run<F>(
+    run_dir: &Path,
+    summary: &Summary,
+    program: &Program,
+    data: Option<&Path>,
+    mc: Option<usize>,
+    make_backend: F,
+) -> Result<RunEvaluation, RunError>
+where
+    F: FnOnce(&Program, Option<InputStats>) -> Result<Box<dyn Backend>, BackendError>,
+{
+    let mut program = program.clone();
+    program.train.seed = summary.seed;
+    let inputs = Inputs::load(&program, data)?;
+    let (mut backend, _) = inputs.backend(&program, make_backend)?;
+    let mut state = backend.state();
+    state.params = load_kept_weights(run_dir, &program)?;
+    backend.set_state(&state);
+    let samples = mc.or(program.eval.mc_dropout).unwrap_or(10);
+    let has_dropout = program.has_dropout();
+    let test = &inputs.data.test;
+    let evaluation = match train::evaluate(
+        backend.as_mut(),
+        test,
+        &test.all_indices(),
+        program.input.classes,
+        has_dropout.then_some(samples),
+        None,
+    ) {
+        Ok(e) => e,
+        Err(EvalStop::OutOfMemory(e)) => return Err(e.into()),
+        Err(EvalStop::Interrupted) => unreachable!("no interrupt flag was given"),
+    };
+    Ok(RunEvaluation {
+        evaluation,
+        backend: backend.name(),
+        mc_skipped: (!has_dropout).then_some(samples),
+    })
 }
 
 /// The weights a finished (or interrupted) run kept, for `program` compiled from its

@@ -3,35 +3,20 @@
 use super::*;
 
 pub(super) fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result<ExitCode> {
-    let spec_path = run_dir.join(netc_runtime::run::SPEC_FILE);
-    let summary =
-        netc_runtime::report::read_summary(&run_dir.join(netc_runtime::run::SUMMARY_FILE))?;
-    netc_runtime::run::check_spec_unchanged(run_dir, &summary)?;
-    let Some(mut program) = program_of(&spec_path)? else {
+    let summary = netc_runtime::run::evaluable_run(run_dir)?;
+    let Some(program) = program_of(&run_dir.join(netc_runtime::run::SPEC_FILE))? else {
         return Ok(ExitCode::from(1));
     };
-    program.train.seed = summary.seed;
-    let data = netc_runtime::data::load(Some(&common.locate()?))?;
-    let (_, stats) = netc_runtime::run::split_and_stats(&program, &data.train)?;
-    let mut backend = make_backend(common.backend(), common.threads.count(), &program, stats)?;
-    let mut state = backend.state();
-    state.params = netc_runtime::run::load_kept_weights(run_dir, &program)?;
-    backend.set_state(&state);
-    let samples = mc
-        .map(|m| m as usize)
-        .or(program.eval.mc_dropout)
-        .unwrap_or(10);
-    // Without dropout, every MC Dropout sample would be the pass with dropout off.
-    let mc_samples = program.has_dropout().then_some(samples);
-    let indices = data.test.all_indices();
-    let e = netc_runtime::train::evaluate(
-        backend.as_mut(),
-        &data.test,
-        &indices,
-        program.input.classes,
-        mc_samples,
-        None,
+    let (kind, threads) = (common.backend(), common.threads.count());
+    let result = netc_runtime::run::evaluate_run(
+        run_dir,
+        &summary,
+        &program,
+        Some(&common.locate()?),
+        mc.map(|m| m as usize),
+        |p, stats| make_backend(kind, threads, p, stats),
     )?;
+    let e = &result.evaluation;
     let row = |name: &str, m: &netc_runtime::train::SetMetrics| {
         format!(
             "{name:<22} {:>9.2}% {:>10.4} {:>11.3} {:>10.3} {:>12.0}",
@@ -44,8 +29,7 @@ pub(super) fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result
     };
     println!(
         "test set: {} images, backend {}",
-        e.standard.examples,
-        backend.name()
+        e.standard.examples, result.backend
     );
     println!(
         "{:<22} {:>10} {:>10} {:>11} {:>10} {:>12}",
@@ -65,7 +49,7 @@ pub(super) fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result
             mcd.metrics.ms_per_10k / e.standard.ms_per_10k.max(1e-9)
         );
     }
-    if !program.has_dropout() {
+    if result.mc_skipped.is_some() {
         eprintln!(
             "note: MC Dropout skipped: this model has no dropout layer, so every sample would be \
              the pass with dropout off"

@@ -39,10 +39,11 @@ pub(super) fn lr_find(args: LrFindArgs) -> Result<ExitCode> {
     let Some(LoadedSpec { program, .. }) = load_spec(&args.spec, &[])? else {
         return Ok(ExitCode::from(1));
     };
-    let data = netc_runtime::data::load(Some(&args.common.locate()?))?;
-    let (split, stats) = netc_runtime::run::split_and_stats(&program, &data.train)?;
-    let threads = args.common.threads.count();
-    let mut backend = make_backend(args.common.backend(), threads, &program, stats)?;
+    let inputs = netc_runtime::run::Inputs::load(&program, Some(&args.common.locate()?))?;
+    let (kind, threads) = (args.common.backend(), args.common.threads.count());
+    let (mut backend, _) =
+        inputs.backend(&program, |p, stats| make_backend(kind, threads, p, stats))?;
+    let (data, split) = (&inputs.data, &inputs.split);
     let opts = LrFindOptions {
         min_lr: args.min,
         max_lr: args.max,

@@ -108,7 +108,7 @@ pub enum SweepError {
     #[error("cannot start {}: {source}", exe.display())]
     #[diagnostic(
         code(netc::sweep::spawn),
-        help("the sweep runs each combination as `netc run`; check that the binary still exists")
+        help("the sweep runs each combination in a process of this program; check that it still exists")
     )]
     Spawn {
         exe: PathBuf,
@@ -322,22 +322,48 @@ fn dir_names(runs: &[PlannedRun]) -> Vec<String> {
     names
 }
 
+/// One run the sweep asks its launcher for: train `spec` on the data at `data` into the run
+/// directory `out`.
+#[derive(Clone, Copy, Debug)]
+pub struct RunRequest<'a> {
+    pub spec: &'a Path,
+    pub data: &'a Path,
+    pub out: &'a Path,
+}
+
+/// Makes the process that trains one run: given a `RunRequest`, a command that trains it and
+/// prints the run's `Summary` as one JSON line, the last of its stdout. The caller supplies it
+/// (the CLI: `netc run SPEC --json --quiet ...` with its own flags), so the sweep knows no
+/// command line; the sweep adds the pipes and, on Unix, the process group.
+#[derive(Clone)]
+pub struct Launcher(Arc<dyn Fn(&RunRequest<'_>) -> Command + Send + Sync>);
+
+impl Launcher {
+    pub fn new(make: impl Fn(&RunRequest<'_>) -> Command + Send + Sync + 'static) -> Launcher {
+        Launcher(Arc::new(make))
+    }
+
+    fn command(&self, request: &RunRequest<'_>) -> Command {
+        (self.0)(request)
+    }
+}
+
+impl std::fmt::Debug for Launcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Launcher(..)")
+    }
+}
+
 /// How the runs are made.
 #[derive(Clone, Debug)]
 pub struct SweepOptions {
-    /// The `netc` binary each run executes as `netc run ...`.
-    pub exe: PathBuf,
+    /// Makes each run's process.
+    pub launcher: Launcher,
     /// Runs at once (at least 1).
     pub jobs: usize,
-    /// Overrides every run's epochs.
-    pub epochs: Option<u64>,
     /// Where CIFAR-10 is (`data::locate` looks for it otherwise); located once, before anything
     /// is written, and passed to every run.
     pub data: Option<PathBuf>,
-    /// `--backend` of every run (`jit` or `interp`).
-    pub backend: String,
-    /// `--threads` of every run.
-    pub threads: usize,
     /// The sweep directory; by default `runs/sweep-<model>-<UTC time>`. Never overwritten.
     pub out: Option<PathBuf>,
     /// The model's name, for the default directory.
@@ -527,29 +553,23 @@ fn run_all(
     Ok(rows)
 }
 
-/// `netc run SPEC --json --quiet --out DIR ...` for one combination.
+/// One combination, in the process the launcher makes.
 fn run_one(job: &Job<'_>, data: &Path, opts: &SweepOptions) -> Result<Outcome, SweepError> {
-    let mut command = Command::new(&opts.exe);
+    let mut command = opts.launcher.command(&RunRequest {
+        spec: &job.spec,
+        data,
+        out: &job.run_dir,
+    });
     command
-        .arg("run")
-        .arg(&job.spec)
-        .args(["--json", "--quiet", "--backend", &opts.backend])
-        .args(["--threads", &opts.threads.to_string()])
-        .arg("--data")
-        .arg(data)
-        .arg("--out")
-        .arg(&job.run_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(epochs) = opts.epochs {
-        command.args(["--epochs", &epochs.to_string()]);
-    }
     // Out of the terminal's foreground group, a run hears of a Ctrl-C only from the sweep, once.
     #[cfg(unix)]
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let exe = PathBuf::from(command.get_program());
     let spawn_error = |source| SweepError::Spawn {
-        exe: opts.exe.clone(),
+        exe: exe.clone(),
         source,
     };
     let mut child = command.spawn().map_err(spawn_error)?;
@@ -987,12 +1007,9 @@ mod tests {
     fn an_empty_plan_and_missing_data_write_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let opts = SweepOptions {
-            exe: PathBuf::from("netc"),
+            launcher: Launcher::new(|_| Command::new("netc")),
             jobs: 1,
-            epochs: None,
             data: Some(tmp.path().join("nowhere")),
-            backend: "interp".to_string(),
-            threads: 1,
             out: Some(tmp.path().join("sweep")),
             model: "m".to_string(),
             interrupt: None,

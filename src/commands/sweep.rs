@@ -131,18 +131,34 @@ pub(super) fn sweep(args: SweepArgs) -> Result<ExitCode> {
             "cannot find the netc binary to run each combination: {e}"
         )
     })?;
-    let opts = SweepOptions {
-        exe,
-        jobs: args.jobs as usize,
-        epochs: args.epochs,
-        data: Some(args.common.locate()?),
-        backend: match args.common.backend() {
-            BackendKind::Jit => "jit",
-            BackendKind::Interp => "interp",
+    let backend = match args.common.backend() {
+        BackendKind::Jit => "jit",
+        BackendKind::Interp => "interp",
+    };
+    // The cores are shared among the runs that train at once.
+    let threads = (args.common.threads.count() / (args.jobs as usize).max(1)).max(1);
+    let epochs = args.epochs;
+    // Each run is this binary's `netc run`, its summary as a JSON line on stdout.
+    let launcher = sweep::Launcher::new(move |run: &sweep::RunRequest<'_>| {
+        let mut command = std::process::Command::new(&exe);
+        command
+            .arg("run")
+            .arg(run.spec)
+            .args(["--json", "--quiet", "--backend", backend])
+            .args(["--threads", &threads.to_string()])
+            .arg("--data")
+            .arg(run.data)
+            .arg("--out")
+            .arg(run.out);
+        if let Some(epochs) = epochs {
+            command.args(["--epochs", &epochs.to_string()]);
         }
-        .to_string(),
-        // The cores are shared among the runs that train at once.
-        threads: (args.common.threads.count() / (args.jobs as usize).max(1)).max(1),
+        command
+    });
+    let opts = SweepOptions {
+        launcher,
+        jobs: args.jobs as usize,
+        data: Some(args.common.locate()?),
         out: args.out.clone(),
         model: program.name.clone(),
         interrupt: Some(install_sweep_interrupt_handler()?),

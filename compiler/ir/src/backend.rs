@@ -80,29 +80,49 @@ pub struct TrainState {
     pub step: u64,
 }
 
+/// Why a backend could not be made or run. None of these is the user's doing (the checker has
+/// refused every spec a backend cannot take); each names what failed, with a stable code, and
+/// no help here names a command-line flag: how to work around it is the caller's to say.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum BackendError {
-    #[error("the JIT could not compile the kernels: {0}")]
+    /// Cranelift refused a setting of the target it was configured with.
+    #[error("the JIT could not configure its target ({setting}): {detail}")]
     #[diagnostic(
-        code(netc::backend::compile),
-        help("this is a bug in netc; `--backend interp` runs the same spec without the JIT")
+        code(netc::backend::isa),
+        help("this is a bug in netc; the interpreter backend runs the same spec without the JIT")
     )]
-    Compile(String),
-    #[error("could not allocate {bytes} bytes for the JIT's buffers")]
+    Isa { setting: String, detail: String },
+    /// Generating or placing the machine code of a kernel failed.
+    #[error("the JIT could not compile kernel `{kernel}`: {detail}")]
+    #[diagnostic(
+        code(netc::backend::codegen),
+        help("this is a bug in netc; the interpreter backend runs the same spec without the JIT")
+    )]
+    Codegen { kernel: String, detail: String },
+    /// The backend was handed something its plan cannot take (a contract between netc's
+    /// crates, not a user error).
+    #[error("the JIT cannot plan this program: {0}")]
+    #[diagnostic(
+        code(netc::backend::plan),
+        help("this is a bug in netc; the interpreter backend runs the same spec without the JIT")
+    )]
+    Plan(String),
+    #[error("could not allocate {bytes} bytes for the backend's buffers")]
     #[diagnostic(
         code(netc::backend::out_of_memory),
         help(
-            "the machine has less free memory than the spec needs (`netc compile --emit summary` \
-              shows the estimate); use a smaller batch or fewer or narrower layers"
+            "the machine has less free memory than the spec needs (the compile summary shows \
+             the estimate); use a smaller batch or fewer or narrower layers"
         )
     )]
     OutOfMemory { bytes: u64 },
-    #[error("this machine cannot run JIT code: {0}")]
+    /// This machine or process cannot do what the JIT needs (executable memory, threads).
+    #[error("this machine cannot run the JIT: {what}: {detail}")]
     #[diagnostic(
         code(netc::backend::host),
-        help("`--backend interp` runs the same spec without the JIT")
+        help("the interpreter backend runs the same spec without the JIT")
     )]
-    Host(String),
+    Host { what: String, detail: String },
 }
 
 pub trait Backend {

@@ -283,7 +283,7 @@ fn plan(
         standardize: program.input.preprocess == Preprocess::Standardize,
     };
     if convert.standardize && !standardized_ok {
-        return Err(BackendError::Compile(
+        return Err(BackendError::Plan(
             "a standardized input needs the training split's statistics".into(),
         ));
     }
@@ -486,7 +486,7 @@ impl Sharing<'_> {
         sink: &mut dyn Sink,
     ) -> Result<Share, BackendError> {
         if call.args.len() > MAX_ARGS {
-            return Err(BackendError::Compile(format!(
+            return Err(BackendError::Plan(format!(
                 "{} takes {} pointers, more than {MAX_ARGS}",
                 spec.name(),
                 call.args.len()
@@ -1373,8 +1373,9 @@ impl Jit {
         });
         let (kernels, plan) = built?;
         let pool = if plan.threads > 1 {
-            let pool = Pool::new(plan.threads - 1).map_err(|e| {
-                BackendError::Host(format!("cannot start {} threads: {e}", plan.threads))
+            let pool = Pool::new(plan.threads - 1).map_err(|e| BackendError::Host {
+                what: format!("starting {} threads", plan.threads),
+                detail: e.to_string(),
             })?;
             Some(pool)
         } else {

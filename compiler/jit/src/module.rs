@@ -34,8 +34,10 @@ pub struct KernelId(pub usize);
 fn shared_flags(opt_level: &str) -> Result<settings::Builder, BackendError> {
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k: &str, v: &str| {
-        f.set(k, v)
-            .map_err(|e| BackendError::Compile(format!("setting {k}: {e}")))
+        f.set(k, v).map_err(|e| BackendError::Isa {
+            setting: k.to_owned(),
+            detail: e.to_string(),
+        })
     };
     set(&mut flags, "opt_level", opt_level)?;
     // The verifier catches malformed CLIF at once in tests and debug builds; release builds
@@ -58,17 +60,23 @@ fn shared_flags(opt_level: &str) -> Result<settings::Builder, BackendError> {
 /// "none" (see `Kernel::in_program_order`).
 fn host_isa(opt_level: &str) -> Result<OwnedTargetIsa, BackendError> {
     let flags = shared_flags(opt_level)?;
-    let builder = cranelift_native::builder().map_err(|e| BackendError::Host(e.to_string()))?;
+    let host = |e: &dyn std::fmt::Display| BackendError::Host {
+        what: "detecting the CPU".to_owned(),
+        detail: e.to_string(),
+    };
+    let builder = cranelift_native::builder().map_err(|e| host(&e))?;
     builder
         .finish(settings::Flags::new(flags))
-        .map_err(|e| BackendError::Host(e.to_string()))
+        .map_err(|e| host(&e))
 }
 
 /// The fixed ISA of the golden CLIF files: x86-64 with SSE4.1, AVX and FMA, whatever the host.
 pub fn fixed_isa() -> Result<OwnedTargetIsa, BackendError> {
     let flags = shared_flags("speed")?;
-    let mut builder =
-        isa::lookup_by_name("x86_64").map_err(|e| BackendError::Compile(e.to_string()))?;
+    let mut builder = isa::lookup_by_name("x86_64").map_err(|e| BackendError::Isa {
+        setting: "x86_64".to_owned(),
+        detail: e.to_string(),
+    })?;
     for ext in [
         "has_sse3",
         "has_ssse3",
@@ -77,13 +85,17 @@ pub fn fixed_isa() -> Result<OwnedTargetIsa, BackendError> {
         "has_avx",
         "has_fma",
     ] {
-        builder
-            .set(ext, "true")
-            .map_err(|e| BackendError::Compile(format!("setting {ext}: {e}")))?;
+        builder.set(ext, "true").map_err(|e| BackendError::Isa {
+            setting: ext.to_owned(),
+            detail: e.to_string(),
+        })?;
     }
     builder
         .finish(settings::Flags::new(flags))
-        .map_err(|e| BackendError::Compile(e.to_string()))
+        .map_err(|e| BackendError::Isa {
+            setting: "flags".to_owned(),
+            detail: e.to_string(),
+        })
 }
 
 /// Builds the CLIF of one kernel into `func`.
@@ -123,7 +135,10 @@ fn compile(
     emit(&mut fx);
     fx.finish();
     ctx.compile(isa, &mut ControlPlane::default())
-        .map_err(|e| BackendError::Compile(format!("{name}: {:?}", e.inner)))?;
+        .map_err(|e| BackendError::Codegen {
+            kernel: name.to_string(),
+            detail: format!("{:?}", e.inner),
+        })?;
     let code = ctx.compiled_code().expect("compiled just above");
     let relocs = code
         .buffer
@@ -196,7 +211,10 @@ impl KernelModule {
         let sig = kernel_signature(module.isa().default_call_conv());
         let func_id = module
             .declare_function(&name, Linkage::Local, &sig)
-            .map_err(|e| BackendError::Compile(e.to_string()))?;
+            .map_err(|e| BackendError::Codegen {
+                kernel: name.clone(),
+                detail: e.to_string(),
+            })?;
         self.ids.push(func_id);
         self.names.push(name);
         Ok(id)
@@ -211,7 +229,10 @@ impl KernelModule {
                 &compiled.code,
                 &compiled.relocs,
             )
-            .map_err(|e| BackendError::Compile(format!("{}: {e:?}", self.names[id.0])))
+            .map_err(|e| BackendError::Codegen {
+                kernel: self.names[id.0].clone(),
+                detail: format!("{e:?}"),
+            })
     }
 
     /// Compiles the pending kernels on up to one thread per core (this one and scoped helpers;
@@ -272,7 +293,10 @@ impl KernelModule {
         let module = self.module.as_mut().expect("the module lives until drop");
         module
             .finalize_definitions()
-            .map_err(|e| BackendError::Host(e.to_string()))?;
+            .map_err(|e| BackendError::Host {
+                what: "making the kernels executable".to_owned(),
+                detail: e.to_string(),
+            })?;
         self.fns = self
             .ids
             .iter()
@@ -324,8 +348,10 @@ pub fn clif_text(kernels: &[Kernel]) -> Result<String, BackendError> {
     for (i, kernel) in kernels.iter().enumerate() {
         let mut func = Function::with_name_signature(UserFuncName::user(0, i as u32), sig.clone());
         build(&mut func, &mut fctx, kernel, &*isa);
-        verify_function(&func, &*isa)
-            .map_err(|e| BackendError::Compile(format!("{}: {e}", kernel.name())))?;
+        verify_function(&func, &*isa).map_err(|e| BackendError::Codegen {
+            kernel: kernel.name().to_string(),
+            detail: e.to_string(),
+        })?;
         out.push_str(&format!("; k{i}_{}\n", kernel.name()));
         out.push_str(&func.display().to_string());
         out.push('\n');
@@ -348,6 +374,9 @@ pub fn disassemble(kernel: &Kernel) -> Result<String, BackendError> {
     ctx.set_disasm(true);
     let code = ctx
         .compile(&*isa, &mut Default::default())
-        .map_err(|e| BackendError::Compile(format!("{e:?}")))?;
+        .map_err(|e| BackendError::Codegen {
+            kernel: kernel.name().to_string(),
+            detail: format!("{e:?}"),
+        })?;
     Ok(code.vcode.clone().unwrap_or_default())
 }

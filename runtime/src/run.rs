@@ -456,11 +456,13 @@ pub struct ResumeOptions {
 
 /// Continues the run in `run_dir` from its checkpoint and finishes it as `run` would have, with
 /// the same weights and history (bit for bit, on the same backend, with the same epochs).
-/// `program` is compiled from the run's `spec.net`; the seed and epochs come from the checkpoint
-/// (the epochs unless `opts.epochs` changes them). `make_backend` gets the name of the backend
-/// that trained the run.
+/// `program` is compiled from `spec_text`, the run's `spec.net` as the caller read it (once),
+/// which must hash to what the checkpoint recorded; the seed and epochs come from the
+/// checkpoint (the epochs unless `opts.epochs` changes them). `make_backend` gets the name of
+/// the backend that trained the run.
 pub fn resume<F>(
     program: &Program,
+    spec_text: &str,
     run_dir: &Path,
     opts: &ResumeOptions,
     make_backend: F,
@@ -472,12 +474,7 @@ where
     checkpoint::check_resumable(run_dir)?;
     // Before anything is read: another process may be writing the checkpoint.
     let lock = RunLock::acquire(run_dir)?;
-    let spec_path = run_dir.join(SPEC_FILE);
-    let spec_text = fs::read(&spec_path).map_err(|source| RunError::ReadSpec {
-        path: spec_path.clone(),
-        source,
-    })?;
-    let mut loaded = checkpoint::load(run_dir, program, &spec_text)?;
+    let mut loaded = checkpoint::load(run_dir, program, spec_text.as_bytes())?;
     let mut program = program.clone();
     program.train.seed = loaded.identity.seed;
 

@@ -176,10 +176,16 @@ fn resume_with(
     };
     let spec = fs::read_to_string(dir.join(run::SPEC_FILE)).unwrap();
     let make = interrupting(kind, &flag, after);
-    run::resume(&program(&spec), dir, &opts, |p, stats, trained_with| {
-        assert_eq!(trained_with, format!("{kind:?}").to_lowercase());
-        make(p, stats)
-    })
+    run::resume(
+        &program(&spec),
+        &spec,
+        dir,
+        &opts,
+        |p, stats, trained_with| {
+            assert_eq!(trained_with, format!("{kind:?}").to_lowercase());
+            make(p, stats)
+        },
+    )
 }
 
 /// history.csv without its last column (wall-clock seconds).
@@ -391,17 +397,25 @@ fn runs_that_cannot_resume_say_why() {
         report: Default::default(),
         ..ResumeOptions::default()
     };
-    let err = resume_error(run::resume(&program(&edited), &dir, &opts, |p, s, _| {
-        build(Kind::Interp, p, s)
-    }));
+    let err = resume_error(run::resume(
+        &program(&edited),
+        &edited,
+        &dir,
+        &opts,
+        |p, s, _| build(Kind::Interp, p, s),
+    ));
     assert_eq!(code(&err), "netc::resume::spec_mismatch", "{err:?}");
 
     // A spec whose parameters differ: the weights files list the mismatch.
     let wider = SPEC.replace("dense 24", "dense 25");
     fs::write(dir.join(run::SPEC_FILE), SPEC).unwrap();
-    let err = resume_error(run::resume(&program(&wider), &dir, &opts, |p, s, _| {
-        build(Kind::Interp, p, s)
-    }));
+    let err = resume_error(run::resume(
+        &program(&wider),
+        SPEC,
+        &dir,
+        &opts,
+        |p, s, _| build(Kind::Interp, p, s),
+    ));
     assert_eq!(code(&err), "netc::resume::spec_mismatch", "{err:?}");
     assert!(err.to_string().contains("3 mismatched tensor"), "{err}");
 
@@ -419,16 +433,20 @@ fn runs_that_cannot_resume_say_why() {
         data: Some(other),
         ..opts.clone()
     };
-    let err = resume_error(run::resume(&program(SPEC), &dir, &other_opts, |p, s, _| {
-        build(Kind::Interp, p, s)
-    }));
+    let err = resume_error(run::resume(
+        &program(SPEC),
+        SPEC,
+        &dir,
+        &other_opts,
+        |p, s, _| build(Kind::Interp, p, s),
+    ));
     assert_eq!(code(&err), "netc::resume::data_mismatch", "{err:?}");
 
     // A damaged trainer.json.
     let trainer = dir.join(CHECKPOINT_DIR).join(TRAINER_FILE);
     let good = fs::read(&trainer).unwrap();
     fs::write(&trainer, &good[..good.len() / 2]).unwrap();
-    let err = resume_error(run::resume(&program(SPEC), &dir, &opts, |p, s, _| {
+    let err = resume_error(run::resume(&program(SPEC), SPEC, &dir, &opts, |p, s, _| {
         build(Kind::Interp, p, s)
     }));
     assert_eq!(code(&err), "netc::resume::bad_checkpoint", "{err:?}");
@@ -547,7 +565,7 @@ fn other_images_under_the_same_labels_are_refused() {
         ..ResumeOptions::default()
     };
     let resume_with = |opts: &ResumeOptions| {
-        run::resume(&program(SPEC), &dir, opts, |p, s, _| {
+        run::resume(&program(SPEC), SPEC, &dir, opts, |p, s, _| {
             build(Kind::Interp, p, s)
         })
     };

@@ -43,7 +43,11 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode> {
     let result = match (&args.resume, &args.spec) {
         (Some(run_dir), _) => {
             netc_runtime::checkpoint::check_resumable(run_dir)?;
-            let Some(program) = program_of(&run_dir.join(netc_runtime::run::SPEC_FILE))? else {
+            let spec_path = run_dir.join(netc_runtime::run::SPEC_FILE);
+            let Some(LoadedSpec {
+                source, program, ..
+            }) = load_spec(&spec_path, &[])?
+            else {
                 return Ok(ExitCode::from(1));
             };
             let opts = netc_runtime::run::ResumeOptions {
@@ -55,13 +59,19 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode> {
             };
             let asked = args.common.backend;
             let threads = args.common.threads.count();
-            netc_runtime::run::resume(&program, run_dir, &opts, |p, stats, trained_with| {
-                let kind = asked.unwrap_or(match trained_with {
-                    "interp" => BackendKind::Interp,
-                    _ => BackendKind::Jit,
-                });
-                make_backend(kind, threads, p, stats)
-            })
+            netc_runtime::run::resume(
+                &program,
+                &source.text,
+                run_dir,
+                &opts,
+                |p, stats, trained_with| {
+                    let kind = asked.unwrap_or(match trained_with {
+                        "interp" => BackendKind::Interp,
+                        _ => BackendKind::Jit,
+                    });
+                    make_backend(kind, threads, p, stats)
+                },
+            )
         }
         (None, Some(spec)) => {
             // The flags are `--set` sugar: the checker sees, and the run directory keeps, the

@@ -54,10 +54,7 @@ pub(super) fn bench(args: BenchArgs) -> Result<ExitCode> {
         || netc_jit::fma_peak_gflops(PEAK_ITERATIONS, 5),
     )?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&r).map_err(|e| miette!("cannot render the report: {e}"))?
-        );
+        println!("{}", serde_json::to_string(&r).map_err(CliError::Json)?);
     } else {
         println!(
             "{} on {}, batch {}, {}",

@@ -28,13 +28,11 @@ pub struct LrFindArgs {
 pub(super) fn lr_find(args: LrFindArgs) -> Result<ExitCode> {
     use netc_runtime::lr_find::{self, LrFindOptions};
     if !(args.min > 0.0 && args.max > args.min && args.max.is_finite()) {
-        return Err(miette!(
-            code = "netc::lr_find::range",
-            help = "pass rates with 0 < --min < --max, e.g. --min 1e-6 --max 1",
-            "invalid learning-rate range [{}, {}]",
-            args.min,
-            args.max
-        ));
+        return Err(CliError::LrRange {
+            min: args.min,
+            max: args.max,
+        }
+        .into());
     }
     let Some(LoadedSpec { program, .. }) = load_spec(&args.spec, &[])? else {
         return Ok(ExitCode::from(1));
@@ -57,12 +55,9 @@ pub(super) fn lr_find(args: LrFindArgs) -> Result<ExitCode> {
         Some(dir) => dir,
         None => netc_runtime::run::create_run_dir(None, &format!("lr_find-{}", program.name))?,
     };
-    std::fs::create_dir_all(&out).map_err(|e| {
-        miette!(
-            code = "netc::io::write",
-            "cannot create {}: {e}",
-            out.display()
-        )
+    std::fs::create_dir_all(&out).map_err(|cause| CliError::CreateDir {
+        path: out.clone(),
+        cause,
     })?;
     let plot = out.join("lr_find.png");
     netc_runtime::plot::plot_lr_find(

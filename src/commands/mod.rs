@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use miette::{miette, Result};
+use error::CliError;
+use miette::Result;
 use netc_diagnostics as diagnostics;
 use netc_front::print;
 use netc_ir::backend::{Backend, BackendError, InputStats, WHOLE_PHASE};
@@ -19,6 +20,7 @@ mod check;
 mod compare;
 mod compile;
 mod data;
+mod error;
 mod eval;
 mod hints;
 mod lr_find;

@@ -156,11 +156,6 @@ pub(super) fn install_interrupt_handler() -> Result<std::sync::Arc<std::sync::at
              (interrupt again to quit at once)"
         );
     })
-    .map_err(|e| {
-        miette!(
-            code = "netc::run::signals",
-            "cannot install the interrupt handler: {e}"
-        )
-    })?;
+    .map_err(|e| CliError::Signals(e.to_string()))?;
     Ok(flag)
 }

@@ -20,13 +20,9 @@ pub(super) fn read_spec(
 ) -> Result<std::result::Result<Vec<u8>, netc_diagnostics::Diag>> {
     use netc_front::syntax::{too_large, MAX_SOURCE_LEN};
     use std::io::Read as _;
-    let cannot_read = |e: std::io::Error| {
-        miette!(
-            code = "netc::io::read",
-            help = "check the path; specs live in files like `specs/baseline.net`",
-            "cannot read `{}`: {e}",
-            path.display()
-        )
+    let cannot_read = |cause| CliError::ReadSpec {
+        path: path.to_path_buf(),
+        cause,
     };
     let file = std::fs::File::open(path).map_err(cannot_read)?;
     let mut bytes = Vec::new();

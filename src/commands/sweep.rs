@@ -125,12 +125,7 @@ pub(super) fn sweep(args: SweepArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
 
-    let exe = std::env::current_exe().map_err(|e| {
-        miette!(
-            code = "netc::sweep::exe",
-            "cannot find the netc binary to run each combination: {e}"
-        )
-    })?;
+    let exe = std::env::current_exe().map_err(CliError::SweepExe)?;
     let backend = match args.common.backend() {
         BackendKind::Jit => "jit",
         BackendKind::Interp => "interp",
@@ -244,11 +239,6 @@ pub(super) fn install_sweep_interrupt_handler(
             );
         }
     })
-    .map_err(|e| {
-        miette!(
-            code = "netc::sweep::signals",
-            "cannot install the interrupt handler: {e}"
-        )
-    })?;
+    .map_err(|e| CliError::Signals(e.to_string()))?;
     Ok(count)
 }

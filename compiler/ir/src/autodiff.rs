@@ -21,6 +21,7 @@ use crate::ir::{Activation, Head, Op, OpKind, ParamId, Program, ValueId};
 /// The backward pass of a program: the head's gradient, then one step per op in reverse order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GradProgram {
+    /// The first gradient computed: the loss's, with respect to the logits.
     pub head: HeadGrad,
     /// Steps in the order they run: from the last op back to the first op that owns a trainable
     /// parameter. Ops before that one get no step at all, since nothing upstream of them learns.
@@ -34,6 +35,7 @@ pub struct GradProgram {
 /// The gradient of the head with respect to the logits.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HeadGrad {
+    /// The loss, as `Program::head`.
     pub kind: Head,
     /// The value the head reads (the last one).
     pub logits: ValueId,
@@ -62,6 +64,7 @@ pub struct GradStep {
     /// first op with trainable parameters (for a first dense layer, this skips the widest matmul
     /// of the whole backward pass, `dy · Wᵀ` into the input features).
     pub dx: Option<ValueId>,
+    /// How the gradient goes back through the op.
     pub rule: GradRule,
     /// What this step reads from the forward pass.
     pub saves: Vec<Saved>,
@@ -70,7 +73,9 @@ pub struct GradStep {
 /// Which forward result of an op an activation's derivative is computed from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
+    /// The op's input `x`.
     Input,
+    /// The op's output `y`.
     Output,
 }
 
@@ -81,8 +86,11 @@ pub enum GradRule {
     /// `y = x · W + b`: `dW = xᵀ · dy`, `db = Σrows dy`, `dx = dy · Wᵀ`. Reads the saved input
     /// `x` (the kernel `W` is a parameter, not a saved value).
     Dense {
+        /// The op's input, saved by the forward pass.
         x: ValueId,
+        /// The `[width_in, width]` weight matrix; gets `dW`.
         kernel: ParamId,
+        /// The bias, if any; gets `db`.
         bias: Option<ParamId>,
     },
     /// `dx = dy ⊙ f'(·)`, element-wise except softmax; `reads` is the saved value the derivative
@@ -100,23 +108,44 @@ pub enum GradRule {
     /// - softmax (a non-final op; the final one is folded into the head): the row-wise
     ///   Jacobian-vector product `dx = y ⊙ (dy - Σcols(dy ⊙ y))`, the sum taken per row.
     Activation {
+        /// Which activation's derivative `f'` to apply.
         activation: Activation,
+        /// The saved value `f'` is computed from (`x` or `y`, see `activation_reads`); `None` for
+        /// linear.
         reads: Option<ValueId>,
     },
     /// `y = x` if `x > 0`, else `α_j x`: `dx = dy ⊙ (x > 0 ? 1 : α_j)`,
     /// `dα_j = Σrows (x > 0 ? 0 : x) ⊙ dy`. Reads the saved input `x`.
-    Prelu { x: ValueId, alpha: ParamId },
+    Prelu {
+        /// The op's input, saved by the forward pass.
+        x: ValueId,
+        /// The `[width]` slopes; get `dα`.
+        alpha: ParamId,
+    },
     /// Batch norm in training, on batch statistics `μ = mean(x)`, biased `σ² = mean((x - μ)²)`,
     /// `inv = 1/sqrt(σ² + ε)`, `x̂ = (x - μ)·inv`, `y = γ x̂ + β` (all per column):
     /// `dβ = Σrows dy`, `dγ = Σrows dy ⊙ x̂`, and with `g = dy ⊙ γ`,
     /// `dx = inv · (g - mean(g) - x̂ ⊙ mean(g ⊙ x̂))` (means over rows). Reads the saved
     /// `x̂` and `inv` of this op (`Saved::BatchNormStats`). The moving averages get no gradient.
-    BatchNorm { gamma: ParamId, beta: ParamId },
+    BatchNorm {
+        /// Learned scale `γ`; gets `dγ`.
+        gamma: ParamId,
+        /// Learned offset `β`; gets `dβ`.
+        beta: ParamId,
+    },
     /// Inverted dropout: `dx = dy ⊙ mask / (1 - rate)`, with the forward pass's keep mask.
-    Dropout { rate: f32 },
+    Dropout {
+        /// The op's drop probability.
+        rate: f32,
+    },
     /// Alpha dropout, `y = a·(mask ? x : α') + b`: `dx = a · mask ⊙ dy` (the dropped path is
     /// constant), with `a` from `alpha_dropout_affine(rate)`.
-    AlphaDropout { rate: f32, a: f64 },
+    AlphaDropout {
+        /// The op's drop probability.
+        rate: f32,
+        /// Scale `a` of the affine correction, in full precision.
+        a: f64,
+    },
 }
 
 /// A forward-pass result the backward pass reads.
@@ -126,13 +155,21 @@ pub enum Saved {
     Value(ValueId),
     /// Batch norm op `op`'s normalized input `x̂` (`[n, width]`) and `1/sqrt(σ² + ε)`
     /// (`[width]`), from the batch statistics; printed `bnK`.
-    BatchNormStats { op: u32 },
+    BatchNormStats {
+        /// Index of the batch norm op in `Program::ops`.
+        op: u32,
+    },
     /// Dropout op `op`'s keep mask, printed `maskK`. It is a pure function of
     /// `(seed, step, op, element)` (see `rng`), so a backend may redraw it instead of storing it.
-    DropoutMask { op: u32 },
+    DropoutMask {
+        /// Index of the dropout op (either kind) in `Program::ops`.
+        op: u32,
+    },
 }
 
 impl GradProgram {
+    /// The backward pass of `program`: the head's gradient, the steps from the last op back to the
+    /// first one with trainable parameters, and the forward results they read.
     pub fn new(program: &Program) -> GradProgram {
         let first_trained = program
             .ops
@@ -198,8 +235,9 @@ pub fn activation_reads(activation: Activation) -> Option<Side> {
     }
 }
 
-/// SELU's constants in full precision (the `ir` constants are their f32 roundings).
+/// SELU's scale λ in full precision (`ir::SELU_LAMBDA` is its f32 rounding).
 pub const SELU_LAMBDA_F64: f64 = 1.050_700_987_355_480_5;
+/// SELU's α in full precision (`ir::SELU_ALPHA` is its f32 rounding).
 pub const SELU_ALPHA_F64: f64 = 1.673_263_242_354_377_3;
 
 /// Alpha dropout's affine correction `(a, b)` for `rate`, as Keras: with `α' = -λα`,
@@ -262,6 +300,7 @@ fn grad_step(op: &Op, needs_dx: bool) -> GradStep {
 }
 
 impl GradRule {
+    /// Short mnemonic used in dumps of the backward pass: the op's own (`OpKind::mnemonic`).
     pub fn mnemonic(&self) -> &'static str {
         match self {
             GradRule::Dense { .. } => "dense",

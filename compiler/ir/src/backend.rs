@@ -11,6 +11,7 @@ use ndarray::ArrayD;
 /// Per-feature statistics of the training split, used when the input is standardized.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InputStats {
+    /// Mean per feature, in raw pixel units (0 to 255).
     pub mean: Vec<f32>,
     /// Standard deviation per feature; the runtime clamps it away from zero.
     pub std: Vec<f32>,
@@ -34,15 +35,19 @@ impl InputStats {
 /// dataset's order (for CIFAR-10: 1,024 red, 1,024 green, 1,024 blue values per image).
 #[derive(Clone, Copy, Debug)]
 pub struct Batch<'a> {
+    /// The examples' raw bytes, one row of `features` after another.
     pub pixels: &'a [u8],
+    /// The class index of each example, in `0..classes`.
     pub labels: &'a [u8],
 }
 
 impl Batch<'_> {
+    /// Number of examples in the batch.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// True when the batch holds no example.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
@@ -64,7 +69,10 @@ pub enum Mode {
     Inference,
     /// Dropout on (MC Dropout), batch norm on its moving averages. `sample` selects the masks:
     /// the same sample number draws the same masks on every backend.
-    McDropout { sample: u32 },
+    McDropout {
+        /// Number of the MC Dropout sample; keys the masks (`rng::Stream::McDropout`).
+        sample: u32,
+    },
 }
 
 /// Everything a backend's training depends on, host side: enough to checkpoint, resume, compare
@@ -91,14 +99,24 @@ pub enum BackendError {
         code(netc::backend::isa),
         help("this is a bug in netc; the interpreter backend runs the same spec without the JIT")
     )]
-    Isa { setting: String, detail: String },
+    Isa {
+        /// The setting Cranelift refused (`opt_level`, `has_avx`, ...).
+        setting: String,
+        /// Cranelift's message.
+        detail: String,
+    },
     /// Generating or placing the machine code of a kernel failed.
     #[error("the JIT could not compile kernel `{kernel}`: {detail}")]
     #[diagnostic(
         code(netc::backend::codegen),
         help("this is a bug in netc; the interpreter backend runs the same spec without the JIT")
     )]
-    Codegen { kernel: String, detail: String },
+    Codegen {
+        /// Symbol of the kernel that failed.
+        kernel: String,
+        /// Cranelift's message.
+        detail: String,
+    },
     /// The backend was handed something its plan cannot take (a contract between netc's
     /// crates, not a user error).
     #[error("the JIT cannot plan this program: {0}")]
@@ -107,6 +125,7 @@ pub enum BackendError {
         help("this is a bug in netc; the interpreter backend runs the same spec without the JIT")
     )]
     Plan(String),
+    /// The backend's buffers need more memory than the host can give.
     #[error("could not allocate {bytes} bytes for the backend's buffers")]
     #[diagnostic(
         code(netc::backend::out_of_memory),
@@ -115,16 +134,26 @@ pub enum BackendError {
              the estimate); use a smaller batch or fewer or narrower layers"
         )
     )]
-    OutOfMemory { bytes: u64 },
+    OutOfMemory {
+        /// Size of the allocation that was refused.
+        bytes: u64,
+    },
     /// This machine or process cannot do what the JIT needs (executable memory, threads).
     #[error("this machine cannot run the JIT: {what}: {detail}")]
     #[diagnostic(
         code(netc::backend::host),
         help("the interpreter backend runs the same spec without the JIT")
     )]
-    Host { what: String, detail: String },
+    Host {
+        /// What failed (`detecting the CPU`, `starting 7 threads`, ...).
+        what: String,
+        /// The host's error message.
+        detail: String,
+    },
 }
 
+/// An executor of one `Program`, built for it by `interp` or `jit`: it trains on batches, predicts,
+/// and hands over or takes its whole state.
 pub trait Backend {
     /// `interp` or `jit`.
     fn name(&self) -> &'static str;
@@ -173,5 +202,6 @@ pub struct CallTime {
     pub phase: &'static str,
     /// The kernel's symbol, or how many calls the group holds.
     pub kernel: String,
+    /// Duration in milliseconds: the median over the repetitions.
     pub ms: f64,
 }

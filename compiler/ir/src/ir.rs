@@ -16,6 +16,7 @@ use std::fmt;
 pub struct ParamId(pub u32);
 
 impl ParamId {
+    /// The parameter's position in `Program::params`.
     pub fn index(self) -> usize {
         self.0 as usize
     }
@@ -40,15 +41,22 @@ impl fmt::Display for ValueId {
 /// A whole model with its training and evaluation settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Program {
+    /// The model's name, from the spec's `model` line. Runs are filed under it, and weight files
+    /// and checkpoints record it.
     pub name: String,
+    /// The data set the model reads, and how its pixels become `v0`.
     pub input: Input,
+    /// Every parameter, trainable or not, in the order the ops create them; `ParamId` indexes it.
     pub params: Vec<Param>,
+    /// The network in execution order: op `i` reads `v{i}` and writes `v{i+1}`.
     pub ops: Vec<Op>,
     /// The loss applied to the last value. Cross-entropy is computed on logits: when the last
     /// layer of the spec has a softmax activation, lowering folds that softmax into the loss, so
     /// the last op produces logits and `Head::SoftmaxCrossEntropy` applies softmax itself.
     pub head: Head,
+    /// How the model is trained.
     pub train: TrainConfig,
+    /// What the evaluation on the test set adds (MC Dropout, pruning).
     pub eval: EvalConfig,
 }
 
@@ -68,6 +76,7 @@ pub struct MemoryEstimate {
 }
 
 impl MemoryEstimate {
+    /// Parameters, optimizer state and activations together, in bytes (saturating).
     pub fn total(&self) -> u64 {
         self.parameters
             .saturating_add(self.optimizer)
@@ -76,6 +85,7 @@ impl MemoryEstimate {
 }
 
 impl Program {
+    /// The parameter `id` indexes.
     pub fn param(&self, id: ParamId) -> &Param {
         &self.params[id.index()]
     }
@@ -123,6 +133,8 @@ impl Program {
         self.params.iter().map(Param::len).sum()
     }
 
+    /// Number of scalars in the parameters the optimizer updates (all but the batch-norm moving
+    /// statistics).
     pub fn trainable_param_count(&self) -> usize {
         self.params
             .iter()
@@ -137,22 +149,28 @@ impl Program {
     }
 }
 
+/// What the model reads: a data set, the width of an example, and how its pixels are prepared.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Input {
+    /// Where the examples and their labels come from.
     pub dataset: Dataset,
     /// Features per example after flattening (3,072 for CIFAR-10).
     pub features: usize,
     /// Number of classes the labels range over.
     pub classes: usize,
+    /// How the raw u8 pixels become the f32 values of `v0`.
     pub preprocess: Preprocess,
 }
 
+/// A data set netc trains on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dataset {
+    /// CIFAR-10: 32×32 RGB images in 10 classes, 50,000 for training and 10,000 for test.
     Cifar10,
 }
 
 impl Dataset {
+    /// The data set's name as the spec writes it (`input cifar10`).
     pub fn name(self) -> &'static str {
         match self {
             Dataset::Cifar10 => "cifar10",
@@ -170,13 +188,16 @@ pub enum Preprocess {
     Standardize,
 }
 
+/// A tensor an op owns: its name, shape and starting values, and whether the optimizer updates it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Param {
     /// `layer_name.role`, e.g. `dense_3.kernel`; used in reports and safetensors files.
     pub name: String,
+    /// What the parameter is to its op; also the suffix of `name`.
     pub role: ParamRole,
     /// `[in, out]` for kernels (row-major, so `y = x · W`), `[width]` for everything else.
     pub shape: Vec<usize>,
+    /// How `init::init_param` draws the starting values.
     pub init: Init,
     /// False for batch-norm moving statistics: updated by the forward pass in training, never by
     /// the optimizer.
@@ -184,27 +205,40 @@ pub struct Param {
 }
 
 impl Param {
+    /// Number of scalars: the product of `shape`.
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
 
+    /// True when a dimension of `shape` is 0, so the parameter holds no scalar.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
+/// What a parameter is to the op that owns it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParamRole {
+    /// A dense layer's weight matrix, `[in, out]`.
     Kernel,
+    /// A dense layer's bias, `[out]`, added after the product.
     Bias,
+    /// Batch norm's learned scale, `[width]`; starts at 1.
     Gamma,
+    /// Batch norm's learned offset, `[width]`; starts at 0.
     Beta,
+    /// Batch norm's moving average of the batch means, `[width]`; used in inference, not trainable.
     MovingMean,
+    /// Batch norm's moving average of the batch variances, `[width]`; used in inference, not
+    /// trainable.
     MovingVariance,
+    /// PReLU's learned slopes for negative inputs, `[width]`; start at 0.
     PreluAlpha,
 }
 
 impl ParamRole {
+    /// The weight's name as Keras spells it (`kernel`, `moving_mean`, `alpha`, ...): the suffix of
+    /// `Param::name`.
     pub fn name(self) -> &'static str {
         match self {
             ParamRole::Kernel => "kernel",
@@ -221,22 +255,32 @@ impl ParamRole {
 /// Parameter initializers, with Keras semantics. `fan_in`/`fan_out` are the kernel's `[in, out]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
+    /// Every element 0.
     Zeros,
+    /// Every element 1.
     Ones,
+    /// Every element the given value.
     Constant(f32),
     /// Normal with the given mean and standard deviation.
     Normal {
+        /// Mean of the distribution.
         mean: f32,
+        /// Standard deviation of the distribution.
         stddev: f32,
     },
     /// Uniform on `[min, max)`.
     Uniform {
+        /// Lower bound, included.
         min: f32,
+        /// Upper bound, excluded.
         max: f32,
     },
     /// Normal re-drawn until within two standard deviations of the mean.
     TruncatedNormal {
+        /// Mean of the distribution, and center of the truncation.
         mean: f32,
+        /// Standard deviation of the normal before truncation (as Keras); the values drawn spread
+        /// about 0.88 times as much.
         stddev: f32,
     },
     /// Variance scaling, as Keras' `VarianceScaling`: `scale / n` where `n` is fan_in, fan_out or
@@ -244,22 +288,33 @@ pub enum Init {
     /// draw from a truncated normal with stddev `sqrt(scale / n) / 0.87962566`, uniform variants
     /// from `±sqrt(3 * scale / n)`, exactly as Keras does.
     VarianceScaling {
+        /// Numerator of the variance: 1 for Glorot and LeCun, 2 for He.
         scale: f32,
+        /// Which fan divides `scale`.
         mode: FanMode,
+        /// What the values are drawn from.
         distribution: Distribution,
     },
 }
 
+/// Which fan `Init::VarianceScaling` divides its scale by (Keras' `mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FanMode {
+    /// The kernel's number of inputs (`fan_in`).
     FanIn,
+    /// The kernel's number of outputs (`fan_out`).
     FanOut,
+    /// The mean of the two (`fan_avg`).
     FanAvg,
 }
 
+/// What `Init::VarianceScaling` draws from (Keras' `distribution`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Distribution {
+    /// A normal truncated at two standard deviations, its stddev corrected so the values have
+    /// variance `scale / n`.
     TruncatedNormal,
+    /// Uniform on `±sqrt(3 * scale / n)`, which has variance `scale / n`.
     Uniform,
 }
 
@@ -271,18 +326,27 @@ pub struct Op {
     pub layer: String,
     /// Index of the op in `Program::ops`; also the `layer` key of the dropout RNG.
     pub index: u32,
+    /// The value the op reads, `v{index}`.
     pub input: ValueId,
+    /// The value the op writes, `v{index + 1}`.
     pub output: ValueId,
+    /// Width of `input`: the previous op's `width`, or `Input::features` for the first op.
     pub width_in: usize,
+    /// Width of `output`: a dense op's units, `width_in` for every other op.
     pub width: usize,
+    /// What the op computes, and the parameters it owns.
     pub kind: OpKind,
 }
 
+/// What an op computes, with the parameters it owns. Semantics and defaults follow Keras 3.
 #[derive(Clone, Debug, PartialEq)]
 pub enum OpKind {
     /// `y = x · kernel + bias`.
     Dense {
+        /// The `[width_in, width]` weight matrix (Glorot uniform unless the spec says otherwise).
         kernel: ParamId,
+        /// The `[width]` bias, zeros unless the spec says otherwise; `None` when `use_bias` is
+        /// false.
         bias: Option<ParamId>,
         /// Penalty `l1 * Σ|w| + l2 * Σw²` added to the loss (on the kernel only).
         regularizer: Regularizer,
@@ -290,36 +354,47 @@ pub enum OpKind {
         /// is rescaled to an L2 norm of at most this value (Keras `MaxNorm(axis=0)`).
         max_norm: Option<f32>,
     },
+    /// An activation on its own, with no parameter. A dense layer's `activation` lowers to one.
     Activation(Activation),
     /// `y = x` where `x >= 0`, else `alpha[j] * x`; `alpha` is learned, one per unit.
     Prelu {
+        /// The slopes for negative inputs, `[width]`; Keras starts them at 0.
         alpha: ParamId,
     },
     /// Batch normalization over the batch axis. Training uses batch statistics and updates the
     /// moving averages as `moving = moving * momentum + batch * (1 - momentum)` (Keras); inference
     /// uses the moving averages. The batch variance is the biased one (divide by n).
     BatchNorm {
+        /// Learned scale `γ`, `[width]`.
         gamma: ParamId,
+        /// Learned offset `β`, `[width]`.
         beta: ParamId,
+        /// Moving average of the batch means, `[width]`; not trainable.
         moving_mean: ParamId,
+        /// Moving average of the batch variances, `[width]`; not trainable.
         moving_variance: ParamId,
+        /// Weight of the old moving average in each update (Keras default 0.99).
         momentum: f32,
+        /// Added to the variance before the square root (Keras default 1e-3).
         epsilon: f32,
     },
     /// Inverted dropout: in training (and MC Dropout) each element is kept with probability
     /// `1 - rate` and scaled by `1 / (1 - rate)`; identity in inference.
     Dropout {
+        /// Probability that an element is dropped, in `[0, 1)`.
         rate: f32,
     },
     /// Alpha dropout (Klambauer et al.): dropped elements are set to `-λα` (SELU's negative
     /// saturation), then `a * y + b` restores zero mean and unit variance, with
     /// `a = ((1 - rate) * (1 + rate * α'^2))^-1/2`, `b = -a * α' * rate`, `α' = -λα`.
     AlphaDropout {
+        /// Probability that an element is dropped (set to `-λα`), in `[0, 1)`.
         rate: f32,
     },
 }
 
 impl OpKind {
+    /// True for the ops that draw random numbers in training: dropout and alpha dropout.
     pub fn is_dropout(&self) -> bool {
         matches!(self, OpKind::Dropout { .. } | OpKind::AlphaDropout { .. })
     }
@@ -337,13 +412,17 @@ impl OpKind {
     }
 }
 
+/// Keras' `L1L2` penalty on a dense kernel: `l1 * Σ|w| + l2 * Σw²` is added to the loss.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub struct Regularizer {
+    /// Factor of the sum of absolute weights; 0 for none.
     pub l1: f32,
+    /// Factor of the sum of squared weights; 0 for none.
     pub l2: f32,
 }
 
 impl Regularizer {
+    /// True when both factors are 0: the kernel has no penalty.
     pub fn is_zero(&self) -> bool {
         self.l1 == 0.0 && self.l2 == 0.0
     }
@@ -352,14 +431,18 @@ impl Regularizer {
 /// Element-wise activations (softmax is row-wise). Constants follow Keras.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Activation {
+    /// The identity, `x`. Lowering emits no op for it.
     Linear,
+    /// `max(x, 0)`.
     Relu,
     /// `x` for `x >= 0`, else `alpha * x` (Keras default alpha 0.2 for `leaky_relu`).
     LeakyRelu {
+        /// Slope for negative inputs.
         alpha: f32,
     },
     /// `x` for `x > 0`, else `alpha * (exp(x) - 1)`.
     Elu {
+        /// Height of the negative saturation, `-alpha` (Keras default 1.0).
         alpha: f32,
     },
     /// `λ * elu(x, α)` with λ = 1.0507009873554805, α = 1.6732632423543772.
@@ -368,16 +451,22 @@ pub enum Activation {
     Gelu,
     /// `x * sigmoid(x)` (also called SiLU).
     Swish,
+    /// `tanh(x)`.
     Tanh,
+    /// `1 / (1 + exp(-x))`.
     Sigmoid,
     /// Row-wise softmax. Only ever an op when it is not the last layer (see `Program::head`).
     Softmax,
 }
 
+/// SELU's scale λ, rounded to f32 (`autodiff::SELU_LAMBDA_F64` is the full value).
 pub const SELU_LAMBDA: f32 = 1.050_701;
+/// SELU's α, rounded to f32 (`autodiff::SELU_ALPHA_F64` is the full value).
 pub const SELU_ALPHA: f32 = 1.673_263_2;
 
 impl Activation {
+    /// The activation's name as the spec and Keras write it (`leaky_relu`, `swish`, ...); also the
+    /// mnemonic of its op.
     pub fn name(self) -> &'static str {
         match self {
             Activation::Linear => "linear",
@@ -394,6 +483,7 @@ impl Activation {
     }
 }
 
+/// The loss applied to the last value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Head {
     /// Softmax over the last value, then mean cross-entropy against integer labels.
@@ -404,20 +494,31 @@ pub enum Head {
 /// also held to.
 pub const MAX_EPOCHS: usize = 100_000;
 
+/// How a program is trained.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
+    /// The update rule, its learning rate and gradient clipping.
     pub optimizer: Optimizer,
+    /// How the learning rate changes from step to step.
     pub schedule: Schedule,
+    /// Examples per training step (default 32); the last batch of an epoch may be smaller.
     pub batch: usize,
+    /// Passes over the training examples, at most `MAX_EPOCHS`; early stopping may end training
+    /// sooner.
     pub epochs: usize,
     /// Examples held out of the training files for validation.
     pub validation: usize,
+    /// Stops training once a validation metric no longer improves; `None` runs every epoch.
     pub early_stopping: Option<EarlyStopping>,
+    /// Seed of every random draw: initial parameters, the validation split, shuffles and dropout
+    /// masks (default 42).
     pub seed: u64,
 }
 
+/// An optimizer: its update rule, learning rate and gradient clipping.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Optimizer {
+    /// The update rule and its hyperparameters.
     pub kind: OptimizerKind,
     /// Initial (or constant) learning rate; the schedule scales it per step.
     pub lr: f32,
@@ -431,39 +532,68 @@ pub struct Optimizer {
 pub enum OptimizerKind {
     /// `v = momentum * v - lr * g; w += v` (or `w += momentum * v - lr * g` with Nesterov);
     /// `w -= lr * g` without momentum.
-    Sgd { momentum: f32, nesterov: bool },
+    Sgd {
+        /// Velocity decay, in `[0, 1)`; 0 (the default) keeps no velocity.
+        momentum: f32,
+        /// Apply Nesterov momentum (default false).
+        nesterov: bool,
+    },
+    /// Adam: moving averages `m` of `g` and `v` of `g²`, with bias correction
+    /// (`optim::adam_update`).
     Adam {
+        /// Decay of the first moment `m` (default 0.9).
         beta_1: f32,
+        /// Decay of the second moment `v` (default 0.999).
         beta_2: f32,
+        /// Added to the second moment's root in the denominator, for stability (default 1e-7).
         epsilon: f32,
     },
     /// Keras 3 Nadam, with its momentum-cache schedule `u_t = β1 (1 - 0.5 · 0.96^t)` (tf.keras 2
     /// had `0.96^(0.004 t)`; Keras 3 dropped the 0.004).
     Nadam {
+        /// Decay of the first moment `m` (default 0.9).
         beta_1: f32,
+        /// Decay of the second moment `v` (default 0.999).
         beta_2: f32,
+        /// Added to the second moment's root in the denominator, for stability (default 1e-7).
         epsilon: f32,
     },
     /// Adam with decoupled weight decay: `w -= lr * weight_decay * w` before the Adam step.
     AdamW {
+        /// Decay of the first moment `m` (default 0.9).
         beta_1: f32,
+        /// Decay of the second moment `v` (default 0.999).
         beta_2: f32,
+        /// Added to the second moment's root in the denominator, for stability (default 1e-7).
         epsilon: f32,
+        /// Each step removes `lr * weight_decay` of every weight (default 0.004).
         weight_decay: f32,
     },
+    /// RMSprop: divides the gradient by the root of a moving average of `g²`
+    /// (`optim::rmsprop_update`).
     RmsProp {
+        /// Decay of the moving average of `g²` (default 0.9).
         rho: f32,
+        /// Momentum on the increments; 0 (the default) keeps no momentum.
         momentum: f32,
+        /// Added to the moving average under the square root, for stability (default 1e-7).
         epsilon: f32,
+        /// Subtract the squared moving average of `g`, so the denominator estimates the variance
+        /// (default false).
         centered: bool,
     },
+    /// Adagrad: divides the gradient by the root of the sum of all past `g²`
+    /// (`optim::adagrad_update`).
     Adagrad {
+        /// Starting value of the accumulator (default 0.1).
         initial_accumulator: f32,
+        /// Added to the accumulator under the square root, for stability (default 1e-7).
         epsilon: f32,
     },
 }
 
 impl OptimizerKind {
+    /// The rule's name as the spec writes it (`sgd`, `adamw`, ...).
     pub fn name(&self) -> &'static str {
         match self {
             OptimizerKind::Sgd { .. } => "sgd",
@@ -493,39 +623,54 @@ impl OptimizerKind {
 /// Learning-rate schedules. The runtime evaluates them per step and hands the rate to the backend.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Schedule {
+    /// The optimizer's `lr` at every step.
     Constant,
     /// `lr0 * rate^(epoch_float / every)` where `epoch_float` counts epochs with fractions
     /// (per step); with `staircase`, the exponent is floored.
     ExponentialDecay {
+        /// Factor the rate is multiplied by every `every` epochs, in `(0, 1]`.
         rate: f32,
+        /// Epochs per multiplication by `rate`; may be fractional.
         every: f32,
+        /// Decay in jumps at whole multiples of `every` instead of continuously.
         staircase: bool,
     },
     /// `values[i]` for epochs in `[boundaries[i-1], boundaries[i])`; `values.len() ==
     /// boundaries.len() + 1`, boundaries strictly increasing epoch numbers (0-based epochs).
     PiecewiseConstant {
+        /// Epochs at which the rate changes, strictly increasing.
         boundaries: Vec<usize>,
+        /// The rates: one before the first boundary, then one from each boundary on.
         values: Vec<f32>,
     },
     /// 1cycle (Smith), as Géron implements it: linear from `start_lr` up to `max_lr` over the first
     /// half of the steps before the last `final_fraction`, back down to `start_lr` over the second
     /// half, then linear to `end_lr` over the last `final_fraction` of all steps.
     OneCycle {
+        /// Peak rate, reached at the end of the rising half (by default the optimizer's `lr`).
         max_lr: f32,
+        /// Rate at the start and at the end of the cycle (by default `max_lr / 10`).
         start_lr: f32,
+        /// Rate at the last step (by default `start_lr / 1000`).
         end_lr: f32,
+        /// Fraction of all steps spent annealing from `start_lr` to `end_lr`, in `(0, 1)` (default
+        /// 0.1).
         final_fraction: f32,
     },
     /// Multiply the rate by `factor` when validation loss has not improved for `patience` epochs,
     /// never below `min_lr`.
     ReduceOnPlateau {
+        /// Multiplier of each reduction, in `(0, 1)` (default 0.1).
         factor: f32,
+        /// Epochs without an improvement of the validation loss before a reduction (default 10).
         patience: usize,
+        /// Floor the rate never goes below (default 0).
         min_lr: f32,
     },
 }
 
 impl Schedule {
+    /// The schedule's name as the spec writes it (`one_cycle`, ...).
     pub fn name(&self) -> &'static str {
         match self {
             Schedule::Constant => "constant",
@@ -537,22 +682,32 @@ impl Schedule {
     }
 }
 
+/// Keras' `EarlyStopping`: training stops once the monitored validation metric has not improved for
+/// `patience` epochs in a row.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EarlyStopping {
+    /// The validation metric followed (default `val_loss`).
     pub monitor: Monitor,
+    /// Epochs in a row without an improvement before training stops (default 10).
     pub patience: usize,
     /// An epoch counts as an improvement only if it beats the best by more than this.
     pub min_delta: f32,
+    /// End with the weights of the best epoch, whatever stopped training (default true, unlike
+    /// Keras).
     pub restore_best: bool,
 }
 
+/// A validation metric early stopping follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Monitor {
+    /// Validation loss; lower is better.
     ValLoss,
+    /// Validation accuracy; higher is better.
     ValAccuracy,
 }
 
 impl Monitor {
+    /// The metric's name as the spec and Keras write it (`val_loss`, `val_accuracy`).
     pub fn name(self) -> &'static str {
         match self {
             Monitor::ValLoss => "val_loss",
@@ -561,10 +716,13 @@ impl Monitor {
     }
 }
 
+/// What the evaluation on the test set does besides one plain forward pass.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct EvalConfig {
     /// Number of stochastic forward passes averaged for MC Dropout, if asked.
     pub mc_dropout: Option<usize>,
+    /// Prunes the dense kernels before the test evaluation, if asked; the accuracy before pruning
+    /// is reported too.
     pub prune: Option<Prune>,
 }
 
@@ -572,5 +730,6 @@ pub struct EvalConfig {
 /// with the smallest absolute value is set to zero.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Prune {
+    /// Fraction of each kernel's weights set to zero, in `[0, 1)`.
     pub sparsity: f32,
 }

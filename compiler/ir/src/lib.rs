@@ -7,6 +7,8 @@
 //! be told about is decided by the front end before a `Program` exists; a program is valid by
 //! construction, and a `BackendError` means a bug in netc or a host that cannot run it.
 
+#![warn(missing_docs)]
+
 pub mod autodiff;
 pub mod backend;
 pub mod cores;

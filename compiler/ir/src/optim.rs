@@ -59,6 +59,7 @@ pub fn initial_slots(program: &Program) -> Vec<Vec<ArrayD<f32>>> {
 pub struct StepContext {
     /// Steps taken before this one (`TrainState::step`); Keras' `iterations`.
     pub step: u64,
+    /// Learning rate of this step, after the schedule.
     pub lr: f32,
     /// Nadam's `u_product` before this step: `nadam_u_product(beta_1, step)`. Ignored by the
     /// other rules.
@@ -182,12 +183,16 @@ pub fn sgd_update(
 /// `alpha = lr * sqrt(1 - β2^t) / (1 - β1^t)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamStep {
+    /// The bias-corrected step size `lr * sqrt(1 - β2^t) / (1 - β1^t)`.
     pub alpha: f32,
+    /// Decay of the first moment `m`.
     pub beta_1: f32,
+    /// Decay of the second moment `v`.
     pub beta_2: f32,
 }
 
 impl AdamStep {
+    /// The scalars of 0-based step `step` (so `t = step + 1`) at learning rate `lr`.
     pub fn new(step: u64, lr: f32, beta_1: f32, beta_2: f32) -> AdamStep {
         let t = (step + 1) as f64;
         let (b1, b2) = (f64::from(beta_1), f64::from(beta_2));
@@ -244,13 +249,21 @@ pub fn nadam_u_product(beta_1: f32, steps: u64) -> f32 {
 /// `u_product_t1 = u_product_t * u_t1`, and the bias correction `1 - β2^t`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct NadamStep {
+    /// Learning rate of this step.
     pub lr: f32,
+    /// Decay of the first moment `m`.
     pub beta_1: f32,
+    /// Decay of the second moment `v`.
     pub beta_2: f32,
+    /// Momentum cache of this step, `nadam_u(β1, t)`.
     pub u_t: f32,
+    /// Momentum cache of the next step, `nadam_u(β1, t + 1)`.
     pub u_t1: f32,
+    /// Product of the momentum caches up to this step, `u_1 · ... · u_t`.
     pub u_product_t: f32,
+    /// Product of the momentum caches up to the next step, `u_1 · ... · u_t1`.
     pub u_product_t1: f32,
+    /// The second moment's bias correction, `1 - β2^t`.
     pub one_minus_beta_2_power: f32,
 }
 
@@ -300,16 +313,22 @@ pub fn nadam_update(
 /// RMSprop's hyperparameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RmsProp {
+    /// Decay of the moving average of `g²`.
     pub rho: f32,
+    /// Momentum on the increments; 0 for none.
     pub momentum: f32,
+    /// Added to the moving average under the square root, for stability.
     pub epsilon: f32,
 }
 
 /// RMSprop's slots: `momentum` is present iff `momentum > 0`, `average_gradient` iff centered.
 #[derive(Debug)]
 pub struct RmsPropSlots<'a> {
+    /// Moving average of `g²`.
     pub velocity: &'a mut [f32],
+    /// Momentum of the increments, when `momentum > 0`.
     pub momentum: Option<&'a mut [f32]>,
+    /// Moving average of `g`, when centered.
     pub average_gradient: Option<&'a mut [f32]>,
 }
 

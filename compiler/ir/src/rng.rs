@@ -9,7 +9,9 @@
 /// never reuse each other's masks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
+    /// Training steps; the counter is the optimizer step (`TrainState::step`).
     Train = 1,
+    /// MC Dropout passes; the counter is the sample number (`Mode::McDropout`).
     McDropout = 2,
 }
 
@@ -61,6 +63,7 @@ impl SplitMix64 {
         }
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         mix64(self.state)
@@ -86,8 +89,11 @@ impl SplitMix64 {
 
 /// Purposes for `SplitMix64::new`, so unrelated streams never coincide.
 pub mod purpose {
+    /// Initial parameter values; the index is the parameter's.
     pub const INIT: u64 = 1;
+    /// The hold-out of the validation examples; the index is 0.
     pub const SPLIT: u64 = 2;
+    /// The order of the training examples in an epoch; the index is the 0-based epoch.
     pub const SHUFFLE: u64 = 3;
 }
 

@@ -16,27 +16,38 @@ use crate::ir::{
 pub enum Layer {
     /// Dense with a Glorot-uniform kernel and a zero bias.
     Dense(usize),
+    /// Dense with every option given.
     DenseWith(DenseLayer),
+    /// An activation.
     Act(Activation),
     /// PReLU with Keras' zero initial alpha.
     Prelu,
     /// Batch norm with Keras' defaults (momentum 0.99, epsilon 1e-3).
     BatchNorm,
+    /// Inverted dropout at the given rate.
     Dropout(f32),
+    /// Alpha dropout at the given rate.
     AlphaDropout(f32),
 }
 
 /// A dense layer with every option spelled out.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DenseLayer {
+    /// Width of the output.
     pub units: usize,
+    /// Whether the layer has a bias (starting at zero).
     pub bias: bool,
+    /// Penalty on the kernel.
     pub regularizer: Regularizer,
+    /// Max-norm constraint on the kernel's columns.
     pub max_norm: Option<f32>,
+    /// Initializer of the kernel.
     pub init: Init,
 }
 
 impl DenseLayer {
+    /// A dense layer `units` wide, with a zero bias, a Glorot-uniform kernel, no penalty and no
+    /// constraint.
     pub fn new(units: usize) -> DenseLayer {
         DenseLayer {
             units,
@@ -48,6 +59,7 @@ impl DenseLayer {
     }
 }
 
+/// Keras' default kernel initializer, `glorot_uniform`.
 pub const GLOROT_UNIFORM: Init = Init::VarianceScaling {
     scale: 1.0,
     mode: FanMode::FanAvg,

@@ -398,6 +398,16 @@ fn bench_reports_timings_for_both_backends_without_data() {
             assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {r}");
         }
         assert_eq!(r["batch"], 16);
+        // The kernels' tier first, then every wider one this CPU has, each with its peak.
+        assert_eq!(r["tier"], "f32x4", "{r}");
+        let peaks = r["tier_peaks"].as_array().expect("tier_peaks");
+        assert_eq!(peaks[0]["tier"], "f32x4", "{r}");
+        assert!(
+            peaks
+                .iter()
+                .all(|p| p["gflops_per_core"].as_f64().is_some_and(|g| g > 0.0)),
+            "{r}"
+        );
         assert_eq!(r["backend"], backend);
         let calls = r["calls"].as_array().expect("calls");
         assert_eq!(calls.is_empty(), backend == "interp", "{r}");

@@ -32,6 +32,14 @@ impl Default for BenchOptions {
     }
 }
 
+/// One vector tier's fused multiply-add peak on one core.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TierPeak {
+    /// `f32x4`, `avx2` or `avx512`.
+    pub tier: String,
+    pub gflops_per_core: f64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct BenchReport {
     pub spec: String,
@@ -52,8 +60,13 @@ pub struct BenchReport {
     /// Floating-point operations of one training step, counted from the IR's matrix multiplies.
     pub flops_per_step: f64,
     pub gflops: f64,
-    /// This machine's f32x4 FMA peak on one core, measured by a tiny JIT kernel at start.
+    /// The vector tier the step's kernels run (`f32x4` for today's JIT kernels).
+    pub tier: String,
+    /// That tier's FMA peak on one core, measured by a tiny kernel at start.
     pub peak_gflops_per_core: f64,
+    /// The FMA peak on one core of every tier this CPU has, the step's first: what wider
+    /// kernels would be worth here.
+    pub tier_peaks: Vec<TierPeak>,
     /// `gflops` over the peak of the cores the step runs on.
     pub peak_fraction: f64,
     /// Milliseconds to predict 10,000 images with dropout off.
@@ -108,14 +121,15 @@ pub fn generated(program: &Program, rows: usize, seed: u64) -> (Vec<u8>, Vec<u8>
 }
 
 /// Builds the backend with `make` (timed as compile time) and times training and inference.
-/// `peak_gflops` measures one core's FMA peak, which the report compares the step against; the
-/// caller supplies it, as it supplies the backend, so the runtime depends on no backend.
+/// `peaks` measures one core's FMA peak per vector tier, the tier the step's kernels run first,
+/// which the report compares the step against; the caller supplies it, as it supplies the
+/// backend, so the runtime depends on no backend.
 pub fn bench<F>(
     program: &Program,
     spec: &str,
     opts: &BenchOptions,
     make: F,
-    peak_gflops: impl FnOnce() -> Result<f64, BackendError>,
+    peaks: impl FnOnce() -> Result<Vec<TierPeak>, BackendError>,
 ) -> Result<BenchReport, BackendError>
 where
     F: FnOnce(&Program, Option<InputStats>) -> Result<Box<dyn Backend>, BackendError>,
@@ -174,7 +188,10 @@ where
     let flops = flops_per_step(&program, batch);
     let gflops = flops / (step_ms * 1e6);
     let threads = backend.threads();
-    let peak = peak_gflops()?;
+    let tier_peaks = peaks()?;
+    let (tier, peak) = tier_peaks.first().map_or((String::new(), f64::NAN), |p| {
+        (p.tier.clone(), p.gflops_per_core)
+    });
     Ok(BenchReport {
         spec: spec.to_string(),
         backend: backend.name().to_string(),
@@ -187,7 +204,9 @@ where
         sec_per_epoch: step_ms * EPOCH_IMAGES.div_ceil(batch) as f64 / 1e3,
         flops_per_step: flops,
         gflops,
+        tier,
         peak_gflops_per_core: peak,
+        tier_peaks,
         peak_fraction: gflops / (peak * threads as f64),
         predict_ms_per_10k,
         calls,
@@ -221,7 +240,10 @@ mod tests {
             repeats,
         };
         bench(&program, "m.net", &opts, make, || {
-            netc_jit::fma_peak_gflops(100_000, 3)
+            Ok(vec![TierPeak {
+                tier: "f32x4".to_owned(),
+                gflops_per_core: netc_jit::fma_peak_gflops(100_000, 3)?,
+            }])
         })
         .expect("bench")
     }

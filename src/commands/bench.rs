@@ -51,7 +51,7 @@ pub(super) fn bench(args: BenchArgs) -> Result<ExitCode> {
         &spec,
         &opts,
         |p, s| make_backend(kind, threads, p, s),
-        || netc_jit::fma_peak_gflops(PEAK_ITERATIONS, 5),
+        tier_peaks,
     )?;
     if args.json {
         println!("{}", serde_json::to_string(&r).map_err(CliError::Json)?);
@@ -81,10 +81,21 @@ pub(super) fn bench(args: BenchArgs) -> Result<ExitCode> {
             r.flops_per_step / 1e6
         );
         println!(
-            "  of peak        {:>10.1} %  (f32x4 FMA peak {:.1} GFLOP/s per core, measured)",
+            "  of peak        {:>10.1} %  ({} FMA peak {:.1} GFLOP/s per core, measured)",
             r.peak_fraction * 100.0,
+            r.tier,
             r.peak_gflops_per_core
         );
+        if r.tier_peaks.len() > 1 {
+            let wider: Vec<String> = r.tier_peaks[1..]
+                .iter()
+                .map(|p| format!("{} {:.1}", p.tier, p.gflops_per_core))
+                .collect();
+            println!(
+                "  wider tiers    {} GFLOP/s per core (FMA peaks; the kernels do not use them yet)",
+                wider.join(", ")
+            );
+        }
         println!(
             "  predict        {:>10.0} ms per 10,000 images",
             r.predict_ms_per_10k
@@ -118,4 +129,19 @@ pub(super) fn bench(args: BenchArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The FMA peak on one core of the tier the JIT's kernels run (f32x4, Cranelift's width), then
+/// of each wider tier this CPU has.
+fn tier_peaks() -> std::result::Result<Vec<netc_runtime::bench::TierPeak>, BackendError> {
+    use netc_jit::tier::Tier;
+    Tier::available()
+        .into_iter()
+        .map(|tier| {
+            Ok(netc_runtime::bench::TierPeak {
+                tier: tier.name().to_owned(),
+                gflops_per_core: netc_jit::tier_peak_gflops(tier, PEAK_ITERATIONS, 5)?,
+            })
+        })
+        .collect()
 }

@@ -42,6 +42,9 @@ mod parallel;
 mod random_specs;
 #[cfg(test)]
 mod tests;
+pub mod tier;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use std::collections::{HashMap, HashSet};
 use std::thread;
@@ -64,7 +67,7 @@ use netc_ir::rng::{dropout_key, Stream};
 use parallel::{Invocation, Pool, Segment, Share, MAX_ARGS};
 
 pub use adapt::Dispatch;
-pub use calibrate::fma_peak_gflops;
+pub use calibrate::{fma_peak_gflops, tier_peak_gflops};
 pub use kernel_bench::{KernelBench, KernelShare};
 
 /// The CLIF text of every kernel of `program` (deduplicated, in planning order), generated for

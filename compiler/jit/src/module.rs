@@ -287,6 +287,26 @@ impl KernelModule {
         Ok(id)
     }
 
+    /// Defines a function with the kernel ABI from machine code generated outside Cranelift
+    /// (`x86`): position-independent, with no relocations, following the ABI and the calling
+    /// convention's register rules. It is called like any other kernel after `finalize`.
+    #[cfg(target_arch = "x86_64")]
+    pub fn define_machine_code(
+        &mut self,
+        name: &str,
+        code: Vec<u8>,
+    ) -> Result<KernelId, BackendError> {
+        let id = self.declare(name)?;
+        let compiled = Compiled {
+            // A cache line, so that a loop's first instructions share its fetch block.
+            align: 64,
+            code,
+            relocs: Vec::new(),
+        };
+        self.define_bytes(id, &compiled)?;
+        Ok(id)
+    }
+
     /// Makes every defined kernel executable; call once, after the last `kernel`.
     pub fn finalize(&mut self) -> Result<(), BackendError> {
         self.compile_pending()?;

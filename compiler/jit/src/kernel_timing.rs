@@ -1,6 +1,6 @@
 //! Time of single dense kernels at the baseline's shapes, in GFLOP/s, to tune the matrix-multiply
 //! loops without the noise of a whole step. Not asserted (timings belong to benchmarks):
-//! `cargo test --release -p netc-compiler jit::kernel_timing -- --ignored --nocapture`.
+//! `cargo test --release -p netc-jit kernel_timing -- --ignored --nocapture`.
 //! The kernels are built by `KernelBench`, as `benches/kernels.rs` builds them.
 
 use std::time::Instant;
@@ -85,4 +85,48 @@ fn dense_kernels_on_two_cores() {
     };
     println!("{name} on {rows} rows: 1 core {:.1} us per call", time(1));
     println!("{name} on {rows} rows: 2 cores {:.1} us per call", time(2));
+}
+
+/// The AVX-512 GEMM micro-kernels (`gemm`) at the dense forward's shapes, beside the f32x4 dense
+/// kernel of the same shape and each tier's FMA peak on one core.
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore = "timing report; run in release with --ignored --nocapture"]
+fn full_width_gemm() {
+    use crate::tier::Tier;
+    use crate::{FullWidthGemm, GemmShape};
+    if !Tier::Avx512.supported() {
+        println!("no AVX-512 here");
+        return;
+    }
+    for tier in Tier::available() {
+        let g = super::calibrate::tier_peak_gflops(tier, 10_000_000, 7).expect("runs");
+        println!("{} FMA peak on one core: {g:.1} GFLOP/s", tier.name());
+    }
+    for (rows, k, n) in [
+        (32, 3072, 100),
+        (16, 3072, 100),
+        (32, 100, 100),
+        (256, 3072, 100),
+    ] {
+        let shape = GemmShape {
+            k,
+            n,
+            lda: k,
+            ldb: n,
+            ldc: n,
+        };
+        let gemm = FullWidthGemm::new(shape).expect("compiles");
+        let a = vec![0.5f32; rows * k];
+        let b = vec![0.25f32; k * n];
+        let mut c = vec![0f32; rows * n];
+        let us = fastest_us(15, || gemm.run(&a, &b, &mut c, rows));
+        let flops = 2.0 * (rows * k * n) as f64;
+        println!(
+            "{:<28} {rows:3} rows {us:8.1} us {:6.1} GFLOP/s",
+            format!("gemm_avx512_{k}x{n}"),
+            flops / us / 1e3
+        );
+        report(KernelBench::dense(rows, k, n, None).expect("compiles"));
+    }
 }

@@ -30,6 +30,8 @@
 mod adapt;
 mod calibrate;
 mod emit;
+#[cfg(target_arch = "x86_64")]
+mod gemm;
 mod kernel_bench;
 #[cfg(test)]
 mod kernel_timing;
@@ -68,7 +70,11 @@ use parallel::{Invocation, Pool, Segment, Share, MAX_ARGS};
 
 pub use adapt::Dispatch;
 pub use calibrate::{fma_peak_gflops, tier_peak_gflops};
+#[cfg(target_arch = "x86_64")]
+pub use gemm::FullWidthGemm;
 pub use kernel_bench::{KernelBench, KernelShare};
+#[cfg(target_arch = "x86_64")]
+pub use x86::GemmShape;
 
 /// The CLIF text of every kernel of `program` (deduplicated, in planning order), generated for
 /// a fixed x86-64 ISA with SSE4.1, AVX and FMA so that golden files do not depend on the host.

@@ -91,3 +91,127 @@ pub fn fma_peak(tier: Tier) -> Result<Vec<u8>, BackendError> {
     a.ret().map_err(fail)?;
     a.assemble(0).map_err(fail)
 }
+
+/// The shape of `C = A · B` a generated GEMM computes: `A` is `rows × k` (rows a runtime
+/// argument), `B` is `k × n`, `C` is `rows × n`, all row-major f32 with row strides in floats
+/// (`lda`, `ldb`, `ldc`, each at least the row's width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmShape {
+    pub k: usize,
+    pub n: usize,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldc: usize,
+}
+
+/// Rows of `C` one register tile covers.
+const GEMM_MR: usize = 4;
+/// Most vectors of `C` across one register tile: `GEMM_MR × GEMM_NR` accumulators plus
+/// `GEMM_NR` vectors of `B` fit in AVX-512's 32 registers.
+const GEMM_NR: usize = 6;
+
+/// AVX-512 code for `C = A · B` of `shape`, with the kernel ABI: the table's pointers are
+/// `A`, `B`, `C`, and `rsi` is the number of rows. Each tile keeps `GEMM_MR × GEMM_NR` zmm
+/// accumulators; per step along `k` it loads one row of `B` per vector and multiplies it by
+/// elements of `A` broadcast from memory (`{1to16}`). The columns past the last whole vector are
+/// handled with an opmask, the rows past the last whole tile one at a time. Every element of `C`
+/// is one chain of fused multiply-adds in the order of `k`, so the result does not depend on the
+/// number of rows or where they start.
+pub fn gemm_avx512(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
+    let fail = |e: IcedError| BackendError::Codegen {
+        kernel: format!("gemm_avx512_{}x{}", shape.k, shape.n),
+        detail: e.to_string(),
+    };
+    let bad = |what: &str| Err(BackendError::Plan(format!("gemm {shape:?}: {what}")));
+    if shape.k == 0 || shape.n == 0 {
+        return bad("an empty dimension");
+    }
+    if shape.lda < shape.k || shape.ldb < shape.n || shape.ldc < shape.n {
+        return bad("a stride shorter than its row");
+    }
+    let (lda, ldb, ldc) = (4 * shape.lda, 4 * shape.ldb, 4 * shape.ldc);
+    if GEMM_MR * lda.max(ldc) > i32::MAX as usize / 2 || ldb > i32::MAX as usize / 2 {
+        return bad("strides too long for 32-bit displacements");
+    }
+    let (lda, ldb, ldc) = (lda as i32, ldb as i32, ldc as i32);
+    let acc_regs = [
+        zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13,
+        zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23,
+    ];
+    let b_regs = [zmm24, zmm25, zmm26, zmm27, zmm28, zmm29];
+    let vectors = shape.n.div_ceil(16);
+    let tail = shape.n % 16;
+
+    let mut a = CodeAssembler::new(64).map_err(fail)?;
+    if tail != 0 {
+        a.mov(eax, (1u32 << tail) - 1).map_err(fail)?;
+        a.kmovw(k1, eax).map_err(fail)?;
+    }
+    // Column blocks of at most GEMM_NR vectors, each over all rows.
+    let mut v0 = 0;
+    while v0 < vectors {
+        let nv = (vectors - v0).min(GEMM_NR);
+        let masked_last = tail != 0 && v0 + nv == vectors;
+        let col = 64 * v0 as i32;
+        a.mov(r8, qword_ptr(rdi)).map_err(fail)?; // A row
+        a.mov(r10, qword_ptr(rdi + 16)).map_err(fail)?; // C row
+        a.mov(rdx, rsi).map_err(fail)?; // rows left
+        for mr in [GEMM_MR, 1] {
+            let mut rows_top = a.create_label();
+            let mut rows_done = a.create_label();
+            let mut k_top = a.create_label();
+            a.set_label(&mut rows_top).map_err(fail)?;
+            a.cmp(rdx, mr as i32).map_err(fail)?;
+            a.jb(rows_done).map_err(fail)?;
+            let acc = |i: usize, j: usize| acc_regs[i * GEMM_NR + j];
+            for i in 0..mr {
+                for j in 0..nv {
+                    a.vpxord(acc(i, j), acc(i, j), acc(i, j)).map_err(fail)?;
+                }
+            }
+            a.mov(rax, r8).map_err(fail)?; // A, at column kk
+            a.mov(r11, qword_ptr(rdi + 8)).map_err(fail)?; // B, at row kk
+            a.mov(rcx, shape.k as u64).map_err(fail)?;
+            a.set_label(&mut k_top).map_err(fail)?;
+            for (j, &b) in b_regs.iter().enumerate().take(nv) {
+                let at = zmmword_ptr(r11 + col + 64 * j as i32);
+                if masked_last && j + 1 == nv {
+                    a.vmovups(b.k1().z(), at).map_err(fail)?;
+                } else {
+                    a.vmovups(b, at).map_err(fail)?;
+                }
+            }
+            for i in 0..mr {
+                for (j, &b) in b_regs.iter().enumerate().take(nv) {
+                    a.vfmadd231ps(acc(i, j), b, dword_bcst(rax + lda * i as i32))
+                        .map_err(fail)?;
+                }
+            }
+            a.add(rax, 4).map_err(fail)?;
+            a.add(r11, ldb).map_err(fail)?;
+            a.dec(rcx).map_err(fail)?;
+            a.jnz(k_top).map_err(fail)?;
+            for i in 0..mr {
+                for j in 0..nv {
+                    let at = zmmword_ptr(r10 + ldc * i as i32 + col + 64 * j as i32);
+                    if masked_last && j + 1 == nv {
+                        a.vmovups(at.k1(), acc(i, j)).map_err(fail)?;
+                    } else {
+                        a.vmovups(at, acc(i, j)).map_err(fail)?;
+                    }
+                }
+            }
+            a.add(r8, lda * mr as i32).map_err(fail)?;
+            a.add(r10, ldc * mr as i32).map_err(fail)?;
+            a.sub(rdx, mr as i32).map_err(fail)?;
+            a.jmp(rows_top).map_err(fail)?;
+            a.set_label(&mut rows_done).map_err(fail)?;
+            // A label needs an instruction of its own; the next may carry one too.
+            a.zero_bytes().map_err(fail)?;
+        }
+        v0 += nv;
+    }
+    a.vzeroupper().map_err(fail)?;
+    a.ret().map_err(fail)?;
+    a.assemble(0).map_err(fail)
+}

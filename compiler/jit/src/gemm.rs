@@ -1,15 +1,16 @@
-//! Full-width matrix multiplies: the GEMM micro-kernels of the AVX-512 tier (`x86::gemm_avx512`)
-//! compiled into a `KernelModule` of their own and called through a safe, bounds-checked entry.
+//! Full-width matrix multiplies: the GEMM micro-kernels of the AVX-512 and AVX2 tiers
+//! (`x86::gemm_avx512`, `x86::gemm_avx2`) compiled into a `KernelModule` of their own and called
+//! through a safe, bounds-checked entry.
 //! They are the first layer of issue 16's generators and are not yet planned into training
 //! steps; tests check them against a reference product, and the `kernel_timing` report measures
 //! them against the tier's FMA peak.
 
 use crate::module::{KernelId, KernelModule};
 use crate::tier::Tier;
-use crate::x86::{gemm_avx512, GemmShape};
+use crate::x86::{gemm_avx2, gemm_avx512, GemmShape};
 use netc_ir::backend::BackendError;
 
-/// `C = A · B` for one shape at AVX-512 width.
+/// `C = A · B` for one shape at one full-width tier.
 pub struct FullWidthGemm {
     module: KernelModule,
     id: KernelId,
@@ -17,17 +18,27 @@ pub struct FullWidthGemm {
 }
 
 impl FullWidthGemm {
-    /// Generates and places the kernel for `shape`; an error on a CPU without AVX-512.
-    pub fn new(shape: GemmShape) -> Result<FullWidthGemm, BackendError> {
-        if !Tier::Avx512.supported() {
+    /// Generates and places the kernel for `shape` at `tier` (`Avx2` or `Avx512`); an error on
+    /// a CPU without the tier's instructions.
+    pub fn new(tier: Tier, shape: GemmShape) -> Result<FullWidthGemm, BackendError> {
+        if !tier.supported() {
             return Err(BackendError::Host {
-                what: "running avx512 code".to_owned(),
+                what: format!("running {} code", tier.name()),
                 detail: "this CPU does not have the instructions".to_owned(),
             });
         }
+        let code = match tier {
+            Tier::Avx512 => gemm_avx512(shape)?,
+            Tier::Avx2 => gemm_avx2(shape)?,
+            Tier::F32x4 => {
+                return Err(BackendError::Plan(
+                    "the f32x4 tier's kernels are Cranelift's".to_owned(),
+                ))
+            }
+        };
         let mut module = KernelModule::new()?;
-        let name = format!("gemm_avx512_{}x{}", shape.k, shape.n);
-        let id = module.define_machine_code(&name, gemm_avx512(shape)?)?;
+        let name = format!("gemm_{}_{}x{}", tier.name(), shape.k, shape.n);
+        let id = module.define_machine_code(&name, code)?;
         module.finalize()?;
         Ok(FullWidthGemm { module, id, shape })
     }
@@ -56,7 +67,7 @@ impl FullWidthGemm {
             c.as_mut_ptr().cast::<u8>(),
         ];
         let f = self.module.get(self.id);
-        // SAFETY: the CPU has AVX-512 (checked in `new`); the code reads `rows` rows of `a` and
+        // SAFETY: the CPU has the tier's instructions (checked in `new`); the code reads `rows` rows of `a` and
         // `k` rows of `b`, and writes `rows` rows of `c`, each no further than its row's width
         // at the shape's stride (the last vector of a row is masked), which the assertions
         // above put inside the slices; it touches nothing else.
@@ -75,46 +86,54 @@ mod tests {
             .collect()
     }
 
-    /// Every odd shape the issue names, against a product summed in f64: rows that are not a
-    /// multiple of the tile, columns that are not a multiple of a vector (the masked tail), one
-    /// column block and several, and padded strides whose padding must stay untouched.
+    /// The full-width tiers this CPU has.
+    fn tiers() -> Vec<Tier> {
+        Tier::available()
+            .into_iter()
+            .filter(|t| *t != Tier::F32x4)
+            .collect()
+    }
+
+    /// Every odd shape the issue names, on every full-width tier here, against a product summed
+    /// in f64: rows that are not a multiple of the tile, columns that are not a multiple of a
+    /// vector (the masked tail), one column block and several, and padded strides whose padding
+    /// must stay untouched.
     #[test]
-    fn avx512_gemm_matches_the_reference_on_odd_shapes() {
-        if !Tier::Avx512.supported() {
-            return;
-        }
+    fn full_width_gemms_match_the_reference_on_odd_shapes() {
         let mut rng = SplitMix64::new(7, 0x6e44, 0);
-        for &k in &[1usize, 5, 100, 3072] {
-            for &n in &[1usize, 3, 17, 33, 100, 128] {
-                let (lda, ldb, ldc) = (k + 3, n + 5, n + 2);
-                let shape = GemmShape {
-                    k,
-                    n,
-                    lda,
-                    ldb,
-                    ldc,
-                };
-                let gemm = FullWidthGemm::new(shape).expect("compiles");
-                for &rows in &[1usize, 3, 4, 7, 32, 67] {
-                    let a = random(rows * lda, &mut rng);
-                    let b = random(k * ldb, &mut rng);
-                    let mut c = vec![f32::NAN; rows * ldc];
-                    gemm.run(&a, &b, &mut c, rows);
-                    for r in 0..rows {
-                        for j in 0..ldc {
-                            let got = c[r * ldc + j];
-                            if j >= n {
-                                assert!(got.is_nan(), "padding written at {r},{j} of {shape:?}");
-                                continue;
+        for tier in tiers() {
+            for &k in &[1usize, 5, 100, 3072] {
+                for &n in &[1usize, 3, 17, 33, 100, 128] {
+                    let (lda, ldb, ldc) = (k + 3, n + 5, n + 2);
+                    let shape = GemmShape {
+                        k,
+                        n,
+                        lda,
+                        ldb,
+                        ldc,
+                    };
+                    let gemm = FullWidthGemm::new(tier, shape).expect("compiles");
+                    for &rows in &[1usize, 3, 4, 7, 32, 67] {
+                        let a = random(rows * lda, &mut rng);
+                        let b = random(k * ldb, &mut rng);
+                        let mut c = vec![f32::NAN; rows * ldc];
+                        gemm.run(&a, &b, &mut c, rows);
+                        for r in 0..rows {
+                            for j in 0..ldc {
+                                let got = c[r * ldc + j];
+                                if j >= n {
+                                    assert!(got.is_nan(), "{tier:?} wrote padding {r},{j}");
+                                    continue;
+                                }
+                                let want: f64 = (0..k)
+                                    .map(|i| f64::from(a[r * lda + i]) * f64::from(b[i * ldb + j]))
+                                    .sum();
+                                let tol = 4e-6 * (k as f64).sqrt().max(1.0);
+                                assert!(
+                                    (f64::from(got) - want).abs() <= tol,
+                                    "{tier:?} {shape:?} rows {rows}: c[{r},{j}] = {got}, want {want}"
+                                );
                             }
-                            let want: f64 = (0..k)
-                                .map(|i| f64::from(a[r * lda + i]) * f64::from(b[i * ldb + j]))
-                                .sum();
-                            let tol = 1e-6 * (k as f64).sqrt().max(1.0) * 4.0;
-                            assert!(
-                                (f64::from(got) - want).abs() <= tol,
-                                "{shape:?} rows {rows}: c[{r},{j}] = {got}, want {want}"
-                            );
                         }
                     }
                 }
@@ -122,30 +141,60 @@ mod tests {
         }
     }
 
-    /// A row's result is the same whichever tile computes it (four rows at once or one at a
+    /// A row's result is the same whichever tile computes it (several rows at once or one at a
     /// time): what "threads never change results" needs when threads split the rows.
     #[test]
-    fn avx512_gemm_rows_do_not_depend_on_their_tile() {
-        if !Tier::Avx512.supported() {
+    fn full_width_gemm_rows_do_not_depend_on_their_tile() {
+        let mut rng = SplitMix64::new(8, 0x6e44, 0);
+        let (k, n) = (300, 100);
+        let shape = GemmShape {
+            k,
+            n,
+            lda: k,
+            ldb: n,
+            ldc: n,
+        };
+        let a = random(7 * k, &mut rng);
+        let b = random(k * n, &mut rng);
+        for tier in tiers() {
+            let gemm = FullWidthGemm::new(tier, shape).expect("compiles");
+            let mut all = vec![0f32; 7 * n];
+            gemm.run(&a, &b, &mut all, 7);
+            for r in 0..7 {
+                let mut one = vec![0f32; n];
+                gemm.run(&a[r * k..], &b, &mut one, 1);
+                assert_eq!(one, all[r * n..(r + 1) * n], "{tier:?} row {r}");
+            }
+        }
+    }
+
+    /// The tiers compute the same products in the same order, so they agree bit for bit.
+    #[test]
+    fn full_width_tiers_agree_bit_for_bit() {
+        let tiers = tiers();
+        if tiers.len() < 2 {
             return;
         }
-        let mut rng = SplitMix64::new(8, 0x6e44, 0);
+        let mut rng = SplitMix64::new(9, 0x6e44, 0);
         let shape = GemmShape {
-            k: 300,
+            k: 3072,
             n: 100,
-            lda: 300,
+            lda: 3072,
             ldb: 100,
             ldc: 100,
         };
-        let gemm = FullWidthGemm::new(shape).expect("compiles");
-        let a = random(7 * 300, &mut rng);
-        let b = random(300 * 100, &mut rng);
-        let mut all = vec![0f32; 7 * 100];
-        gemm.run(&a, &b, &mut all, 7);
-        for r in 0..7 {
-            let mut one = vec![0f32; 100];
-            gemm.run(&a[r * 300..], &b, &mut one, 1);
-            assert_eq!(one, all[r * 100..(r + 1) * 100], "row {r}");
-        }
+        let a = random(33 * 3072, &mut rng);
+        let b = random(3072 * 100, &mut rng);
+        let results: Vec<Vec<f32>> = tiers
+            .iter()
+            .map(|&tier| {
+                let mut c = vec![0f32; 33 * 100];
+                FullWidthGemm::new(tier, shape)
+                    .expect("compiles")
+                    .run(&a, &b, &mut c, 33);
+                c
+            })
+            .collect();
+        assert!(results.windows(2).all(|w| w[0] == w[1]));
     }
 }

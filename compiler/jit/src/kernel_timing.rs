@@ -87,8 +87,8 @@ fn dense_kernels_on_two_cores() {
     println!("{name} on {rows} rows: 2 cores {:.1} us per call", time(2));
 }
 
-/// The AVX-512 GEMM micro-kernels (`gemm`) at the dense forward's shapes, beside the f32x4 dense
-/// kernel of the same shape and each tier's FMA peak on one core.
+/// The full-width GEMM micro-kernels (`gemm`) at the dense forward's shapes, beside the f32x4
+/// dense kernel of the same shape and each tier's FMA peak on one core.
 #[cfg(target_arch = "x86_64")]
 #[test]
 #[ignore = "timing report; run in release with --ignored --nocapture"]
@@ -116,17 +116,19 @@ fn full_width_gemm() {
             ldb: n,
             ldc: n,
         };
-        let gemm = FullWidthGemm::new(shape).expect("compiles");
         let a = vec![0.5f32; rows * k];
         let b = vec![0.25f32; k * n];
         let mut c = vec![0f32; rows * n];
-        let us = fastest_us(15, || gemm.run(&a, &b, &mut c, rows));
-        let flops = 2.0 * (rows * k * n) as f64;
-        println!(
-            "{:<28} {rows:3} rows {us:8.1} us {:6.1} GFLOP/s",
-            format!("gemm_avx512_{k}x{n}"),
-            flops / us / 1e3
-        );
+        for tier in [Tier::Avx512, Tier::Avx2] {
+            let gemm = FullWidthGemm::new(tier, shape).expect("compiles");
+            let us = fastest_us(15, || gemm.run(&a, &b, &mut c, rows));
+            let flops = 2.0 * (rows * k * n) as f64;
+            println!(
+                "{:<28} {rows:3} rows {us:8.1} us {:6.1} GFLOP/s",
+                format!("gemm_{}_{k}x{n}", tier.name()),
+                flops / us / 1e3
+            );
+        }
         report(KernelBench::dense(rows, k, n, None).expect("compiles"));
     }
 }

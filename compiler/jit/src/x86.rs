@@ -122,18 +122,7 @@ pub fn gemm_avx512(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
         kernel: format!("gemm_avx512_{}x{}", shape.k, shape.n),
         detail: e.to_string(),
     };
-    let bad = |what: &str| Err(BackendError::Plan(format!("gemm {shape:?}: {what}")));
-    if shape.k == 0 || shape.n == 0 {
-        return bad("an empty dimension");
-    }
-    if shape.lda < shape.k || shape.ldb < shape.n || shape.ldc < shape.n {
-        return bad("a stride shorter than its row");
-    }
-    let (lda, ldb, ldc) = (4 * shape.lda, 4 * shape.ldb, 4 * shape.ldc);
-    if GEMM_MR * lda.max(ldc) > i32::MAX as usize / 2 || ldb > i32::MAX as usize / 2 {
-        return bad("strides too long for 32-bit displacements");
-    }
-    let (lda, ldb, ldc) = (lda as i32, ldb as i32, ldc as i32);
+    let (lda, ldb, ldc) = checked_strides(shape, GEMM_MR)?;
     let acc_regs = [
         zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13,
         zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23,
@@ -214,4 +203,119 @@ pub fn gemm_avx512(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
     a.vzeroupper().map_err(fail)?;
     a.ret().map_err(fail)?;
     a.assemble(0).map_err(fail)
+}
+
+/// AVX2 code for `C = A · B` of `shape`, with the same ABI and order of operations as
+/// `gemm_avx512`, in AVX2's 16 ymm registers: tiles of 3 rows × up to 3 vectors (9
+/// accumulators, enough chains for two FMA pipes of latency 4), `B`'s row in 3 registers, one
+/// register for the element of `A` broadcast (AVX2 has no broadcast operand), and one for the
+/// mask of the last vector (`vmaskmovps`), which a table after the code holds.
+pub fn gemm_avx2(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
+    const MR: usize = 3;
+    const NR: usize = 3;
+    let fail = |e: IcedError| BackendError::Codegen {
+        kernel: format!("gemm_avx2_{}x{}", shape.k, shape.n),
+        detail: e.to_string(),
+    };
+    let (lda, ldb, ldc) = checked_strides(shape, MR)?;
+    let acc_regs = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8];
+    let b_regs = [ymm9, ymm10, ymm11];
+    let (bcast, mask) = (ymm12, ymm15);
+    let vectors = shape.n.div_ceil(8);
+    let tail = shape.n % 8;
+
+    let mut a = CodeAssembler::new(64).map_err(fail)?;
+    let mut mask_table = a.create_label();
+    if tail != 0 {
+        a.vmovups(mask, ymmword_ptr(mask_table)).map_err(fail)?;
+    }
+    let mut v0 = 0;
+    while v0 < vectors {
+        let nv = (vectors - v0).min(NR);
+        let masked_last = tail != 0 && v0 + nv == vectors;
+        let col = 32 * v0 as i32;
+        a.mov(r8, qword_ptr(rdi)).map_err(fail)?;
+        a.mov(r10, qword_ptr(rdi + 16)).map_err(fail)?;
+        a.mov(rdx, rsi).map_err(fail)?;
+        for mr in [MR, 1] {
+            let mut rows_top = a.create_label();
+            let mut rows_done = a.create_label();
+            let mut k_top = a.create_label();
+            a.set_label(&mut rows_top).map_err(fail)?;
+            a.cmp(rdx, mr as i32).map_err(fail)?;
+            a.jb(rows_done).map_err(fail)?;
+            let acc = |i: usize, j: usize| acc_regs[i * NR + j];
+            for i in 0..mr {
+                for j in 0..nv {
+                    a.vxorps(acc(i, j), acc(i, j), acc(i, j)).map_err(fail)?;
+                }
+            }
+            a.mov(rax, r8).map_err(fail)?;
+            a.mov(r11, qword_ptr(rdi + 8)).map_err(fail)?;
+            a.mov(rcx, shape.k as u64).map_err(fail)?;
+            a.set_label(&mut k_top).map_err(fail)?;
+            for (j, &b) in b_regs.iter().enumerate().take(nv) {
+                let at = ymmword_ptr(r11 + col + 32 * j as i32);
+                if masked_last && j + 1 == nv {
+                    a.vmaskmovps(b, mask, at).map_err(fail)?;
+                } else {
+                    a.vmovups(b, at).map_err(fail)?;
+                }
+            }
+            for i in 0..mr {
+                a.vbroadcastss(bcast, dword_ptr(rax + lda * i as i32))
+                    .map_err(fail)?;
+                for (j, &b) in b_regs.iter().enumerate().take(nv) {
+                    a.vfmadd231ps(acc(i, j), b, bcast).map_err(fail)?;
+                }
+            }
+            a.add(rax, 4).map_err(fail)?;
+            a.add(r11, ldb).map_err(fail)?;
+            a.dec(rcx).map_err(fail)?;
+            a.jnz(k_top).map_err(fail)?;
+            for i in 0..mr {
+                for j in 0..nv {
+                    let at = ymmword_ptr(r10 + ldc * i as i32 + col + 32 * j as i32);
+                    if masked_last && j + 1 == nv {
+                        a.vmaskmovps(at, mask, acc(i, j)).map_err(fail)?;
+                    } else {
+                        a.vmovups(at, acc(i, j)).map_err(fail)?;
+                    }
+                }
+            }
+            a.add(r8, lda * mr as i32).map_err(fail)?;
+            a.add(r10, ldc * mr as i32).map_err(fail)?;
+            a.sub(rdx, mr as i32).map_err(fail)?;
+            a.jmp(rows_top).map_err(fail)?;
+            a.set_label(&mut rows_done).map_err(fail)?;
+            a.zero_bytes().map_err(fail)?;
+        }
+        v0 += nv;
+    }
+    a.vzeroupper().map_err(fail)?;
+    a.ret().map_err(fail)?;
+    // The last vector's mask: all ones in the lanes of the columns that exist (read unaligned).
+    a.set_label(&mut mask_table).map_err(fail)?;
+    let lanes: Vec<u8> = (0..8)
+        .flat_map(|i| if i < tail { [0xffu8; 4] } else { [0u8; 4] })
+        .collect();
+    a.db(&lanes).map_err(fail)?;
+    a.assemble(0).map_err(fail)
+}
+
+/// The strides of `shape` in bytes, after checking that the shape is one the generators take
+/// and that `mr` rows of strides fit their 32-bit displacements.
+fn checked_strides(shape: GemmShape, mr: usize) -> Result<(i32, i32, i32), BackendError> {
+    let bad = |what: &str| Err(BackendError::Plan(format!("gemm {shape:?}: {what}")));
+    if shape.k == 0 || shape.n == 0 {
+        return bad("an empty dimension");
+    }
+    if shape.lda < shape.k || shape.ldb < shape.n || shape.ldc < shape.n {
+        return bad("a stride shorter than its row");
+    }
+    let (lda, ldb, ldc) = (4 * shape.lda, 4 * shape.ldb, 4 * shape.ldc);
+    if mr * lda.max(ldc) > i32::MAX as usize / 2 || ldb > i32::MAX as usize / 2 {
+        return bad("strides too long for 32-bit displacements");
+    }
+    Ok((lda as i32, ldb as i32, ldc as i32))
 }

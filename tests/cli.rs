@@ -1227,3 +1227,20 @@ fn run_reads_the_spec_once_and_keeps_the_text_it_trained() {
     .expect("JSON");
     assert_eq!(summary["epochs_run"], 1, "{summary}");
 }
+
+/// `--seed` on a spec without a `train` block: the spec's own error (the missing section), not
+/// the override's "no parameter `train.seed`".
+#[test]
+fn a_flag_on_a_broken_spec_reports_the_spec() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let spec = tmp.path().join("untrained.net");
+    std::fs::write(
+        &spec,
+        "model m\ninput cifar10\ndense 10 { activation: softmax }\n",
+    )
+    .expect("write spec");
+    let o = netc(&["run", spec.to_str().expect("utf-8"), "--seed", "3"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("netc::set::"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("train"), "{}", stderr(&o));
+}

@@ -70,7 +70,17 @@ pub fn load_spec(path: &Path, overrides: &[(String, String)]) -> Result<Option<L
         return Ok(None);
     };
     if !overrides.is_empty() {
-        source.text = netc_front::overrides::apply_all(&source.text, overrides)?;
+        match netc_front::overrides::apply_all(&source.text, overrides) {
+            Ok(text) => source.text = text,
+            Err(e) => {
+                // A flag finds no place in a spec that is broken where it would go (no `train`
+                // block, say): the spec's own errors say more than the override's.
+                if compile_source(&source).1 {
+                    return Err(e.into());
+                }
+                return Ok(None);
+            }
+        }
     }
     let (compiled, ok) = compile_source(&source);
     let diags = compiled.diags;

@@ -36,49 +36,39 @@ pub fn fma_peak(tier: Tier) -> Result<Vec<u8>, BackendError> {
     a.vmovd(xmm14, eax).map_err(fail)?;
     a.mov(eax, PEAK_Y.to_bits()).map_err(fail)?;
     a.vmovd(xmm15, eax).map_err(fail)?;
+    // One body for both widths; iced's registers are typed by width, so a macro writes it.
+    macro_rules! peak_loop {
+        ($acc:expr, $x:expr, $y:expr, $zero:ident, $ptr:ident, $bytes:expr) => {{
+            a.vbroadcastss($x, xmm14).map_err(fail)?;
+            a.vbroadcastss($y, xmm15).map_err(fail)?;
+            for r in $acc {
+                a.$zero(r, r, r).map_err(fail)?;
+            }
+            a.set_label(&mut top).map_err(fail)?;
+            for r in $acc {
+                a.vfmadd231ps(r, $x, $y).map_err(fail)?;
+            }
+            a.dec(rsi).map_err(fail)?;
+            a.jnz(top).map_err(fail)?;
+            a.mov(rax, qword_ptr(rdi)).map_err(fail)?;
+            for (i, r) in $acc.into_iter().enumerate() {
+                a.vmovups($ptr(rax + $bytes * i as i32), r).map_err(fail)?;
+            }
+        }};
+    }
     match tier {
         Tier::Avx2 => {
             let acc = [
                 ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11,
             ];
-            a.vbroadcastss(ymm14, xmm14).map_err(fail)?;
-            a.vbroadcastss(ymm15, xmm15).map_err(fail)?;
-            for r in acc {
-                a.vxorps(r, r, r).map_err(fail)?;
-            }
-            a.set_label(&mut top).map_err(fail)?;
-            for r in acc {
-                a.vfmadd231ps(r, ymm14, ymm15).map_err(fail)?;
-            }
-            a.dec(rsi).map_err(fail)?;
-            a.jnz(top).map_err(fail)?;
-            a.mov(rax, qword_ptr(rdi)).map_err(fail)?;
-            for (i, r) in acc.into_iter().enumerate() {
-                a.vmovups(ymmword_ptr(rax + 32 * i as i32), r)
-                    .map_err(fail)?;
-            }
+            peak_loop!(acc, ymm14, ymm15, vxorps, ymmword_ptr, 32);
         }
         Tier::Avx512 => {
             let acc = [
                 zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11,
             ];
-            a.vbroadcastss(zmm14, xmm14).map_err(fail)?;
-            a.vbroadcastss(zmm15, xmm15).map_err(fail)?;
-            for r in acc {
-                // `vpxord` is AVX-512F; `vxorps zmm` would need AVX-512DQ.
-                a.vpxord(r, r, r).map_err(fail)?;
-            }
-            a.set_label(&mut top).map_err(fail)?;
-            for r in acc {
-                a.vfmadd231ps(r, zmm14, zmm15).map_err(fail)?;
-            }
-            a.dec(rsi).map_err(fail)?;
-            a.jnz(top).map_err(fail)?;
-            a.mov(rax, qword_ptr(rdi)).map_err(fail)?;
-            for (i, r) in acc.into_iter().enumerate() {
-                a.vmovups(zmmword_ptr(rax + 64 * i as i32), r)
-                    .map_err(fail)?;
-            }
+            // `vpxord` is AVX-512F; `vxorps zmm` would need AVX-512DQ.
+            peak_loop!(acc, zmm14, zmm15, vpxord, zmmword_ptr, 64);
         }
         Tier::F32x4 => {
             return Err(BackendError::Plan(

@@ -58,7 +58,11 @@ impl FullWidthGemm {
             0 => 0,
             n => (n - 1) * stride + width,
         };
-        assert!(a.len() >= needs(rows, s.lda, s.k), "a is too short");
+        let a_needs = match (rows, s.k) {
+            (0, _) | (_, 0) => 0,
+            (r, k) => (r - 1) * s.lda + (k - 1) * s.a_k + 1,
+        };
+        assert!(a.len() >= a_needs, "a is too short");
         assert!(b.len() >= needs(s.k, s.ldb, s.n), "b is too short");
         assert!(c.len() >= needs(rows, s.ldc, s.n), "c is too short");
         let table = [
@@ -67,10 +71,11 @@ impl FullWidthGemm {
             c.as_mut_ptr().cast::<u8>(),
         ];
         let f = self.module.get(self.id);
-        // SAFETY: the CPU has the tier's instructions (checked in `new`); the code reads `rows` rows of `a` and
-        // `k` rows of `b`, and writes `rows` rows of `c`, each no further than its row's width
-        // at the shape's stride (the last vector of a row is masked), which the assertions
-        // above put inside the slices; it touches nothing else.
+        // SAFETY: the CPU has the tier's instructions (checked in `new`); the code reads `rows`
+        // rows of `a` (`lda` apart, each `k` elements `a_k` apart) and `k` rows of `b`, and
+        // writes `rows` rows of `c`, each no further than its row's width at the shape's
+        // stride (the last vector of a row is masked), which the assertions above put inside
+        // the slices; it touches nothing else.
         unsafe { f(table.as_ptr(), rows as i64, 0, 0, [0f32].as_ptr()) };
     }
 }
@@ -105,13 +110,7 @@ mod tests {
             for &k in &[1usize, 5, 100, 3072] {
                 for &n in &[1usize, 3, 17, 33, 100, 128] {
                     let (lda, ldb, ldc) = (k + 3, n + 5, n + 2);
-                    let shape = GemmShape {
-                        k,
-                        n,
-                        lda,
-                        ldb,
-                        ldc,
-                    };
+                    let shape = GemmShape::row_major(k, n, lda, ldb, ldc);
                     let gemm = FullWidthGemm::new(tier, shape).expect("compiles");
                     for &rows in &[1usize, 3, 4, 7, 32, 67] {
                         let a = random(rows * lda, &mut rng);
@@ -131,7 +130,7 @@ mod tests {
                                 let tol = 4e-6 * (k as f64).sqrt().max(1.0);
                                 assert!(
                                     (f64::from(got) - want).abs() <= tol,
-                                    "{tier:?} {shape:?} rows {rows}: c[{r},{j}] = {got}, want {want}"
+                                    "{tier:?} {shape:?} rows {rows}: c[{r},{j}] {got} != {want}"
                                 );
                             }
                         }
@@ -147,13 +146,7 @@ mod tests {
     fn full_width_gemm_rows_do_not_depend_on_their_tile() {
         let mut rng = SplitMix64::new(8, 0x6e44, 0);
         let (k, n) = (300, 100);
-        let shape = GemmShape {
-            k,
-            n,
-            lda: k,
-            ldb: n,
-            ldc: n,
-        };
+        let shape = GemmShape::row_major(k, n, k, n, n);
         let a = random(7 * k, &mut rng);
         let b = random(k * n, &mut rng);
         for tier in tiers() {
@@ -168,6 +161,44 @@ mod tests {
         }
     }
 
+    /// A weight gradient's product `xᵀ·dy`: `A` is `x` read transposed (rows 1 float apart,
+    /// elements along `k` a row of `x` apart), on every full-width tier, against f64.
+    #[test]
+    fn full_width_gemms_take_a_transposed_a() {
+        let mut rng = SplitMix64::new(10, 0x6e44, 0);
+        for tier in tiers() {
+            for &(batch, inputs, units) in &[(32usize, 100usize, 100usize), (7, 33, 17), (1, 3, 5)]
+            {
+                let ldx = inputs + 4;
+                let shape = GemmShape {
+                    k: batch,
+                    n: units,
+                    lda: 1,
+                    a_k: ldx,
+                    ldb: units,
+                    ldc: units,
+                };
+                let gemm = FullWidthGemm::new(tier, shape).expect("compiles");
+                let x = random(batch * ldx, &mut rng);
+                let dy = random(batch * units, &mut rng);
+                let mut dw = vec![0f32; inputs * units];
+                gemm.run(&x, &dy, &mut dw, inputs);
+                for i in 0..inputs {
+                    for j in 0..units {
+                        let want: f64 = (0..batch)
+                            .map(|r| f64::from(x[r * ldx + i]) * f64::from(dy[r * units + j]))
+                            .sum();
+                        let got = f64::from(dw[i * units + j]);
+                        assert!(
+                            (got - want).abs() <= 1e-5,
+                            "{tier:?} dW[{i},{j}] {got} {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// The tiers compute the same products in the same order, so they agree bit for bit.
     #[test]
     fn full_width_tiers_agree_bit_for_bit() {
@@ -176,13 +207,7 @@ mod tests {
             return;
         }
         let mut rng = SplitMix64::new(9, 0x6e44, 0);
-        let shape = GemmShape {
-            k: 3072,
-            n: 100,
-            lda: 3072,
-            ldb: 100,
-            ldc: 100,
-        };
+        let shape = GemmShape::row_major(3072, 100, 3072, 100, 100);
         let a = random(33 * 3072, &mut rng);
         let b = random(3072 * 100, &mut rng);
         let results: Vec<Vec<f32>> = tiers

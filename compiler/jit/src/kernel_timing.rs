@@ -109,13 +109,7 @@ fn full_width_gemm() {
         (32, 100, 100),
         (256, 3072, 100),
     ] {
-        let shape = GemmShape {
-            k,
-            n,
-            lda: k,
-            ldb: n,
-            ldc: n,
-        };
+        let shape = GemmShape::row_major(k, n, k, n, n);
         let a = vec![0.5f32; rows * k];
         let b = vec![0.25f32; k * n];
         let mut c = vec![0f32; rows * n];
@@ -130,5 +124,30 @@ fn full_width_gemm() {
             );
         }
         report(KernelBench::dense(rows, k, n, None).expect("compiles"));
+    }
+    // Weight gradients xᵀ·dy: A is x read transposed, k the batch.
+    for (batch, inputs, units) in [(32, 3072, 100), (32, 100, 100), (256, 3072, 100)] {
+        let shape = GemmShape {
+            k: batch,
+            n: units,
+            lda: 1,
+            a_k: inputs,
+            ldb: units,
+            ldc: units,
+        };
+        let x = vec![0.5f32; batch * inputs];
+        let dy = vec![0.25f32; batch * units];
+        let mut dw = vec![0f32; inputs * units];
+        for tier in [Tier::Avx512, Tier::Avx2] {
+            let gemm = FullWidthGemm::new(tier, shape).expect("compiles");
+            let us = fastest_us(15, || gemm.run(&x, &dy, &mut dw, inputs));
+            let flops = 2.0 * (batch * inputs * units) as f64;
+            println!(
+                "{:<28} {batch:3} rows {us:8.1} us {:6.1} GFLOP/s",
+                format!("gemm_{}_xT_dy_{inputs}x{units}", tier.name()),
+                flops / us / 1e3
+            );
+        }
+        report(KernelBench::weight_grad(batch, inputs, units, 1).expect("compiles"));
     }
 }

@@ -83,15 +83,34 @@ pub fn fma_peak(tier: Tier) -> Result<Vec<u8>, BackendError> {
 }
 
 /// The shape of `C = A · B` a generated GEMM computes: `A` is `rows × k` (rows a runtime
-/// argument), `B` is `k × n`, `C` is `rows × n`, all row-major f32 with row strides in floats
-/// (`lda`, `ldb`, `ldc`, each at least the row's width).
+/// argument), `B` is `k × n`, `C` is `rows × n`, f32 with strides in floats: `B` and `C`
+/// row-major (`ldb`, `ldc` at least `n`); `A` with rows `lda` apart and elements along `k`
+/// `a_k` apart, so that it may be a transposed view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmShape {
     pub k: usize,
     pub n: usize,
     pub lda: usize,
+    /// Floats from one element of a row of `A` to the next along `k`: 1 when `A` is row-major;
+    /// the row stride of `x` when `A` is `xᵀ`, as in a weight gradient `xᵀ·dy`, whose rows are
+    /// then 1 float apart (`lda` 1).
+    pub a_k: usize,
     pub ldb: usize,
     pub ldc: usize,
+}
+
+impl GemmShape {
+    /// `C = A · B` with every matrix row-major and rows `lda`, `ldb`, `ldc` floats apart.
+    pub fn row_major(k: usize, n: usize, lda: usize, ldb: usize, ldc: usize) -> GemmShape {
+        GemmShape {
+            k,
+            n,
+            lda,
+            a_k: 1,
+            ldb,
+            ldc,
+        }
+    }
 }
 
 /// Rows of `C` one register tile covers.
@@ -112,7 +131,7 @@ pub fn gemm_avx512(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
         kernel: format!("gemm_avx512_{}x{}", shape.k, shape.n),
         detail: e.to_string(),
     };
-    let (lda, ldb, ldc) = checked_strides(shape, GEMM_MR)?;
+    let (lda, a_k, ldb, ldc) = checked_strides(shape, GEMM_MR)?;
     let acc_regs = [
         zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13,
         zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23,
@@ -166,7 +185,7 @@ pub fn gemm_avx512(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
                         .map_err(fail)?;
                 }
             }
-            a.add(rax, 4).map_err(fail)?;
+            a.add(rax, a_k).map_err(fail)?;
             a.add(r11, ldb).map_err(fail)?;
             a.dec(rcx).map_err(fail)?;
             a.jnz(k_top).map_err(fail)?;
@@ -207,7 +226,7 @@ pub fn gemm_avx2(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
         kernel: format!("gemm_avx2_{}x{}", shape.k, shape.n),
         detail: e.to_string(),
     };
-    let (lda, ldb, ldc) = checked_strides(shape, MR)?;
+    let (lda, a_k, ldb, ldc) = checked_strides(shape, MR)?;
     let acc_regs = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8];
     let b_regs = [ymm9, ymm10, ymm11];
     let (bcast, mask) = (ymm12, ymm15);
@@ -259,7 +278,7 @@ pub fn gemm_avx2(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
                     a.vfmadd231ps(acc(i, j), b, bcast).map_err(fail)?;
                 }
             }
-            a.add(rax, 4).map_err(fail)?;
+            a.add(rax, a_k).map_err(fail)?;
             a.add(r11, ldb).map_err(fail)?;
             a.dec(rcx).map_err(fail)?;
             a.jnz(k_top).map_err(fail)?;
@@ -293,19 +312,20 @@ pub fn gemm_avx2(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
     a.assemble(0).map_err(fail)
 }
 
-/// The strides of `shape` in bytes, after checking that the shape is one the generators take
-/// and that `mr` rows of strides fit their 32-bit displacements.
-fn checked_strides(shape: GemmShape, mr: usize) -> Result<(i32, i32, i32), BackendError> {
+/// The strides of `shape` in bytes (`lda`, `a_k`, `ldb`, `ldc`), after checking that the shape
+/// is one the generators take and that `mr` rows of strides fit their 32-bit displacements.
+fn checked_strides(shape: GemmShape, mr: usize) -> Result<(i32, i32, i32, i32), BackendError> {
     let bad = |what: &str| Err(BackendError::Plan(format!("gemm {shape:?}: {what}")));
-    if shape.k == 0 || shape.n == 0 {
-        return bad("an empty dimension");
+    if shape.k == 0 || shape.n == 0 || shape.lda == 0 || shape.a_k == 0 {
+        return bad("an empty dimension or stride");
     }
-    if shape.lda < shape.k || shape.ldb < shape.n || shape.ldc < shape.n {
+    if (shape.a_k == 1 && shape.lda < shape.k) || shape.ldb < shape.n || shape.ldc < shape.n {
         return bad("a stride shorter than its row");
     }
-    let (lda, ldb, ldc) = (4 * shape.lda, 4 * shape.ldb, 4 * shape.ldc);
-    if mr * lda.max(ldc) > i32::MAX as usize / 2 || ldb > i32::MAX as usize / 2 {
+    let (lda, a_k, ldb, ldc) = (4 * shape.lda, 4 * shape.a_k, 4 * shape.ldb, 4 * shape.ldc);
+    let limit = i32::MAX as usize / 2;
+    if mr * lda.max(ldc) > limit || ldb > limit || a_k > limit {
         return bad("strides too long for 32-bit displacements");
     }
-    Ok((lda as i32, ldb as i32, ldc as i32))
+    Ok((lda as i32, a_k as i32, ldb as i32, ldc as i32))
 }

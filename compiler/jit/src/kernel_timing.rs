@@ -150,4 +150,22 @@ fn full_width_gemm() {
         }
         report(KernelBench::weight_grad(batch, inputs, units, 1).expect("compiles"));
     }
+    // Input gradients dy·Wᵀ: B is the transposed copy of the kernel the JIT keeps, k the units.
+    for (batch, inputs, units) in [(32, 3072, 100), (256, 3072, 100)] {
+        let shape = GemmShape::row_major(units, inputs, units, inputs, inputs);
+        let dy = vec![0.5f32; batch * units];
+        let wt = vec![0.25f32; units * inputs];
+        let mut dx = vec![0f32; batch * inputs];
+        for tier in [Tier::Avx512, Tier::Avx2] {
+            let gemm = FullWidthGemm::new(tier, shape).expect("compiles");
+            let us = fastest_us(15, || gemm.run(&dy, &wt, &mut dx, batch));
+            let flops = 2.0 * (batch * inputs * units) as f64;
+            println!(
+                "{:<28} {batch:3} rows {us:8.1} us {:6.1} GFLOP/s",
+                format!("gemm_{}_dy_wT_{inputs}x{units}", tier.name()),
+                flops / us / 1e3
+            );
+        }
+        report(KernelBench::input_grad(batch, inputs, units).expect("compiles"));
+    }
 }

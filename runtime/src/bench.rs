@@ -14,8 +14,6 @@ use serde::Serialize;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct BenchOptions {
-    /// Batch size (default: the spec's).
-    pub batch: Option<usize>,
     /// Training steps per timed repetition.
     pub steps: usize,
     /// Timed repetitions; the median is reported.
@@ -25,7 +23,6 @@ pub struct BenchOptions {
 impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
-            batch: None,
             steps: 50,
             repeats: 5,
         }
@@ -134,17 +131,13 @@ pub fn bench<F>(
 where
     F: FnOnce(&Program, Option<InputStats>) -> Result<Box<dyn Backend>, BackendError>,
 {
-    let mut program = program.clone();
-    if let Some(b) = opts.batch {
-        program.train.batch = b;
-    }
     let batch = program.train.batch;
-    let stats = InputStats::placeholder(&program);
+    let stats = InputStats::placeholder(program);
     let started = Instant::now();
-    let mut backend = make(&program, stats)?;
+    let mut backend = make(program, stats)?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
     let steps = opts.steps.max(1);
-    let (pixels, labels) = generated(&program, batch * steps, program.train.seed);
+    let (pixels, labels) = generated(program, batch * steps, program.train.seed);
     let features = program.input.features;
     let run_steps = |backend: &mut Box<dyn Backend>| {
         for s in 0..steps {
@@ -173,7 +166,7 @@ where
             solo as f64 / (pool + solo) as f64
         }
     };
-    let (predict_pixels, _) = generated(&program, 10_000, program.train.seed + 1);
+    let (predict_pixels, _) = generated(program, 10_000, program.train.seed + 1);
     let mut probs = vec![0.0; 10_000 * program.output_width()];
     let t = Instant::now();
     backend.predict(&predict_pixels, Mode::Inference, &mut probs);
@@ -185,7 +178,7 @@ where
         };
         backend.profile(batch, STEP_LR, opts.repeats.max(1) * 4)
     };
-    let flops = flops_per_step(&program, batch);
+    let flops = flops_per_step(program, batch);
     let gflops = flops / (step_ms * 1e6);
     let threads = backend.threads();
     let tier_peaks = peaks()?;
@@ -234,11 +227,7 @@ mod tests {
              dense 10 {{ activation: softmax }}\ntrain {{ optimizer: {optimizer}\n epochs: 1\n batch: 8 }}\n"
         );
         let program = netc_front::compile(&source).program.expect("compiles");
-        let opts = BenchOptions {
-            batch: None,
-            steps,
-            repeats,
-        };
+        let opts = BenchOptions { steps, repeats };
         bench(&program, "m.net", &opts, make, || {
             Ok(vec![TierPeak {
                 tier: "f32x4".to_owned(),

@@ -599,10 +599,15 @@ fn split_and_stats(
     Ok((split, stats))
 }
 
-/// Refuses to evaluate the run in `run_dir` when its `spec.net` is not the one it trained: its
-/// hash must be the one the summary (or, for runs of netc versions that did not record it
-/// there, the checkpoint) recorded. A run that recorded none cannot be checked.
-pub fn check_spec_unchanged(run_dir: &Path, summary: &Summary) -> Result<(), RunError> {
+/// Refuses to evaluate the run in `run_dir` when `spec_text`, its `spec.net` as the caller read
+/// it (once, to compile it too), is not the one it trained: its hash must be the one the
+/// summary (or, for runs of netc versions that did not record it there, the checkpoint)
+/// recorded. A run that recorded none cannot be checked.
+pub fn check_spec_unchanged(
+    run_dir: &Path,
+    summary: &Summary,
+    spec_text: &str,
+) -> Result<(), RunError> {
     let path = run_dir.join(SPEC_FILE);
     let recorded = summary.spec_hash.clone().or_else(|| {
         let trainer = run_dir
@@ -616,8 +621,7 @@ pub fn check_spec_unchanged(run_dir: &Path, summary: &Summary) -> Result<(), Run
     let Some(recorded) = recorded else {
         return Ok(());
     };
-    let bytes = fs::read(&path).map_err(|e| ReportError::read(&path, e))?;
-    let found = checkpoint::fnv1a64(&bytes);
+    let found = checkpoint::fnv1a64(spec_text.as_bytes());
     if found != recorded {
         return Err(RunError::SpecChanged {
             path,
@@ -639,16 +643,8 @@ pub struct RunEvaluation {
     pub mc_skipped: Option<usize>,
 }
 
-/// Reads the summary of the run in `run_dir` and checks that its `spec.net` is the one it
-/// trained: what `evaluate_run` needs, done before the spec is compiled.
-pub fn evaluable_run(run_dir: &Path) -> Result<Summary, RunError> {
-    let summary = report::read_summary(&run_dir.join(SUMMARY_FILE))?;
-    check_spec_unchanged(run_dir, &summary)?;
-    Ok(summary)
-}
-
 /// Evaluates the weights the run in `run_dir` kept on the test set (`program` compiled from
-/// its `spec.net`, `summary` from `evaluable_run`), with MC Dropout (`mc` samples, else the
+/// its `spec.net`, checked by `check_spec_unchanged`), with MC Dropout (`mc` samples, else the
 /// spec's, else 10) when the model has dropout.
 pub fn evaluate_run<F>(
     run_dir: &Path,

@@ -39,7 +39,6 @@ pub(super) fn bench(args: BenchArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let opts = netc_runtime::bench::BenchOptions {
-        batch: None,
         steps: args.steps as usize,
         repeats: args.repeats as usize,
     };

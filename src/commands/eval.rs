@@ -3,8 +3,15 @@
 use super::*;
 
 pub(super) fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result<ExitCode> {
-    let summary = netc_runtime::run::evaluable_run(run_dir)?;
-    let Some(program) = program_of(&run_dir.join(netc_runtime::run::SPEC_FILE))? else {
+    use netc_runtime::run::{check_spec_unchanged, SPEC_FILE, SUMMARY_FILE};
+    let summary = netc_runtime::report::read_summary(&run_dir.join(SUMMARY_FILE))?;
+    // Read once: the text whose hash is checked is the text compiled.
+    let Some(source) = read_source(&run_dir.join(SPEC_FILE))? else {
+        return Ok(ExitCode::from(1));
+    };
+    check_spec_unchanged(run_dir, &summary, &source.text)?;
+    let (compiled, ok) = compile_source(&source);
+    let Some(program) = compiled.program.filter(|_| ok) else {
         return Ok(ExitCode::from(1));
     };
     let (kind, threads) = (common.backend(), common.threads.count());

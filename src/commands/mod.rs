@@ -30,7 +30,9 @@ mod sweep;
 
 pub use hints::with_invocation;
 use hints::{invocation, plural};
-use spec::{front_end, load_spec, program_of, stderr_color, LoadedSpec, DIAGNOSTIC_WIDTH};
+use spec::{
+    compile_source, front_end, load_spec, read_source, stderr_color, LoadedSpec, DIAGNOSTIC_WIDTH,
+};
 
 #[derive(Parser, Debug)]
 #[command(

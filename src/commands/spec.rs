@@ -3,12 +3,6 @@
 
 use super::*;
 
-/// The program of a spec that compiled; `None` after its errors were printed.
-pub(super) fn program_of(path: &Path) -> Result<Option<Program>> {
-    let (compiled, ok) = front_end(path)?;
-    Ok(if ok { compiled.program } else { None })
-}
-
 /// Width diagnostics are wrapped at, on a terminal or not.
 pub(super) const DIAGNOSTIC_WIDTH: usize = 100;
 

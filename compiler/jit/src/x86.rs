@@ -113,92 +113,80 @@ impl GemmShape {
     }
 }
 
-/// Rows of `C` one register tile covers.
-const GEMM_MR: usize = 4;
-/// Most vectors of `C` across one register tile: `GEMM_MR × GEMM_NR` accumulators plus
-/// `GEMM_NR` vectors of `B` fit in AVX-512's 32 registers.
-const GEMM_NR: usize = 6;
+/// One register tile of `C`: `rows` rows × `vectors` vectors, starting `col` bytes into the
+/// row; the last vector is masked when it holds the columns past the last whole vector.
+struct Tile {
+    rows: usize,
+    vectors: usize,
+    masked_last: bool,
+    col: i32,
+}
 
-/// AVX-512 code for `C = A · B` of `shape`, with the kernel ABI: the table's pointers are
-/// `A`, `B`, `C`, and `rsi` is the number of rows. Each tile keeps `GEMM_MR × GEMM_NR` zmm
-/// accumulators; per step along `k` it loads one row of `B` per vector and multiplies it by
-/// elements of `A` broadcast from memory (`{1to16}`). The columns past the last whole vector are
-/// handled with an opmask, the rows past the last whole tile one at a time. Every element of `C`
-/// is one chain of fused multiply-adds in the order of `k`, so the result does not depend on the
-/// number of rows or where they start.
-pub fn gemm_avx512(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
+/// What differs between the tiers' GEMMs: the tile's size and registers, and the three pieces
+/// of code `tiled_gemm` places in its loops. Pointers on entry to `step`: `rax` at `A`'s element
+/// `k` of the tile's first row, `r11` at `B`'s row `k`; to `store`: `r10` at the tile's first
+/// row of `C`.
+trait TileCode {
+    /// Most rows of a tile (the rows past the last whole tile go one at a time).
+    const MR: usize;
+    /// Most vectors across a tile.
+    const NR: usize;
+    /// f32 lanes of a vector.
+    const LANES: usize;
+    /// Sets the tile's accumulators to zero.
+    fn zero(&self, a: &mut CodeAssembler, t: &Tile) -> Result<(), IcedError>;
+    /// One step along `k`: `acc += A[i][k] * B[k][cols]` for the tile; `lda` in bytes.
+    fn step(&self, a: &mut CodeAssembler, t: &Tile, lda: i32) -> Result<(), IcedError>;
+    /// Stores the accumulators to `C`; `ldc` in bytes.
+    fn store(&self, a: &mut CodeAssembler, t: &Tile, ldc: i32) -> Result<(), IcedError>;
+}
+
+/// The loops every tier's GEMM shares: column blocks of at most `T::NR` vectors, each over all
+/// rows (`rsi`), in tiles of `T::MR` rows and then one row at a time, each tile a loop along
+/// `k` from zero. Every element of `C` is one chain of fused multiply-adds in the order of `k`,
+/// so the result does not depend on the number of rows, where they start, or the tier.
+fn tiled_gemm<T: TileCode>(
+    a: &mut CodeAssembler,
+    code: &T,
+    shape: GemmShape,
+) -> Result<(), BackendError> {
     let fail = |e: IcedError| BackendError::Codegen {
-        kernel: format!("gemm_avx512_{}x{}", shape.k, shape.n),
+        kernel: format!("gemm_{}x{}_{}lanes", shape.k, shape.n, T::LANES),
         detail: e.to_string(),
     };
-    let (lda, a_k, ldb, ldc) = checked_strides(shape, GEMM_MR)?;
-    let acc_regs = [
-        zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13,
-        zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23,
-    ];
-    let b_regs = [zmm24, zmm25, zmm26, zmm27, zmm28, zmm29];
-    let vectors = shape.n.div_ceil(16);
-    let tail = shape.n % 16;
-
-    let mut a = CodeAssembler::new(64).map_err(fail)?;
-    if tail != 0 {
-        a.mov(eax, (1u32 << tail) - 1).map_err(fail)?;
-        a.kmovw(k1, eax).map_err(fail)?;
-    }
-    // Column blocks of at most GEMM_NR vectors, each over all rows.
+    let (lda, a_k, ldb, ldc) = checked_strides(shape, T::MR)?;
+    let vectors = shape.n.div_ceil(T::LANES);
+    let tail = shape.n % T::LANES;
     let mut v0 = 0;
     while v0 < vectors {
-        let nv = (vectors - v0).min(GEMM_NR);
-        let masked_last = tail != 0 && v0 + nv == vectors;
-        let col = 64 * v0 as i32;
-        a.mov(r8, qword_ptr(rdi)).map_err(fail)?; // A row
-        a.mov(r10, qword_ptr(rdi + 16)).map_err(fail)?; // C row
+        let nv = (vectors - v0).min(T::NR);
+        a.mov(r8, qword_ptr(rdi)).map_err(fail)?; // A's row
+        a.mov(r10, qword_ptr(rdi + 16)).map_err(fail)?; // C's row
         a.mov(rdx, rsi).map_err(fail)?; // rows left
-        for mr in [GEMM_MR, 1] {
+        for mr in [T::MR, 1] {
+            let tile = Tile {
+                rows: mr,
+                vectors: nv,
+                masked_last: tail != 0 && v0 + nv == vectors,
+                col: (4 * T::LANES * v0) as i32,
+            };
             let mut rows_top = a.create_label();
             let mut rows_done = a.create_label();
             let mut k_top = a.create_label();
             a.set_label(&mut rows_top).map_err(fail)?;
             a.cmp(rdx, mr as i32).map_err(fail)?;
             a.jb(rows_done).map_err(fail)?;
-            let acc = |i: usize, j: usize| acc_regs[i * GEMM_NR + j];
-            for i in 0..mr {
-                for j in 0..nv {
-                    a.vpxord(acc(i, j), acc(i, j), acc(i, j)).map_err(fail)?;
-                }
-            }
-            a.mov(rax, r8).map_err(fail)?; // A, at column kk
-            a.mov(r11, qword_ptr(rdi + 8)).map_err(fail)?; // B, at row kk
+            code.zero(a, &tile).map_err(fail)?;
+            a.mov(rax, r8).map_err(fail)?; // A, at element k
+            a.mov(r11, qword_ptr(rdi + 8)).map_err(fail)?; // B, at row k
             a.mov(rcx, shape.k as u64).map_err(fail)?;
             a.set_label(&mut k_top).map_err(fail)?;
-            for (j, &b) in b_regs.iter().enumerate().take(nv) {
-                let at = zmmword_ptr(r11 + col + 64 * j as i32);
-                if masked_last && j + 1 == nv {
-                    a.vmovups(b.k1().z(), at).map_err(fail)?;
-                } else {
-                    a.vmovups(b, at).map_err(fail)?;
-                }
-            }
-            for i in 0..mr {
-                for (j, &b) in b_regs.iter().enumerate().take(nv) {
-                    a.vfmadd231ps(acc(i, j), b, dword_bcst(rax + lda * i as i32))
-                        .map_err(fail)?;
-                }
-            }
+            code.step(a, &tile, lda).map_err(fail)?;
             a.add(rax, a_k).map_err(fail)?;
             a.add(r11, ldb).map_err(fail)?;
             a.dec(rcx).map_err(fail)?;
             a.jnz(k_top).map_err(fail)?;
-            for i in 0..mr {
-                for j in 0..nv {
-                    let at = zmmword_ptr(r10 + ldc * i as i32 + col + 64 * j as i32);
-                    if masked_last && j + 1 == nv {
-                        a.vmovups(at.k1(), acc(i, j)).map_err(fail)?;
-                    } else {
-                        a.vmovups(at, acc(i, j)).map_err(fail)?;
-                    }
-                }
-            }
+            code.store(a, &tile, ldc).map_err(fail)?;
             a.add(r8, lda * mr as i32).map_err(fail)?;
             a.add(r10, ldc * mr as i32).map_err(fail)?;
             a.sub(rdx, mr as i32).map_err(fail)?;
@@ -209,103 +197,178 @@ pub fn gemm_avx512(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
         }
         v0 += nv;
     }
+    Ok(())
+}
+
+/// AVX-512 tiles: 4 rows × up to 6 zmm vectors (24 accumulators), `B`'s row in 6 registers,
+/// elements of `A` broadcast from memory (`{1to16}`), the last vector masked with `k1`.
+struct Avx512Tile;
+
+impl Avx512Tile {
+    const ACC: [AsmRegisterZmm; 24] = [
+        zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13,
+        zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23,
+    ];
+    const B: [AsmRegisterZmm; 6] = [zmm24, zmm25, zmm26, zmm27, zmm28, zmm29];
+
+    fn acc(i: usize, j: usize) -> AsmRegisterZmm {
+        Self::ACC[i * Self::NR + j]
+    }
+}
+
+impl TileCode for Avx512Tile {
+    const MR: usize = 4;
+    const NR: usize = 6;
+    const LANES: usize = 16;
+
+    fn zero(&self, a: &mut CodeAssembler, t: &Tile) -> Result<(), IcedError> {
+        for i in 0..t.rows {
+            for j in 0..t.vectors {
+                let r = Self::acc(i, j);
+                // `vpxord` is AVX-512F; `vxorps zmm` would need AVX-512DQ.
+                a.vpxord(r, r, r)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&self, a: &mut CodeAssembler, t: &Tile, lda: i32) -> Result<(), IcedError> {
+        for (j, &b) in Self::B.iter().enumerate().take(t.vectors) {
+            let at = zmmword_ptr(r11 + t.col + 64 * j as i32);
+            if t.masked_last && j + 1 == t.vectors {
+                a.vmovups(b.k1().z(), at)?;
+            } else {
+                a.vmovups(b, at)?;
+            }
+        }
+        for i in 0..t.rows {
+            for (j, &b) in Self::B.iter().enumerate().take(t.vectors) {
+                a.vfmadd231ps(Self::acc(i, j), b, dword_bcst(rax + lda * i as i32))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn store(&self, a: &mut CodeAssembler, t: &Tile, ldc: i32) -> Result<(), IcedError> {
+        for i in 0..t.rows {
+            for j in 0..t.vectors {
+                let at = zmmword_ptr(r10 + ldc * i as i32 + t.col + 64 * j as i32);
+                if t.masked_last && j + 1 == t.vectors {
+                    a.vmovups(at.k1(), Self::acc(i, j))?;
+                } else {
+                    a.vmovups(at, Self::acc(i, j))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// AVX-512 code for `C = A · B` of `shape`, with the kernel ABI: the table's pointers are
+/// `A`, `B`, `C`, and `rsi` is the number of rows (`Avx512Tile`, in the loops of `tiled_gemm`).
+pub fn gemm_avx512(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
+    let fail = |e: IcedError| BackendError::Codegen {
+        kernel: format!("gemm_avx512_{}x{}", shape.k, shape.n),
+        detail: e.to_string(),
+    };
+    let mut a = CodeAssembler::new(64).map_err(fail)?;
+    let tail = shape.n % Avx512Tile::LANES;
+    if tail != 0 {
+        a.mov(eax, (1u32 << tail) - 1).map_err(fail)?;
+        a.kmovw(k1, eax).map_err(fail)?;
+    }
+    tiled_gemm(&mut a, &Avx512Tile, shape)?;
     a.vzeroupper().map_err(fail)?;
     a.ret().map_err(fail)?;
     a.assemble(0).map_err(fail)
 }
 
-/// AVX2 code for `C = A · B` of `shape`, with the same ABI and order of operations as
-/// `gemm_avx512`, in AVX2's 16 ymm registers: tiles of 3 rows × up to 3 vectors (9
-/// accumulators, enough chains for two FMA pipes of latency 4), `B`'s row in 3 registers, one
-/// register for the element of `A` broadcast (AVX2 has no broadcast operand), and one for the
-/// mask of the last vector (`vmaskmovps`), which a table after the code holds.
-pub fn gemm_avx2(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
+/// AVX2 tiles in 16 ymm registers: 3 rows × up to 3 vectors (9 accumulators, enough chains for
+/// two FMA pipes of latency 4), `B`'s row in 3 registers, one register for the element of `A`
+/// broadcast (AVX2 has no broadcast operand), and one for the last vector's mask
+/// (`vmaskmovps`).
+struct Avx2Tile;
+
+impl Avx2Tile {
+    const ACC: [AsmRegisterYmm; 9] = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8];
+    const B: [AsmRegisterYmm; 3] = [ymm9, ymm10, ymm11];
+    const BCAST: AsmRegisterYmm = ymm12;
+    const MASK: AsmRegisterYmm = ymm15;
+
+    fn acc(i: usize, j: usize) -> AsmRegisterYmm {
+        Self::ACC[i * Self::NR + j]
+    }
+}
+
+impl TileCode for Avx2Tile {
     const MR: usize = 3;
     const NR: usize = 3;
+    const LANES: usize = 8;
+
+    fn zero(&self, a: &mut CodeAssembler, t: &Tile) -> Result<(), IcedError> {
+        for i in 0..t.rows {
+            for j in 0..t.vectors {
+                let r = Self::acc(i, j);
+                a.vxorps(r, r, r)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&self, a: &mut CodeAssembler, t: &Tile, lda: i32) -> Result<(), IcedError> {
+        for (j, &b) in Self::B.iter().enumerate().take(t.vectors) {
+            let at = ymmword_ptr(r11 + t.col + 32 * j as i32);
+            if t.masked_last && j + 1 == t.vectors {
+                a.vmaskmovps(b, Self::MASK, at)?;
+            } else {
+                a.vmovups(b, at)?;
+            }
+        }
+        for i in 0..t.rows {
+            a.vbroadcastss(Self::BCAST, dword_ptr(rax + lda * i as i32))?;
+            for (j, &b) in Self::B.iter().enumerate().take(t.vectors) {
+                a.vfmadd231ps(Self::acc(i, j), b, Self::BCAST)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn store(&self, a: &mut CodeAssembler, t: &Tile, ldc: i32) -> Result<(), IcedError> {
+        for i in 0..t.rows {
+            for j in 0..t.vectors {
+                let at = ymmword_ptr(r10 + ldc * i as i32 + t.col + 32 * j as i32);
+                if t.masked_last && j + 1 == t.vectors {
+                    a.vmaskmovps(at, Self::MASK, Self::acc(i, j))?;
+                } else {
+                    a.vmovups(at, Self::acc(i, j))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// AVX2 code for `C = A · B` of `shape`, with the same ABI and order of operations as
+/// `gemm_avx512` (`Avx2Tile`, in the loops of `tiled_gemm`); the last vector's mask is a table
+/// after the code.
+pub fn gemm_avx2(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
     let fail = |e: IcedError| BackendError::Codegen {
         kernel: format!("gemm_avx2_{}x{}", shape.k, shape.n),
         detail: e.to_string(),
     };
-    let (lda, a_k, ldb, ldc) = checked_strides(shape, MR)?;
-    let acc_regs = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8];
-    let b_regs = [ymm9, ymm10, ymm11];
-    let (bcast, mask) = (ymm12, ymm15);
-    let vectors = shape.n.div_ceil(8);
-    let tail = shape.n % 8;
-
     let mut a = CodeAssembler::new(64).map_err(fail)?;
+    let tail = shape.n % Avx2Tile::LANES;
     let mut mask_table = a.create_label();
     if tail != 0 {
-        a.vmovups(mask, ymmword_ptr(mask_table)).map_err(fail)?;
+        a.vmovups(Avx2Tile::MASK, ymmword_ptr(mask_table))
+            .map_err(fail)?;
     }
-    let mut v0 = 0;
-    while v0 < vectors {
-        let nv = (vectors - v0).min(NR);
-        let masked_last = tail != 0 && v0 + nv == vectors;
-        let col = 32 * v0 as i32;
-        a.mov(r8, qword_ptr(rdi)).map_err(fail)?;
-        a.mov(r10, qword_ptr(rdi + 16)).map_err(fail)?;
-        a.mov(rdx, rsi).map_err(fail)?;
-        for mr in [MR, 1] {
-            let mut rows_top = a.create_label();
-            let mut rows_done = a.create_label();
-            let mut k_top = a.create_label();
-            a.set_label(&mut rows_top).map_err(fail)?;
-            a.cmp(rdx, mr as i32).map_err(fail)?;
-            a.jb(rows_done).map_err(fail)?;
-            let acc = |i: usize, j: usize| acc_regs[i * NR + j];
-            for i in 0..mr {
-                for j in 0..nv {
-                    a.vxorps(acc(i, j), acc(i, j), acc(i, j)).map_err(fail)?;
-                }
-            }
-            a.mov(rax, r8).map_err(fail)?;
-            a.mov(r11, qword_ptr(rdi + 8)).map_err(fail)?;
-            a.mov(rcx, shape.k as u64).map_err(fail)?;
-            a.set_label(&mut k_top).map_err(fail)?;
-            for (j, &b) in b_regs.iter().enumerate().take(nv) {
-                let at = ymmword_ptr(r11 + col + 32 * j as i32);
-                if masked_last && j + 1 == nv {
-                    a.vmaskmovps(b, mask, at).map_err(fail)?;
-                } else {
-                    a.vmovups(b, at).map_err(fail)?;
-                }
-            }
-            for i in 0..mr {
-                a.vbroadcastss(bcast, dword_ptr(rax + lda * i as i32))
-                    .map_err(fail)?;
-                for (j, &b) in b_regs.iter().enumerate().take(nv) {
-                    a.vfmadd231ps(acc(i, j), b, bcast).map_err(fail)?;
-                }
-            }
-            a.add(rax, a_k).map_err(fail)?;
-            a.add(r11, ldb).map_err(fail)?;
-            a.dec(rcx).map_err(fail)?;
-            a.jnz(k_top).map_err(fail)?;
-            for i in 0..mr {
-                for j in 0..nv {
-                    let at = ymmword_ptr(r10 + ldc * i as i32 + col + 32 * j as i32);
-                    if masked_last && j + 1 == nv {
-                        a.vmaskmovps(at, mask, acc(i, j)).map_err(fail)?;
-                    } else {
-                        a.vmovups(at, acc(i, j)).map_err(fail)?;
-                    }
-                }
-            }
-            a.add(r8, lda * mr as i32).map_err(fail)?;
-            a.add(r10, ldc * mr as i32).map_err(fail)?;
-            a.sub(rdx, mr as i32).map_err(fail)?;
-            a.jmp(rows_top).map_err(fail)?;
-            a.set_label(&mut rows_done).map_err(fail)?;
-            a.zero_bytes().map_err(fail)?;
-        }
-        v0 += nv;
-    }
+    tiled_gemm(&mut a, &Avx2Tile, shape)?;
     a.vzeroupper().map_err(fail)?;
     a.ret().map_err(fail)?;
     // The last vector's mask: all ones in the lanes of the columns that exist (read unaligned).
     a.set_label(&mut mask_table).map_err(fail)?;
-    let lanes: Vec<u8> = (0..8)
+    let lanes: Vec<u8> = (0..Avx2Tile::LANES)
         .flat_map(|i| if i < tail { [0xffu8; 4] } else { [0u8; 4] })
         .collect();
     a.db(&lanes).map_err(fail)?;

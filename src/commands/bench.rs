@@ -13,7 +13,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = BackendKind::Jit)]
     backend: BackendKind,
     #[command(flatten)]
-    threads: ThreadsArg,
+    threads: JitArgs,
     /// Training steps per timed repetition.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     steps: u64,
@@ -44,12 +44,12 @@ pub(super) fn bench(args: BenchArgs) -> Result<ExitCode> {
     };
     let spec = args.spec.display().to_string();
     let kind = args.backend;
-    let threads = args.threads.count();
+    let jit = args.threads.options()?;
     let r = netc_runtime::bench::bench(
         &program,
         &spec,
         &opts,
-        |p, s| make_backend(kind, threads, p, s),
+        |p, s| make_backend(kind, jit, p, s),
         tier_peaks,
     )?;
     if args.json {

@@ -8,7 +8,7 @@ pub(super) fn compile(
     file: &Path,
     emit: Emit,
     timings: bool,
-    threads: ThreadsArg,
+    threads: JitArgs,
 ) -> Result<ExitCode> {
     let (compiled, ok) = front_end(file)?;
     let (Some(program), true) = (compiled.program.as_ref(), ok) else {
@@ -22,12 +22,13 @@ pub(super) fn compile(
     };
     print!("{text}");
     if timings {
-        let threads = threads.count();
-        let jit = netc_jit::Jit::with_threads(program, InputStats::placeholder(program), threads)?;
+        let options = threads.options()?;
+        let jit = netc_jit::Jit::with_options(program, InputStats::placeholder(program), options)?;
         eprintln!(
-            "compiled {} JIT kernels for {} in {:.1} ms",
+            "compiled {} JIT kernels ({} tier) for {} in {:.1} ms",
             jit.kernel_count(),
-            plural(threads, "thread"),
+            jit.tier().name(),
+            plural(options.threads, "thread"),
             jit.compile_ms()
         );
     }

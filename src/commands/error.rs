@@ -37,6 +37,16 @@ pub enum CliError {
     #[diagnostic(code(netc::sweep::exe))]
     SweepExe(std::io::Error),
 
+    #[error("this CPU cannot run the {tier} tier")]
+    #[diagnostic(
+        code(netc::tier::unsupported),
+        help(
+            "the tiers this CPU runs: {have}; pass one of them to --tier (or NETC_TIER), or \
+              leave it out for the widest"
+        )
+    )]
+    Tier { tier: &'static str, have: String },
+
     #[error("cannot render the report as JSON")]
     #[diagnostic(code(netc::report::json))]
     Json(#[from] serde_json::Error),

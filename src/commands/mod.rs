@@ -64,7 +64,7 @@ pub enum Command {
         #[arg(long)]
         timings: bool,
         #[command(flatten)]
-        threads: ThreadsArg,
+        threads: JitArgs,
     },
     /// Train a spec on CIFAR-10, evaluate it, and write a run directory.
     Run(run::RunArgs),
@@ -118,7 +118,7 @@ pub struct DataArgs {
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
     #[command(flatten)]
-    threads: ThreadsArg,
+    threads: JitArgs,
     /// Never download: when no data is found, stop with an error (also NETC_OFFLINE=1).
     #[arg(long)]
     offline: bool,
@@ -202,17 +202,63 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// `--threads`, shared by every command that builds the JIT.
+/// `--threads` and `--tier`, shared by every command that builds the JIT.
 #[derive(clap::Args, Clone, Copy, Debug)]
-pub struct ThreadsArg {
+pub struct JitArgs {
     /// Threads the JIT runs on [default: one per core; at most one per core]. Results do not
     /// depend on it. While other work keeps the cores busy, the JIT measures that its threads
     /// wait for each other and runs each phase on one thread until the load goes away.
     #[arg(long, env = "NETC_THREADS", value_parser = clap::value_parser!(u64).range(1..=256))]
     threads: Option<u64>,
+    /// The JIT's vector width for matrix multiplies [default: the widest this CPU has]. Results
+    /// agree across tiers within rounding; forcing one is for benchmarks and tests.
+    #[arg(long, env = "NETC_TIER", value_enum)]
+    tier: Option<TierArg>,
 }
 
-impl ThreadsArg {
+/// A vector tier of the JIT (`netc_jit::Tier`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TierArg {
+    /// 128-bit vectors, Cranelift's code: the portable tier, on every CPU.
+    F32x4,
+    /// 256-bit vectors: generated AVX2 and FMA code.
+    Avx2,
+    /// 512-bit vectors: generated AVX-512 code.
+    Avx512,
+}
+
+impl JitArgs {
+    /// The JIT's options: `threads` (see `count`) and the tier asked for, which this CPU must
+    /// have.
+    fn options(self) -> std::result::Result<netc_jit::Options, CliError> {
+        let tier = match self.tier {
+            None => netc_jit::Tier::best(),
+            Some(t) => {
+                let tier = match t {
+                    TierArg::F32x4 => netc_jit::Tier::F32x4,
+                    TierArg::Avx2 => netc_jit::Tier::Avx2,
+                    TierArg::Avx512 => netc_jit::Tier::Avx512,
+                };
+                if !tier.supported() {
+                    let have: Vec<&str> = netc_jit::Tier::available()
+                        .into_iter()
+                        .map(netc_jit::Tier::name)
+                        .collect();
+                    return Err(CliError::Tier {
+                        tier: tier.name(),
+                        have: have.join(", "),
+                    });
+                }
+                tier
+            }
+        };
+        Ok(netc_jit::Options {
+            threads: self.count(),
+            tier,
+            gradients: false,
+        })
+    }
+
     /// The flag, or one thread per core; never more threads than cores (they would only wait
     /// for each other's time slices: 256 threads on 2 cores made an epoch 60 times longer).
     fn count(self) -> usize {
@@ -238,13 +284,13 @@ impl ThreadsArg {
 /// Builds the executor the user asked for.
 fn make_backend(
     kind: BackendKind,
-    threads: usize,
+    jit: netc_jit::Options,
     program: &Program,
     stats: Option<InputStats>,
 ) -> std::result::Result<Box<dyn Backend>, BackendError> {
     Ok(match kind {
         BackendKind::Jit => {
-            let mut jit = netc_jit::Jit::with_threads(program, stats, threads)?;
+            let mut jit = netc_jit::Jit::with_options(program, stats, jit)?;
             jit.set_dispatch(dispatch_override());
             Box::new(jit)
         }

@@ -58,7 +58,7 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode> {
                 interrupt: Some(interrupt),
             };
             let asked = args.common.backend;
-            let threads = args.common.threads.count();
+            let threads = args.common.threads.options()?;
             netc_runtime::run::resume(
                 &program,
                 &source.text,
@@ -99,7 +99,7 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode> {
                 interrupt: Some(interrupt),
             };
             let kind = args.common.backend();
-            let threads = args.common.threads.count();
+            let threads = args.common.threads.options()?;
             netc_runtime::run::run(&program, &source, &opts, |p, stats| {
                 make_backend(kind, threads, p, stats)
             })

@@ -132,6 +132,8 @@ pub(super) fn sweep(args: SweepArgs) -> Result<ExitCode> {
     };
     // The cores are shared among the runs that train at once.
     let threads = (args.common.threads.count() / (args.jobs as usize).max(1)).max(1);
+    // Checked here, once, and passed on by name.
+    let tier = args.common.threads.options()?.tier.name();
     let epochs = args.epochs;
     // Each run is this binary's `netc run`, its summary as a JSON line on stdout.
     let launcher = sweep::Launcher::new(move |run: &sweep::RunRequest<'_>| {
@@ -141,6 +143,7 @@ pub(super) fn sweep(args: SweepArgs) -> Result<ExitCode> {
             .arg(run.spec)
             .args(["--json", "--quiet", "--backend", backend])
             .args(["--threads", &threads.to_string()])
+            .args(["--tier", tier])
             .arg("--data")
             .arg(run.data)
             .arg("--out")

@@ -19,7 +19,7 @@ const CHAINS: usize = 12;
 
 /// GFLOP/s of one core running f32x4 FMAs: the best of `repeats` runs of `iters` iterations.
 pub fn fma_peak_gflops(iters: i64, repeats: usize) -> Result<f64, BackendError> {
-    let mut module = KernelModule::new()?;
+    let mut module = KernelModule::new(Tier::F32x4)?;
     let id = module.define("fma_peak", true, |fx: &mut Fx| {
         let x = fx.splat(1.0001);
         let y = fx.splat(0.9999);
@@ -73,7 +73,7 @@ fn run_tier_peak(tier: Tier, iters: i64, repeats: usize) -> Result<(f64, Vec<f32
             detail: "this CPU does not have the instructions".to_owned(),
         });
     }
-    let mut module = KernelModule::new()?;
+    let mut module = KernelModule::new(Tier::F32x4)?;
     let id = module.define_machine_code(
         &format!("fma_peak_{}", tier.name()),
         crate::x86::fma_peak(tier)?,

@@ -8,10 +8,16 @@
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64, I8X16};
 use cranelift_codegen::ir::{
-    AbiParam, BlockArg, ConstantData, InstBuilder, MemFlagsData, Signature, Type, Value,
+    AbiParam, BlockArg, ConstantData, ExtFuncData, ExternalName, FuncRef, InstBuilder,
+    MemFlagsData, Signature, Type, UserExternalName, Value,
 };
 use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_frontend::{FunctionBuilder, Variable};
+
+use crate::module::{GemmRequests, GEMM_NAMESPACE};
+use crate::tier::Tier;
+#[cfg(target_arch = "x86_64")]
+use crate::x86::GemmShape;
 
 /// The kernel ABI, shared by every generated function:
 /// `extern "C" fn(table: *const *mut u8, rows: i64, row0: i64, key: i32, scalars: *const f32)`.
@@ -28,6 +34,15 @@ pub fn kernel_signature(call_conv: CallConv) -> Signature {
     sig.params.push(AbiParam::new(I64));
     sig.params.push(AbiParam::new(I32));
     sig.params.push(AbiParam::new(I64));
+    sig
+}
+
+/// The signature of the generated GEMMs (`x86::gemm`): three pointers and two counts.
+pub fn gemm_signature(call_conv: CallConv) -> Signature {
+    let mut sig = Signature::new(call_conv);
+    for _ in 0..5 {
+        sig.params.push(AbiParam::new(I64));
+    }
     sig
 }
 
@@ -60,11 +75,20 @@ pub struct Fx<'a> {
     pub key: Value,
     pub scalars: Value,
     frontend: TargetFrontendConfig,
+    /// The full-width GEMMs this kernel may call (`None` at the `F32x4` tier).
+    gemms: Option<&'a GemmRequests>,
+    /// GEMMs imported into this function so far, by index in `gemms`.
+    imported: Vec<(u32, FuncRef)>,
 }
 
 impl<'a> Fx<'a> {
     /// Creates the entry block and binds the ABI parameters.
-    pub fn new(mut b: FunctionBuilder<'a>, fma: bool, frontend: TargetFrontendConfig) -> Self {
+    pub fn new(
+        mut b: FunctionBuilder<'a>,
+        fma: bool,
+        frontend: TargetFrontendConfig,
+        gemms: Option<&'a GemmRequests>,
+    ) -> Self {
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
@@ -79,7 +103,44 @@ impl<'a> Fx<'a> {
             key: p[3],
             scalars: p[4],
             frontend,
+            gemms,
+            imported: Vec::new(),
         }
+    }
+
+    /// The vector tier of the matrix multiplies.
+    pub fn tier(&self) -> Tier {
+        self.gemms.map_or(Tier::F32x4, GemmRequests::tier)
+    }
+
+    /// Calls the full-width GEMM of `shape`: `c (+)= a · b` over `m` rows and depth `k`.
+    #[cfg(target_arch = "x86_64")]
+    pub fn call_gemm(&mut self, shape: GemmShape, [a, b, c, m, k]: [Value; 5]) {
+        let index = self
+            .gemms
+            .expect("GEMMs are called at a full-width tier only")
+            .index(shape);
+        let func = match self.imported.iter().find(|(i, _)| *i == index) {
+            Some((_, f)) => *f,
+            None => {
+                let name = self
+                    .b
+                    .func
+                    .declare_imported_user_function(UserExternalName::new(GEMM_NAMESPACE, index));
+                let signature = self
+                    .b
+                    .import_signature(gemm_signature(self.frontend.default_call_conv));
+                let f = self.b.import_function(ExtFuncData {
+                    name: ExternalName::user(name),
+                    signature,
+                    colocated: false,
+                    patchable: false,
+                });
+                self.imported.push((index, f));
+                f
+            }
+        };
+        self.b.ins().call(func, &[a, b, c, m, k]);
     }
 
     /// Ends the function with `return` and checks that every block was filled and sealed.

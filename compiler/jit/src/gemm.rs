@@ -1,46 +1,37 @@
-//! Full-width matrix multiplies: the GEMM micro-kernels of the AVX-512 and AVX2 tiers
-//! (`x86::gemm_avx512`, `x86::gemm_avx2`) compiled into a `KernelModule` of their own and called
-//! through a safe, bounds-checked entry.
-//! They are the first layer of issue 16's generators and are not yet planned into training
-//! steps; tests check them against a reference product, and the `kernel_timing` report measures
-//! them against the tier's FMA peak.
+//! Full-width matrix multiplies called on their own: the GEMMs of the AVX-512 and AVX2 tiers
+//! (`x86::gemm`) that training kernels call from their matrix multiplies (`matmul`), here in a
+//! `KernelModule` of their own behind a safe, bounds-checked entry, for the tests that check
+//! them against a reference product and the `kernel_timing` report that measures them against
+//! the tier's FMA peak.
 
-use crate::module::{KernelId, KernelModule};
+use crate::module::{GemmFn, KernelModule};
 use crate::tier::Tier;
-use crate::x86::{gemm_avx2, gemm_avx512, GemmShape};
+use crate::x86::GemmShape;
 use netc_ir::backend::BackendError;
 
-/// `C = A · B` for one shape at one full-width tier.
+/// `C (+)= A · B` for one shape and depth `k` at one full-width tier.
 pub struct FullWidthGemm {
-    module: KernelModule,
-    id: KernelId,
+    /// Owns the code `f` points into.
+    _module: KernelModule,
+    f: GemmFn,
     shape: GemmShape,
+    k: usize,
 }
 
 impl FullWidthGemm {
-    /// Generates and places the kernel for `shape` at `tier` (`Avx2` or `Avx512`); an error on
+    /// Generates and places the GEMM for `shape` at `tier` (`Avx2` or `Avx512`); an error on
     /// a CPU without the tier's instructions.
-    pub fn new(tier: Tier, shape: GemmShape) -> Result<FullWidthGemm, BackendError> {
-        if !tier.supported() {
-            return Err(BackendError::Host {
-                what: format!("running {} code", tier.name()),
-                detail: "this CPU does not have the instructions".to_owned(),
-            });
-        }
-        let code = match tier {
-            Tier::Avx512 => gemm_avx512(shape)?,
-            Tier::Avx2 => gemm_avx2(shape)?,
-            Tier::F32x4 => {
-                return Err(BackendError::Plan(
-                    "the f32x4 tier's kernels are Cranelift's".to_owned(),
-                ))
-            }
-        };
-        let mut module = KernelModule::new()?;
-        let name = format!("gemm_{}_{}x{}", tier.name(), shape.k, shape.n);
-        let id = module.define_machine_code(&name, code)?;
+    pub fn new(tier: Tier, shape: GemmShape, k: usize) -> Result<FullWidthGemm, BackendError> {
+        let mut module = KernelModule::new(tier)?;
+        let index = module.standalone_gemm(shape)?;
         module.finalize()?;
-        Ok(FullWidthGemm { module, id, shape })
+        let f = module.get_gemm(index);
+        Ok(FullWidthGemm {
+            _module: module,
+            f,
+            shape,
+            k,
+        })
     }
 
     /// The shape it computes.
@@ -48,35 +39,38 @@ impl FullWidthGemm {
         self.shape
     }
 
-    /// `c[..rows]` = `a[..rows] · b`, with the shape's strides.
+    /// `c[..rows]` (+)= `a[..rows] · b`, with the shape's strides.
     ///
     /// # Panics
-    /// When a slice is shorter than `rows` rows (or `k` rows of `b`) at its stride.
+    /// When a slice is shorter than `rows` rows (or `k` rows of `b`) at its stride, or a row
+    /// of `a` overlaps the next.
     pub fn run(&self, a: &[f32], b: &[f32], c: &mut [f32], rows: usize) {
-        let s = self.shape;
+        let (s, k) = (self.shape, self.k);
         let needs = |count: usize, stride: usize, width: usize| match count {
             0 => 0,
             n => (n - 1) * stride + width,
         };
-        let a_needs = match (rows, s.k) {
+        let a_needs = match (rows, k) {
             (0, _) | (_, 0) => 0,
             (r, k) => (r - 1) * s.lda + (k - 1) * s.a_k + 1,
         };
         assert!(a.len() >= a_needs, "a is too short");
-        assert!(b.len() >= needs(s.k, s.ldb, s.n), "b is too short");
+        assert!(b.len() >= needs(k, s.ldb, s.n), "b is too short");
         assert!(c.len() >= needs(rows, s.ldc, s.n), "c is too short");
-        let table = [
-            a.as_ptr().cast_mut().cast::<u8>(),
-            b.as_ptr().cast_mut().cast::<u8>(),
-            c.as_mut_ptr().cast::<u8>(),
-        ];
-        let f = self.module.get(self.id);
-        // SAFETY: the CPU has the tier's instructions (checked in `new`); the code reads `rows`
-        // rows of `a` (`lda` apart, each `k` elements `a_k` apart) and `k` rows of `b`, and
-        // writes `rows` rows of `c`, each no further than its row's width at the shape's
-        // stride (the last vector of a row is masked), which the assertions above put inside
-        // the slices; it touches nothing else.
-        unsafe { f(table.as_ptr(), rows as i64, 0, 0, [0f32].as_ptr()) };
+        // SAFETY: the CPU has the tier's instructions (checked by `KernelModule::new`); the
+        // code reads `rows` rows of `a` (`lda` apart, each `k` elements `a_k` apart) and `k`
+        // rows of `b`, and reads and writes `rows` rows of `c`, each no further than its row's
+        // width at the shape's stride (the last vector of a row is masked), which the
+        // assertions above put inside the slices; it touches nothing else.
+        unsafe {
+            (self.f)(
+                a.as_ptr(),
+                b.as_ptr(),
+                c.as_mut_ptr(),
+                rows as i64,
+                k as i64,
+            )
+        };
     }
 }
 
@@ -110,8 +104,8 @@ mod tests {
             for &k in &[1usize, 5, 100, 3072] {
                 for &n in &[1usize, 3, 17, 33, 100, 128] {
                     let (lda, ldb, ldc) = (k + 3, n + 5, n + 2);
-                    let shape = GemmShape::row_major(k, n, lda, ldb, ldc);
-                    let gemm = FullWidthGemm::new(tier, shape).expect("compiles");
+                    let shape = GemmShape::row_major(n, lda, ldb, ldc);
+                    let gemm = FullWidthGemm::new(tier, shape, k).expect("compiles");
                     for &rows in &[1usize, 3, 4, 7, 32, 67] {
                         let a = random(rows * lda, &mut rng);
                         let b = random(k * ldb, &mut rng);
@@ -146,11 +140,11 @@ mod tests {
     fn full_width_gemm_rows_do_not_depend_on_their_tile() {
         let mut rng = SplitMix64::new(8, 0x6e44, 0);
         let (k, n) = (300, 100);
-        let shape = GemmShape::row_major(k, n, k, n, n);
+        let shape = GemmShape::row_major(n, k, n, n);
         let a = random(7 * k, &mut rng);
         let b = random(k * n, &mut rng);
         for tier in tiers() {
-            let gemm = FullWidthGemm::new(tier, shape).expect("compiles");
+            let gemm = FullWidthGemm::new(tier, shape, k).expect("compiles");
             let mut all = vec![0f32; 7 * n];
             gemm.run(&a, &b, &mut all, 7);
             for r in 0..7 {
@@ -171,14 +165,14 @@ mod tests {
             {
                 let ldx = inputs + 4;
                 let shape = GemmShape {
-                    k: batch,
                     n: units,
                     lda: 1,
                     a_k: ldx,
                     ldb: units,
                     ldc: units,
+                    accumulate: false,
                 };
-                let gemm = FullWidthGemm::new(tier, shape).expect("compiles");
+                let gemm = FullWidthGemm::new(tier, shape, batch).expect("compiles");
                 let x = random(batch * ldx, &mut rng);
                 let dy = random(batch * units, &mut rng);
                 let mut dw = vec![0f32; inputs * units];
@@ -207,19 +201,61 @@ mod tests {
             return;
         }
         let mut rng = SplitMix64::new(9, 0x6e44, 0);
-        let shape = GemmShape::row_major(3072, 100, 3072, 100, 100);
+        let shape = GemmShape::row_major(100, 3072, 100, 100);
         let a = random(33 * 3072, &mut rng);
         let b = random(3072 * 100, &mut rng);
         let results: Vec<Vec<f32>> = tiers
             .iter()
             .map(|&tier| {
                 let mut c = vec![0f32; 33 * 100];
-                FullWidthGemm::new(tier, shape)
+                FullWidthGemm::new(tier, shape, 3072)
                     .expect("compiles")
                     .run(&a, &b, &mut c, 33);
                 c
             })
             .collect();
         assert!(results.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    /// Accumulating adds the product to `C` as the first term of each chain, and a depth of 0
+    /// leaves `C` as it was (accumulating) or zero (not).
+    #[test]
+    fn full_width_gemms_accumulate_and_take_an_empty_depth() {
+        let mut rng = SplitMix64::new(11, 0x6e44, 0);
+        let (rows, k, n) = (9, 37, 21);
+        for tier in tiers() {
+            for accumulate in [false, true] {
+                let shape = GemmShape {
+                    accumulate,
+                    ..GemmShape::row_major(n, k, n, n)
+                };
+                let a = random(rows * k, &mut rng);
+                let b = random(k * n, &mut rng);
+                let old = random(rows * n, &mut rng);
+                let mut c = old.clone();
+                FullWidthGemm::new(tier, shape, k)
+                    .expect("compiles")
+                    .run(&a, &b, &mut c, rows);
+                for r in 0..rows {
+                    for j in 0..n {
+                        let mut want = if accumulate { old[r * n + j] } else { 0.0 };
+                        for t in 0..k {
+                            want = a[r * k + t].mul_add(b[t * n + j], want);
+                        }
+                        assert_eq!(c[r * n + j], want, "{tier:?} acc {accumulate} [{r},{j}]");
+                    }
+                }
+                let mut c = old.clone();
+                FullWidthGemm::new(tier, shape, 0)
+                    .expect("compiles")
+                    .run(&a, &b, &mut c, rows);
+                let want = if accumulate {
+                    old.clone()
+                } else {
+                    vec![0.0; rows * n]
+                };
+                assert_eq!(c, want, "{tier:?} acc {accumulate}, k = 0");
+            }
+        }
     }
 }

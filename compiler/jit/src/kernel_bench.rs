@@ -17,6 +17,7 @@ use super::kernels::{pad4, row_stride, update_scalars, FusedUpdate, Kernel, Upda
 use super::module::{KernelFn, KernelModule};
 use super::parallel::{self, Invocation, MAX_ARGS};
 use super::{step_scalars, Alloc, Arena};
+use crate::tier::Tier;
 use netc_ir::backend::BackendError;
 use netc_ir::ir::{Activation, OptimizerKind, Regularizer};
 use netc_ir::optim::nadam_u_product;
@@ -303,7 +304,7 @@ impl KernelBench {
             buffers.len() <= MAX_ARGS,
             "an argument table of at most MAX_ARGS"
         );
-        let mut module = KernelModule::new()?;
+        let mut module = KernelModule::new(Tier::best())?;
         let id = module.kernel(kernel)?;
         module.finalize()?;
         // Each buffer on its own cache lines, as the `Jit` places them.

@@ -109,12 +109,12 @@ fn full_width_gemm() {
         (32, 100, 100),
         (256, 3072, 100),
     ] {
-        let shape = GemmShape::row_major(k, n, k, n, n);
+        let shape = GemmShape::row_major(n, k, n, n);
         let a = vec![0.5f32; rows * k];
         let b = vec![0.25f32; k * n];
         let mut c = vec![0f32; rows * n];
         for tier in [Tier::Avx512, Tier::Avx2] {
-            let gemm = FullWidthGemm::new(tier, shape).expect("compiles");
+            let gemm = FullWidthGemm::new(tier, shape, k).expect("compiles");
             let us = fastest_us(15, || gemm.run(&a, &b, &mut c, rows));
             let flops = 2.0 * (rows * k * n) as f64;
             println!(
@@ -128,18 +128,18 @@ fn full_width_gemm() {
     // Weight gradients xᵀ·dy: A is x read transposed, k the batch.
     for (batch, inputs, units) in [(32, 3072, 100), (32, 100, 100), (256, 3072, 100)] {
         let shape = GemmShape {
-            k: batch,
             n: units,
             lda: 1,
             a_k: inputs,
             ldb: units,
             ldc: units,
+            accumulate: false,
         };
         let x = vec![0.5f32; batch * inputs];
         let dy = vec![0.25f32; batch * units];
         let mut dw = vec![0f32; inputs * units];
         for tier in [Tier::Avx512, Tier::Avx2] {
-            let gemm = FullWidthGemm::new(tier, shape).expect("compiles");
+            let gemm = FullWidthGemm::new(tier, shape, batch).expect("compiles");
             let us = fastest_us(15, || gemm.run(&x, &dy, &mut dw, inputs));
             let flops = 2.0 * (batch * inputs * units) as f64;
             println!(
@@ -152,12 +152,12 @@ fn full_width_gemm() {
     }
     // Input gradients dy·Wᵀ: B is the transposed copy of the kernel the JIT keeps, k the units.
     for (batch, inputs, units) in [(32, 3072, 100), (256, 3072, 100)] {
-        let shape = GemmShape::row_major(units, inputs, units, inputs, inputs);
+        let shape = GemmShape::row_major(inputs, units, inputs, inputs);
         let dy = vec![0.5f32; batch * units];
         let wt = vec![0.25f32; units * inputs];
         let mut dx = vec![0f32; batch * inputs];
         for tier in [Tier::Avx512, Tier::Avx2] {
-            let gemm = FullWidthGemm::new(tier, shape).expect("compiles");
+            let gemm = FullWidthGemm::new(tier, shape, units).expect("compiles");
             let us = fastest_us(15, || gemm.run(&dy, &wt, &mut dx, batch));
             let flops = 2.0 * (batch * inputs * units) as f64;
             println!(

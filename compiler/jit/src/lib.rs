@@ -73,6 +73,7 @@ pub use calibrate::{fma_peak_gflops, tier_peak_gflops};
 #[cfg(target_arch = "x86_64")]
 pub use gemm::FullWidthGemm;
 pub use kernel_bench::{KernelBench, KernelShare};
+pub use tier::Tier;
 #[cfg(target_arch = "x86_64")]
 pub use x86::GemmShape;
 
@@ -1302,6 +1303,28 @@ impl Arena {
     }
 }
 
+/// How a `Jit` is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Threads every step runs on (this one and `threads - 1` workers that live as long as
+    /// the `Jit`). Results do not depend on it.
+    pub threads: usize,
+    /// The vector tier of the matrix multiplies: the widest this CPU has by default.
+    pub tier: Tier,
+    /// Also plan the plain backward pass of `loss_and_grads`.
+    pub gradients: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            threads: 1,
+            tier: Tier::best(),
+            gradients: false,
+        }
+    }
+}
+
 /// The JIT backend. See the module documentation for its design.
 pub struct Jit {
     program: Program,
@@ -1340,7 +1363,14 @@ impl Jit {
         stats: Option<InputStats>,
         threads: usize,
     ) -> Result<Jit, BackendError> {
-        Jit::build(program, stats, threads, false)
+        Jit::with_options(
+            program,
+            stats,
+            Options {
+                threads,
+                ..Options::default()
+            },
+        )
     }
 
     /// `with_threads`, able to compute plain gradients too (`loss_and_grads`), for comparisons
@@ -1351,15 +1381,29 @@ impl Jit {
         stats: Option<InputStats>,
         threads: usize,
     ) -> Result<Jit, BackendError> {
-        Jit::build(program, stats, threads, true)
+        Jit::with_options(
+            program,
+            stats,
+            Options {
+                threads,
+                gradients: true,
+                ..Options::default()
+            },
+        )
     }
 
-    fn build(
+    /// `new` with every choice spelled out (`Options`); an error if this CPU does not have
+    /// the tier's instructions.
+    pub fn with_options(
         program: &Program,
         stats: Option<InputStats>,
-        threads: usize,
-        gradients: bool,
+        options: Options,
     ) -> Result<Jit, BackendError> {
+        let Options {
+            threads,
+            tier,
+            gradients,
+        } = options;
         let started = Instant::now();
         let seed = program.train.seed;
         // The initial parameters need nothing compiled: they are drawn beside the compilation.
@@ -1367,7 +1411,7 @@ impl Jit {
             let init = thread::Builder::new()
                 .spawn_scoped(s, || netc_ir::init::init_params(program, seed));
             let built = (|| {
-                let mut kernels = KernelModule::new()?;
+                let mut kernels = KernelModule::new(tier)?;
                 let plan = plan(program, stats.is_some(), threads, gradients, &mut kernels)?;
                 kernels.finalize()?;
                 Ok::<_, BackendError>((kernels, plan))
@@ -1426,6 +1470,11 @@ impl Jit {
     /// Wall time of planning, code generation and compilation in `new`, in milliseconds.
     pub fn compile_ms(&self) -> f64 {
         self.compile_ms
+    }
+
+    /// The vector tier of the matrix multiplies.
+    pub fn tier(&self) -> Tier {
+        self.kernels.tier()
     }
 
     /// Loss (without the regularization penalty, which the update kernels add), correct count,

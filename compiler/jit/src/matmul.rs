@@ -136,6 +136,11 @@ pub fn emit_matmul(fx: &mut Fx, mm: &MatMul) {
         mm.epilogue.update.is_none() || mm.rows_outer,
         "a fused update follows the weight gradient's loop order"
     );
+    #[cfg(target_arch = "x86_64")]
+    if fx.tier() != crate::tier::Tier::F32x4 {
+        emit_full_width(fx, mm);
+        return;
+    }
     if mm.rows_outer {
         match (mm.k, mm.k_unroll) {
             (Dim::Rows, Some(full)) if full > FULL_UNROLL => {
@@ -164,6 +169,92 @@ pub fn emit_matmul(fx: &mut Fx, mm: &MatMul) {
         let j = fx.iconst((full * NR * 4) as i64);
         emit_rows(fx, mm, j, rem);
     }
+}
+
+/// `emit_matmul` at a full-width tier: the product is a call to the tier's GEMM (`x86`), and
+/// the epilogue a pass over `C` after it, in f32x4 (`emit_epilogue_pass`). With a fused update
+/// and a batch of one chunk (`C` one block row of scratch, `update_rows`), each block row of the
+/// gradient is one call followed by its update; otherwise one call computes all of `C` (the
+/// whole batch as `k`, so each element is one chain of FMAs in the order of the rows, which the
+/// f32x4 loops match for batches up to `FULL_UNROLL`) and the update streams through it.
+#[cfg(target_arch = "x86_64")]
+fn emit_full_width(fx: &mut Fx, mm: &MatMul) {
+    use crate::x86::GemmShape;
+    let shape = GemmShape {
+        n: mm.n,
+        lda: mm.a_row,
+        a_k: mm.a_col,
+        ldb: mm.ldb,
+        ldc: mm.ldc,
+        accumulate: mm.epilogue.accumulate,
+    };
+    let k = mm.k.value(fx);
+    let scratch = mm.rows_outer
+        && mm.epilogue.update.is_some()
+        && !matches!((mm.k, mm.k_unroll), (Dim::Rows, Some(full)) if full > FULL_UNROLL);
+    if scratch {
+        let u = mm.epilogue.update.expect("checked above");
+        emit_row_blocks(fx, mm, |fx, i, mr| {
+            let a = fx.offset(mm.a, i, (mm.a_row * 4) as i64);
+            let m = fx.iconst(mr as i64);
+            fx.call_gemm(shape, [a, mm.b, mm.c, m, k]);
+            update_rows(fx, mm, u, i, mr, true);
+        });
+        return;
+    }
+    let m = mm.m.value(fx);
+    fx.call_gemm(shape, [mm.a, mm.b, mm.c, m, k]);
+    emit_epilogue_pass(fx, mm);
+    if let Some(u) = mm.epilogue.update {
+        emit_row_blocks(fx, mm, |fx, i, mr| update_rows(fx, mm, u, i, mr, false));
+    }
+}
+
+/// The element-wise part of `mm`'s epilogue (bias, activation derivative, pre-activation store,
+/// activation) over all of `C`, row by row, in the order `emit_block` applies it to its
+/// accumulators; nothing when there is none.
+#[cfg(target_arch = "x86_64")]
+fn emit_epilogue_pass(fx: &mut Fx, mm: &MatMul) {
+    let ep = mm.epilogue;
+    if ep.bias.is_none()
+        && ep.derivative.is_none()
+        && ep.pre_activation.is_none()
+        && ep.activation.is_none()
+    {
+        return;
+    }
+    let zero = fx.iconst(0);
+    let limit = mm.m.value(fx);
+    let row_bytes = (mm.ldc * 4) as i64;
+    fx.loop_up(zero, limit, 1, |fx, i| {
+        let c0 = fx.offset(mm.c, i, row_bytes);
+        let pre = ep.pre_activation.map(|z| fx.offset(z, i, row_bytes));
+        let derivative = ep
+            .derivative
+            .map(|(act, s)| (act, fx.offset(s, i, row_bytes)));
+        fx.loop_const(0, mm.n as i64, 4, |fx, j| {
+            let c = fx.offset(c0, j, 4);
+            let mut v = fx.load4(rw(), c, 0);
+            if let Some(b) = ep.bias {
+                let b = fx.offset(b, j, 4);
+                let bv = fx.load4(ro(), b, 0);
+                v = fx.add(v, bv);
+            }
+            if let Some((act, s)) = derivative {
+                let s = fx.offset(s, j, 4);
+                let saved = fx.load4(ro(), s, 0);
+                v = act_backward(fx, act, v, saved);
+            }
+            if let Some(z) = pre {
+                let z = fx.offset(z, j, 4);
+                fx.store(v, z, 0);
+            }
+            if let Some(act) = ep.activation {
+                v = act_forward(fx, act, v);
+            }
+            fx.store(v, c, 0);
+        });
+    });
 }
 
 /// Every block of `C`, row block by row block. With a fused update (a batch of one chunk, `C`

@@ -26,14 +26,19 @@ struct One {
 
 impl One {
     fn new(kernel: &Kernel) -> One {
-        let mut module = KernelModule::new().expect("host ISA");
+        One::at(Tier::F32x4, kernel)
+    }
+
+    /// The kernel with its matrix multiplies at `tier`.
+    fn at(tier: Tier, kernel: &Kernel) -> One {
+        let mut module = KernelModule::new(tier).expect("host ISA");
         let id = module.kernel(kernel).expect("kernel compiles");
         module.finalize().expect("finalize");
         One { module, id }
     }
 
     fn probe(emit: impl Fn(&mut Fx, Value) -> Value) -> One {
-        let mut module = KernelModule::new().expect("host ISA");
+        let mut module = KernelModule::new(crate::tier::Tier::F32x4).expect("host ISA");
         let id = module
             .define("probe", false, |fx| {
                 let x = fx.arg(0);
@@ -305,54 +310,59 @@ fn matmul_ref(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize) -> Vec<f64>
 /// blocks, 1 and 2 vector column remainders, single-row remainders, k remainders.
 #[test]
 fn dense_forward_matches_scalar_on_odd_shapes() {
-    let shapes = [
-        (1, 1, 1),
-        (3, 5, 7),
-        (5, 13, 9),
-        (7, 3, 13),
-        (9, 17, 25),
-        (33, 11, 10),
-        (4, 8, 24),
-    ];
-    for (i, &(rows, k, n)) in shapes.iter().enumerate() {
-        for activation in [None, Some(Activation::Elu { alpha: 1.0 })] {
-            let x = random(rows * k, i as u64, 1.0);
-            let w = random(k * n, 100 + i as u64, 1.0);
-            let b = random(n, 200 + i as u64, 1.0);
-            let kernel = One::new(&Kernel::Dense {
-                convert: None,
-                inputs: k,
-                units: n,
-                bias: true,
-                activation,
-                store_pre_activation: activation.is_some(),
-            });
-            let mut xp = padded(&x, rows, k);
-            let mut wp = padded(&w, k, n);
-            let mut bp = padded(&b, 1, n);
-            let mut y = vec![0.0; rows * pad4(n) + 16];
-            let mut z = vec![0.0; rows * pad4(n) + 16];
-            let mut args = vec![ptr(&mut xp), ptr(&mut wp), ptr(&mut bp), ptr(&mut y)];
-            if activation.is_some() {
-                args.push(ptr(&mut z));
-            }
-            kernel.call(&args, rows, 0, 0, &[]);
-            let pre: Vec<f64> = matmul_ref(&x, &w, rows, k, n)
-                .iter()
-                .enumerate()
-                .map(|(e, v)| v + f64::from(b[e % n]))
-                .collect();
-            let want: Vec<f64> = match activation {
-                None => pre.clone(),
-                Some(_) => pre
+    for tier in Tier::available() {
+        let shapes = [
+            (1, 1, 1),
+            (3, 5, 7),
+            (5, 13, 9),
+            (7, 3, 13),
+            (9, 17, 25),
+            (33, 11, 10),
+            (4, 8, 24),
+        ];
+        for (i, &(rows, k, n)) in shapes.iter().enumerate() {
+            for activation in [None, Some(Activation::Elu { alpha: 1.0 })] {
+                let x = random(rows * k, i as u64, 1.0);
+                let w = random(k * n, 100 + i as u64, 1.0);
+                let b = random(n, 200 + i as u64, 1.0);
+                let kernel = One::at(
+                    tier,
+                    &Kernel::Dense {
+                        convert: None,
+                        inputs: k,
+                        units: n,
+                        bias: true,
+                        activation,
+                        store_pre_activation: activation.is_some(),
+                    },
+                );
+                let mut xp = padded(&x, rows, k);
+                let mut wp = padded(&w, k, n);
+                let mut bp = padded(&b, 1, n);
+                let mut y = vec![0.0; rows * pad4(n) + 16];
+                let mut z = vec![0.0; rows * pad4(n) + 16];
+                let mut args = vec![ptr(&mut xp), ptr(&mut wp), ptr(&mut bp), ptr(&mut y)];
+                if activation.is_some() {
+                    args.push(ptr(&mut z));
+                }
+                kernel.call(&args, rows, 0, 0, &[]);
+                let pre: Vec<f64> = matmul_ref(&x, &w, rows, k, n)
                     .iter()
-                    .map(|&v| if v > 0.0 { v } else { v.exp_m1() })
-                    .collect(),
-            };
-            let what = format!("dense {rows}x{k}x{n} {activation:?}");
-            assert_close(&unpadded(&y, rows, n), &want, 1e-5, 1e-5, &what);
-            if activation.is_some() {
-                assert_close(&unpadded(&z, rows, n), &pre, 1e-5, 1e-5, &what);
+                    .enumerate()
+                    .map(|(e, v)| v + f64::from(b[e % n]))
+                    .collect();
+                let want: Vec<f64> = match activation {
+                    None => pre.clone(),
+                    Some(_) => pre
+                        .iter()
+                        .map(|&v| if v > 0.0 { v } else { v.exp_m1() })
+                        .collect(),
+                };
+                let what = format!("dense {rows}x{k}x{n} {activation:?} ({})", tier.name());
+                assert_close(&unpadded(&y, rows, n), &want, 1e-5, 1e-5, &what);
+                if activation.is_some() {
+                    assert_close(&unpadded(&z, rows, n), &pre, 1e-5, 1e-5, &what);
+                }
             }
         }
     }
@@ -416,132 +426,143 @@ fn dense_forward_converts_pixels() {
 /// rules with zero to three slots. The copy's padding lanes and rows are never written.
 #[test]
 fn fused_update_matches_update_and_transpose_kernels() {
-    let rules = [
-        OptimizerKind::Nadam {
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: 1e-7,
-        },
-        OptimizerKind::Sgd {
-            momentum: 0.0,
-            nesterov: false,
-        },
-        OptimizerKind::Sgd {
-            momentum: 0.9,
-            nesterov: true,
-        },
-        OptimizerKind::RmsProp {
-            rho: 0.9,
-            momentum: 0.5,
-            epsilon: 1e-7,
-            centered: true,
-        },
-        OptimizerKind::Adam {
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: 1e-7,
-        },
-    ];
-    // (rows, batch, inputs, units)
-    let shapes = [
-        (3, 3, 5, 7),
-        (7, 8, 13, 9),
-        (32, 32, 20, 12),
-        (16, 16, 8, 16),
-        (67, 67, 6, 10),
-        (128, 130, 9, 8),
-        (130, 130, 4, 6),
-        (40, 130, 7, 5),
-    ];
-    for (case, &(rows, batch, k, n)) in shapes.iter().enumerate() {
-        let kind = rules[case % rules.len()];
-        let ld = pad4(n);
-        let len = k * ld;
-        let seed = 100 + 10 * case as u64;
-        let x = padded(&random(rows * k, seed, 1.0), rows, k);
-        let dy = padded(&random(rows * n, seed + 1, 1.0), rows, n);
-        let w0 = padded(&random(k * n, seed + 2, 0.5), k, n);
-        let slots0: Vec<Vec<f32>> = (0..kind.slot_count())
-            .map(|s| {
-                // Second moments must be non-negative; the padding lanes stay zero.
-                let m = random(k * n, seed + 3 + s as u64, 0.1);
-                let m: Vec<f32> = m.iter().map(|v| v.abs()).collect();
-                padded(&m, k, n)
-            })
-            .collect();
-        let scalars = step_scalars(kind, 3, 1e-2, 0.7);
-        let sentinel = -7.5;
-        let t_len = n * pad4(k) + 16;
-        let what = format!("{} {rows} rows (batch {batch}) of {k}x{n}", kind.name());
+    for tier in Tier::available() {
+        let rules = [
+            OptimizerKind::Nadam {
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-7,
+            },
+            OptimizerKind::Sgd {
+                momentum: 0.0,
+                nesterov: false,
+            },
+            OptimizerKind::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+            },
+            OptimizerKind::RmsProp {
+                rho: 0.9,
+                momentum: 0.5,
+                epsilon: 1e-7,
+                centered: true,
+            },
+            OptimizerKind::Adam {
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-7,
+            },
+        ];
+        // (rows, batch, inputs, units)
+        let shapes = [
+            (3, 3, 5, 7),
+            (7, 8, 13, 9),
+            (32, 32, 20, 12),
+            (16, 16, 8, 16),
+            (67, 67, 6, 10),
+            (128, 130, 9, 8),
+            (130, 130, 4, 6),
+            (40, 130, 7, 5),
+        ];
+        for (case, &(rows, batch, k, n)) in shapes.iter().enumerate() {
+            let kind = rules[case % rules.len()];
+            let ld = pad4(n);
+            let len = k * ld;
+            let seed = 100 + 10 * case as u64;
+            let x = padded(&random(rows * k, seed, 1.0), rows, k);
+            let dy = padded(&random(rows * n, seed + 1, 1.0), rows, n);
+            let w0 = padded(&random(k * n, seed + 2, 0.5), k, n);
+            let slots0: Vec<Vec<f32>> = (0..kind.slot_count())
+                .map(|s| {
+                    // Second moments must be non-negative; the padding lanes stay zero.
+                    let m = random(k * n, seed + 3 + s as u64, 0.1);
+                    let m: Vec<f32> = m.iter().map(|v| v.abs()).collect();
+                    padded(&m, k, n)
+                })
+                .collect();
+            let scalars = step_scalars(kind, 3, 1e-2, 0.7);
+            let sentinel = -7.5;
+            let t_len = n * pad4(k) + 16;
+            let what = format!("{} {rows} rows (batch {batch}) of {k}x{n}", kind.name());
 
-        // Separately: dW, the update kernel, the transpose.
-        let weight_grad = One::new(&Kernel::WeightGrad {
-            inputs: k,
-            x_ld: pad4(k),
-            units: n,
-            batch,
-            bias: true,
-            update: None,
-        });
-        let update = One::new(&Kernel::Update(Update {
-            len,
-            kind,
-            regularizer: Regularizer::default(),
-            clipnorm: None,
-            max_norm: None,
-        }));
-        let transpose = One::new(&Kernel::Transpose { rows: k, cols: n });
-        let (mut xa, mut dya) = (x.clone(), dy.clone());
-        let mut dw = vec![f32::NAN; len + 16];
-        let mut db = vec![f32::NAN; ld + 16];
-        weight_grad.call(
-            &[ptr(&mut xa), ptr(&mut dya), ptr(&mut dw), ptr(&mut db)],
-            rows,
-            0,
-            0,
-            &scalars,
-        );
-        let mut w = w0.clone();
-        let mut slots = slots0.clone();
-        let mut stats = vec![0.0f32; 4];
-        let mut table = vec![ptr(&mut w), ptr(&mut dw), ptr(&mut stats)];
-        table.extend(slots.iter_mut().map(|s| ptr(s)));
-        update.call(&table, rows, 0, 0, &scalars);
-        let mut wt = vec![sentinel; t_len];
-        transpose.call(&[ptr(&mut w), ptr(&mut wt)], 0, 0, 0, &[]);
+            // Separately: dW, the update kernel, the transpose.
+            let weight_grad = One::at(
+                tier,
+                &Kernel::WeightGrad {
+                    inputs: k,
+                    x_ld: pad4(k),
+                    units: n,
+                    batch,
+                    bias: true,
+                    update: None,
+                },
+            );
+            let update = One::at(
+                tier,
+                &Kernel::Update(Update {
+                    len,
+                    kind,
+                    regularizer: Regularizer::default(),
+                    clipnorm: None,
+                    max_norm: None,
+                }),
+            );
+            let transpose = One::at(tier, &Kernel::Transpose { rows: k, cols: n });
+            let (mut xa, mut dya) = (x.clone(), dy.clone());
+            let mut dw = vec![f32::NAN; len + 16];
+            let mut db = vec![f32::NAN; ld + 16];
+            weight_grad.call(
+                &[ptr(&mut xa), ptr(&mut dya), ptr(&mut dw), ptr(&mut db)],
+                rows,
+                0,
+                0,
+                &scalars,
+            );
+            let mut w = w0.clone();
+            let mut slots = slots0.clone();
+            let mut stats = vec![0.0f32; 4];
+            let mut table = vec![ptr(&mut w), ptr(&mut dw), ptr(&mut stats)];
+            table.extend(slots.iter_mut().map(|s| ptr(s)));
+            update.call(&table, rows, 0, 0, &scalars);
+            let mut wt = vec![sentinel; t_len];
+            transpose.call(&[ptr(&mut w), ptr(&mut wt)], 0, 0, 0, &[]);
 
-        // Fused.
-        let fused = One::new(&Kernel::WeightGrad {
-            inputs: k,
-            x_ld: pad4(k),
-            units: n,
-            batch,
-            bias: true,
-            update: Some(FusedUpdate {
-                kind,
-                transposed: true,
-                normalized: false,
-            }),
-        });
-        let (mut xb, mut dyb) = (x.clone(), dy.clone());
-        let mut scratch = vec![f32::NAN; len + 16];
-        let mut fw = w0.clone();
-        let mut fslots = slots0.clone();
-        let mut fwt = vec![sentinel; t_len];
-        let mut fdb = vec![f32::NAN; ld + 16];
-        let mut table = vec![ptr(&mut xb), ptr(&mut dyb), ptr(&mut scratch), ptr(&mut fw)];
-        table.extend(fslots.iter_mut().map(|s| ptr(s)));
-        table.extend([ptr(&mut fwt), ptr(&mut fdb)]);
-        fused.call(&table, rows, 0, 0, &scalars);
+            // Fused.
+            let fused = One::at(
+                tier,
+                &Kernel::WeightGrad {
+                    inputs: k,
+                    x_ld: pad4(k),
+                    units: n,
+                    batch,
+                    bias: true,
+                    update: Some(FusedUpdate {
+                        kind,
+                        transposed: true,
+                        normalized: false,
+                    }),
+                },
+            );
+            let (mut xb, mut dyb) = (x.clone(), dy.clone());
+            let mut scratch = vec![f32::NAN; len + 16];
+            let mut fw = w0.clone();
+            let mut fslots = slots0.clone();
+            let mut fwt = vec![sentinel; t_len];
+            let mut fdb = vec![f32::NAN; ld + 16];
+            let mut table = vec![ptr(&mut xb), ptr(&mut dyb), ptr(&mut scratch), ptr(&mut fw)];
+            table.extend(fslots.iter_mut().map(|s| ptr(s)));
+            table.extend([ptr(&mut fwt), ptr(&mut fdb)]);
+            fused.call(&table, rows, 0, 0, &scalars);
 
-        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&fw), bits(&w), "kernel, {what}");
-        for (s, (got, want)) in fslots.iter().zip(&slots).enumerate() {
-            assert_eq!(bits(got), bits(want), "slot {s}, {what}");
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fw), bits(&w), "kernel, {what}");
+            for (s, (got, want)) in fslots.iter().zip(&slots).enumerate() {
+                assert_eq!(bits(got), bits(want), "slot {s}, {what}");
+            }
+            assert_eq!(bits(&fwt), bits(&wt), "transposed copy, {what}");
+            assert_eq!(bits(&fdb[..ld]), bits(&db[..ld]), "bias gradient, {what}");
+            assert_ne!(fw[..len], w0[..len], "the kernel moved, {what}");
         }
-        assert_eq!(bits(&fwt), bits(&wt), "transposed copy, {what}");
-        assert_eq!(bits(&fdb[..ld]), bits(&db[..ld]), "bias gradient, {what}");
-        assert_ne!(fw[..len], w0[..len], "the kernel moved, {what}");
     }
 }
 
@@ -733,100 +754,111 @@ fn value_gradients_are_those_the_backward_pass_writes() {
 /// including a row count that is not a multiple of the 4-row block.
 #[test]
 fn dense_backward_matches_scalar() {
-    for (i, &(rows, k, n)) in [(1, 1, 1), (3, 5, 7), (7, 13, 9), (10, 6, 14), (32, 20, 12)]
-        .iter()
-        .enumerate()
-    {
-        let x = random(rows * k, 10 + i as u64, 1.0);
-        let dy = random(rows * n, 20 + i as u64, 1.0);
-        let w = random(k * n, 30 + i as u64, 1.0);
-        let transpose = One::new(&Kernel::Transpose { rows: k, cols: n });
-        // Even cases run the weight gradient's unrolled loop (a full batch), odd ones the loop.
-        let batch = if i % 2 == 0 { rows } else { rows + 1 };
-        let weight_grad = One::new(&Kernel::WeightGrad {
-            inputs: k,
-            x_ld: pad4(k),
-            units: n,
-            batch,
-            bias: true,
-            update: None,
-        });
-        let input_grad = One::new(&Kernel::InputGrad {
-            inputs: k,
-            units: n,
-            activation: None,
-        });
-        let mut wp = padded(&w, k, n);
-        let mut wt = vec![0.0; n * pad4(k) + 16];
-        transpose.call(&[ptr(&mut wp), ptr(&mut wt)], 0, 0, 0, &[]);
-        let mut xp = padded(&x, rows, k);
-        let mut dyp = padded(&dy, rows, n);
-        let mut dw = vec![f32::NAN; k * pad4(n) + 16];
-        let mut db = vec![f32::NAN; pad4(n) + 16];
-        let mut dx = vec![f32::NAN; rows * pad4(k) + 16];
-        weight_grad.call(
-            &[ptr(&mut xp), ptr(&mut dyp), ptr(&mut dw), ptr(&mut db)],
-            rows,
-            0,
-            0,
-            &[],
-        );
-        input_grad.call(
-            &[ptr(&mut dyp), ptr(&mut wt), ptr(&mut dx)],
-            rows,
-            0,
-            0,
-            &[],
-        );
-        // One thread's share of the weight gradient: kernel rows k0.. from x's columns k0...
-        let k0 = k / 2;
-        let part = One::new(&Kernel::WeightGrad {
-            inputs: k - k0,
-            x_ld: pad4(k),
-            units: n,
-            batch,
-            bias: false,
-            update: None,
-        });
-        let mut dw_part = vec![f32::NAN; (k - k0) * pad4(n) + 16];
-        part.call(
-            &[
-                xp[k0..].as_mut_ptr().cast(),
-                ptr(&mut dyp),
-                ptr(&mut dw_part),
-            ],
-            rows,
-            0,
-            0,
-            &[],
-        );
-        assert_eq!(
-            dw_part[..(k - k0) * pad4(n)],
-            dw[k0 * pad4(n)..k * pad4(n)],
-            "a share of the weight gradient is bit-for-bit the same rows of the whole"
-        );
-        let mut want_dw = vec![0.0f64; k * n];
-        let mut want_db = vec![0.0f64; n];
-        let mut want_dx = vec![0.0f64; rows * k];
-        for r in 0..rows {
-            for j in 0..n {
-                let g = f64::from(dy[r * n + j]);
-                want_db[j] += g;
-                for t in 0..k {
-                    want_dw[t * n + j] += f64::from(x[r * k + t]) * g;
-                    want_dx[r * k + t] += g * f64::from(w[t * n + j]);
+    for tier in Tier::available() {
+        for (i, &(rows, k, n)) in [(1, 1, 1), (3, 5, 7), (7, 13, 9), (10, 6, 14), (32, 20, 12)]
+            .iter()
+            .enumerate()
+        {
+            let x = random(rows * k, 10 + i as u64, 1.0);
+            let dy = random(rows * n, 20 + i as u64, 1.0);
+            let w = random(k * n, 30 + i as u64, 1.0);
+            let transpose = One::at(tier, &Kernel::Transpose { rows: k, cols: n });
+            // Even cases run the weight gradient's unrolled loop (a full batch), odd ones the loop.
+            let batch = if i % 2 == 0 { rows } else { rows + 1 };
+            let weight_grad = One::at(
+                tier,
+                &Kernel::WeightGrad {
+                    inputs: k,
+                    x_ld: pad4(k),
+                    units: n,
+                    batch,
+                    bias: true,
+                    update: None,
+                },
+            );
+            let input_grad = One::at(
+                tier,
+                &Kernel::InputGrad {
+                    inputs: k,
+                    units: n,
+                    activation: None,
+                },
+            );
+            let mut wp = padded(&w, k, n);
+            let mut wt = vec![0.0; n * pad4(k) + 16];
+            transpose.call(&[ptr(&mut wp), ptr(&mut wt)], 0, 0, 0, &[]);
+            let mut xp = padded(&x, rows, k);
+            let mut dyp = padded(&dy, rows, n);
+            let mut dw = vec![f32::NAN; k * pad4(n) + 16];
+            let mut db = vec![f32::NAN; pad4(n) + 16];
+            let mut dx = vec![f32::NAN; rows * pad4(k) + 16];
+            weight_grad.call(
+                &[ptr(&mut xp), ptr(&mut dyp), ptr(&mut dw), ptr(&mut db)],
+                rows,
+                0,
+                0,
+                &[],
+            );
+            input_grad.call(
+                &[ptr(&mut dyp), ptr(&mut wt), ptr(&mut dx)],
+                rows,
+                0,
+                0,
+                &[],
+            );
+            // One thread's share of the weight gradient: kernel rows k0.. from x's columns k0...
+            let k0 = k / 2;
+            let part = One::at(
+                tier,
+                &Kernel::WeightGrad {
+                    inputs: k - k0,
+                    x_ld: pad4(k),
+                    units: n,
+                    batch,
+                    bias: false,
+                    update: None,
+                },
+            );
+            let mut dw_part = vec![f32::NAN; (k - k0) * pad4(n) + 16];
+            part.call(
+                &[
+                    xp[k0..].as_mut_ptr().cast(),
+                    ptr(&mut dyp),
+                    ptr(&mut dw_part),
+                ],
+                rows,
+                0,
+                0,
+                &[],
+            );
+            assert_eq!(
+                dw_part[..(k - k0) * pad4(n)],
+                dw[k0 * pad4(n)..k * pad4(n)],
+                "a share of the weight gradient is bit-for-bit the same rows of the whole"
+            );
+            let mut want_dw = vec![0.0f64; k * n];
+            let mut want_db = vec![0.0f64; n];
+            let mut want_dx = vec![0.0f64; rows * k];
+            for r in 0..rows {
+                for j in 0..n {
+                    let g = f64::from(dy[r * n + j]);
+                    want_db[j] += g;
+                    for t in 0..k {
+                        want_dw[t * n + j] += f64::from(x[r * k + t]) * g;
+                        want_dx[r * k + t] += g * f64::from(w[t * n + j]);
+                    }
                 }
             }
-        }
-        let what = format!("dense backward {rows}x{k}x{n}");
-        assert_close(&unpadded(&dw, k, n), &want_dw, 1e-5, 1e-5, &what);
-        assert_close(&db[..n], &want_db, 1e-5, 1e-5, &what);
-        assert_close(&unpadded(&dx, rows, k), &want_dx, 1e-5, 1e-5, &what);
-        // Padding lanes of the parameter gradient stay zero, which the optimizer relies on.
-        for t in 0..k {
-            assert!(dw[t * pad4(n) + n..(t + 1) * pad4(n)]
-                .iter()
-                .all(|&v| v == 0.0));
+            let what = format!("dense backward {rows}x{k}x{n} ({})", tier.name());
+            assert_close(&unpadded(&dw, k, n), &want_dw, 1e-5, 1e-5, &what);
+            assert_close(&db[..n], &want_db, 1e-5, 1e-5, &what);
+            assert_close(&unpadded(&dx, rows, k), &want_dx, 1e-5, 1e-5, &what);
+            // Padding lanes of the parameter gradient stay zero, which the optimizer relies on.
+            for t in 0..k {
+                assert!(dw[t * pad4(n) + n..(t + 1) * pad4(n)]
+                    .iter()
+                    .all(|&v| v == 0.0));
+            }
         }
     }
 }
@@ -935,8 +967,20 @@ fn check_grads(program: &Program, rows: usize) {
 }
 
 /// `check_grads` with values and gradients compared within `rel` (the loss within `rel / 10`).
+/// On every tier this CPU has.
 pub(super) fn check_grads_within(program: &Program, rows: usize, rel: f32) {
-    let mut jit = Jit::for_gradients(program, input_stats(program), 1).expect("jit builds");
+    for tier in Tier::available() {
+        check_grads_at(program, rows, rel, tier);
+    }
+}
+
+fn check_grads_at(program: &Program, rows: usize, rel: f32, tier: Tier) {
+    let options = Options {
+        tier,
+        gradients: true,
+        ..Options::default()
+    };
+    let mut jit = Jit::with_options(program, input_stats(program), options).expect("jit builds");
     let interp = Interp::new(program, input_stats(program));
     let (pixels, labels) = data(program, rows, 7);
     let batch = Batch {
@@ -945,7 +989,7 @@ pub(super) fn check_grads_within(program: &Program, rows: usize, rel: f32) {
     };
     let got = jit.loss_and_grads(batch);
     let want = interp.loss_and_grads(batch);
-    let name = &program.name;
+    let name = &format!("{} ({})", program.name, tier.name());
     assert_tensor_close(
         &[got.loss],
         &[want.loss],
@@ -987,10 +1031,21 @@ pub(super) fn check_grads_within(program: &Program, rows: usize, rel: f32) {
 /// `steps` training steps on both backends (the last on a partial batch): every step's loss and
 /// correct count, then all parameters and optimizer slots, then predictions in inference and
 /// MC Dropout mode agree.
+/// On every tier this CPU has.
 pub(super) fn check_training(program: &Program, steps: usize, rel: f32) {
-    let mut jit = Jit::new(program, input_stats(program)).expect("jit builds");
+    for tier in Tier::available() {
+        check_training_at(program, steps, rel, tier);
+    }
+}
+
+fn check_training_at(program: &Program, steps: usize, rel: f32, tier: Tier) {
+    let options = Options {
+        tier,
+        ..Options::default()
+    };
+    let mut jit = Jit::with_options(program, input_stats(program), options).expect("jit builds");
     let mut interp = Interp::new(program, input_stats(program));
-    let name = &program.name;
+    let name = &format!("{} ({})", program.name, tier.name());
     assert_eq!(jit.state(), interp.state(), "{name}: same initial state");
     let batch = program.train.batch;
     for step in 0..steps {
@@ -1404,12 +1459,21 @@ fn threads_do_not_change_results() {
             Layer::Dense(10),
         ],
     );
-    for (p, batch) in [(deep, 13), (constrained, 9), (long, 150), (normalized, 11)] {
+    let cases = [(deep, 13), (constrained, 9), (long, 150), (normalized, 11)];
+    for (tier, (p, batch)) in Tier::available()
+        .into_iter()
+        .flat_map(|t| cases.iter().map(move |c| (t, c.clone())))
+    {
         let p = named(p, "threads", batch);
         // `dispatch(step)` says who runs the shares of each step: the pool, this thread alone
         // (what a busy machine gets), or a change between steps.
         let run = |threads: usize, dispatch: &dyn Fn(usize) -> Dispatch| {
-            let mut jit = Jit::with_threads(&p, None, threads).expect("jit builds");
+            let options = Options {
+                threads,
+                tier,
+                ..Options::default()
+            };
+            let mut jit = Jit::with_options(&p, None, options).expect("jit builds");
             assert_eq!(Backend::threads(&jit), threads);
             let mut losses = Vec::new();
             for step in 0..12 {
@@ -1453,7 +1517,7 @@ fn threads_do_not_change_results() {
                 ("the pool and one thread by turns", &alternate),
             ] {
                 let many = run(threads, dispatch);
-                let on = format!("{threads} threads run by {how}");
+                let on = format!("{threads} threads run by {how} ({})", tier.name());
                 assert_eq!(one.0, many.0, "losses on {on}");
                 assert!(one.1 == many.1, "state after training on {on}");
                 assert_eq!(one.2, many.2, "predictions on {on}");

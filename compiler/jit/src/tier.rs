@@ -60,6 +60,20 @@ impl Tier {
     pub fn available() -> Vec<Tier> {
         Tier::ALL.into_iter().filter(|t| t.supported()).collect()
     }
+
+    /// The widest tier this CPU runs.
+    pub fn best() -> Tier {
+        Tier::ALL
+            .into_iter()
+            .rev()
+            .find(|t| t.supported())
+            .unwrap_or(Tier::F32x4)
+    }
+
+    /// The tier called `name` (`Tier::name`).
+    pub fn from_name(name: &str) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| t.name() == name)
+    }
 }
 
 #[cfg(test)]

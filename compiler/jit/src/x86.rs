@@ -82,13 +82,13 @@ pub fn fma_peak(tier: Tier) -> Result<Vec<u8>, BackendError> {
     a.assemble(0).map_err(fail)
 }
 
-/// The shape of `C = A · B` a generated GEMM computes: `A` is `rows × k` (rows a runtime
-/// argument), `B` is `k × n`, `C` is `rows × n`, f32 with strides in floats: `B` and `C`
-/// row-major (`ldb`, `ldc` at least `n`); `A` with rows `lda` apart and elements along `k`
-/// `a_k` apart, so that it may be a transposed view.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a generated GEMM computes, `C (+)= A · B`, apart from its extents: `A` is `m × k`, `B`
+/// is `k × n`, `C` is `m × n`, f32 with strides in floats: `B` and `C` row-major (`ldb`, `ldc` at
+/// least `n`); `A` with rows `lda` apart and elements along `k` `a_k` apart, so that it may be a
+/// transposed view. `m` and `k` are arguments of each call (`gemm`), so one code serves
+/// every row count and batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GemmShape {
-    pub k: usize,
     pub n: usize,
     pub lda: usize,
     /// Floats from one element of a row of `A` to the next along `k`: 1 when `A` is row-major;
@@ -97,18 +97,20 @@ pub struct GemmShape {
     pub a_k: usize,
     pub ldb: usize,
     pub ldc: usize,
+    /// Add the product to `C`'s contents instead of overwriting them.
+    pub accumulate: bool,
 }
 
 impl GemmShape {
     /// `C = A · B` with every matrix row-major and rows `lda`, `ldb`, `ldc` floats apart.
-    pub fn row_major(k: usize, n: usize, lda: usize, ldb: usize, ldc: usize) -> GemmShape {
+    pub fn row_major(n: usize, lda: usize, ldb: usize, ldc: usize) -> GemmShape {
         GemmShape {
-            k,
             n,
             lda,
             a_k: 1,
             ldb,
             ldc,
+            accumulate: false,
         }
     }
 }
@@ -120,12 +122,14 @@ struct Tile {
     vectors: usize,
     masked_last: bool,
     col: i32,
+    /// Start from `C`'s contents instead of zero.
+    accumulate: bool,
 }
 
 /// What differs between the tiers' GEMMs: the tile's size and registers, and the three pieces
 /// of code `tiled_gemm` places in its loops. Pointers on entry to `step`: `rax` at `A`'s element
-/// `k` of the tile's first row, `r11` at `B`'s row `k`; to `store`: `r10` at the tile's first
-/// row of `C`.
+/// `k` of the tile's first row, `rbx` at `B`'s row `k`; to `zero` and `store`: `r10` at the
+/// tile's first row of `C`.
 trait TileCode {
     /// Most rows of a tile (the rows past the last whole tile go one at a time).
     const MR: usize;
@@ -133,63 +137,72 @@ trait TileCode {
     const NR: usize;
     /// f32 lanes of a vector.
     const LANES: usize;
-    /// Sets the tile's accumulators to zero.
-    fn zero(&self, a: &mut CodeAssembler, t: &Tile) -> Result<(), IcedError>;
+    /// Sets the tile's accumulators to zero, or loads them from `C` (`Tile::accumulate`);
+    /// `ldc` in bytes.
+    fn zero(&self, a: &mut CodeAssembler, t: &Tile, ldc: i32) -> Result<(), IcedError>;
     /// One step along `k`: `acc += A[i][k] * B[k][cols]` for the tile; `lda` in bytes.
     fn step(&self, a: &mut CodeAssembler, t: &Tile, lda: i32) -> Result<(), IcedError>;
     /// Stores the accumulators to `C`; `ldc` in bytes.
     fn store(&self, a: &mut CodeAssembler, t: &Tile, ldc: i32) -> Result<(), IcedError>;
 }
 
-/// The loops every tier's GEMM shares: column blocks of at most `T::NR` vectors, each over all
-/// rows (`rsi`), in tiles of `T::MR` rows and then one row at a time, each tile a loop along
-/// `k` from zero. Every element of `C` is one chain of fused multiply-adds in the order of `k`,
-/// so the result does not depend on the number of rows, where they start, or the tier.
+/// The loops every tier's GEMM shares (`gemm`): column blocks of at most `T::NR` vectors,
+/// each over all `m` rows, in tiles of `T::MR` rows and then one row at a time, each tile a loop
+/// along `k` from its first element. Every element of `C` is one chain of fused multiply-adds in
+/// the order of `k` (from `C`'s old value when accumulating), so the result does not depend on
+/// the number of rows, where they start, or the tier. Saves and restores `rbx` and `r12`.
 fn tiled_gemm<T: TileCode>(
     a: &mut CodeAssembler,
     code: &T,
     shape: GemmShape,
 ) -> Result<(), BackendError> {
     let fail = |e: IcedError| BackendError::Codegen {
-        kernel: format!("gemm_{}x{}_{}lanes", shape.k, shape.n, T::LANES),
+        kernel: format!("gemm_{}_{}lanes", shape.n, T::LANES),
         detail: e.to_string(),
     };
     let (lda, a_k, ldb, ldc) = checked_strides(shape, T::MR)?;
     let vectors = shape.n.div_ceil(T::LANES);
     let tail = shape.n % T::LANES;
+    a.push(rbx).map_err(fail)?;
+    a.push(r12).map_err(fail)?;
     let mut v0 = 0;
     while v0 < vectors {
         let nv = (vectors - v0).min(T::NR);
-        a.mov(r8, qword_ptr(rdi)).map_err(fail)?; // A's row
-        a.mov(r10, qword_ptr(rdi + 16)).map_err(fail)?; // C's row
-        a.mov(rdx, rsi).map_err(fail)?; // rows left
+        a.mov(r9, rdi).map_err(fail)?; // A's row
+        a.mov(r10, rdx).map_err(fail)?; // C's row
+        a.mov(r11, rcx).map_err(fail)?; // rows left
         for mr in [T::MR, 1] {
             let tile = Tile {
                 rows: mr,
                 vectors: nv,
                 masked_last: tail != 0 && v0 + nv == vectors,
                 col: (4 * T::LANES * v0) as i32,
+                accumulate: shape.accumulate,
             };
             let mut rows_top = a.create_label();
             let mut rows_done = a.create_label();
             let mut k_top = a.create_label();
+            let mut k_done = a.create_label();
             a.set_label(&mut rows_top).map_err(fail)?;
-            a.cmp(rdx, mr as i32).map_err(fail)?;
-            a.jb(rows_done).map_err(fail)?;
-            code.zero(a, &tile).map_err(fail)?;
-            a.mov(rax, r8).map_err(fail)?; // A, at element k
-            a.mov(r11, qword_ptr(rdi + 8)).map_err(fail)?; // B, at row k
-            a.mov(rcx, shape.k as u64).map_err(fail)?;
+            a.cmp(r11, mr as i32).map_err(fail)?;
+            a.jl(rows_done).map_err(fail)?;
+            code.zero(a, &tile, ldc).map_err(fail)?;
+            a.mov(rax, r9).map_err(fail)?; // A, at element k
+            a.mov(rbx, rsi).map_err(fail)?; // B, at row k
+            a.mov(r12, r8).map_err(fail)?; // k left
+            a.test(r12, r12).map_err(fail)?;
+            a.jle(k_done).map_err(fail)?;
             a.set_label(&mut k_top).map_err(fail)?;
             code.step(a, &tile, lda).map_err(fail)?;
             a.add(rax, a_k).map_err(fail)?;
-            a.add(r11, ldb).map_err(fail)?;
-            a.dec(rcx).map_err(fail)?;
+            a.add(rbx, ldb).map_err(fail)?;
+            a.dec(r12).map_err(fail)?;
             a.jnz(k_top).map_err(fail)?;
+            a.set_label(&mut k_done).map_err(fail)?;
             code.store(a, &tile, ldc).map_err(fail)?;
-            a.add(r8, lda * mr as i32).map_err(fail)?;
+            a.add(r9, lda * mr as i32).map_err(fail)?;
             a.add(r10, ldc * mr as i32).map_err(fail)?;
-            a.sub(rdx, mr as i32).map_err(fail)?;
+            a.sub(r11, mr as i32).map_err(fail)?;
             a.jmp(rows_top).map_err(fail)?;
             a.set_label(&mut rows_done).map_err(fail)?;
             // A label needs an instruction of its own; the next may carry one too.
@@ -197,6 +210,8 @@ fn tiled_gemm<T: TileCode>(
         }
         v0 += nv;
     }
+    a.pop(r12).map_err(fail)?;
+    a.pop(rbx).map_err(fail)?;
     Ok(())
 }
 
@@ -221,12 +236,21 @@ impl TileCode for Avx512Tile {
     const NR: usize = 6;
     const LANES: usize = 16;
 
-    fn zero(&self, a: &mut CodeAssembler, t: &Tile) -> Result<(), IcedError> {
+    fn zero(&self, a: &mut CodeAssembler, t: &Tile, ldc: i32) -> Result<(), IcedError> {
         for i in 0..t.rows {
             for j in 0..t.vectors {
                 let r = Self::acc(i, j);
-                // `vpxord` is AVX-512F; `vxorps zmm` would need AVX-512DQ.
-                a.vpxord(r, r, r)?;
+                if t.accumulate {
+                    let at = zmmword_ptr(r10 + ldc * i as i32 + t.col + 64 * j as i32);
+                    if t.masked_last && j + 1 == t.vectors {
+                        a.vmovups(r.k1().z(), at)?;
+                    } else {
+                        a.vmovups(r, at)?;
+                    }
+                } else {
+                    // `vpxord` is AVX-512F; `vxorps zmm` would need AVX-512DQ.
+                    a.vpxord(r, r, r)?;
+                }
             }
         }
         Ok(())
@@ -234,7 +258,7 @@ impl TileCode for Avx512Tile {
 
     fn step(&self, a: &mut CodeAssembler, t: &Tile, lda: i32) -> Result<(), IcedError> {
         for (j, &b) in Self::B.iter().enumerate().take(t.vectors) {
-            let at = zmmword_ptr(r11 + t.col + 64 * j as i32);
+            let at = zmmword_ptr(rbx + t.col + 64 * j as i32);
             if t.masked_last && j + 1 == t.vectors {
                 a.vmovups(b.k1().z(), at)?;
             } else {
@@ -264,11 +288,25 @@ impl TileCode for Avx512Tile {
     }
 }
 
-/// AVX-512 code for `C = A · B` of `shape`, with the kernel ABI: the table's pointers are
-/// `A`, `B`, `C`, and `rsi` is the number of rows (`Avx512Tile`, in the loops of `tiled_gemm`).
+/// The GEMM of `shape` at a full-width `tier`. Its ABI (System V, `module::GemmFn`):
+/// `extern "C" fn(a: *const f32, b: *const f32, c: *mut f32, m: i64, k: i64)`, `A` in `rdi`,
+/// `B` in `rsi`, `C` in `rdx`, the rows `m` in `rcx` and the depth `k` in `r8`, both at least
+/// 0. GEMMs are called from Cranelift kernels (`matmul`), not through the kernel ABI.
+pub fn gemm(tier: Tier, shape: GemmShape) -> Result<Vec<u8>, BackendError> {
+    match tier {
+        Tier::Avx512 => gemm_avx512(shape),
+        Tier::Avx2 => gemm_avx2(shape),
+        Tier::F32x4 => Err(BackendError::Plan(
+            "the f32x4 tier's kernels are Cranelift's".to_owned(),
+        )),
+    }
+}
+
+/// AVX-512 code for `C (+)= A · B` of `shape`, called as `gemm` says (`Avx512Tile`, in
+/// the loops of `tiled_gemm`).
 pub fn gemm_avx512(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
     let fail = |e: IcedError| BackendError::Codegen {
-        kernel: format!("gemm_avx512_{}x{}", shape.k, shape.n),
+        kernel: format!("gemm_avx512_{}", shape.n),
         detail: e.to_string(),
     };
     let mut a = CodeAssembler::new(64).map_err(fail)?;
@@ -305,11 +343,20 @@ impl TileCode for Avx2Tile {
     const NR: usize = 3;
     const LANES: usize = 8;
 
-    fn zero(&self, a: &mut CodeAssembler, t: &Tile) -> Result<(), IcedError> {
+    fn zero(&self, a: &mut CodeAssembler, t: &Tile, ldc: i32) -> Result<(), IcedError> {
         for i in 0..t.rows {
             for j in 0..t.vectors {
                 let r = Self::acc(i, j);
-                a.vxorps(r, r, r)?;
+                if t.accumulate {
+                    let at = ymmword_ptr(r10 + ldc * i as i32 + t.col + 32 * j as i32);
+                    if t.masked_last && j + 1 == t.vectors {
+                        a.vmaskmovps(r, Self::MASK, at)?;
+                    } else {
+                        a.vmovups(r, at)?;
+                    }
+                } else {
+                    a.vxorps(r, r, r)?;
+                }
             }
         }
         Ok(())
@@ -317,7 +364,7 @@ impl TileCode for Avx2Tile {
 
     fn step(&self, a: &mut CodeAssembler, t: &Tile, lda: i32) -> Result<(), IcedError> {
         for (j, &b) in Self::B.iter().enumerate().take(t.vectors) {
-            let at = ymmword_ptr(r11 + t.col + 32 * j as i32);
+            let at = ymmword_ptr(rbx + t.col + 32 * j as i32);
             if t.masked_last && j + 1 == t.vectors {
                 a.vmaskmovps(b, Self::MASK, at)?;
             } else {
@@ -353,7 +400,7 @@ impl TileCode for Avx2Tile {
 /// after the code.
 pub fn gemm_avx2(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
     let fail = |e: IcedError| BackendError::Codegen {
-        kernel: format!("gemm_avx2_{}x{}", shape.k, shape.n),
+        kernel: format!("gemm_avx2_{}", shape.n),
         detail: e.to_string(),
     };
     let mut a = CodeAssembler::new(64).map_err(fail)?;
@@ -379,10 +426,10 @@ pub fn gemm_avx2(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
 /// is one the generators take and that `mr` rows of strides fit their 32-bit displacements.
 fn checked_strides(shape: GemmShape, mr: usize) -> Result<(i32, i32, i32, i32), BackendError> {
     let bad = |what: &str| Err(BackendError::Plan(format!("gemm {shape:?}: {what}")));
-    if shape.k == 0 || shape.n == 0 || shape.lda == 0 || shape.a_k == 0 {
+    if shape.n == 0 || shape.lda == 0 || shape.a_k == 0 {
         return bad("an empty dimension or stride");
     }
-    if (shape.a_k == 1 && shape.lda < shape.k) || shape.ldb < shape.n || shape.ldc < shape.n {
+    if shape.ldb < shape.n || shape.ldc < shape.n {
         return bad("a stride shorter than its row");
     }
     let (lda, a_k, ldb, ldc) = (4 * shape.lda, 4 * shape.a_k, 4 * shape.ldb, 4 * shape.ldc);

@@ -398,10 +398,13 @@ fn bench_reports_timings_for_both_backends_without_data() {
             assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {r}");
         }
         assert_eq!(r["batch"], 16);
-        // The kernels' tier first, then every wider one this CPU has, each with its peak.
-        assert_eq!(r["tier"], "f32x4", "{r}");
+        // The kernels' tier (the widest here) first, then every other one this CPU has, each
+        // with its peak.
+        let best = netc_jit::Tier::best().name();
+        assert_eq!(r["tier"], best, "{r}");
         let peaks = r["tier_peaks"].as_array().expect("tier_peaks");
-        assert_eq!(peaks[0]["tier"], "f32x4", "{r}");
+        assert_eq!(peaks[0]["tier"], best, "{r}");
+        assert_eq!(peaks.len(), netc_jit::Tier::available().len(), "{r}");
         assert!(
             peaks
                 .iter()
@@ -1243,4 +1246,63 @@ fn a_flag_on_a_broken_spec_reports_the_spec() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(!stderr(&o).contains("netc::set::"), "{}", stderr(&o));
     assert!(stderr(&o).contains("train"), "{}", stderr(&o));
+}
+
+/// `--emit asm` lists the kernels and the GEMMs they call at the tier asked for, whether or not
+/// this CPU has it (nothing runs); running at a tier the CPU lacks is refused with the tiers it
+/// has, and an unknown tier is a usage error.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn emit_asm_lists_each_tier_and_run_refuses_a_missing_one() {
+    for tier in ["avx2", "avx512"] {
+        let o = netc(&[
+            "compile",
+            "specs/baseline.net",
+            "--emit",
+            "asm",
+            "--tier",
+            tier,
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            out.contains(&format!("_gemm_{tier}_n100: generated")),
+            "{tier}"
+        );
+        assert!(
+            out.contains(&format!("calls g0_gemm_{tier}_n100")),
+            "{tier}"
+        );
+    }
+    let o = netc(&[
+        "compile",
+        "specs/baseline.net",
+        "--emit",
+        "asm",
+        "--tier",
+        "f32x4",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("gemm"));
+    let o = netc(&["bench", "specs/baseline.net", "--tier", "avx1024"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    if let Some(missing) = ["avx2", "avx512"]
+        .into_iter()
+        .find(|t| !netc_jit::Tier::from_name(t).is_some_and(netc_jit::Tier::supported))
+    {
+        let o = netc(&[
+            "bench",
+            "specs/baseline.net",
+            "--tier",
+            missing,
+            "--steps",
+            "1",
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("netc::tier::unsupported"),
+            "{}",
+            stderr(&o)
+        );
+    }
 }

@@ -144,6 +144,43 @@ fn clif_cases_match_their_kernels() {
     );
 }
 
+/// Every `tests/golden/asm/NAME.net` must produce the machine code in `NAME.TIER.asm` for each
+/// full-width tier (`netc compile --emit asm --tier TIER`): Cranelift's kernels for the fixed
+/// ISA, and the GEMMs they call, which depend on the tier alone, so the files hold on any x86-64
+/// host, with or without the tier.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn asm_cases_match_their_machine_code() {
+    let mut failures = Vec::new();
+    let files = cases("asm");
+    assert!(!files.is_empty(), "no cases in tests/golden/asm");
+    for file in &files {
+        let source = std::fs::read_to_string(file).expect("golden specs are UTF-8");
+        let compiled = netc_front::compile(&source);
+        let name = display_name(file);
+        let program = compiled
+            .program
+            .as_ref()
+            .filter(|_| !compiled.has_errors())
+            .unwrap_or_else(|| panic!("{name}: expected no errors"));
+        for tier in [netc_jit::Tier::Avx2, netc_jit::Tier::Avx512] {
+            let asm = netc_jit::emit_asm(program, tier)
+                .unwrap_or_else(|e| panic!("{name}: no machine code: {e}"));
+            let expected = file.with_extension(format!("{}.asm", tier.name()));
+            if let Some(f) = expect_file(&expected, &asm) {
+                failures.push(f);
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n\n{} golden mismatch(es); if the change is intended, re-bless with \
+         `NETC_BLESS=1 cargo test --test golden`, read the diff and commit it with the reason",
+        failures.join("\n"),
+        failures.len()
+    );
+}
+
 /// The specs of the exercise compile cleanly (no errors, no lints) and keep their documented
 /// shape; the baseline has exactly the Keras model's 500,210 parameters.
 #[test]

@@ -57,12 +57,12 @@ pub struct BenchReport {
     /// Floating-point operations of one training step, counted from the IR's matrix multiplies.
     pub flops_per_step: f64,
     pub gflops: f64,
-    /// The vector tier the step's kernels run (`f32x4` for today's JIT kernels).
+    /// The vector tier of the step's matrix multiplies (`f32x4`, `avx2` or `avx512`).
     pub tier: String,
     /// That tier's FMA peak on one core, measured by a tiny kernel at start.
     pub peak_gflops_per_core: f64,
-    /// The FMA peak on one core of every tier this CPU has, the step's first: what wider
-    /// kernels would be worth here.
+    /// The FMA peak on one core of every tier this CPU has, the step's first: what each tier
+    /// is worth here.
     pub tier_peaks: Vec<TierPeak>,
     /// `gflops` over the peak of the cores the step runs on.
     pub peak_fraction: f64,

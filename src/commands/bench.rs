@@ -50,7 +50,7 @@ pub(super) fn bench(args: BenchArgs) -> Result<ExitCode> {
         &spec,
         &opts,
         |p, s| make_backend(kind, jit, p, s),
-        tier_peaks,
+        || tier_peaks(jit.tier),
     )?;
     if args.json {
         println!("{}", serde_json::to_string(&r).map_err(CliError::Json)?);
@@ -86,13 +86,13 @@ pub(super) fn bench(args: BenchArgs) -> Result<ExitCode> {
             r.peak_gflops_per_core
         );
         if r.tier_peaks.len() > 1 {
-            let wider: Vec<String> = r.tier_peaks[1..]
+            let others: Vec<String> = r.tier_peaks[1..]
                 .iter()
                 .map(|p| format!("{} {:.1}", p.tier, p.gflops_per_core))
                 .collect();
             println!(
-                "  wider tiers    {} GFLOP/s per core (FMA peaks; the kernels do not use them yet)",
-                wider.join(", ")
+                "  other tiers    {} GFLOP/s per core (FMA peaks; --tier runs one)",
+                others.join(", ")
             );
         }
         println!(
@@ -130,12 +130,16 @@ pub(super) fn bench(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The FMA peak on one core of the tier the JIT's kernels run (f32x4, Cranelift's width), then
-/// of each wider tier this CPU has.
-fn tier_peaks() -> std::result::Result<Vec<netc_runtime::bench::TierPeak>, BackendError> {
-    use netc_jit::tier::Tier;
-    Tier::available()
+/// The FMA peak on one core of `first`, the tier the JIT's kernels run, then of each other tier
+/// this CPU has.
+fn tier_peaks(
+    first: netc_jit::Tier,
+) -> std::result::Result<Vec<netc_runtime::bench::TierPeak>, BackendError> {
+    let others = netc_jit::Tier::available()
         .into_iter()
+        .filter(|t| *t != first);
+    std::iter::once(first)
+        .chain(others)
         .map(|tier| {
             Ok(netc_runtime::bench::TierPeak {
                 tier: tier.name().to_owned(),

@@ -19,6 +19,16 @@ pub(super) fn compile(
         Emit::Ir => print::ir(program),
         Emit::Summary => print::summary(program),
         Emit::Clif => netc_jit::emit_clif(program)?,
+        #[cfg(target_arch = "x86_64")]
+        Emit::Asm => netc_jit::emit_asm(program, threads.tier_named())?,
+        #[cfg(not(target_arch = "x86_64"))]
+        Emit::Asm => {
+            return Err(BackendError::Host {
+                what: "listing machine code".to_owned(),
+                detail: "netc lists x86-64 code, on x86-64 hosts only".to_owned(),
+            }
+            .into())
+        }
     };
     print!("{text}");
     if timings {

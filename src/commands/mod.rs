@@ -175,6 +175,9 @@ pub enum Emit {
     Summary,
     /// The Cranelift IR of every kernel, for a fixed x86-64 ISA (stable across machines).
     Clif,
+    /// The machine code of every kernel and GEMM at `--tier` (default: the widest here), for a
+    /// fixed x86-64 ISA: the listing depends on the tier, not the machine.
+    Asm,
 }
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -228,30 +231,30 @@ pub enum TierArg {
 }
 
 impl JitArgs {
+    /// The tier asked for, whether or not this CPU has it; the widest here by default.
+    fn tier_named(self) -> netc_jit::Tier {
+        match self.tier {
+            None => netc_jit::Tier::best(),
+            Some(TierArg::F32x4) => netc_jit::Tier::F32x4,
+            Some(TierArg::Avx2) => netc_jit::Tier::Avx2,
+            Some(TierArg::Avx512) => netc_jit::Tier::Avx512,
+        }
+    }
+
     /// The JIT's options: `threads` (see `count`) and the tier asked for, which this CPU must
     /// have.
     fn options(self) -> std::result::Result<netc_jit::Options, CliError> {
-        let tier = match self.tier {
-            None => netc_jit::Tier::best(),
-            Some(t) => {
-                let tier = match t {
-                    TierArg::F32x4 => netc_jit::Tier::F32x4,
-                    TierArg::Avx2 => netc_jit::Tier::Avx2,
-                    TierArg::Avx512 => netc_jit::Tier::Avx512,
-                };
-                if !tier.supported() {
-                    let have: Vec<&str> = netc_jit::Tier::available()
-                        .into_iter()
-                        .map(netc_jit::Tier::name)
-                        .collect();
-                    return Err(CliError::Tier {
-                        tier: tier.name(),
-                        have: have.join(", "),
-                    });
-                }
-                tier
-            }
-        };
+        let tier = self.tier_named();
+        if !tier.supported() {
+            let have: Vec<&str> = netc_jit::Tier::available()
+                .into_iter()
+                .map(netc_jit::Tier::name)
+                .collect();
+            return Err(CliError::Tier {
+                tier: tier.name(),
+                have: have.join(", "),
+            });
+        }
         Ok(netc_jit::Options {
             threads: self.count(),
             tier,

@@ -85,6 +85,16 @@ pub fn emit_clif(program: &Program) -> Result<String, BackendError> {
     module::clif_text(&sink.specs)
 }
 
+/// The machine code of every kernel of `program` at `tier` (deduplicated, in planning order),
+/// then of every GEMM they call, disassembled in Intel syntax (`module::asm_listing`). It does
+/// not depend on the host, which need not have the tier.
+#[cfg(target_arch = "x86_64")]
+pub fn emit_asm(program: &Program, tier: Tier) -> Result<String, BackendError> {
+    let mut sink = Collect::default();
+    plan(program, true, 1, false, &mut sink)?;
+    module::asm_listing(&sink.specs, tier)
+}
+
 /// Where a kernel argument points.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Ptr {

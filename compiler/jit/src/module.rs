@@ -53,6 +53,14 @@ pub struct GemmRequests {
 }
 
 impl GemmRequests {
+    fn new(tier: Tier) -> GemmRequests {
+        GemmRequests {
+            tier,
+            #[cfg(target_arch = "x86_64")]
+            shapes: Mutex::new(Vec::new()),
+        }
+    }
+
     /// The tier whose GEMMs are generated.
     pub fn tier(&self) -> Tier {
         self.tier
@@ -118,7 +126,12 @@ fn host_isa(opt_level: &str) -> Result<OwnedTargetIsa, BackendError> {
 
 /// The fixed ISA of the golden CLIF files: x86-64 with SSE4.1, AVX and FMA, whatever the host.
 pub fn fixed_isa() -> Result<OwnedTargetIsa, BackendError> {
-    let flags = shared_flags("speed")?;
+    fixed_isa_at("speed")
+}
+
+/// `fixed_isa` at `opt_level` "speed" or "none".
+fn fixed_isa_at(opt_level: &str) -> Result<OwnedTargetIsa, BackendError> {
+    let flags = shared_flags(opt_level)?;
     let mut builder = isa::lookup_by_name("x86_64").map_err(|e| BackendError::Isa {
         setting: "x86_64".to_owned(),
         detail: e.to_string(),
@@ -247,11 +260,7 @@ impl KernelModule {
             names: Vec::new(),
             fns: Vec::new(),
             pending: Vec::new(),
-            gemms: (tier != Tier::F32x4).then(|| GemmRequests {
-                tier,
-                #[cfg(target_arch = "x86_64")]
-                shapes: Mutex::new(Vec::new()),
-            }),
+            gemms: (tier != Tier::F32x4).then(|| GemmRequests::new(tier)),
             gemm_ids: Vec::new(),
             gemm_fns: Vec::new(),
         })
@@ -317,7 +326,9 @@ impl KernelModule {
             &pending,
             || (Context::new(), FunctionBuilderContext::new()),
             |(ctx, fctx), (index, kernel)| {
-                let isa = if kernel.in_program_order() {
+                // At a full-width tier the products are GEMM calls, whose order is their own:
+                // what remains (epilogues, updates) gains from the e-graph pass.
+                let isa = if kernel.in_program_order() && gemms.is_none() {
                     in_order
                 } else {
                     speed
@@ -529,6 +540,72 @@ pub fn gemm_name(tier: Tier, shape: GemmShape, index: usize) -> String {
         shape.n,
         if shape.accumulate { "_acc" } else { "" }
     )
+}
+
+/// The machine code of `kernels` at `tier`, each disassembled after a header line, then of every
+/// GEMM they call. Cranelift compiles for the fixed ISA of `clif_text`, and GEMMs depend on the
+/// tier and shape alone, so the listing never depends on the host, which need not have the
+/// tier's instructions either (nothing runs).
+#[cfg(target_arch = "x86_64")]
+pub fn asm_listing(kernels: &[Kernel], tier: Tier) -> Result<String, BackendError> {
+    let (speed, in_order) = (fixed_isa_at("speed")?, fixed_isa_at("none")?);
+    let requests = GemmRequests::new(tier);
+    let gemms = (tier != Tier::F32x4).then_some(&requests);
+    let mut ctx = Context::new();
+    let mut fctx = FunctionBuilderContext::new();
+    let mut compiled = Vec::with_capacity(kernels.len());
+    for (i, kernel) in kernels.iter().enumerate() {
+        let isa = if kernel.in_program_order() && gemms.is_none() {
+            &*in_order
+        } else {
+            &*speed
+        };
+        let name = format!("k{i}_{}", kernel.name());
+        let id = FuncId::from_u32(i as u32);
+        let code = compile(isa, &mut ctx, &mut fctx, id, &name, gemms, |fx| {
+            kernel.emit(fx)
+        })?;
+        compiled.push((name, code));
+    }
+    let shapes = requests
+        .shapes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut out = String::new();
+    for (name, code) in &compiled {
+        let notes: Vec<(u32, String)> = code
+            .relocs
+            .iter()
+            .filter_map(|r| match r.name {
+                ModuleRelocTarget::User {
+                    namespace: GEMM_NAMESPACE,
+                    index,
+                } => Some((
+                    r.offset,
+                    format!(
+                        "calls {}",
+                        gemm_name(tier, shapes[index as usize], index as usize)
+                    ),
+                )),
+                _ => None,
+            })
+            .collect();
+        out.push_str(&format!("; {name}: Cranelift, {} bytes\n", code.code.len()));
+        out.push_str(&crate::x86::disassemble(&code.code, &notes));
+        out.push('\n');
+    }
+    for (i, shape) in shapes.iter().enumerate() {
+        let code = crate::x86::gemm(tier, *shape)?;
+        out.push_str(&format!(
+            "; {}: generated, {shape:?}, {} bytes\n",
+            gemm_name(tier, *shape, i),
+            code.len()
+        ));
+        out.push_str(&crate::x86::disassemble(&code, &[]));
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// The CLIF text of `kernels` for the fixed ISA, in order, each checked by the verifier.

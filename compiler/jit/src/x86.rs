@@ -8,7 +8,10 @@
 //! This is the first generator of the full-width tiers: the FMA peak loop that `netc bench`
 //! measures each tier's ceiling with.
 
+use std::fmt::Write;
+
 use iced_x86::code_asm::*;
+use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 
 use crate::tier::Tier;
 use netc_ir::backend::BackendError;
@@ -438,4 +441,50 @@ fn checked_strides(shape: GemmShape, mr: usize) -> Result<(i32, i32, i32, i32), 
         return bad("strides too long for 32-bit displacements");
     }
     Ok((lda as i32, a_k as i32, ldb as i32, ldc as i32))
+}
+
+/// `code` disassembled in Intel syntax, one instruction per line with its offset, and `notes`
+/// (by byte offset) after the instruction that holds them. Decoding stops at the first byte
+/// that an instruction reads RIP-relative (Cranelift's constants, a GEMM's mask table): what
+/// follows is data, listed as bytes.
+pub fn disassemble(code: &[u8], notes: &[(u32, String)]) -> String {
+    let mut out = String::new();
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut formatter = IntelFormatter::new();
+    formatter.options_mut().set_hex_prefix("0x");
+    formatter.options_mut().set_hex_suffix("");
+    formatter.options_mut().set_first_operand_char_index(10);
+    formatter.options_mut().set_branch_leading_zeros(false);
+    formatter.options_mut().set_show_branch_size(false);
+    let mut data_start = code.len() as u64;
+    let mut text = String::new();
+    while decoder.can_decode() && decoder.ip() < data_start {
+        let instr = decoder.decode();
+        if instr.is_ip_rel_memory_operand() {
+            let target = instr.ip_rel_memory_address();
+            if target > instr.ip() && target < data_start {
+                data_start = target;
+            }
+        }
+        text.clear();
+        formatter.format(&instr, &mut text);
+        let note = notes
+            .iter()
+            .find(|(at, _)| u64::from(*at) >= instr.ip() && u64::from(*at) < instr.next_ip());
+        let _ = match note {
+            Some((_, n)) => writeln!(out, "  {:04x}  {text:<48} ; {n}", instr.ip()),
+            None => writeln!(out, "  {:04x}  {text}", instr.ip()),
+        };
+    }
+    let data = &code[(decoder.ip() as usize).min(code.len())..];
+    for (i, line) in data.chunks(16).enumerate() {
+        let bytes: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
+        let _ = writeln!(
+            out,
+            "  {:04x}  .byte {}",
+            decoder.ip() as usize + 16 * i,
+            bytes.join(" ")
+        );
+    }
+    out
 }

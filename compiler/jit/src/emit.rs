@@ -79,6 +79,8 @@ pub struct Fx<'a> {
     gemms: Option<&'a GemmRequests>,
     /// GEMMs imported into this function so far, by index in `gemms`.
     imported: Vec<(u32, FuncRef)>,
+    /// Bit `i` set once pointer `i` of the table has been read (`arg`).
+    pub slots_read: u64,
 }
 
 impl<'a> Fx<'a> {
@@ -105,6 +107,7 @@ impl<'a> Fx<'a> {
             frontend,
             gemms,
             imported: Vec::new(),
+            slots_read: 0,
         }
     }
 
@@ -152,6 +155,7 @@ impl<'a> Fx<'a> {
 
     /// Pointer number `slot` of the argument table.
     pub fn arg(&mut self, slot: usize) -> Value {
+        self.slots_read |= 1u64.checked_shl(slot as u32).unwrap_or(0);
         let off = i32::try_from(slot * 8).expect("argument table fits in i32 offsets");
         self.b.ins().load(I64, ro(), self.table, off)
     }

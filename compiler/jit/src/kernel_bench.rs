@@ -16,6 +16,7 @@ use std::marker::PhantomData;
 use super::kernels::{pad4, row_stride, update_scalars, FusedUpdate, Kernel, Update};
 use super::module::{KernelFn, KernelModule};
 use super::parallel::{self, Invocation, MAX_ARGS};
+use super::signature::{Access, Arg, Extent};
 use super::{step_scalars, Alloc, Arena};
 use crate::tier::Tier;
 use netc_ir::backend::BackendError;
@@ -55,29 +56,22 @@ struct Buffer {
 }
 
 impl Buffer {
-    fn input(floats: usize) -> Buffer {
+    /// The buffer for `arg` of a call on `rows` rows: as long as the call may touch, starting
+    /// as its access says.
+    fn of(arg: &Arg, rows: usize) -> Buffer {
+        let role = match arg.access {
+            Access::Read => Role::Input,
+            Access::Write => Role::Output,
+            Access::Update if arg.name.starts_with("slot") => Role::Slot,
+            Access::Update => Role::Updated,
+        };
         Buffer {
-            floats,
-            role: Role::Input,
-            row_floats: None,
-        }
-    }
-
-    fn output(floats: usize) -> Buffer {
-        Buffer {
-            floats,
-            role: Role::Output,
-            row_floats: None,
-        }
-    }
-
-    /// `rows` rows of a `width`-wide value, as the `Jit` lays out activations and their
-    /// gradients.
-    fn rows(role: Role, rows: usize, width: usize) -> Buffer {
-        Buffer {
-            floats: rows * row_stride(width),
+            floats: arg.extent.bytes(rows).div_ceil(4),
             role,
-            row_floats: Some(row_stride(width)),
+            row_floats: match arg.extent {
+                Extent::Rows { ld, .. } => Some(ld),
+                _ => None,
+            },
         }
     }
 }
@@ -148,15 +142,8 @@ impl KernelBench {
             activation,
             store_pre_activation: false,
         };
-        // Table: `[x, kernel, bias, y]`.
-        let buffers = [
-            Buffer::rows(Role::Input, rows, inputs),
-            Buffer::input(inputs * pad4(units)),
-            Buffer::input(pad4(units)),
-            Buffer::rows(Role::Output, rows, units),
-        ];
         let flops = 2.0 * (rows * inputs * units) as f64;
-        KernelBench::new(&kernel, rows, flops, &buffers, [0.0; update_scalars::COUNT])
+        KernelBench::new(&kernel, rows, flops, [0.0; update_scalars::COUNT])
     }
 
     /// The dense layer's weight gradient `dW = xᵀ·dy`, `db = Σ dy` over a batch of `batch`
@@ -206,32 +193,11 @@ impl KernelBench {
             bias: true,
             update,
         };
-        // Table: `[x, dy, dkernel, (kernel, slot.., (kernel_t,)) dbias]`; the first share starts
-        // at the first column of `x` and the first row of the kernel and its gradient. With an
-        // update, `dkernel` is only scratch.
-        let rows = share * pad4(units);
-        let mut buffers = vec![
-            Buffer::rows(Role::Input, batch, inputs),
-            Buffer::rows(Role::Input, batch, units),
-            Buffer::output(rows),
-        ];
-        let mut scalars = [0.0; update_scalars::COUNT];
-        if let Some(u) = update {
-            let state = |role| Buffer {
-                floats: rows,
-                role,
-                row_floats: None,
-            };
-            buffers.push(state(Role::Updated));
-            buffers.extend((0..u.kind.slot_count()).map(|_| state(Role::Slot)));
-            if u.transposed {
-                buffers.push(Buffer::output(units * row_stride(inputs)));
-            }
-            scalars = first_step_scalars(u.kind);
-        }
-        buffers.push(Buffer::output(pad4(units)));
+        // The first share starts at the first column of `x` and the first row of the kernel and
+        // its gradient. With an update, `dkernel` is only scratch.
+        let scalars = update.map_or([0.0; update_scalars::COUNT], |u| first_step_scalars(u.kind));
         let flops = 2.0 * (batch * share * units) as f64;
-        KernelBench::new(&kernel, batch, flops, &buffers, scalars)
+        KernelBench::new(&kernel, batch, flops, scalars)
     }
 
     /// The dense layer's input gradient `dx = dy·Wᵀ` on `rows` rows, from the transposed copy of
@@ -246,14 +212,8 @@ impl KernelBench {
             units,
             activation: None,
         };
-        // Table: `[dy, kernel_t, dx]`, `kernel_t` being `units` rows as long as rows of `x`.
-        let buffers = [
-            Buffer::rows(Role::Input, rows, units),
-            Buffer::input(units * row_stride(inputs)),
-            Buffer::rows(Role::Output, rows, inputs),
-        ];
         let flops = 2.0 * (rows * inputs * units) as f64;
-        KernelBench::new(&kernel, rows, flops, &buffers, [0.0; update_scalars::COUNT])
+        KernelBench::new(&kernel, rows, flops, [0.0; update_scalars::COUNT])
     }
 
     /// A Nadam step (Keras' defaults, the baseline's rate 5e-5) over `len` floats: a whole
@@ -268,38 +228,23 @@ impl KernelBench {
             clipnorm: None,
             max_norm: None,
         });
-        // Table: `[param, grad, stats, m, v]`; without a regularizer `stats` is not touched.
-        let buffers = [
-            Buffer {
-                floats: len,
-                role: Role::Updated,
-                row_floats: None,
-            },
-            Buffer::input(len),
-            Buffer::input(4),
-            Buffer {
-                floats: len,
-                role: Role::Slot,
-                row_floats: None,
-            },
-            Buffer {
-                floats: len,
-                role: Role::Slot,
-                row_floats: None,
-            },
-        ];
-        KernelBench::new(&kernel, 0, 0.0, &buffers, first_step_scalars(NADAM))
+        KernelBench::new(&kernel, 0, 0.0, first_step_scalars(NADAM))
     }
 
-    /// Compiles `kernel` and lays out `buffers`, its argument table in order, for calls on
-    /// `rows` rows.
+    /// Compiles `kernel` and lays out a buffer for each argument of its signature, as long as
+    /// a call on `rows` rows may touch.
     fn new(
         kernel: &Kernel,
         rows: usize,
         flops: f64,
-        buffers: &[Buffer],
         scalars: [f32; update_scalars::COUNT],
     ) -> Result<KernelBench, BackendError> {
+        let buffers: Vec<Buffer> = kernel
+            .signature()
+            .args
+            .iter()
+            .map(|a| Buffer::of(a, rows))
+            .collect();
         assert!(
             buffers.len() <= MAX_ARGS,
             "an argument table of at most MAX_ARGS"
@@ -324,7 +269,7 @@ impl KernelBench {
             name: kernel.name(),
             rows,
             flops,
-            buffers: buffers.to_vec(),
+            buffers,
             offsets,
             call,
             arena,
@@ -435,11 +380,9 @@ fn invocation(
 /// The one place this module runs generated code.
 fn invoke(call: &Invocation) {
     // SAFETY: every `Invocation` here comes from `KernelBench::new` or `row_shares`. Its table
-    // lists the bench's buffers in the order of the kernel's argument table (each constructor
-    // writes that table beside its `Buffer`s, from the `emit_*` function's documentation), each
-    // as long as the kernel reads or writes for the bench's `rows` rows: batch rows are
-    // `row_stride(width)` floats, kernels `pad4(units)` per row, the transposed kernel
-    // `row_stride(inputs)` per row, vectors `pad4(width)`, an update's buffers its `len`. A
+    // lists the bench's buffers in the order of the kernel's signature, each as long as the
+    // signature's extent for the bench's `rows` rows (the planner's and the executor's checks
+    // hold the signatures to the emitters' tables in the `jit` tests). A
     // share's table starts `first` rows into the row buffers and runs `n` rows, which end where
     // the bench's do at most. The buffers and scalars are on the heap, owned by the bench, which
     // a `KernelShare` borrows mutably, so they outlive every call and do not move; the bench
@@ -579,6 +522,7 @@ mod tests {
         for (w, b) in bench.buffer(0).iter().zip(&before) {
             assert!(w.is_finite() && w != b, "{b} became {w}");
         }
-        assert_eq!(bench.bytes(), (7 * 100 + 4) as f64 * 4.0);
+        // w, m and v read and written, g read, and the one float of the loss statistics.
+        assert_eq!(bench.bytes(), (7 * 100 + 1) as f64 * 4.0);
     }
 }

@@ -42,6 +42,7 @@ mod module;
 mod parallel;
 #[cfg(test)]
 mod random_specs;
+mod signature;
 #[cfg(test)]
 mod tests;
 pub mod tier;
@@ -415,18 +416,7 @@ fn plan(
     let mc = predict_plans.pop().expect("two predict plans");
     let infer = predict_plans.pop().expect("two predict plans");
 
-    // Bytes per row of every per-row buffer, for sharing calls out by rows.
-    let mut row_bytes: HashMap<usize, usize> = HashMap::new();
-    for (w, (v, g)) in widths.iter().zip(values.iter().zip(&value_grads)) {
-        row_bytes.insert(*v, row_stride(*w) * 4);
-        row_bytes.insert(*g, row_stride(*w) * 4);
-    }
-    row_bytes.insert(probs, row_stride(classes) * 4);
-    let sharing = Sharing {
-        row_bytes: &row_bytes,
-        features: program.input.features,
-        threads,
-    };
+    let sharing = Sharing { threads };
     let mut sequence = |calls: Vec<Call>| -> Result<Vec<Segment>, BackendError> {
         let shared = calls
             .into_iter()
@@ -463,6 +453,31 @@ fn plan(
     let transposes = independent(transposes)?;
     let train_transposes = independent(train_transposes)?;
 
+    // Every call of every phase against its kernel's signature, at the plan's rows.
+    for segments in [
+        &train_forward,
+        &backward,
+        &train_backward,
+        &infer,
+        &mc,
+        &updates,
+        &transposes,
+        &train_transposes,
+    ] {
+        for task in segments.iter().flat_map(|s| s.parts.iter().flatten()) {
+            let spec = &sink.specs[&task.call.kernel.0];
+            let arena: Vec<Option<usize>> = task
+                .call
+                .args
+                .iter()
+                .map(|a| match a {
+                    Ptr::Arena(off) => Some(*off),
+                    Ptr::Pixels | Ptr::Labels => None,
+                })
+                .collect();
+            signature::check_plan(&spec.name(), &spec.signature(), &arena, rows, alloc.next)?;
+        }
+    }
     let value_grads = value_grads
         .iter()
         .enumerate()
@@ -491,13 +506,11 @@ fn plan(
 }
 
 /// What deciding how to share a call needs to know.
-struct Sharing<'a> {
-    row_bytes: &'a HashMap<usize, usize>,
-    features: usize,
+struct Sharing {
     threads: usize,
 }
 
-impl Sharing<'_> {
+impl Sharing {
     /// How `call` of kernel `spec` is shared among the threads (see `parallel`).
     fn share(
         &self,
@@ -515,29 +528,37 @@ impl Sharing<'_> {
         if self.threads == 1 {
             return Ok(Share::Whole);
         }
-        let arena = |i: usize| match call.args[i] {
-            Ptr::Arena(off) => off,
-            _ => unreachable!("divided kernels take arena buffers only"),
+        let sig = spec.signature();
+        let offsets = || -> Vec<usize> {
+            call.args
+                .iter()
+                .map(|a| match a {
+                    Ptr::Arena(off) => *off,
+                    _ => unreachable!("divided kernels take arena buffers only"),
+                })
+                .collect()
         };
-        let divided = |sink: &mut dyn Sink, kernel: Kernel, args: Vec<Ptr>| {
-            Ok::<_, BackendError>(Call {
-                kernel: sink.kernel(kernel)?,
-                args,
-                key: call.key,
-            })
-        };
-        // One call per block of columns, every pointer moved to the block's first column.
-        let by_columns = |width: usize,
-                          columns: usize,
-                          sink: &mut dyn Sink,
-                          kernel: &dyn Fn(usize) -> Kernel| {
-            debug_assert_eq!(columns, width, "planning shares a whole call");
+        // One call per share of `len` units (in blocks of `align`), each pointer moved as the
+        // signature says (`signature::divide`).
+        let divided = |sink: &mut dyn Sink,
+                       len: usize,
+                       align: usize,
+                       kernel: &dyn Fn(usize, usize) -> Kernel| {
+            let base = offsets();
             let mut parts = Vec::new();
-            for (first, n) in parallel::divide(width, self.threads, 4) {
-                let args = (0..call.args.len())
-                    .map(|i| Ptr::Arena(arena(i) + first))
+            for (index, (first, n)) in parallel::divide(len, self.threads, align)
+                .into_iter()
+                .enumerate()
+            {
+                let args = signature::divide(&sig, &base, first, index)
+                    .into_iter()
+                    .map(Ptr::Arena)
                     .collect();
-                parts.push(divided(sink, kernel(n), args)?);
+                parts.push(Call {
+                    kernel: sink.kernel(kernel(first, n))?,
+                    args,
+                    key: call.key,
+                });
             }
             Ok::<_, BackendError>(parts)
         };
@@ -553,16 +574,7 @@ impl Sharing<'_> {
             | Kernel::InputGrad { .. }
             | Kernel::BatchNorm {
                 training: false, ..
-            } => Share::Rows(
-                call.args
-                    .iter()
-                    .map(|a| match a {
-                        Ptr::Pixels => self.features,
-                        Ptr::Labels => 1,
-                        Ptr::Arena(off) => self.row_bytes.get(off).copied().unwrap_or(0),
-                    })
-                    .collect(),
-            ),
+            } => Share::Rows(sig.row_bytes()),
             // Rows of the kernel gradient: thread t reads columns of x from its first row on.
             // A fused update's kernel, slots and transposed copy are divided the same way.
             Kernel::WeightGrad {
@@ -572,40 +584,14 @@ impl Sharing<'_> {
                 batch,
                 bias,
                 update,
-            } => {
-                let mut parts = Vec::new();
-                let by_rows = 1 + update.map_or(0, |u| 1 + u.kind.slot_count());
-                for (first, n) in parallel::divide(*inputs, self.threads, 4) {
-                    let with_bias = *bias && first == 0;
-                    let mut args = vec![Ptr::Arena(arena(0) + first), call.args[1]];
-                    for i in 2..2 + by_rows {
-                        args.push(Ptr::Arena(arena(i) + first * pad4(*units)));
-                    }
-                    let mut next = 2 + by_rows;
-                    if update.is_some_and(|u| u.transposed) {
-                        args.push(Ptr::Arena(arena(next) + first));
-                        next += 1;
-                    }
-                    if update.is_some_and(|u| u.normalized) {
-                        // γ, β and their gradients by rows; the column sums, one per thread.
-                        args.extend((next..next + 4).map(|i| Ptr::Arena(arena(i) + first)));
-                        args.push(Ptr::Arena(arena(next + 4) + parts.len() * pad4(*units)));
-                    }
-                    if with_bias {
-                        args.push(*call.args.last().expect("the bias gradient"));
-                    }
-                    let kernel = Kernel::WeightGrad {
-                        inputs: n,
-                        x_ld: *x_ld,
-                        units: *units,
-                        batch: *batch,
-                        bias: with_bias,
-                        update: *update,
-                    };
-                    parts.push(divided(sink, kernel, args)?);
-                }
-                Share::Divided(parts)
-            }
+            } => Share::Divided(divided(sink, *inputs, 4, &|first, n| Kernel::WeightGrad {
+                inputs: n,
+                x_ld: *x_ld,
+                units: *units,
+                batch: *batch,
+                bias: *bias && first == 0,
+                update: *update,
+            })?),
             // Batch statistics are per column: thread t takes a block of columns of every
             // per-column pointer (all of them; the training forward converts the pixels first).
             Kernel::BatchNorm {
@@ -616,8 +602,9 @@ impl Sharing<'_> {
                 momentum,
                 epsilon,
                 store_normalized,
-            } => Share::Columns(by_columns(*width, *columns, sink, &|n| {
-                Kernel::BatchNorm {
+            } => {
+                debug_assert_eq!(columns, width, "planning shares a whole call");
+                Share::Columns(divided(sink, *width, 4, &|_, n| Kernel::BatchNorm {
                     convert: None,
                     width: *width,
                     columns: n,
@@ -625,39 +612,32 @@ impl Sharing<'_> {
                     momentum: *momentum,
                     epsilon: *epsilon,
                     store_normalized: *store_normalized,
-                }
-            })?),
+                })?)
+            }
             Kernel::BatchNormBackward {
                 width,
                 columns,
                 input_grad,
-            } => Share::Columns(by_columns(*width, *columns, sink, &|n| {
-                Kernel::BatchNormBackward {
-                    width: *width,
-                    columns: n,
-                    input_grad: *input_grad,
-                }
-            })?),
+            } => {
+                debug_assert_eq!(columns, width, "planning shares a whole call");
+                Share::Columns(divided(sink, *width, 4, &|_, n| {
+                    Kernel::BatchNormBackward {
+                        width: *width,
+                        columns: n,
+                        input_grad: *input_grad,
+                    }
+                })?)
+            }
             // An update without terms over the whole parameter is element-wise.
             Kernel::Update(u)
                 if u.regularizer.is_zero() && u.clipnorm.is_none() && u.max_norm.is_none() =>
             {
-                let mut parts = Vec::new();
-                for (first, n) in parallel::divide(u.len, self.threads, 16) {
-                    let mut args = call.args.clone();
-                    for (i, arg) in args.iter_mut().enumerate() {
-                        // Pointer 2 is the loss statistics, which such an update leaves alone.
-                        if i != 2 {
-                            *arg = Ptr::Arena(arena(i) + first);
-                        }
-                    }
-                    let kernel = Kernel::Update(Update {
+                Share::Divided(divided(sink, u.len, 16, &|_, n| {
+                    Kernel::Update(Update {
                         len: n,
                         ..u.clone()
-                    });
-                    parts.push(divided(sink, kernel, args)?);
-                }
-                Share::Divided(parts)
+                    })
+                })?)
             }
             _ => Share::Whole,
         })
@@ -1340,6 +1320,9 @@ pub struct Jit {
     program: Program,
     kernels: KernelModule,
     fns: Vec<KernelFn>,
+    /// Each kernel's name and argument table, by id, for the checks before each call.
+    #[cfg(any(debug_assertions, test))]
+    signatures: Vec<(String, signature::Signature)>,
     arena: Arena,
     plan: Plan,
     step: u64,
@@ -1448,10 +1431,20 @@ impl Jit {
         let fns = (0..kernels.len())
             .map(|i| kernels.get(KernelId(i)))
             .collect();
+        #[cfg(any(debug_assertions, test))]
+        let signatures = (0..kernels.len())
+            .map(|i| {
+                let id = KernelId(i);
+                let sig = kernels.spec(id).map(Kernel::signature).unwrap_or_default();
+                (kernels.name(id).to_owned(), sig)
+            })
+            .collect();
         let mut jit = Jit {
             program: program.clone(),
             kernels,
             fns,
+            #[cfg(any(debug_assertions, test))]
+            signatures,
             arena: Arena::new(plan.size)?,
             plan,
             step: 0,
@@ -1680,7 +1673,21 @@ impl Jit {
         );
         assert!(batch.pixels.len() >= rows * self.program.input.features);
         let base = self.arena.base_ptr();
+        #[cfg(any(debug_assertions, test))]
+        let buffers = [
+            (base as usize, base as usize + 4 * self.plan.size),
+            (
+                batch.pixels.as_ptr() as usize,
+                batch.pixels.as_ptr() as usize + batch.pixels.len(),
+            ),
+            (
+                batch.labels.as_ptr() as usize,
+                batch.labels.as_ptr() as usize + batch.labels.len(),
+            ),
+        ];
         let Jit {
+            #[cfg(any(debug_assertions, test))]
+            signatures,
             fns,
             pool,
             own,
@@ -1707,6 +1714,11 @@ impl Jit {
                     };
                     let skip = task.row_bytes.as_ref().map_or(0, |b| b[i] * first);
                     table[i] = p.wrapping_add(skip);
+                }
+                #[cfg(any(debug_assertions, test))]
+                {
+                    let (name, sig) = &signatures[task.call.kernel.0];
+                    signature::check_call(name, sig, &table, n, &buffers);
                 }
                 out.push(Invocation {
                     f: fns[task.call.kernel.0],

@@ -230,6 +230,8 @@ pub struct KernelModule {
     fns: Vec<KernelFn>,
     /// Kernels declared by `kernel` and not compiled yet: `(index in ids, spec)`.
     pending: Vec<(usize, Kernel)>,
+    /// The spec of each kernel by id (`None` for functions defined from a body or bytes).
+    specs: Vec<Option<Kernel>>,
     /// The GEMMs kernels call, at a full-width tier (`None` at `F32x4`).
     gemms: Option<GemmRequests>,
     /// The function of each GEMM defined so far, by index in `gemms`.
@@ -260,6 +262,7 @@ impl KernelModule {
             names: Vec::new(),
             fns: Vec::new(),
             pending: Vec::new(),
+            specs: Vec::new(),
             gemms: (tier != Tier::F32x4).then(|| GemmRequests::new(tier)),
             gemm_ids: Vec::new(),
             gemm_fns: Vec::new(),
@@ -280,6 +283,7 @@ impl KernelModule {
         }
         let id = self.declare(&kernel.name())?;
         self.pending.push((id.0, kernel.clone()));
+        self.specs[id.0] = Some(kernel.clone());
         self.by_spec.insert(spec, id);
         Ok(id)
     }
@@ -298,6 +302,7 @@ impl KernelModule {
             })?;
         self.ids.push(func_id);
         self.names.push(name);
+        self.specs.push(None);
         Ok(id)
     }
 
@@ -334,7 +339,18 @@ impl KernelModule {
                     speed
                 };
                 compile(isa, ctx, fctx, ids[*index], &names[*index], gemms, |fx| {
-                    kernel.emit(fx)
+                    kernel.emit(fx);
+                    // The emitter reads exactly the pointers its signature lists.
+                    #[cfg(any(debug_assertions, test))]
+                    {
+                        let n = kernel.signature().len();
+                        assert_eq!(
+                            fx.slots_read,
+                            (1u64 << n) - 1,
+                            "{}: the emitter reads other pointers than the {n} of its signature",
+                            names[*index]
+                        );
+                    }
                 })
             },
         );
@@ -507,6 +523,13 @@ impl KernelModule {
     /// The GEMM of index `index` (`standalone_gemm`), after `finalize`.
     pub fn get_gemm(&self, index: usize) -> GemmFn {
         self.gemm_fns[index]
+    }
+
+    /// The spec a kernel was compiled from (`None` for functions defined otherwise), for the
+    /// checks of debug builds and tests (`signature::check_call`).
+    #[cfg_attr(not(any(debug_assertions, test)), allow(dead_code))]
+    pub fn spec(&self, id: KernelId) -> Option<&Kernel> {
+        self.specs[id.0].as_ref()
     }
 
     /// The symbol name of a kernel (`k<id>_<kernel name>`).

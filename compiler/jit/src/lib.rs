@@ -423,7 +423,8 @@ fn plan(
             .map(|c| {
                 let spec = sink.specs[&c.kernel.0].clone();
                 let share = sharing.share(&c, &spec, sink)?;
-                Ok((c, share))
+                let footprint = footprint(&spec, &c.args, rows);
+                Ok((c, share, footprint))
             })
             .collect::<Result<Vec<_>, BackendError>>()?;
         Ok(parallel::segments(shared, threads))
@@ -962,10 +963,26 @@ fn normalized_inputs(
         .collect()
 }
 
-/// The backward calls, one or none per `GradStep`, in the steps' order. With `fuse`, the
-/// weight gradients of `ctx.fused` also update their kernels; such a weight gradient follows
-/// its layer's input gradient, which reads the transposed copy it rewrites, so it lands in a
-/// later segment (divided calls open one, `parallel::segments`).
+/// The arena ranges a call of `spec` with `args` may touch on `rows` rows.
+fn footprint(spec: &Kernel, args: &[Ptr], rows: usize) -> signature::Footprint {
+    let arena: Vec<Option<usize>> = args
+        .iter()
+        .map(|a| match a {
+            Ptr::Arena(off) => Some(*off),
+            Ptr::Pixels | Ptr::Labels => None,
+        })
+        .collect();
+    signature::Footprint::of(&spec.signature(), &arena, rows)
+}
+
+/// The backward calls, one or two per `GradStep`. With `fuse`, the weight gradients of
+/// `ctx.fused` also update their kernels; such a weight gradient follows its layer's input
+/// gradient, which reads the transposed copy it rewrites. Weight gradients are deferred past
+/// the calls after them until one conflicts (`signature::Footprint`): the chain of input
+/// gradients, row-parallel, then runs without a meeting, and the weight gradients, each divided
+/// among the threads, follow it together after one (`parallel::segments`), instead of a
+/// meeting per layer. The order of the arithmetic inside each kernel is unchanged, so results
+/// are too.
 fn backward(
     ctx: &PlanCtx,
     grad: &GradProgram,
@@ -976,8 +993,34 @@ fn backward(
     sink: &mut dyn Sink,
 ) -> Result<Vec<Call>, BackendError> {
     let ops = &ctx.program.ops;
+    let rows = ctx.program.train.batch.max(1);
     let mut gcur = value_grads.to_vec();
     let mut calls = Vec::new();
+    // Weight gradients not placed yet, with their footprints.
+    let mut deferred: Vec<(Call, signature::Footprint)> = Vec::new();
+    let mut place = |kernel: Kernel,
+                     args: Vec<Ptr>,
+                     key: Key,
+                     calls: &mut Vec<Call>,
+                     sink: &mut dyn Sink|
+     -> Result<(), BackendError> {
+        let fp = footprint(&kernel, &args, rows);
+        if deferred.iter().any(|(_, d)| d.conflicts(&fp)) {
+            calls.extend(deferred.drain(..).map(|(c, _)| c));
+        }
+        let defer = matches!(kernel, Kernel::WeightGrad { .. });
+        let call = Call {
+            kernel: sink.kernel(kernel)?,
+            args,
+            key,
+        };
+        if defer {
+            deferred.push((call, fp));
+        } else {
+            calls.push(call);
+        }
+        Ok(())
+    };
     // Activations whose backward the next dense layer's input gradient did.
     let mut applied = HashSet::new();
     for step in &grad.steps {
@@ -1080,11 +1123,7 @@ fn backward(
                         } else {
                             ((weight_grad, args), input_grad)
                         };
-                        calls.push(Call {
-                            kernel: sink.kernel(first)?,
-                            args: first_args,
-                            key: Key::None,
-                        });
+                        place(first, first_args, Key::None, &mut calls, sink)?;
                         last
                     }
                 }
@@ -1136,12 +1175,9 @@ fn backward(
                 )
             }
         };
-        calls.push(Call {
-            kernel: sink.kernel(kernel)?,
-            args,
-            key,
-        });
+        place(kernel, args, key, &mut calls, sink)?;
     }
+    calls.extend(deferred.into_iter().map(|(c, _)| c));
     Ok(calls)
 }
 

@@ -25,6 +25,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::module::KernelFn;
+use super::signature::Footprint;
 use super::Call;
 
 /// The most pointers any kernel's argument table holds.
@@ -56,8 +57,13 @@ pub enum Share {
     Columns(Vec<Call>),
 }
 
-/// Groups `calls` into segments for `threads` threads (see the module documentation).
-pub fn segments(calls: Vec<(Call, Share)>, threads: usize) -> Vec<Segment> {
+/// Groups `calls` into segments for `threads` threads (see the module documentation), each
+/// call with its footprint (`signature::Footprint`). A row-parallel call joins the open
+/// segment unless it touches what a divided call of the segment writes, or writes what one
+/// reads; a divided call joins it unless it reads anything written in the segment or writes
+/// anything read or written there (its shares read and write across the rows of all threads).
+/// So a run of independent weight gradients shares one meeting.
+pub fn segments(calls: Vec<(Call, Share, Footprint)>, threads: usize) -> Vec<Segment> {
     #[derive(PartialEq)]
     enum Open {
         None,
@@ -66,7 +72,10 @@ pub fn segments(calls: Vec<(Call, Share)>, threads: usize) -> Vec<Segment> {
     }
     let mut out: Vec<Segment> = Vec::new();
     let mut open = Open::None;
-    for (call, share) in calls {
+    // What the open parallel segment's calls touch: all of them, and its divided calls.
+    let mut touched = Footprint::default();
+    let mut divided = Footprint::default();
+    for (call, share, footprint) in calls {
         let share = match share {
             _ if threads == 1 => Share::Whole,
             Share::Divided(parts) | Share::Columns(parts) if parts.len() == 1 => Share::Whole,
@@ -88,12 +97,15 @@ pub fn segments(calls: Vec<(Call, Share)>, threads: usize) -> Vec<Segment> {
                 });
             }
             Share::Rows(row_bytes) => {
-                if open != Open::Parallel {
+                if open != Open::Parallel || divided.conflicts(&footprint) {
                     out.push(Segment {
                         parts: vec![Vec::new(); threads],
                     });
                     open = Open::Parallel;
+                    touched.clear();
+                    divided.clear();
                 }
+                touched.extend(&footprint);
                 let seg = out.last_mut().expect("a segment is open");
                 for part in &mut seg.parts {
                     part.push(Task {
@@ -104,16 +116,22 @@ pub fn segments(calls: Vec<(Call, Share)>, threads: usize) -> Vec<Segment> {
             }
             Share::Divided(parts) | Share::Columns(parts) => {
                 debug_assert!(parts.len() <= threads);
-                let mut seg = Segment {
-                    parts: vec![Vec::new(); threads],
-                };
+                if open != Open::Parallel || touched.conflicts(&footprint) {
+                    out.push(Segment {
+                        parts: vec![Vec::new(); threads],
+                    });
+                    touched.clear();
+                    divided.clear();
+                }
+                touched.extend(&footprint);
+                divided.extend(&footprint);
+                let seg = out.last_mut().expect("a segment is open");
                 for (t, call) in parts.into_iter().enumerate() {
                     seg.parts[t].push(Task {
                         call,
                         row_bytes: None,
                     });
                 }
-                out.push(seg);
                 open = if meets_after {
                     Open::None
                 } else {

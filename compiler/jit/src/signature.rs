@@ -482,3 +482,60 @@ pub fn check_call(
         );
     }
 }
+
+/// The arena ranges (in floats, `[start, end)`) a call may read and write, from its signature
+/// and its pointers at the plan's rows: what the scheduler compares to decide whether two calls
+/// may run without a meeting between them, or swap places.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub reads: Vec<(usize, usize)>,
+    pub writes: Vec<(usize, usize)>,
+}
+
+impl Footprint {
+    /// The footprint of a call whose arena pointers are `arena` (`None` for pixels and labels,
+    /// which no kernel writes).
+    pub fn of(sig: &Signature, arena: &[Option<usize>], rows: usize) -> Footprint {
+        let mut f = Footprint::default();
+        for (a, off) in sig.args.iter().zip(arena) {
+            let Some(off) = *off else { continue };
+            let range = (off, off + a.extent.bytes(rows).div_ceil(4));
+            if range.0 == range.1 {
+                continue;
+            }
+            match a.access {
+                Access::Read => f.reads.push(range),
+                Access::Write => f.writes.push(range),
+                Access::Update => {
+                    f.reads.push(range);
+                    f.writes.push(range);
+                }
+            }
+        }
+        f
+    }
+
+    /// Whether `later`, run after this call, could see a different result if the two ran at
+    /// the same time or in the other order: it reads what this writes, or writes what this
+    /// reads or writes.
+    pub fn conflicts(&self, later: &Footprint) -> bool {
+        overlap(&later.reads, &self.writes)
+            || overlap(&later.writes, &self.reads)
+            || overlap(&later.writes, &self.writes)
+    }
+
+    pub fn extend(&mut self, other: &Footprint) {
+        self.reads.extend_from_slice(&other.reads);
+        self.writes.extend_from_slice(&other.writes);
+    }
+
+    pub fn clear(&mut self) {
+        self.reads.clear();
+        self.writes.clear();
+    }
+}
+
+fn overlap(a: &[(usize, usize)], b: &[(usize, usize)]) -> bool {
+    a.iter()
+        .any(|&(s, e)| b.iter().any(|&(s2, e2)| s < e2 && s2 < e))
+}

@@ -46,6 +46,8 @@ mod signature;
 #[cfg(test)]
 mod tests;
 pub mod tier;
+#[cfg(test)]
+mod tier_tests;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

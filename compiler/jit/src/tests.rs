@@ -974,7 +974,7 @@ pub(super) fn check_grads_within(program: &Program, rows: usize, rel: f32) {
     }
 }
 
-fn check_grads_at(program: &Program, rows: usize, rel: f32, tier: Tier) {
+pub(super) fn check_grads_at(program: &Program, rows: usize, rel: f32, tier: Tier) {
     let options = Options {
         tier,
         gradients: true,
@@ -1038,7 +1038,7 @@ pub(super) fn check_training(program: &Program, steps: usize, rel: f32) {
     }
 }
 
-fn check_training_at(program: &Program, steps: usize, rel: f32, tier: Tier) {
+pub(super) fn check_training_at(program: &Program, steps: usize, rel: f32, tier: Tier) {
     let options = Options {
         tier,
         ..Options::default()

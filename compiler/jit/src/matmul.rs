@@ -187,6 +187,12 @@ fn emit_full_width(fx: &mut Fx, mm: &MatMul) {
         ldb: mm.ldb,
         ldc: mm.ldc,
         accumulate: mm.epilogue.accumulate,
+        // Deep products (the first layer's 3,072 inputs) in blocks whose rows of `B` (96 KiB
+        // for 100 units) stay in L2 for all the rows, where the whole kernel (1.2 MiB) did not.
+        kc: match mm.k {
+            Dim::Static(k) if k >= 1024 => 256,
+            _ => 0,
+        },
     };
     let k = mm.k.value(fx);
     let scratch = mm.rows_outer

@@ -102,6 +102,11 @@ pub struct GemmShape {
     pub ldc: usize,
     /// Add the product to `C`'s contents instead of overwriting them.
     pub accumulate: bool,
+    /// Depth of a block of `k` (0: the whole depth at once). A block of `B` is then read from
+    /// cache by all the rows of a column block before the next is loaded, and each tile of `C`
+    /// is stored after a block and loaded again for the next: the chain of fused multiply-adds
+    /// of each element is the same, in the same order, so the result does not depend on it.
+    pub kc: usize,
 }
 
 impl GemmShape {
@@ -114,6 +119,7 @@ impl GemmShape {
             ldb,
             ldc,
             accumulate: false,
+            kc: 0,
         }
     }
 }
@@ -149,11 +155,13 @@ trait TileCode {
     fn store(&self, a: &mut CodeAssembler, t: &Tile, ldc: i32) -> Result<(), IcedError>;
 }
 
-/// The loops every tier's GEMM shares (`gemm`): column blocks of at most `T::NR` vectors,
-/// each over all `m` rows, in tiles of `T::MR` rows and then one row at a time, each tile a loop
-/// along `k` from its first element. Every element of `C` is one chain of fused multiply-adds in
-/// the order of `k` (from `C`'s old value when accumulating), so the result does not depend on
-/// the number of rows, where they start, or the tier. Saves and restores `rbx` and `r12`.
+/// The loops every tier's GEMM shares (`gemm`): blocks of `shape.kc` along `k` (or the whole
+/// depth), and in each, column blocks of at most `T::NR` vectors, each over all `m` rows, in
+/// tiles of `T::MR` rows and then one row at a time, each tile a loop along its block of `k`.
+/// A tile starts from zero (or `C` when accumulating) in the first block and from `C` in the
+/// others, so every element of `C` is one chain of fused multiply-adds in the order of `k`, and
+/// the result does not depend on the number of rows, where they start, the blocking, or the
+/// tier. Saves and restores `rbx` and `r12`–`r15`.
 fn tiled_gemm<T: TileCode>(
     a: &mut CodeAssembler,
     code: &T,
@@ -163,58 +171,110 @@ fn tiled_gemm<T: TileCode>(
         kernel: format!("gemm_{}_{}lanes", shape.n, T::LANES),
         detail: e.to_string(),
     };
-    let (lda, a_k, ldb, ldc) = checked_strides(shape, T::MR)?;
+    let strides = checked_strides(shape, T::MR)?;
+    let (_, a_k, ldb, _) = strides;
+    let kc = i32::try_from(shape.kc)
+        .ok()
+        .filter(|kc| i64::from(*kc) * i64::from(a_k.max(ldb)) < i64::from(i32::MAX / 2))
+        .ok_or_else(|| BackendError::Plan(format!("gemm {shape:?}: a k block too deep")))?;
+    for r in [rbx, r12, r13, r14, r15] {
+        a.push(r).map_err(fail)?;
+    }
+    // r13: A at the block's first k; r14: B at its row; r15: depth left; rsi: the block's depth.
+    a.mov(r13, rdi).map_err(fail)?;
+    a.mov(r14, rsi).map_err(fail)?;
+    a.mov(r15, r8).map_err(fail)?;
+    let mut done = a.create_label();
+    let mut next_block = a.create_label();
+    for first in [true, false] {
+        if !first {
+            if kc == 0 {
+                break;
+            }
+            a.set_label(&mut next_block).map_err(fail)?;
+        }
+        a.mov(rsi, r15).map_err(fail)?;
+        if kc > 0 {
+            // The block's depth: kc, or what is left.
+            a.mov(rax, i64::from(kc)).map_err(fail)?;
+            a.cmp(rsi, rax).map_err(fail)?;
+            a.cmovg(rsi, rax).map_err(fail)?;
+        }
+        let load = shape.accumulate || !first;
+        block_loops(a, code, shape, strides, load).map_err(fail)?;
+        if kc > 0 {
+            a.add(r13, kc * a_k).map_err(fail)?;
+            a.add(r14, kc * ldb).map_err(fail)?;
+            a.sub(r15, kc).map_err(fail)?;
+            a.jg(next_block).map_err(fail)?;
+            if first {
+                a.jmp(done).map_err(fail)?;
+            }
+        }
+    }
+    a.set_label(&mut done).map_err(fail)?;
+    for r in [r15, r14, r13, r12, rbx] {
+        a.pop(r).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// One block of `k` (`rsi` deep, from `A` at `r13` and `B` at `r14`) over all of `C`: every
+/// column block, every tile, each starting from `C` when `load`, else from zero.
+fn block_loops<T: TileCode>(
+    a: &mut CodeAssembler,
+    code: &T,
+    shape: GemmShape,
+    (lda, a_k, ldb, ldc): (i32, i32, i32, i32),
+    load: bool,
+) -> Result<(), IcedError> {
     let vectors = shape.n.div_ceil(T::LANES);
     let tail = shape.n % T::LANES;
-    a.push(rbx).map_err(fail)?;
-    a.push(r12).map_err(fail)?;
     let mut v0 = 0;
     while v0 < vectors {
         let nv = (vectors - v0).min(T::NR);
-        a.mov(r9, rdi).map_err(fail)?; // A's row
-        a.mov(r10, rdx).map_err(fail)?; // C's row
-        a.mov(r11, rcx).map_err(fail)?; // rows left
+        a.mov(r9, r13)?; // A's row
+        a.mov(r10, rdx)?; // C's row
+        a.mov(r11, rcx)?; // rows left
         for mr in [T::MR, 1] {
             let tile = Tile {
                 rows: mr,
                 vectors: nv,
                 masked_last: tail != 0 && v0 + nv == vectors,
                 col: (4 * T::LANES * v0) as i32,
-                accumulate: shape.accumulate,
+                accumulate: load,
             };
             let mut rows_top = a.create_label();
             let mut rows_done = a.create_label();
             let mut k_top = a.create_label();
             let mut k_done = a.create_label();
-            a.set_label(&mut rows_top).map_err(fail)?;
-            a.cmp(r11, mr as i32).map_err(fail)?;
-            a.jl(rows_done).map_err(fail)?;
-            code.zero(a, &tile, ldc).map_err(fail)?;
-            a.mov(rax, r9).map_err(fail)?; // A, at element k
-            a.mov(rbx, rsi).map_err(fail)?; // B, at row k
-            a.mov(r12, r8).map_err(fail)?; // k left
-            a.test(r12, r12).map_err(fail)?;
-            a.jle(k_done).map_err(fail)?;
-            a.set_label(&mut k_top).map_err(fail)?;
-            code.step(a, &tile, lda).map_err(fail)?;
-            a.add(rax, a_k).map_err(fail)?;
-            a.add(rbx, ldb).map_err(fail)?;
-            a.dec(r12).map_err(fail)?;
-            a.jnz(k_top).map_err(fail)?;
-            a.set_label(&mut k_done).map_err(fail)?;
-            code.store(a, &tile, ldc).map_err(fail)?;
-            a.add(r9, lda * mr as i32).map_err(fail)?;
-            a.add(r10, ldc * mr as i32).map_err(fail)?;
-            a.sub(r11, mr as i32).map_err(fail)?;
-            a.jmp(rows_top).map_err(fail)?;
-            a.set_label(&mut rows_done).map_err(fail)?;
+            a.set_label(&mut rows_top)?;
+            a.cmp(r11, mr as i32)?;
+            a.jl(rows_done)?;
+            code.zero(a, &tile, ldc)?;
+            a.mov(rax, r9)?; // A, at element k
+            a.mov(rbx, r14)?; // B, at row k
+            a.mov(r12, rsi)?; // k left in the block
+            a.test(r12, r12)?;
+            a.jle(k_done)?;
+            a.set_label(&mut k_top)?;
+            code.step(a, &tile, lda)?;
+            a.add(rax, a_k)?;
+            a.add(rbx, ldb)?;
+            a.dec(r12)?;
+            a.jnz(k_top)?;
+            a.set_label(&mut k_done)?;
+            code.store(a, &tile, ldc)?;
+            a.add(r9, lda * mr as i32)?;
+            a.add(r10, ldc * mr as i32)?;
+            a.sub(r11, mr as i32)?;
+            a.jmp(rows_top)?;
+            a.set_label(&mut rows_done)?;
             // A label needs an instruction of its own; the next may carry one too.
-            a.zero_bytes().map_err(fail)?;
+            a.zero_bytes()?;
         }
         v0 += nv;
     }
-    a.pop(r12).map_err(fail)?;
-    a.pop(rbx).map_err(fail)?;
     Ok(())
 }
 
@@ -444,20 +504,13 @@ fn checked_strides(shape: GemmShape, mr: usize) -> Result<(i32, i32, i32, i32), 
 }
 
 /// `code` disassembled in Intel syntax, one instruction per line with its offset, and `notes`
-/// (by byte offset) after the instruction that holds them. Decoding stops at the first byte
-/// that an instruction reads RIP-relative (Cranelift's constants, a GEMM's mask table): what
-/// follows is data, listed as bytes.
+/// (by byte offset) after the instruction that holds them. What follows the code is data,
+/// listed as bytes: from the first byte an instruction reads RIP-relative (Cranelift's
+/// constants, a GEMM's mask table), and the zero padding that aligns it.
 pub fn disassemble(code: &[u8], notes: &[(u32, String)]) -> String {
-    let mut out = String::new();
-    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
-    let mut formatter = IntelFormatter::new();
-    formatter.options_mut().set_hex_prefix("0x");
-    formatter.options_mut().set_hex_suffix("");
-    formatter.options_mut().set_first_operand_char_index(10);
-    formatter.options_mut().set_branch_leading_zeros(false);
-    formatter.options_mut().set_show_branch_size(false);
+    // Where the data starts: the nearest RIP-relative target, found in a first pass.
     let mut data_start = code.len() as u64;
-    let mut text = String::new();
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
     while decoder.can_decode() && decoder.ip() < data_start {
         let instr = decoder.decode();
         if instr.is_ip_rel_memory_operand() {
@@ -466,6 +519,23 @@ pub fn disassemble(code: &[u8], notes: &[(u32, String)]) -> String {
                 data_start = target;
             }
         }
+    }
+    let data_start = data_start as usize;
+    let mut out = String::new();
+    let mut decoder = Decoder::with_ip(64, &code[..data_start], 0, DecoderOptions::NONE);
+    let mut formatter = IntelFormatter::new();
+    formatter.options_mut().set_hex_prefix("0x");
+    formatter.options_mut().set_hex_suffix("");
+    formatter.options_mut().set_first_operand_char_index(10);
+    formatter.options_mut().set_branch_leading_zeros(false);
+    formatter.options_mut().set_show_branch_size(false);
+    let mut text = String::new();
+    while decoder.can_decode() {
+        let at = decoder.ip() as usize;
+        if data_start < code.len() && code[at..data_start].iter().all(|b| *b == 0) {
+            break; // the padding before the data
+        }
+        let instr = decoder.decode();
         text.clear();
         formatter.format(&instr, &mut text);
         let note = notes
@@ -476,13 +546,13 @@ pub fn disassemble(code: &[u8], notes: &[(u32, String)]) -> String {
             None => writeln!(out, "  {:04x}  {text}", instr.ip()),
         };
     }
-    let data = &code[(decoder.ip() as usize).min(code.len())..];
-    for (i, line) in data.chunks(16).enumerate() {
+    let data_from = (decoder.ip() as usize).min(code.len());
+    for (i, line) in code[data_from..].chunks(16).enumerate() {
         let bytes: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
         let _ = writeln!(
             out,
             "  {:04x}  .byte {}",
-            decoder.ip() as usize + 16 * i,
+            data_from + 16 * i,
             bytes.join(" ")
         );
     }

@@ -119,26 +119,21 @@
   0186  vmovups   [r9+rdx*4],xmm5
   018c  mov       rdx,rdi
   018f  jmp       0x70
-  0194  add       [rax],al
-  0196  add       [rax],al
-  0198  add       [rax],al
-  019a  add       [rax],al
-  019c  add       [rax],al
-  019e  add       [rax],al
-  01a0  .byte 00 00 ae c2 00 00 ae c2 00 00 ae c2 00 00 ae c2
-  01b0  .byte 00 00 b0 42 00 00 b0 42 00 00 b0 42 00 00 b0 42
-  01c0  .byte 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f
-  01d0  .byte 00 00 40 4b 00 00 40 4b 00 00 40 4b 00 00 40 4b
-  01e0  .byte 7f 00 c0 b4 7f 00 c0 b4 7f 00 c0 b4 7f 00 c0 b4
-  01f0  .byte 01 0d 50 39 01 0d 50 39 01 0d 50 39 01 0d 50 39
-  0200  .byte 83 80 5e 39 83 80 5e 39 83 80 5e 39 83 80 5e 39
-  0210  .byte 00 80 31 bf 00 80 31 bf 00 80 31 bf 00 80 31 bf
-  0220  .byte 61 0b b6 3a 61 0b b6 3a 61 0b b6 3a 61 0b b6 3a
-  0230  .byte 89 88 08 3c 89 88 08 3c 89 88 08 3c 89 88 08 3c
-  0240  .byte ab aa 2a 3d ab aa 2a 3d ab aa 2a 3d ab aa 2a 3d
-  0250  .byte ab aa 2a 3e ab aa 2a 3e ab aa 2a 3e ab aa 2a 3e
-  0260  .byte 00 00 00 3f 00 00 00 3f 00 00 00 3f 00 00 00 3f
-  0270  .byte 00 00 80 3f 00 00 80 3f 00 00 80 3f 00 00 80 3f
+  0194  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 ae c2
+  01a4  .byte 00 00 ae c2 00 00 ae c2 00 00 ae c2 00 00 b0 42
+  01b4  .byte 00 00 b0 42 00 00 b0 42 00 00 b0 42 3b aa b8 3f
+  01c4  .byte 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f 00 00 40 4b
+  01d4  .byte 00 00 40 4b 00 00 40 4b 00 00 40 4b 7f 00 c0 b4
+  01e4  .byte 7f 00 c0 b4 7f 00 c0 b4 7f 00 c0 b4 01 0d 50 39
+  01f4  .byte 01 0d 50 39 01 0d 50 39 01 0d 50 39 83 80 5e 39
+  0204  .byte 83 80 5e 39 83 80 5e 39 83 80 5e 39 00 80 31 bf
+  0214  .byte 00 80 31 bf 00 80 31 bf 00 80 31 bf 61 0b b6 3a
+  0224  .byte 61 0b b6 3a 61 0b b6 3a 61 0b b6 3a 89 88 08 3c
+  0234  .byte 89 88 08 3c 89 88 08 3c 89 88 08 3c ab aa 2a 3d
+  0244  .byte ab aa 2a 3d ab aa 2a 3d ab aa 2a 3d ab aa 2a 3e
+  0254  .byte ab aa 2a 3e ab aa 2a 3e ab aa 2a 3e 00 00 00 3f
+  0264  .byte 00 00 00 3f 00 00 00 3f 00 00 00 3f 00 00 80 3f
+  0274  .byte 00 00 80 3f 00 00 80 3f 00 00 80 3f
 
 ; k2_dense_33x17_elu: Cranelift, 640 bytes
   0000  push      rbp
@@ -224,14 +219,7 @@
   0183  vmovups   [r9+rdx*4],xmm5
   0189  mov       rdx,rdi
   018c  jmp       0x70
-  0191  add       [rax],al
-  0193  add       [rax],al
-  0195  add       [rax],al
-  0197  add       [rax],al
-  0199  add       [rax],al
-  019b  add       [rax],al
-  019d  add       [rax],al
-  019f  add       [rax],al
+  0191  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
   01a1  .byte 00 ae c2 00 00 ae c2 00 00 ae c2 00 00 ae c2 00
   01b1  .byte 00 b0 42 00 00 b0 42 00 00 b0 42 00 00 b0 42 3b
   01c1  .byte aa b8 3f 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f 00
@@ -651,45 +639,42 @@
   0798  movdqu    [rsp],xmm0
   079d  movdqu    [rsp+0x10],xmm7
   07a3  jmp       0x22
-  07a8  add       [rax],al
-  07aa  add       [rax],al
-  07ac  add       [rax],al
-  07ae  add       [rax],al
-  07b0  .byte 00 00 ae c2 00 00 ae c2 00 00 ae c2 00 00 ae c2
-  07c0  .byte 00 00 80 ff 00 00 80 ff 00 00 80 ff 00 00 80 ff
-  07d0  .byte ff ff ff ff ff ff ff ff 00 00 00 00 00 00 00 00
-  07e0  .byte 00 00 b0 42 00 00 b0 42 00 00 b0 42 00 00 b0 42
-  07f0  .byte 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f
-  0800  .byte 00 00 40 4b 00 00 40 4b 00 00 40 4b 00 00 40 4b
-  0810  .byte 7f 00 c0 b4 7f 00 c0 b4 7f 00 c0 b4 7f 00 c0 b4
-  0820  .byte 01 0d 50 39 01 0d 50 39 01 0d 50 39 01 0d 50 39
-  0830  .byte 83 80 5e 39 83 80 5e 39 83 80 5e 39 83 80 5e 39
-  0840  .byte 00 80 31 bf 00 80 31 bf 00 80 31 bf 00 80 31 bf
-  0850  .byte 61 0b b6 3a 61 0b b6 3a 61 0b b6 3a 61 0b b6 3a
-  0860  .byte 89 88 08 3c 89 88 08 3c 89 88 08 3c 89 88 08 3c
-  0870  .byte ab aa 2a 3d ab aa 2a 3d ab aa 2a 3d ab aa 2a 3d
-  0880  .byte ab aa 2a 3e ab aa 2a 3e ab aa 2a 3e ab aa 2a 3e
-  0890  .byte 00 00 00 3f 00 00 00 3f 00 00 00 3f 00 00 00 3f
-  08a0  .byte 00 00 00 00 00 00 80 3f 00 00 00 40 00 00 40 40
-  08b0  .byte 00 00 80 3f 00 00 80 3f 00 00 80 3f 00 00 80 3f
-  08c0  .byte 00 00 80 40 00 00 a0 40 00 00 c0 40 00 00 e0 40
-  08d0  .byte 00 00 00 41 00 00 10 41 00 00 20 41 00 00 30 41
-  08e0  .byte 82 ff ff ff 82 ff ff ff 82 ff ff ff 82 ff ff ff
-  08f0  .byte ff ff 7f 00 ff ff 7f 00 ff ff 7f 00 ff ff 7f 00
-  0900  .byte f3 04 35 3f f3 04 35 3f f3 04 35 3f f3 04 35 3f
-  0910  .byte 00 80 31 3f 00 80 31 3f 00 80 31 3f 00 80 31 3f
-  0920  .byte 00 00 00 bf 00 00 00 bf 00 00 00 bf 00 00 00 bf
-  0930  .byte 83 80 5e b9 83 80 5e b9 83 80 5e b9 83 80 5e b9
-  0940  .byte bb 21 90 3d bb 21 90 3d bb 21 90 3d bb 21 90 3d
-  0950  .byte b8 d1 eb bd b8 d1 eb bd b8 d1 eb bd b8 d1 eb bd
-  0960  .byte 1b 25 ef 3d 1b 25 ef 3d 1b 25 ef 3d 1b 25 ef 3d
-  0970  .byte 4f 5d fe bd 4f 5d fe bd 4f 5d fe bd 4f 5d fe bd
-  0980  .byte bf e9 11 3e bf e9 11 3e bf e9 11 3e bf e9 11 3e
-  0990  .byte 50 ae 2a be 50 ae 2a be 50 ae 2a be 50 ae 2a be
-  09a0  .byte ac ce 4c 3e ac ce 4c 3e ac ce 4c 3e ac ce 4c 3e
-  09b0  .byte fc ff 7f be fc ff 7f be fc ff 7f be fc ff 7f be
-  09c0  .byte aa aa aa 3e aa aa aa 3e aa aa aa 3e aa aa aa 3e
-  09d0  .byte ff ff 7f 7f ff ff 7f 7f ff ff 7f 7f ff ff 7f 7f
+  07a8  .byte 00 00 00 00 00 00 00 00 00 00 ae c2 00 00 ae c2
+  07b8  .byte 00 00 ae c2 00 00 ae c2 00 00 80 ff 00 00 80 ff
+  07c8  .byte 00 00 80 ff 00 00 80 ff ff ff ff ff ff ff ff ff
+  07d8  .byte 00 00 00 00 00 00 00 00 00 00 b0 42 00 00 b0 42
+  07e8  .byte 00 00 b0 42 00 00 b0 42 3b aa b8 3f 3b aa b8 3f
+  07f8  .byte 3b aa b8 3f 3b aa b8 3f 00 00 40 4b 00 00 40 4b
+  0808  .byte 00 00 40 4b 00 00 40 4b 7f 00 c0 b4 7f 00 c0 b4
+  0818  .byte 7f 00 c0 b4 7f 00 c0 b4 01 0d 50 39 01 0d 50 39
+  0828  .byte 01 0d 50 39 01 0d 50 39 83 80 5e 39 83 80 5e 39
+  0838  .byte 83 80 5e 39 83 80 5e 39 00 80 31 bf 00 80 31 bf
+  0848  .byte 00 80 31 bf 00 80 31 bf 61 0b b6 3a 61 0b b6 3a
+  0858  .byte 61 0b b6 3a 61 0b b6 3a 89 88 08 3c 89 88 08 3c
+  0868  .byte 89 88 08 3c 89 88 08 3c ab aa 2a 3d ab aa 2a 3d
+  0878  .byte ab aa 2a 3d ab aa 2a 3d ab aa 2a 3e ab aa 2a 3e
+  0888  .byte ab aa 2a 3e ab aa 2a 3e 00 00 00 3f 00 00 00 3f
+  0898  .byte 00 00 00 3f 00 00 00 3f 00 00 00 00 00 00 80 3f
+  08a8  .byte 00 00 00 40 00 00 40 40 00 00 80 3f 00 00 80 3f
+  08b8  .byte 00 00 80 3f 00 00 80 3f 00 00 80 40 00 00 a0 40
+  08c8  .byte 00 00 c0 40 00 00 e0 40 00 00 00 41 00 00 10 41
+  08d8  .byte 00 00 20 41 00 00 30 41 82 ff ff ff 82 ff ff ff
+  08e8  .byte 82 ff ff ff 82 ff ff ff ff ff 7f 00 ff ff 7f 00
+  08f8  .byte ff ff 7f 00 ff ff 7f 00 f3 04 35 3f f3 04 35 3f
+  0908  .byte f3 04 35 3f f3 04 35 3f 00 80 31 3f 00 80 31 3f
+  0918  .byte 00 80 31 3f 00 80 31 3f 00 00 00 bf 00 00 00 bf
+  0928  .byte 00 00 00 bf 00 00 00 bf 83 80 5e b9 83 80 5e b9
+  0938  .byte 83 80 5e b9 83 80 5e b9 bb 21 90 3d bb 21 90 3d
+  0948  .byte bb 21 90 3d bb 21 90 3d b8 d1 eb bd b8 d1 eb bd
+  0958  .byte b8 d1 eb bd b8 d1 eb bd 1b 25 ef 3d 1b 25 ef 3d
+  0968  .byte 1b 25 ef 3d 1b 25 ef 3d 4f 5d fe bd 4f 5d fe bd
+  0978  .byte 4f 5d fe bd 4f 5d fe bd bf e9 11 3e bf e9 11 3e
+  0988  .byte bf e9 11 3e bf e9 11 3e 50 ae 2a be 50 ae 2a be
+  0998  .byte 50 ae 2a be 50 ae 2a be ac ce 4c 3e ac ce 4c 3e
+  09a8  .byte ac ce 4c 3e ac ce 4c 3e fc ff 7f be fc ff 7f be
+  09b8  .byte fc ff 7f be fc ff 7f be aa aa aa 3e aa aa aa 3e
+  09c8  .byte aa aa aa 3e aa aa aa 3e ff ff 7f 7f ff ff 7f 7f
+  09d8  .byte ff ff 7f 7f ff ff 7f 7f
 
 ; k5_dense_input_grad_17x10_elu: Cranelift, 240 bytes
   0000  push      rbp
@@ -744,13 +729,8 @@
   00c6  vmovups   [r9+rdx*4],xmm0
   00cc  mov       rdx,rdi
   00cf  jmp       0x70
-  00d4  add       [rax],al
-  00d6  add       [rax],al
-  00d8  add       [rax],al
-  00da  add       [rax],al
-  00dc  add       [rax],al
-  00de  add       [rax],al
-  00e0  .byte 00 00 80 3f 00 00 80 3f 00 00 80 3f 00 00 80 3f
+  00d4  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 80 3f
+  00e4  .byte 00 00 80 3f 00 00 80 3f 00 00 80 3f
 
 ; k6_dense_weight_grad_nadam_t_17x10: Cranelift, 2112 bytes
   0000  push      rbp
@@ -1159,13 +1139,10 @@
   07f8  vmovups   [rdx+rcx+0xF0],xmm1
   0801  mov       rcx,rax
   0804  jmp       0x330
-  0809  add       [rax],al
-  080b  add       [rax],al
-  080d  add       [rax],al
-  080f  add       al,dl
-  0811  .byte cc cc 3d d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d 00
-  0821  .byte 12 83 3a 00 12 83 3a 00 12 83 3a 00 12 83 3a 95
-  0831  .byte bf d6 33 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  0809  .byte 00 00 00 00 00 00 00 d0 cc cc 3d d0 cc cc 3d d0
+  0819  .byte cc cc 3d d0 cc cc 3d 00 12 83 3a 00 12 83 3a 00
+  0829  .byte 12 83 3a 00 12 83 3a 95 bf d6 33 95 bf d6 33 95
+  0839  .byte bf d6 33 95 bf d6 33
 
 ; k7_dense_input_grad_33x17_elu: Cranelift, 240 bytes
   0000  push      rbp
@@ -1220,12 +1197,8 @@
   00c9  vmovups   [r9+rdx*4],xmm0
   00cf  mov       rdx,rdi
   00d2  jmp       0x70
-  00d7  add       [rax],al
-  00d9  add       [rax],al
-  00db  add       [rax],al
-  00dd  add       [rax],al
-  00df  add       [rax],al
-  00e1  .byte 00 80 3f 00 00 80 3f 00 00 80 3f 00 00 80 3f
+  00d7  .byte 00 00 00 00 00 00 00 00 00 00 00 80 3f 00 00 80
+  00e7  .byte 3f 00 00 80 3f 00 00 80 3f
 
 ; k8_dense_weight_grad_nadam_t_33x17: Cranelift, 2144 bytes
   0000  push      rbp
@@ -1631,15 +1604,10 @@
   0814  vmovups   [rdx+rcx+0x1B0],xmm0
   081d  mov       rcx,rax
   0820  jmp       0x32A
-  0825  add       [rax],al
-  0827  add       [rax],al
-  0829  add       [rax],al
-  082b  add       [rax],al
-  082d  add       [rax],al
-  082f  add       al,dl
-  0831  .byte cc cc 3d d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d 00
-  0841  .byte 12 83 3a 00 12 83 3a 00 12 83 3a 00 12 83 3a 95
-  0851  .byte bf d6 33 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  0825  .byte 00 00 00 00 00 00 00 00 00 00 00 d0 cc cc 3d d0
+  0835  .byte cc cc 3d d0 cc cc 3d d0 cc cc 3d 00 12 83 3a 00
+  0845  .byte 12 83 3a 00 12 83 3a 00 12 83 3a 95 bf d6 33 95
+  0855  .byte bf d6 33 95 bf d6 33 95 bf d6 33
 
 ; k9_dense_weight_grad_nadam_3072x33: Cranelift, 928 bytes
   0000  push      rbp
@@ -1816,11 +1784,10 @@
   035c  vmovups   [rdx+rax*4+0x1B0],xmm0
   0365  mov       rax,rcx
   0368  jmp       0x101
-  036d  add       [rax],al
-  036f  add       al,dl
-  0371  .byte cc cc 3d d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d 00
-  0381  .byte 12 83 3a 00 12 83 3a 00 12 83 3a 00 12 83 3a 95
-  0391  .byte bf d6 33 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  036d  .byte 00 00 00 d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d d0
+  037d  .byte cc cc 3d 00 12 83 3a 00 12 83 3a 00 12 83 3a 00
+  038d  .byte 12 83 3a 95 bf d6 33 95 bf d6 33 95 bf d6 33 95
+  039d  .byte bf d6 33
 
 ; k10_transpose_33x17: Cranelift, 749 bytes
   0000  push      rbp
@@ -2069,11 +2036,10 @@
   00af  vmovups   [rcx+rsi*4],xmm0
   00b4  mov       rsi,rax
   00b7  jmp       7
-  00bc  add       [rax],al
-  00be  add       [rax],al
-  00c0  .byte d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d
-  00d0  .byte 00 12 83 3a 00 12 83 3a 00 12 83 3a 00 12 83 3a
-  00e0  .byte 95 bf d6 33 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  00bc  .byte 00 00 00 00 d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d
+  00cc  .byte d0 cc cc 3d 00 12 83 3a 00 12 83 3a 00 12 83 3a
+  00dc  .byte 00 12 83 3a 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  00ec  .byte 95 bf d6 33
 
 ; k13_update_nadam_20: Cranelift, 240 bytes
   0000  push      rbp
@@ -2118,11 +2084,10 @@
   00af  vmovups   [rcx+rsi*4],xmm0
   00b4  mov       rsi,rax
   00b7  jmp       7
-  00bc  add       [rax],al
-  00be  add       [rax],al
-  00c0  .byte d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d
-  00d0  .byte 00 12 83 3a 00 12 83 3a 00 12 83 3a 00 12 83 3a
-  00e0  .byte 95 bf d6 33 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  00bc  .byte 00 00 00 00 d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d
+  00cc  .byte d0 cc cc 3d 00 12 83 3a 00 12 83 3a 00 12 83 3a
+  00dc  .byte 00 12 83 3a 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  00ec  .byte 95 bf d6 33
 
 ; k14_update_nadam_12: Cranelift, 240 bytes
   0000  push      rbp
@@ -2167,11 +2132,10 @@
   00af  vmovups   [rcx+rsi*4],xmm0
   00b4  mov       rsi,rax
   00b7  jmp       7
-  00bc  add       [rax],al
-  00be  add       [rax],al
-  00c0  .byte d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d
-  00d0  .byte 00 12 83 3a 00 12 83 3a 00 12 83 3a 00 12 83 3a
-  00e0  .byte 95 bf d6 33 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  00bc  .byte 00 00 00 00 d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d
+  00cc  .byte d0 cc cc 3d 00 12 83 3a 00 12 83 3a 00 12 83 3a
+  00dc  .byte 00 12 83 3a 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  00ec  .byte 95 bf d6 33
 
 ; k15_head_probs_10: Cranelift, 1152 bytes
   0000  push      rbp
@@ -2351,908 +2315,1147 @@
   037e  vmovups   [rdx+rcx+0x20],xmm0
   0384  mov       r8,rax
   0387  jmp       0xE
-  038c  add       [rax],al
-  038e  add       [rax],al
-  0390  .byte 00 00 ae c2 00 00 ae c2 00 00 ae c2 00 00 ae c2
-  03a0  .byte 00 00 80 ff 00 00 80 ff 00 00 80 ff 00 00 80 ff
-  03b0  .byte ff ff ff ff ff ff ff ff 00 00 00 00 00 00 00 00
-  03c0  .byte 00 00 b0 42 00 00 b0 42 00 00 b0 42 00 00 b0 42
-  03d0  .byte 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f
-  03e0  .byte 00 00 40 4b 00 00 40 4b 00 00 40 4b 00 00 40 4b
-  03f0  .byte 7f 00 c0 b4 7f 00 c0 b4 7f 00 c0 b4 7f 00 c0 b4
-  0400  .byte 01 0d 50 39 01 0d 50 39 01 0d 50 39 01 0d 50 39
-  0410  .byte 83 80 5e 39 83 80 5e 39 83 80 5e 39 83 80 5e 39
-  0420  .byte 00 80 31 bf 00 80 31 bf 00 80 31 bf 00 80 31 bf
-  0430  .byte 61 0b b6 3a 61 0b b6 3a 61 0b b6 3a 61 0b b6 3a
-  0440  .byte 89 88 08 3c 89 88 08 3c 89 88 08 3c 89 88 08 3c
-  0450  .byte ab aa 2a 3d ab aa 2a 3d ab aa 2a 3d ab aa 2a 3d
-  0460  .byte ab aa 2a 3e ab aa 2a 3e ab aa 2a 3e ab aa 2a 3e
-  0470  .byte 00 00 00 3f 00 00 00 3f 00 00 00 3f 00 00 00 3f
+  038c  .byte 00 00 00 00 00 00 ae c2 00 00 ae c2 00 00 ae c2
+  039c  .byte 00 00 ae c2 00 00 80 ff 00 00 80 ff 00 00 80 ff
+  03ac  .byte 00 00 80 ff ff ff ff ff ff ff ff ff 00 00 00 00
+  03bc  .byte 00 00 00 00 00 00 b0 42 00 00 b0 42 00 00 b0 42
+  03cc  .byte 00 00 b0 42 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f
+  03dc  .byte 3b aa b8 3f 00 00 40 4b 00 00 40 4b 00 00 40 4b
+  03ec  .byte 00 00 40 4b 7f 00 c0 b4 7f 00 c0 b4 7f 00 c0 b4
+  03fc  .byte 7f 00 c0 b4 01 0d 50 39 01 0d 50 39 01 0d 50 39
+  040c  .byte 01 0d 50 39 83 80 5e 39 83 80 5e 39 83 80 5e 39
+  041c  .byte 83 80 5e 39 00 80 31 bf 00 80 31 bf 00 80 31 bf
+  042c  .byte 00 80 31 bf 61 0b b6 3a 61 0b b6 3a 61 0b b6 3a
+  043c  .byte 61 0b b6 3a 89 88 08 3c 89 88 08 3c 89 88 08 3c
+  044c  .byte 89 88 08 3c ab aa 2a 3d ab aa 2a 3d ab aa 2a 3d
+  045c  .byte ab aa 2a 3d ab aa 2a 3e ab aa 2a 3e ab aa 2a 3e
+  046c  .byte ab aa 2a 3e 00 00 00 3f 00 00 00 3f 00 00 00 3f
+  047c  .byte 00 00 00 3f
 
-; g0_gemm_avx2_n36: generated, GemmShape { n: 36, lda: 3088, a_k: 1, ldb: 36, ldc: 36, accumulate: false }, 761 bytes
+; g0_gemm_avx2_n36: generated, GemmShape { n: 36, lda: 3088, a_k: 1, ldb: 36, ldc: 36, accumulate: false, kc: 256 }, 1661 bytes
+  0000  vmovups   ymm15,[0x65D]
+  0008  push      rbx
+  0009  push      r12
+  000b  push      r13
+  000d  push      r14
+  000f  push      r15
+  0011  mov       r13,rdi
+  0014  mov       r14,rsi
+  0017  mov       r15,r8
+  001a  mov       rsi,r15
+  001d  mov       rax,0x100
+  0027  cmp       rsi,rax
+  002a  cmovg     rsi,rax
+  002e  mov       r9,r13
+  0031  mov       r10,rdx
+  0034  mov       r11,rcx
+  0037  cmp       r11,3
+  003b  jl        0x136
+  0041  vxorps    ymm0,ymm0,ymm0
+  0045  vxorps    ymm1,ymm1,ymm1
+  0049  vxorps    ymm2,ymm2,ymm2
+  004d  vxorps    ymm3,ymm3,ymm3
+  0051  vxorps    ymm4,ymm4,ymm4
+  0055  vxorps    ymm5,ymm5,ymm5
+  0059  vxorps    ymm6,ymm6,ymm6
+  005d  vxorps    ymm7,ymm7,ymm7
+  0061  vxorps    ymm8,ymm8,ymm8
+  0066  mov       rax,r9
+  0069  mov       rbx,r14
+  006c  mov       r12,rsi
+  006f  test      r12,r12
+  0072  jle       0xD8
+  0074  vmovups   ymm9,[rbx]
+  0078  vmovups   ymm10,[rbx+0x20]
+  007d  vmovups   ymm11,[rbx+0x40]
+  0082  vbroadcastss ymm12,[rax]
+  0087  vfmadd231ps ymm0,ymm9,ymm12
+  008c  vfmadd231ps ymm1,ymm10,ymm12
+  0091  vfmadd231ps ymm2,ymm11,ymm12
+  0096  vbroadcastss ymm12,[rax+0x3040]
+  009f  vfmadd231ps ymm3,ymm9,ymm12
+  00a4  vfmadd231ps ymm4,ymm10,ymm12
+  00a9  vfmadd231ps ymm5,ymm11,ymm12
+  00ae  vbroadcastss ymm12,[rax+0x6080]
+  00b7  vfmadd231ps ymm6,ymm9,ymm12
+  00bc  vfmadd231ps ymm7,ymm10,ymm12
+  00c1  vfmadd231ps ymm8,ymm11,ymm12
+  00c6  add       rax,4
+  00cc  add       rbx,0x90
+  00d3  dec       r12
+  00d6  jne       0x74
+  00d8  vmovups   [r10],ymm0
+  00dd  vmovups   [r10+0x20],ymm1
+  00e3  vmovups   [r10+0x40],ymm2
+  00e9  vmovups   [r10+0x90],ymm3
+  00f2  vmovups   [r10+0xB0],ymm4
+  00fb  vmovups   [r10+0xD0],ymm5
+  0104  vmovups   [r10+0x120],ymm6
+  010d  vmovups   [r10+0x140],ymm7
+  0116  vmovups   [r10+0x160],ymm8
+  011f  add       r9,0x90C0
+  0126  add       r10,0x1B0
+  012d  sub       r11,3
+  0131  jmp       0x37
+  0136  cmp       r11,1
+  013a  jl        0x1AF
+  013c  vxorps    ymm0,ymm0,ymm0
+  0140  vxorps    ymm1,ymm1,ymm1
+  0144  vxorps    ymm2,ymm2,ymm2
+  0148  mov       rax,r9
+  014b  mov       rbx,r14
+  014e  mov       r12,rsi
+  0151  test      r12,r12
+  0154  jle       0x18A
+  0156  vmovups   ymm9,[rbx]
+  015a  vmovups   ymm10,[rbx+0x20]
+  015f  vmovups   ymm11,[rbx+0x40]
+  0164  vbroadcastss ymm12,[rax]
+  0169  vfmadd231ps ymm0,ymm9,ymm12
+  016e  vfmadd231ps ymm1,ymm10,ymm12
+  0173  vfmadd231ps ymm2,ymm11,ymm12
+  0178  add       rax,4
+  017e  add       rbx,0x90
+  0185  dec       r12
+  0188  jne       0x156
+  018a  vmovups   [r10],ymm0
+  018f  vmovups   [r10+0x20],ymm1
+  0195  vmovups   [r10+0x40],ymm2
+  019b  add       r9,0x3040
+  01a2  add       r10,0x90
+  01a9  sub       r11,1
+  01ad  jmp       0x136
+  01af  mov       r9,r13
+  01b2  mov       r10,rdx
+  01b5  mov       r11,rcx
+  01b8  cmp       r11,3
+  01bc  jl        0x287
+  01c2  vxorps    ymm0,ymm0,ymm0
+  01c6  vxorps    ymm1,ymm1,ymm1
+  01ca  vxorps    ymm3,ymm3,ymm3
+  01ce  vxorps    ymm4,ymm4,ymm4
+  01d2  vxorps    ymm6,ymm6,ymm6
+  01d6  vxorps    ymm7,ymm7,ymm7
+  01da  mov       rax,r9
+  01dd  mov       rbx,r14
+  01e0  mov       r12,rsi
+  01e3  test      r12,r12
+  01e6  jle       0x23D
+  01e8  vmovups   ymm9,[rbx+0x60]
+  01ed  vmaskmovps ymm10,ymm15,[rbx+0x80]
+  01f6  vbroadcastss ymm12,[rax]
+  01fb  vfmadd231ps ymm0,ymm9,ymm12
+  0200  vfmadd231ps ymm1,ymm10,ymm12
+  0205  vbroadcastss ymm12,[rax+0x3040]
+  020e  vfmadd231ps ymm3,ymm9,ymm12
+  0213  vfmadd231ps ymm4,ymm10,ymm12
+  0218  vbroadcastss ymm12,[rax+0x6080]
+  0221  vfmadd231ps ymm6,ymm9,ymm12
+  0226  vfmadd231ps ymm7,ymm10,ymm12
+  022b  add       rax,4
+  0231  add       rbx,0x90
+  0238  dec       r12
+  023b  jne       0x1E8
+  023d  vmovups   [r10+0x60],ymm0
+  0243  vmaskmovps [r10+0x80],ymm15,ymm1
+  024c  vmovups   [r10+0xF0],ymm3
+  0255  vmaskmovps [r10+0x110],ymm15,ymm4
+  025e  vmovups   [r10+0x180],ymm6
+  0267  vmaskmovps [r10+0x1A0],ymm15,ymm7
+  0270  add       r9,0x90C0
+  0277  add       r10,0x1B0
+  027e  sub       r11,3
+  0282  jmp       0x1B8
+  0287  cmp       r11,1
+  028b  jl        0x2F5
+  028d  vxorps    ymm0,ymm0,ymm0
+  0291  vxorps    ymm1,ymm1,ymm1
+  0295  mov       rax,r9
+  0298  mov       rbx,r14
+  029b  mov       r12,rsi
+  029e  test      r12,r12
+  02a1  jle       0x2D2
+  02a3  vmovups   ymm9,[rbx+0x60]
+  02a8  vmaskmovps ymm10,ymm15,[rbx+0x80]
+  02b1  vbroadcastss ymm12,[rax]
+  02b6  vfmadd231ps ymm0,ymm9,ymm12
+  02bb  vfmadd231ps ymm1,ymm10,ymm12
+  02c0  add       rax,4
+  02c6  add       rbx,0x90
+  02cd  dec       r12
+  02d0  jne       0x2A3
+  02d2  vmovups   [r10+0x60],ymm0
+  02d8  vmaskmovps [r10+0x80],ymm15,ymm1
+  02e1  add       r9,0x3040
+  02e8  add       r10,0x90
+  02ef  sub       r11,1
+  02f3  jmp       0x287
+  02f5  add       r13,0x400
+  02fc  add       r14,0x9000
+  0303  sub       r15,0x100
+  030a  jg        0x311
+  030c  jmp       0x650
+  0311  mov       rsi,r15
+  0314  mov       rax,0x100
+  031e  cmp       rsi,rax
+  0321  cmovg     rsi,rax
+  0325  mov       r9,r13
+  0328  mov       r10,rdx
+  032b  mov       r11,rcx
+  032e  cmp       r11,3
+  0332  jl        0x44F
+  0338  vmovups   ymm0,[r10]
+  033d  vmovups   ymm1,[r10+0x20]
+  0343  vmovups   ymm2,[r10+0x40]
+  0349  vmovups   ymm3,[r10+0x90]
+  0352  vmovups   ymm4,[r10+0xB0]
+  035b  vmovups   ymm5,[r10+0xD0]
+  0364  vmovups   ymm6,[r10+0x120]
+  036d  vmovups   ymm7,[r10+0x140]
+  0376  vmovups   ymm8,[r10+0x160]
+  037f  mov       rax,r9
+  0382  mov       rbx,r14
+  0385  mov       r12,rsi
+  0388  test      r12,r12
+  038b  jle       0x3F1
+  038d  vmovups   ymm9,[rbx]
+  0391  vmovups   ymm10,[rbx+0x20]
+  0396  vmovups   ymm11,[rbx+0x40]
+  039b  vbroadcastss ymm12,[rax]
+  03a0  vfmadd231ps ymm0,ymm9,ymm12
+  03a5  vfmadd231ps ymm1,ymm10,ymm12
+  03aa  vfmadd231ps ymm2,ymm11,ymm12
+  03af  vbroadcastss ymm12,[rax+0x3040]
+  03b8  vfmadd231ps ymm3,ymm9,ymm12
+  03bd  vfmadd231ps ymm4,ymm10,ymm12
+  03c2  vfmadd231ps ymm5,ymm11,ymm12
+  03c7  vbroadcastss ymm12,[rax+0x6080]
+  03d0  vfmadd231ps ymm6,ymm9,ymm12
+  03d5  vfmadd231ps ymm7,ymm10,ymm12
+  03da  vfmadd231ps ymm8,ymm11,ymm12
+  03df  add       rax,4
+  03e5  add       rbx,0x90
+  03ec  dec       r12
+  03ef  jne       0x38D
+  03f1  vmovups   [r10],ymm0
+  03f6  vmovups   [r10+0x20],ymm1
+  03fc  vmovups   [r10+0x40],ymm2
+  0402  vmovups   [r10+0x90],ymm3
+  040b  vmovups   [r10+0xB0],ymm4
+  0414  vmovups   [r10+0xD0],ymm5
+  041d  vmovups   [r10+0x120],ymm6
+  0426  vmovups   [r10+0x140],ymm7
+  042f  vmovups   [r10+0x160],ymm8
+  0438  add       r9,0x90C0
+  043f  add       r10,0x1B0
+  0446  sub       r11,3
+  044a  jmp       0x32E
+  044f  cmp       r11,1
+  0453  jl        0x4CD
+  0455  vmovups   ymm0,[r10]
+  045a  vmovups   ymm1,[r10+0x20]
+  0460  vmovups   ymm2,[r10+0x40]
+  0466  mov       rax,r9
+  0469  mov       rbx,r14
+  046c  mov       r12,rsi
+  046f  test      r12,r12
+  0472  jle       0x4A8
+  0474  vmovups   ymm9,[rbx]
+  0478  vmovups   ymm10,[rbx+0x20]
+  047d  vmovups   ymm11,[rbx+0x40]
+  0482  vbroadcastss ymm12,[rax]
+  0487  vfmadd231ps ymm0,ymm9,ymm12
+  048c  vfmadd231ps ymm1,ymm10,ymm12
+  0491  vfmadd231ps ymm2,ymm11,ymm12
+  0496  add       rax,4
+  049c  add       rbx,0x90
+  04a3  dec       r12
+  04a6  jne       0x474
+  04a8  vmovups   [r10],ymm0
+  04ad  vmovups   [r10+0x20],ymm1
+  04b3  vmovups   [r10+0x40],ymm2
+  04b9  add       r9,0x3040
+  04c0  add       r10,0x90
+  04c7  sub       r11,1
+  04cb  jmp       0x44F
+  04cd  mov       r9,r13
+  04d0  mov       r10,rdx
+  04d3  mov       r11,rcx
+  04d6  cmp       r11,3
+  04da  jl        0x5C0
+  04e0  vmovups   ymm0,[r10+0x60]
+  04e6  vmaskmovps ymm1,ymm15,[r10+0x80]
+  04ef  vmovups   ymm3,[r10+0xF0]
+  04f8  vmaskmovps ymm4,ymm15,[r10+0x110]
+  0501  vmovups   ymm6,[r10+0x180]
+  050a  vmaskmovps ymm7,ymm15,[r10+0x1A0]
+  0513  mov       rax,r9
+  0516  mov       rbx,r14
+  0519  mov       r12,rsi
+  051c  test      r12,r12
+  051f  jle       0x576
+  0521  vmovups   ymm9,[rbx+0x60]
+  0526  vmaskmovps ymm10,ymm15,[rbx+0x80]
+  052f  vbroadcastss ymm12,[rax]
+  0534  vfmadd231ps ymm0,ymm9,ymm12
+  0539  vfmadd231ps ymm1,ymm10,ymm12
+  053e  vbroadcastss ymm12,[rax+0x3040]
+  0547  vfmadd231ps ymm3,ymm9,ymm12
+  054c  vfmadd231ps ymm4,ymm10,ymm12
+  0551  vbroadcastss ymm12,[rax+0x6080]
+  055a  vfmadd231ps ymm6,ymm9,ymm12
+  055f  vfmadd231ps ymm7,ymm10,ymm12
+  0564  add       rax,4
+  056a  add       rbx,0x90
+  0571  dec       r12
+  0574  jne       0x521
+  0576  vmovups   [r10+0x60],ymm0
+  057c  vmaskmovps [r10+0x80],ymm15,ymm1
+  0585  vmovups   [r10+0xF0],ymm3
+  058e  vmaskmovps [r10+0x110],ymm15,ymm4
+  0597  vmovups   [r10+0x180],ymm6
+  05a0  vmaskmovps [r10+0x1A0],ymm15,ymm7
+  05a9  add       r9,0x90C0
+  05b0  add       r10,0x1B0
+  05b7  sub       r11,3
+  05bb  jmp       0x4D6
+  05c0  cmp       r11,1
+  05c4  jl        0x635
+  05c6  vmovups   ymm0,[r10+0x60]
+  05cc  vmaskmovps ymm1,ymm15,[r10+0x80]
+  05d5  mov       rax,r9
+  05d8  mov       rbx,r14
+  05db  mov       r12,rsi
+  05de  test      r12,r12
+  05e1  jle       0x612
+  05e3  vmovups   ymm9,[rbx+0x60]
+  05e8  vmaskmovps ymm10,ymm15,[rbx+0x80]
+  05f1  vbroadcastss ymm12,[rax]
+  05f6  vfmadd231ps ymm0,ymm9,ymm12
+  05fb  vfmadd231ps ymm1,ymm10,ymm12
+  0600  add       rax,4
+  0606  add       rbx,0x90
+  060d  dec       r12
+  0610  jne       0x5E3
+  0612  vmovups   [r10+0x60],ymm0
+  0618  vmaskmovps [r10+0x80],ymm15,ymm1
+  0621  add       r9,0x3040
+  0628  add       r10,0x90
+  062f  sub       r11,1
+  0633  jmp       0x5C0
+  0635  add       r13,0x400
+  063c  add       r14,0x9000
+  0643  sub       r15,0x100
+  064a  jg        0x311
+  0650  pop       r15
+  0652  pop       r14
+  0654  pop       r13
+  0656  pop       r12
+  0658  pop       rbx
+  0659  vzeroupper
+  065c  ret
+  065d  .byte ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff
+  066d  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+
+; g1_gemm_avx2_n20: generated, GemmShape { n: 20, lda: 36, a_k: 1, ldb: 20, ldc: 20, accumulate: false, kc: 0 }, 446 bytes
+  0000  vmovups   ymm15,[0x19E]
+  0008  push      rbx
+  0009  push      r12
+  000b  push      r13
+  000d  push      r14
+  000f  push      r15
+  0011  mov       r13,rdi
+  0014  mov       r14,rsi
+  0017  mov       r15,r8
+  001a  mov       rsi,r15
+  001d  mov       r9,r13
+  0020  mov       r10,rdx
+  0023  mov       r11,rcx
+  0026  cmp       r11,3
+  002a  jl        0x11D
+  0030  vxorps    ymm0,ymm0,ymm0
+  0034  vxorps    ymm1,ymm1,ymm1
+  0038  vxorps    ymm2,ymm2,ymm2
+  003c  vxorps    ymm3,ymm3,ymm3
+  0040  vxorps    ymm4,ymm4,ymm4
+  0044  vxorps    ymm5,ymm5,ymm5
+  0048  vxorps    ymm6,ymm6,ymm6
+  004c  vxorps    ymm7,ymm7,ymm7
+  0050  vxorps    ymm8,ymm8,ymm8
+  0055  mov       rax,r9
+  0058  mov       rbx,r14
+  005b  mov       r12,rsi
+  005e  test      r12,r12
+  0061  jle       0xC5
+  0063  vmovups   ymm9,[rbx]
+  0067  vmovups   ymm10,[rbx+0x20]
+  006c  vmaskmovps ymm11,ymm15,[rbx+0x40]
+  0072  vbroadcastss ymm12,[rax]
+  0077  vfmadd231ps ymm0,ymm9,ymm12
+  007c  vfmadd231ps ymm1,ymm10,ymm12
+  0081  vfmadd231ps ymm2,ymm11,ymm12
+  0086  vbroadcastss ymm12,[rax+0x90]
+  008f  vfmadd231ps ymm3,ymm9,ymm12
+  0094  vfmadd231ps ymm4,ymm10,ymm12
+  0099  vfmadd231ps ymm5,ymm11,ymm12
+  009e  vbroadcastss ymm12,[rax+0x120]
+  00a7  vfmadd231ps ymm6,ymm9,ymm12
+  00ac  vfmadd231ps ymm7,ymm10,ymm12
+  00b1  vfmadd231ps ymm8,ymm11,ymm12
+  00b6  add       rax,4
+  00bc  add       rbx,0x50
+  00c0  dec       r12
+  00c3  jne       0x63
+  00c5  vmovups   [r10],ymm0
+  00ca  vmovups   [r10+0x20],ymm1
+  00d0  vmaskmovps [r10+0x40],ymm15,ymm2
+  00d6  vmovups   [r10+0x50],ymm3
+  00dc  vmovups   [r10+0x70],ymm4
+  00e2  vmaskmovps [r10+0x90],ymm15,ymm5
+  00eb  vmovups   [r10+0xA0],ymm6
+  00f4  vmovups   [r10+0xC0],ymm7
+  00fd  vmaskmovps [r10+0xE0],ymm15,ymm8
+  0106  add       r9,0x1B0
+  010d  add       r10,0xF0
+  0114  sub       r11,3
+  0118  jmp       0x26
+  011d  cmp       r11,1
+  0121  jl        0x191
+  0123  vxorps    ymm0,ymm0,ymm0
+  0127  vxorps    ymm1,ymm1,ymm1
+  012b  vxorps    ymm2,ymm2,ymm2
+  012f  mov       rax,r9
+  0132  mov       rbx,r14
+  0135  mov       r12,rsi
+  0138  test      r12,r12
+  013b  jle       0x16F
+  013d  vmovups   ymm9,[rbx]
+  0141  vmovups   ymm10,[rbx+0x20]
+  0146  vmaskmovps ymm11,ymm15,[rbx+0x40]
+  014c  vbroadcastss ymm12,[rax]
+  0151  vfmadd231ps ymm0,ymm9,ymm12
+  0156  vfmadd231ps ymm1,ymm10,ymm12
+  015b  vfmadd231ps ymm2,ymm11,ymm12
+  0160  add       rax,4
+  0166  add       rbx,0x50
+  016a  dec       r12
+  016d  jne       0x13D
+  016f  vmovups   [r10],ymm0
+  0174  vmovups   [r10+0x20],ymm1
+  017a  vmaskmovps [r10+0x40],ymm15,ymm2
+  0180  add       r9,0x90
+  0187  add       r10,0x50
+  018b  sub       r11,1
+  018f  jmp       0x11D
+  0191  pop       r15
+  0193  pop       r14
+  0195  pop       r13
+  0197  pop       r12
+  0199  pop       rbx
+  019a  vzeroupper
+  019d  ret
+  019e  .byte ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff
+  01ae  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+
+; g2_gemm_avx2_n12: generated, GemmShape { n: 12, lda: 20, a_k: 1, ldb: 12, ldc: 12, accumulate: false, kc: 0 }, 360 bytes
+  0000  vmovups   ymm15,[0x148]
+  0008  push      rbx
+  0009  push      r12
+  000b  push      r13
+  000d  push      r14
+  000f  push      r15
+  0011  mov       r13,rdi
+  0014  mov       r14,rsi
+  0017  mov       r15,r8
+  001a  mov       rsi,r15
+  001d  mov       r9,r13
+  0020  mov       r10,rdx
+  0023  mov       r11,rcx
+  0026  cmp       r11,3
+  002a  jl        0xDE
+  0030  vxorps    ymm0,ymm0,ymm0
+  0034  vxorps    ymm1,ymm1,ymm1
+  0038  vxorps    ymm3,ymm3,ymm3
+  003c  vxorps    ymm4,ymm4,ymm4
+  0040  vxorps    ymm6,ymm6,ymm6
+  0044  vxorps    ymm7,ymm7,ymm7
+  0048  mov       rax,r9
+  004b  mov       rbx,r14
+  004e  mov       r12,rsi
+  0051  test      r12,r12
+  0054  jle       0xA1
+  0056  vmovups   ymm9,[rbx]
+  005a  vmaskmovps ymm10,ymm15,[rbx+0x20]
+  0060  vbroadcastss ymm12,[rax]
+  0065  vfmadd231ps ymm0,ymm9,ymm12
+  006a  vfmadd231ps ymm1,ymm10,ymm12
+  006f  vbroadcastss ymm12,[rax+0x50]
+  0075  vfmadd231ps ymm3,ymm9,ymm12
+  007a  vfmadd231ps ymm4,ymm10,ymm12
+  007f  vbroadcastss ymm12,[rax+0xA0]
+  0088  vfmadd231ps ymm6,ymm9,ymm12
+  008d  vfmadd231ps ymm7,ymm10,ymm12
+  0092  add       rax,4
+  0098  add       rbx,0x30
+  009c  dec       r12
+  009f  jne       0x56
+  00a1  vmovups   [r10],ymm0
+  00a6  vmaskmovps [r10+0x20],ymm15,ymm1
+  00ac  vmovups   [r10+0x30],ymm3
+  00b2  vmaskmovps [r10+0x50],ymm15,ymm4
+  00b8  vmovups   [r10+0x60],ymm6
+  00be  vmaskmovps [r10+0x80],ymm15,ymm7
+  00c7  add       r9,0xF0
+  00ce  add       r10,0x90
+  00d5  sub       r11,3
+  00d9  jmp       0x26
+  00de  cmp       r11,1
+  00e2  jl        0x13B
+  00e4  vxorps    ymm0,ymm0,ymm0
+  00e8  vxorps    ymm1,ymm1,ymm1
+  00ec  mov       rax,r9
+  00ef  mov       rbx,r14
+  00f2  mov       r12,rsi
+  00f5  test      r12,r12
+  00f8  jle       0x122
+  00fa  vmovups   ymm9,[rbx]
+  00fe  vmaskmovps ymm10,ymm15,[rbx+0x20]
+  0104  vbroadcastss ymm12,[rax]
+  0109  vfmadd231ps ymm0,ymm9,ymm12
+  010e  vfmadd231ps ymm1,ymm10,ymm12
+  0113  add       rax,4
+  0119  add       rbx,0x30
+  011d  dec       r12
+  0120  jne       0xFA
+  0122  vmovups   [r10],ymm0
+  0127  vmaskmovps [r10+0x20],ymm15,ymm1
+  012d  add       r9,0x50
+  0131  add       r10,0x30
+  0135  sub       r11,1
+  0139  jmp       0xDE
+  013b  pop       r15
+  013d  pop       r14
+  013f  pop       r13
+  0141  pop       r12
+  0143  pop       rbx
+  0144  vzeroupper
+  0147  ret
+  0148  .byte ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff
+  0158  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+
+; g3_gemm_avx2_n20: generated, GemmShape { n: 20, lda: 12, a_k: 1, ldb: 20, ldc: 20, accumulate: false, kc: 0 }, 437 bytes
+  0000  vmovups   ymm15,[0x195]
+  0008  push      rbx
+  0009  push      r12
+  000b  push      r13
+  000d  push      r14
+  000f  push      r15
+  0011  mov       r13,rdi
+  0014  mov       r14,rsi
+  0017  mov       r15,r8
+  001a  mov       rsi,r15
+  001d  mov       r9,r13
+  0020  mov       r10,rdx
+  0023  mov       r11,rcx
+  0026  cmp       r11,3
+  002a  jl        0x117
+  0030  vxorps    ymm0,ymm0,ymm0
+  0034  vxorps    ymm1,ymm1,ymm1
+  0038  vxorps    ymm2,ymm2,ymm2
+  003c  vxorps    ymm3,ymm3,ymm3
+  0040  vxorps    ymm4,ymm4,ymm4
+  0044  vxorps    ymm5,ymm5,ymm5
+  0048  vxorps    ymm6,ymm6,ymm6
+  004c  vxorps    ymm7,ymm7,ymm7
+  0050  vxorps    ymm8,ymm8,ymm8
+  0055  mov       rax,r9
+  0058  mov       rbx,r14
+  005b  mov       r12,rsi
+  005e  test      r12,r12
+  0061  jle       0xBF
+  0063  vmovups   ymm9,[rbx]
+  0067  vmovups   ymm10,[rbx+0x20]
+  006c  vmaskmovps ymm11,ymm15,[rbx+0x40]
+  0072  vbroadcastss ymm12,[rax]
+  0077  vfmadd231ps ymm0,ymm9,ymm12
+  007c  vfmadd231ps ymm1,ymm10,ymm12
+  0081  vfmadd231ps ymm2,ymm11,ymm12
+  0086  vbroadcastss ymm12,[rax+0x30]
+  008c  vfmadd231ps ymm3,ymm9,ymm12
+  0091  vfmadd231ps ymm4,ymm10,ymm12
+  0096  vfmadd231ps ymm5,ymm11,ymm12
+  009b  vbroadcastss ymm12,[rax+0x60]
+  00a1  vfmadd231ps ymm6,ymm9,ymm12
+  00a6  vfmadd231ps ymm7,ymm10,ymm12
+  00ab  vfmadd231ps ymm8,ymm11,ymm12
+  00b0  add       rax,4
+  00b6  add       rbx,0x50
+  00ba  dec       r12
+  00bd  jne       0x63
+  00bf  vmovups   [r10],ymm0
+  00c4  vmovups   [r10+0x20],ymm1
+  00ca  vmaskmovps [r10+0x40],ymm15,ymm2
+  00d0  vmovups   [r10+0x50],ymm3
+  00d6  vmovups   [r10+0x70],ymm4
+  00dc  vmaskmovps [r10+0x90],ymm15,ymm5
+  00e5  vmovups   [r10+0xA0],ymm6
+  00ee  vmovups   [r10+0xC0],ymm7
+  00f7  vmaskmovps [r10+0xE0],ymm15,ymm8
+  0100  add       r9,0x90
+  0107  add       r10,0xF0
+  010e  sub       r11,3
+  0112  jmp       0x26
+  0117  cmp       r11,1
+  011b  jl        0x188
+  011d  vxorps    ymm0,ymm0,ymm0
+  0121  vxorps    ymm1,ymm1,ymm1
+  0125  vxorps    ymm2,ymm2,ymm2
+  0129  mov       rax,r9
+  012c  mov       rbx,r14
+  012f  mov       r12,rsi
+  0132  test      r12,r12
+  0135  jle       0x169
+  0137  vmovups   ymm9,[rbx]
+  013b  vmovups   ymm10,[rbx+0x20]
+  0140  vmaskmovps ymm11,ymm15,[rbx+0x40]
+  0146  vbroadcastss ymm12,[rax]
+  014b  vfmadd231ps ymm0,ymm9,ymm12
+  0150  vfmadd231ps ymm1,ymm10,ymm12
+  0155  vfmadd231ps ymm2,ymm11,ymm12
+  015a  add       rax,4
+  0160  add       rbx,0x50
+  0164  dec       r12
+  0167  jne       0x137
+  0169  vmovups   [r10],ymm0
+  016e  vmovups   [r10+0x20],ymm1
+  0174  vmaskmovps [r10+0x40],ymm15,ymm2
+  017a  add       r9,0x30
+  017e  add       r10,0x50
+  0182  sub       r11,1
+  0186  jmp       0x117
+  0188  pop       r15
+  018a  pop       r14
+  018c  pop       r13
+  018e  pop       r12
+  0190  pop       rbx
+  0191  vzeroupper
+  0194  ret
+  0195  .byte ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff
+  01a5  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+
+; g4_gemm_avx2_n12: generated, GemmShape { n: 12, lda: 1, a_k: 20, ldb: 12, ldc: 12, accumulate: false, kc: 0 }, 354 bytes
+  0000  vmovups   ymm15,[0x142]
+  0008  push      rbx
+  0009  push      r12
+  000b  push      r13
+  000d  push      r14
+  000f  push      r15
+  0011  mov       r13,rdi
+  0014  mov       r14,rsi
+  0017  mov       r15,r8
+  001a  mov       rsi,r15
+  001d  mov       r9,r13
+  0020  mov       r10,rdx
+  0023  mov       r11,rcx
+  0026  cmp       r11,3
+  002a  jl        0xD8
+  0030  vxorps    ymm0,ymm0,ymm0
+  0034  vxorps    ymm1,ymm1,ymm1
+  0038  vxorps    ymm3,ymm3,ymm3
+  003c  vxorps    ymm4,ymm4,ymm4
+  0040  vxorps    ymm6,ymm6,ymm6
+  0044  vxorps    ymm7,ymm7,ymm7
+  0048  mov       rax,r9
+  004b  mov       rbx,r14
+  004e  mov       r12,rsi
+  0051  test      r12,r12
+  0054  jle       0x9E
+  0056  vmovups   ymm9,[rbx]
+  005a  vmaskmovps ymm10,ymm15,[rbx+0x20]
+  0060  vbroadcastss ymm12,[rax]
+  0065  vfmadd231ps ymm0,ymm9,ymm12
+  006a  vfmadd231ps ymm1,ymm10,ymm12
+  006f  vbroadcastss ymm12,[rax+4]
+  0075  vfmadd231ps ymm3,ymm9,ymm12
+  007a  vfmadd231ps ymm4,ymm10,ymm12
+  007f  vbroadcastss ymm12,[rax+8]
+  0085  vfmadd231ps ymm6,ymm9,ymm12
+  008a  vfmadd231ps ymm7,ymm10,ymm12
+  008f  add       rax,0x50
+  0095  add       rbx,0x30
+  0099  dec       r12
+  009c  jne       0x56
+  009e  vmovups   [r10],ymm0
+  00a3  vmaskmovps [r10+0x20],ymm15,ymm1
+  00a9  vmovups   [r10+0x30],ymm3
+  00af  vmaskmovps [r10+0x50],ymm15,ymm4
+  00b5  vmovups   [r10+0x60],ymm6
+  00bb  vmaskmovps [r10+0x80],ymm15,ymm7
+  00c4  add       r9,0xC
+  00c8  add       r10,0x90
+  00cf  sub       r11,3
+  00d3  jmp       0x26
+  00d8  cmp       r11,1
+  00dc  jl        0x135
+  00de  vxorps    ymm0,ymm0,ymm0
+  00e2  vxorps    ymm1,ymm1,ymm1
+  00e6  mov       rax,r9
+  00e9  mov       rbx,r14
+  00ec  mov       r12,rsi
+  00ef  test      r12,r12
+  00f2  jle       0x11C
+  00f4  vmovups   ymm9,[rbx]
+  00f8  vmaskmovps ymm10,ymm15,[rbx+0x20]
+  00fe  vbroadcastss ymm12,[rax]
+  0103  vfmadd231ps ymm0,ymm9,ymm12
+  0108  vfmadd231ps ymm1,ymm10,ymm12
+  010d  add       rax,0x50
+  0113  add       rbx,0x30
+  0117  dec       r12
+  011a  jne       0xF4
+  011c  vmovups   [r10],ymm0
+  0121  vmaskmovps [r10+0x20],ymm15,ymm1
+  0127  add       r9,4
+  012b  add       r10,0x30
+  012f  sub       r11,1
+  0133  jmp       0xD8
+  0135  pop       r15
+  0137  pop       r14
+  0139  pop       r13
+  013b  pop       r12
+  013d  pop       rbx
+  013e  vzeroupper
+  0141  ret
+  0142  .byte ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff
+  0152  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+
+; g5_gemm_avx2_n36: generated, GemmShape { n: 36, lda: 20, a_k: 1, ldb: 36, ldc: 36, accumulate: false, kc: 0 }, 773 bytes
+  0000  vmovups   ymm15,[0x2E5]
+  0008  push      rbx
+  0009  push      r12
+  000b  push      r13
+  000d  push      r14
+  000f  push      r15
+  0011  mov       r13,rdi
+  0014  mov       r14,rsi
+  0017  mov       r15,r8
+  001a  mov       rsi,r15
+  001d  mov       r9,r13
+  0020  mov       r10,rdx
+  0023  mov       r11,rcx
+  0026  cmp       r11,3
+  002a  jl        0x122
+  0030  vxorps    ymm0,ymm0,ymm0
+  0034  vxorps    ymm1,ymm1,ymm1
+  0038  vxorps    ymm2,ymm2,ymm2
+  003c  vxorps    ymm3,ymm3,ymm3
+  0040  vxorps    ymm4,ymm4,ymm4
+  0044  vxorps    ymm5,ymm5,ymm5
+  0048  vxorps    ymm6,ymm6,ymm6
+  004c  vxorps    ymm7,ymm7,ymm7
+  0050  vxorps    ymm8,ymm8,ymm8
+  0055  mov       rax,r9
+  0058  mov       rbx,r14
+  005b  mov       r12,rsi
+  005e  test      r12,r12
+  0061  jle       0xC4
+  0063  vmovups   ymm9,[rbx]
+  0067  vmovups   ymm10,[rbx+0x20]
+  006c  vmovups   ymm11,[rbx+0x40]
+  0071  vbroadcastss ymm12,[rax]
+  0076  vfmadd231ps ymm0,ymm9,ymm12
+  007b  vfmadd231ps ymm1,ymm10,ymm12
+  0080  vfmadd231ps ymm2,ymm11,ymm12
+  0085  vbroadcastss ymm12,[rax+0x50]
+  008b  vfmadd231ps ymm3,ymm9,ymm12
+  0090  vfmadd231ps ymm4,ymm10,ymm12
+  0095  vfmadd231ps ymm5,ymm11,ymm12
+  009a  vbroadcastss ymm12,[rax+0xA0]
+  00a3  vfmadd231ps ymm6,ymm9,ymm12
+  00a8  vfmadd231ps ymm7,ymm10,ymm12
+  00ad  vfmadd231ps ymm8,ymm11,ymm12
+  00b2  add       rax,4
+  00b8  add       rbx,0x90
+  00bf  dec       r12
+  00c2  jne       0x63
+  00c4  vmovups   [r10],ymm0
+  00c9  vmovups   [r10+0x20],ymm1
+  00cf  vmovups   [r10+0x40],ymm2
+  00d5  vmovups   [r10+0x90],ymm3
+  00de  vmovups   [r10+0xB0],ymm4
+  00e7  vmovups   [r10+0xD0],ymm5
+  00f0  vmovups   [r10+0x120],ymm6
+  00f9  vmovups   [r10+0x140],ymm7
+  0102  vmovups   [r10+0x160],ymm8
+  010b  add       r9,0xF0
+  0112  add       r10,0x1B0
+  0119  sub       r11,3
+  011d  jmp       0x26
+  0122  cmp       r11,1
+  0126  jl        0x198
+  0128  vxorps    ymm0,ymm0,ymm0
+  012c  vxorps    ymm1,ymm1,ymm1
+  0130  vxorps    ymm2,ymm2,ymm2
+  0134  mov       rax,r9
+  0137  mov       rbx,r14
+  013a  mov       r12,rsi
+  013d  test      r12,r12
+  0140  jle       0x176
+  0142  vmovups   ymm9,[rbx]
+  0146  vmovups   ymm10,[rbx+0x20]
+  014b  vmovups   ymm11,[rbx+0x40]
+  0150  vbroadcastss ymm12,[rax]
+  0155  vfmadd231ps ymm0,ymm9,ymm12
+  015a  vfmadd231ps ymm1,ymm10,ymm12
+  015f  vfmadd231ps ymm2,ymm11,ymm12
+  0164  add       rax,4
+  016a  add       rbx,0x90
+  0171  dec       r12
+  0174  jne       0x142
+  0176  vmovups   [r10],ymm0
+  017b  vmovups   [r10+0x20],ymm1
+  0181  vmovups   [r10+0x40],ymm2
+  0187  add       r9,0x50
+  018b  add       r10,0x90
+  0192  sub       r11,1
+  0196  jmp       0x122
+  0198  mov       r9,r13
+  019b  mov       r10,rdx
+  019e  mov       r11,rcx
+  01a1  cmp       r11,3
+  01a5  jl        0x26D
+  01ab  vxorps    ymm0,ymm0,ymm0
+  01af  vxorps    ymm1,ymm1,ymm1
+  01b3  vxorps    ymm3,ymm3,ymm3
+  01b7  vxorps    ymm4,ymm4,ymm4
+  01bb  vxorps    ymm6,ymm6,ymm6
+  01bf  vxorps    ymm7,ymm7,ymm7
+  01c3  mov       rax,r9
+  01c6  mov       rbx,r14
+  01c9  mov       r12,rsi
+  01cc  test      r12,r12
+  01cf  jle       0x223
+  01d1  vmovups   ymm9,[rbx+0x60]
+  01d6  vmaskmovps ymm10,ymm15,[rbx+0x80]
+  01df  vbroadcastss ymm12,[rax]
+  01e4  vfmadd231ps ymm0,ymm9,ymm12
+  01e9  vfmadd231ps ymm1,ymm10,ymm12
+  01ee  vbroadcastss ymm12,[rax+0x50]
+  01f4  vfmadd231ps ymm3,ymm9,ymm12
+  01f9  vfmadd231ps ymm4,ymm10,ymm12
+  01fe  vbroadcastss ymm12,[rax+0xA0]
+  0207  vfmadd231ps ymm6,ymm9,ymm12
+  020c  vfmadd231ps ymm7,ymm10,ymm12
+  0211  add       rax,4
+  0217  add       rbx,0x90
+  021e  dec       r12
+  0221  jne       0x1D1
+  0223  vmovups   [r10+0x60],ymm0
+  0229  vmaskmovps [r10+0x80],ymm15,ymm1
+  0232  vmovups   [r10+0xF0],ymm3
+  023b  vmaskmovps [r10+0x110],ymm15,ymm4
+  0244  vmovups   [r10+0x180],ymm6
+  024d  vmaskmovps [r10+0x1A0],ymm15,ymm7
+  0256  add       r9,0xF0
+  025d  add       r10,0x1B0
+  0264  sub       r11,3
+  0268  jmp       0x1A1
+  026d  cmp       r11,1
+  0271  jl        0x2D8
+  0273  vxorps    ymm0,ymm0,ymm0
+  0277  vxorps    ymm1,ymm1,ymm1
+  027b  mov       rax,r9
+  027e  mov       rbx,r14
+  0281  mov       r12,rsi
+  0284  test      r12,r12
+  0287  jle       0x2B8
+  0289  vmovups   ymm9,[rbx+0x60]
+  028e  vmaskmovps ymm10,ymm15,[rbx+0x80]
+  0297  vbroadcastss ymm12,[rax]
+  029c  vfmadd231ps ymm0,ymm9,ymm12
+  02a1  vfmadd231ps ymm1,ymm10,ymm12
+  02a6  add       rax,4
+  02ac  add       rbx,0x90
+  02b3  dec       r12
+  02b6  jne       0x289
+  02b8  vmovups   [r10+0x60],ymm0
+  02be  vmaskmovps [r10+0x80],ymm15,ymm1
+  02c7  add       r9,0x50
+  02cb  add       r10,0x90
+  02d2  sub       r11,1
+  02d6  jmp       0x26D
+  02d8  pop       r15
+  02da  pop       r14
+  02dc  pop       r13
+  02de  pop       r12
+  02e0  pop       rbx
+  02e1  vzeroupper
+  02e4  ret
+  02e5  .byte ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff
+  02f5  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+
+; g6_gemm_avx2_n20: generated, GemmShape { n: 20, lda: 1, a_k: 36, ldb: 20, ldc: 20, accumulate: false, kc: 0 }, 434 bytes
+  0000  vmovups   ymm15,[0x192]
+  0008  push      rbx
+  0009  push      r12
+  000b  push      r13
+  000d  push      r14
+  000f  push      r15
+  0011  mov       r13,rdi
+  0014  mov       r14,rsi
+  0017  mov       r15,r8
+  001a  mov       rsi,r15
+  001d  mov       r9,r13
+  0020  mov       r10,rdx
+  0023  mov       r11,rcx
+  0026  cmp       r11,3
+  002a  jl        0x114
+  0030  vxorps    ymm0,ymm0,ymm0
+  0034  vxorps    ymm1,ymm1,ymm1
+  0038  vxorps    ymm2,ymm2,ymm2
+  003c  vxorps    ymm3,ymm3,ymm3
+  0040  vxorps    ymm4,ymm4,ymm4
+  0044  vxorps    ymm5,ymm5,ymm5
+  0048  vxorps    ymm6,ymm6,ymm6
+  004c  vxorps    ymm7,ymm7,ymm7
+  0050  vxorps    ymm8,ymm8,ymm8
+  0055  mov       rax,r9
+  0058  mov       rbx,r14
+  005b  mov       r12,rsi
+  005e  test      r12,r12
+  0061  jle       0xBF
+  0063  vmovups   ymm9,[rbx]
+  0067  vmovups   ymm10,[rbx+0x20]
+  006c  vmaskmovps ymm11,ymm15,[rbx+0x40]
+  0072  vbroadcastss ymm12,[rax]
+  0077  vfmadd231ps ymm0,ymm9,ymm12
+  007c  vfmadd231ps ymm1,ymm10,ymm12
+  0081  vfmadd231ps ymm2,ymm11,ymm12
+  0086  vbroadcastss ymm12,[rax+4]
+  008c  vfmadd231ps ymm3,ymm9,ymm12
+  0091  vfmadd231ps ymm4,ymm10,ymm12
+  0096  vfmadd231ps ymm5,ymm11,ymm12
+  009b  vbroadcastss ymm12,[rax+8]
+  00a1  vfmadd231ps ymm6,ymm9,ymm12
+  00a6  vfmadd231ps ymm7,ymm10,ymm12
+  00ab  vfmadd231ps ymm8,ymm11,ymm12
+  00b0  add       rax,0x90
+  00b6  add       rbx,0x50
+  00ba  dec       r12
+  00bd  jne       0x63
+  00bf  vmovups   [r10],ymm0
+  00c4  vmovups   [r10+0x20],ymm1
+  00ca  vmaskmovps [r10+0x40],ymm15,ymm2
+  00d0  vmovups   [r10+0x50],ymm3
+  00d6  vmovups   [r10+0x70],ymm4
+  00dc  vmaskmovps [r10+0x90],ymm15,ymm5
+  00e5  vmovups   [r10+0xA0],ymm6
+  00ee  vmovups   [r10+0xC0],ymm7
+  00f7  vmaskmovps [r10+0xE0],ymm15,ymm8
+  0100  add       r9,0xC
+  0104  add       r10,0xF0
+  010b  sub       r11,3
+  010f  jmp       0x26
+  0114  cmp       r11,1
+  0118  jl        0x185
+  011a  vxorps    ymm0,ymm0,ymm0
+  011e  vxorps    ymm1,ymm1,ymm1
+  0122  vxorps    ymm2,ymm2,ymm2
+  0126  mov       rax,r9
+  0129  mov       rbx,r14
+  012c  mov       r12,rsi
+  012f  test      r12,r12
+  0132  jle       0x166
+  0134  vmovups   ymm9,[rbx]
+  0138  vmovups   ymm10,[rbx+0x20]
+  013d  vmaskmovps ymm11,ymm15,[rbx+0x40]
+  0143  vbroadcastss ymm12,[rax]
+  0148  vfmadd231ps ymm0,ymm9,ymm12
+  014d  vfmadd231ps ymm1,ymm10,ymm12
+  0152  vfmadd231ps ymm2,ymm11,ymm12
+  0157  add       rax,0x90
+  015d  add       rbx,0x50
+  0161  dec       r12
+  0164  jne       0x134
+  0166  vmovups   [r10],ymm0
+  016b  vmovups   [r10+0x20],ymm1
+  0171  vmaskmovps [r10+0x40],ymm15,ymm2
+  0177  add       r9,4
+  017b  add       r10,0x50
+  017f  sub       r11,1
+  0183  jmp       0x114
+  0185  pop       r15
+  0187  pop       r14
+  0189  pop       r13
+  018b  pop       r12
+  018d  pop       rbx
+  018e  vzeroupper
+  0191  ret
+  0192  .byte ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff
+  01a2  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+
+; g7_gemm_avx2_n36: generated, GemmShape { n: 36, lda: 1, a_k: 3088, ldb: 36, ldc: 36, accumulate: false, kc: 0 }, 761 bytes
   0000  vmovups   ymm15,[0x2D9]
   0008  push      rbx
   0009  push      r12
-  000b  mov       r9,rdi
-  000e  mov       r10,rdx
-  0011  mov       r11,rcx
-  0014  cmp       r11,3
-  0018  jl        0x113
-  001e  vxorps    ymm0,ymm0,ymm0
-  0022  vxorps    ymm1,ymm1,ymm1
-  0026  vxorps    ymm2,ymm2,ymm2
-  002a  vxorps    ymm3,ymm3,ymm3
-  002e  vxorps    ymm4,ymm4,ymm4
-  0032  vxorps    ymm5,ymm5,ymm5
-  0036  vxorps    ymm6,ymm6,ymm6
-  003a  vxorps    ymm7,ymm7,ymm7
-  003e  vxorps    ymm8,ymm8,ymm8
-  0043  mov       rax,r9
-  0046  mov       rbx,rsi
-  0049  mov       r12,r8
-  004c  test      r12,r12
-  004f  jle       0xB5
-  0051  vmovups   ymm9,[rbx]
-  0055  vmovups   ymm10,[rbx+0x20]
-  005a  vmovups   ymm11,[rbx+0x40]
-  005f  vbroadcastss ymm12,[rax]
-  0064  vfmadd231ps ymm0,ymm9,ymm12
-  0069  vfmadd231ps ymm1,ymm10,ymm12
-  006e  vfmadd231ps ymm2,ymm11,ymm12
-  0073  vbroadcastss ymm12,[rax+0x3040]
-  007c  vfmadd231ps ymm3,ymm9,ymm12
-  0081  vfmadd231ps ymm4,ymm10,ymm12
-  0086  vfmadd231ps ymm5,ymm11,ymm12
-  008b  vbroadcastss ymm12,[rax+0x6080]
-  0094  vfmadd231ps ymm6,ymm9,ymm12
-  0099  vfmadd231ps ymm7,ymm10,ymm12
-  009e  vfmadd231ps ymm8,ymm11,ymm12
-  00a3  add       rax,4
-  00a9  add       rbx,0x90
-  00b0  dec       r12
-  00b3  jne       0x51
-  00b5  vmovups   [r10],ymm0
-  00ba  vmovups   [r10+0x20],ymm1
-  00c0  vmovups   [r10+0x40],ymm2
-  00c6  vmovups   [r10+0x90],ymm3
-  00cf  vmovups   [r10+0xB0],ymm4
-  00d8  vmovups   [r10+0xD0],ymm5
-  00e1  vmovups   [r10+0x120],ymm6
-  00ea  vmovups   [r10+0x140],ymm7
-  00f3  vmovups   [r10+0x160],ymm8
-  00fc  add       r9,0x90C0
-  0103  add       r10,0x1B0
-  010a  sub       r11,3
-  010e  jmp       0x14
-  0113  cmp       r11,1
-  0117  jl        0x18C
-  0119  vxorps    ymm0,ymm0,ymm0
-  011d  vxorps    ymm1,ymm1,ymm1
-  0121  vxorps    ymm2,ymm2,ymm2
-  0125  mov       rax,r9
-  0128  mov       rbx,rsi
-  012b  mov       r12,r8
-  012e  test      r12,r12
-  0131  jle       0x167
-  0133  vmovups   ymm9,[rbx]
-  0137  vmovups   ymm10,[rbx+0x20]
-  013c  vmovups   ymm11,[rbx+0x40]
-  0141  vbroadcastss ymm12,[rax]
-  0146  vfmadd231ps ymm0,ymm9,ymm12
-  014b  vfmadd231ps ymm1,ymm10,ymm12
-  0150  vfmadd231ps ymm2,ymm11,ymm12
-  0155  add       rax,4
-  015b  add       rbx,0x90
-  0162  dec       r12
-  0165  jne       0x133
-  0167  vmovups   [r10],ymm0
-  016c  vmovups   [r10+0x20],ymm1
-  0172  vmovups   [r10+0x40],ymm2
-  0178  add       r9,0x3040
-  017f  add       r10,0x90
-  0186  sub       r11,1
-  018a  jmp       0x113
-  018c  mov       r9,rdi
-  018f  mov       r10,rdx
-  0192  mov       r11,rcx
-  0195  cmp       r11,3
-  0199  jl        0x264
-  019f  vxorps    ymm0,ymm0,ymm0
-  01a3  vxorps    ymm1,ymm1,ymm1
-  01a7  vxorps    ymm3,ymm3,ymm3
-  01ab  vxorps    ymm4,ymm4,ymm4
-  01af  vxorps    ymm6,ymm6,ymm6
-  01b3  vxorps    ymm7,ymm7,ymm7
-  01b7  mov       rax,r9
-  01ba  mov       rbx,rsi
-  01bd  mov       r12,r8
-  01c0  test      r12,r12
-  01c3  jle       0x21A
-  01c5  vmovups   ymm9,[rbx+0x60]
-  01ca  vmaskmovps ymm10,ymm15,[rbx+0x80]
-  01d3  vbroadcastss ymm12,[rax]
-  01d8  vfmadd231ps ymm0,ymm9,ymm12
-  01dd  vfmadd231ps ymm1,ymm10,ymm12
-  01e2  vbroadcastss ymm12,[rax+0x3040]
-  01eb  vfmadd231ps ymm3,ymm9,ymm12
-  01f0  vfmadd231ps ymm4,ymm10,ymm12
-  01f5  vbroadcastss ymm12,[rax+0x6080]
+  000b  push      r13
+  000d  push      r14
+  000f  push      r15
+  0011  mov       r13,rdi
+  0014  mov       r14,rsi
+  0017  mov       r15,r8
+  001a  mov       rsi,r15
+  001d  mov       r9,r13
+  0020  mov       r10,rdx
+  0023  mov       r11,rcx
+  0026  cmp       r11,3
+  002a  jl        0x11C
+  0030  vxorps    ymm0,ymm0,ymm0
+  0034  vxorps    ymm1,ymm1,ymm1
+  0038  vxorps    ymm2,ymm2,ymm2
+  003c  vxorps    ymm3,ymm3,ymm3
+  0040  vxorps    ymm4,ymm4,ymm4
+  0044  vxorps    ymm5,ymm5,ymm5
+  0048  vxorps    ymm6,ymm6,ymm6
+  004c  vxorps    ymm7,ymm7,ymm7
+  0050  vxorps    ymm8,ymm8,ymm8
+  0055  mov       rax,r9
+  0058  mov       rbx,r14
+  005b  mov       r12,rsi
+  005e  test      r12,r12
+  0061  jle       0xC1
+  0063  vmovups   ymm9,[rbx]
+  0067  vmovups   ymm10,[rbx+0x20]
+  006c  vmovups   ymm11,[rbx+0x40]
+  0071  vbroadcastss ymm12,[rax]
+  0076  vfmadd231ps ymm0,ymm9,ymm12
+  007b  vfmadd231ps ymm1,ymm10,ymm12
+  0080  vfmadd231ps ymm2,ymm11,ymm12
+  0085  vbroadcastss ymm12,[rax+4]
+  008b  vfmadd231ps ymm3,ymm9,ymm12
+  0090  vfmadd231ps ymm4,ymm10,ymm12
+  0095  vfmadd231ps ymm5,ymm11,ymm12
+  009a  vbroadcastss ymm12,[rax+8]
+  00a0  vfmadd231ps ymm6,ymm9,ymm12
+  00a5  vfmadd231ps ymm7,ymm10,ymm12
+  00aa  vfmadd231ps ymm8,ymm11,ymm12
+  00af  add       rax,0x3040
+  00b5  add       rbx,0x90
+  00bc  dec       r12
+  00bf  jne       0x63
+  00c1  vmovups   [r10],ymm0
+  00c6  vmovups   [r10+0x20],ymm1
+  00cc  vmovups   [r10+0x40],ymm2
+  00d2  vmovups   [r10+0x90],ymm3
+  00db  vmovups   [r10+0xB0],ymm4
+  00e4  vmovups   [r10+0xD0],ymm5
+  00ed  vmovups   [r10+0x120],ymm6
+  00f6  vmovups   [r10+0x140],ymm7
+  00ff  vmovups   [r10+0x160],ymm8
+  0108  add       r9,0xC
+  010c  add       r10,0x1B0
+  0113  sub       r11,3
+  0117  jmp       0x26
+  011c  cmp       r11,1
+  0120  jl        0x192
+  0122  vxorps    ymm0,ymm0,ymm0
+  0126  vxorps    ymm1,ymm1,ymm1
+  012a  vxorps    ymm2,ymm2,ymm2
+  012e  mov       rax,r9
+  0131  mov       rbx,r14
+  0134  mov       r12,rsi
+  0137  test      r12,r12
+  013a  jle       0x170
+  013c  vmovups   ymm9,[rbx]
+  0140  vmovups   ymm10,[rbx+0x20]
+  0145  vmovups   ymm11,[rbx+0x40]
+  014a  vbroadcastss ymm12,[rax]
+  014f  vfmadd231ps ymm0,ymm9,ymm12
+  0154  vfmadd231ps ymm1,ymm10,ymm12
+  0159  vfmadd231ps ymm2,ymm11,ymm12
+  015e  add       rax,0x3040
+  0164  add       rbx,0x90
+  016b  dec       r12
+  016e  jne       0x13C
+  0170  vmovups   [r10],ymm0
+  0175  vmovups   [r10+0x20],ymm1
+  017b  vmovups   [r10+0x40],ymm2
+  0181  add       r9,4
+  0185  add       r10,0x90
+  018c  sub       r11,1
+  0190  jmp       0x11C
+  0192  mov       r9,r13
+  0195  mov       r10,rdx
+  0198  mov       r11,rcx
+  019b  cmp       r11,3
+  019f  jl        0x261
+  01a5  vxorps    ymm0,ymm0,ymm0
+  01a9  vxorps    ymm1,ymm1,ymm1
+  01ad  vxorps    ymm3,ymm3,ymm3
+  01b1  vxorps    ymm4,ymm4,ymm4
+  01b5  vxorps    ymm6,ymm6,ymm6
+  01b9  vxorps    ymm7,ymm7,ymm7
+  01bd  mov       rax,r9
+  01c0  mov       rbx,r14
+  01c3  mov       r12,rsi
+  01c6  test      r12,r12
+  01c9  jle       0x21A
+  01cb  vmovups   ymm9,[rbx+0x60]
+  01d0  vmaskmovps ymm10,ymm15,[rbx+0x80]
+  01d9  vbroadcastss ymm12,[rax]
+  01de  vfmadd231ps ymm0,ymm9,ymm12
+  01e3  vfmadd231ps ymm1,ymm10,ymm12
+  01e8  vbroadcastss ymm12,[rax+4]
+  01ee  vfmadd231ps ymm3,ymm9,ymm12
+  01f3  vfmadd231ps ymm4,ymm10,ymm12
+  01f8  vbroadcastss ymm12,[rax+8]
   01fe  vfmadd231ps ymm6,ymm9,ymm12
   0203  vfmadd231ps ymm7,ymm10,ymm12
-  0208  add       rax,4
+  0208  add       rax,0x3040
   020e  add       rbx,0x90
   0215  dec       r12
-  0218  jne       0x1C5
+  0218  jne       0x1CB
   021a  vmovups   [r10+0x60],ymm0
   0220  vmaskmovps [r10+0x80],ymm15,ymm1
   0229  vmovups   [r10+0xF0],ymm3
   0232  vmaskmovps [r10+0x110],ymm15,ymm4
   023b  vmovups   [r10+0x180],ymm6
   0244  vmaskmovps [r10+0x1A0],ymm15,ymm7
-  024d  add       r9,0x90C0
-  0254  add       r10,0x1B0
-  025b  sub       r11,3
-  025f  jmp       0x195
-  0264  cmp       r11,1
-  0268  jl        0x2D2
-  026a  vxorps    ymm0,ymm0,ymm0
-  026e  vxorps    ymm1,ymm1,ymm1
-  0272  mov       rax,r9
-  0275  mov       rbx,rsi
-  0278  mov       r12,r8
-  027b  test      r12,r12
-  027e  jle       0x2AF
-  0280  vmovups   ymm9,[rbx+0x60]
-  0285  vmaskmovps ymm10,ymm15,[rbx+0x80]
-  028e  vbroadcastss ymm12,[rax]
-  0293  vfmadd231ps ymm0,ymm9,ymm12
-  0298  vfmadd231ps ymm1,ymm10,ymm12
-  029d  add       rax,4
-  02a3  add       rbx,0x90
-  02aa  dec       r12
-  02ad  jne       0x280
-  02af  vmovups   [r10+0x60],ymm0
-  02b5  vmaskmovps [r10+0x80],ymm15,ymm1
-  02be  add       r9,0x3040
-  02c5  add       r10,0x90
-  02cc  sub       r11,1
-  02d0  jmp       0x264
+  024d  add       r9,0xC
+  0251  add       r10,0x1B0
+  0258  sub       r11,3
+  025c  jmp       0x19B
+  0261  cmp       r11,1
+  0265  jl        0x2CC
+  0267  vxorps    ymm0,ymm0,ymm0
+  026b  vxorps    ymm1,ymm1,ymm1
+  026f  mov       rax,r9
+  0272  mov       rbx,r14
+  0275  mov       r12,rsi
+  0278  test      r12,r12
+  027b  jle       0x2AC
+  027d  vmovups   ymm9,[rbx+0x60]
+  0282  vmaskmovps ymm10,ymm15,[rbx+0x80]
+  028b  vbroadcastss ymm12,[rax]
+  0290  vfmadd231ps ymm0,ymm9,ymm12
+  0295  vfmadd231ps ymm1,ymm10,ymm12
+  029a  add       rax,0x3040
+  02a0  add       rbx,0x90
+  02a7  dec       r12
+  02aa  jne       0x27D
+  02ac  vmovups   [r10+0x60],ymm0
+  02b2  vmaskmovps [r10+0x80],ymm15,ymm1
+  02bb  add       r9,4
+  02bf  add       r10,0x90
+  02c6  sub       r11,1
+  02ca  jmp       0x261
+  02cc  pop       r15
+  02ce  pop       r14
+  02d0  pop       r13
   02d2  pop       r12
   02d4  pop       rbx
   02d5  vzeroupper
   02d8  ret
   02d9  .byte ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff
   02e9  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-
-; g1_gemm_avx2_n20: generated, GemmShape { n: 20, lda: 36, a_k: 1, ldb: 20, ldc: 20, accumulate: false }, 422 bytes
-  0000  vmovups   ymm15,[0x186]
-  0008  push      rbx
-  0009  push      r12
-  000b  mov       r9,rdi
-  000e  mov       r10,rdx
-  0011  mov       r11,rcx
-  0014  cmp       r11,3
-  0018  jl        0x10B
-  001e  vxorps    ymm0,ymm0,ymm0
-  0022  vxorps    ymm1,ymm1,ymm1
-  0026  vxorps    ymm2,ymm2,ymm2
-  002a  vxorps    ymm3,ymm3,ymm3
-  002e  vxorps    ymm4,ymm4,ymm4
-  0032  vxorps    ymm5,ymm5,ymm5
-  0036  vxorps    ymm6,ymm6,ymm6
-  003a  vxorps    ymm7,ymm7,ymm7
-  003e  vxorps    ymm8,ymm8,ymm8
-  0043  mov       rax,r9
-  0046  mov       rbx,rsi
-  0049  mov       r12,r8
-  004c  test      r12,r12
-  004f  jle       0xB3
-  0051  vmovups   ymm9,[rbx]
-  0055  vmovups   ymm10,[rbx+0x20]
-  005a  vmaskmovps ymm11,ymm15,[rbx+0x40]
-  0060  vbroadcastss ymm12,[rax]
-  0065  vfmadd231ps ymm0,ymm9,ymm12
-  006a  vfmadd231ps ymm1,ymm10,ymm12
-  006f  vfmadd231ps ymm2,ymm11,ymm12
-  0074  vbroadcastss ymm12,[rax+0x90]
-  007d  vfmadd231ps ymm3,ymm9,ymm12
-  0082  vfmadd231ps ymm4,ymm10,ymm12
-  0087  vfmadd231ps ymm5,ymm11,ymm12
-  008c  vbroadcastss ymm12,[rax+0x120]
-  0095  vfmadd231ps ymm6,ymm9,ymm12
-  009a  vfmadd231ps ymm7,ymm10,ymm12
-  009f  vfmadd231ps ymm8,ymm11,ymm12
-  00a4  add       rax,4
-  00aa  add       rbx,0x50
-  00ae  dec       r12
-  00b1  jne       0x51
-  00b3  vmovups   [r10],ymm0
-  00b8  vmovups   [r10+0x20],ymm1
-  00be  vmaskmovps [r10+0x40],ymm15,ymm2
-  00c4  vmovups   [r10+0x50],ymm3
-  00ca  vmovups   [r10+0x70],ymm4
-  00d0  vmaskmovps [r10+0x90],ymm15,ymm5
-  00d9  vmovups   [r10+0xA0],ymm6
-  00e2  vmovups   [r10+0xC0],ymm7
-  00eb  vmaskmovps [r10+0xE0],ymm15,ymm8
-  00f4  add       r9,0x1B0
-  00fb  add       r10,0xF0
-  0102  sub       r11,3
-  0106  jmp       0x14
-  010b  cmp       r11,1
-  010f  jl        0x17F
-  0111  vxorps    ymm0,ymm0,ymm0
-  0115  vxorps    ymm1,ymm1,ymm1
-  0119  vxorps    ymm2,ymm2,ymm2
-  011d  mov       rax,r9
-  0120  mov       rbx,rsi
-  0123  mov       r12,r8
-  0126  test      r12,r12
-  0129  jle       0x15D
-  012b  vmovups   ymm9,[rbx]
-  012f  vmovups   ymm10,[rbx+0x20]
-  0134  vmaskmovps ymm11,ymm15,[rbx+0x40]
-  013a  vbroadcastss ymm12,[rax]
-  013f  vfmadd231ps ymm0,ymm9,ymm12
-  0144  vfmadd231ps ymm1,ymm10,ymm12
-  0149  vfmadd231ps ymm2,ymm11,ymm12
-  014e  add       rax,4
-  0154  add       rbx,0x50
-  0158  dec       r12
-  015b  jne       0x12B
-  015d  vmovups   [r10],ymm0
-  0162  vmovups   [r10+0x20],ymm1
-  0168  vmaskmovps [r10+0x40],ymm15,ymm2
-  016e  add       r9,0x90
-  0175  add       r10,0x50
-  0179  sub       r11,1
-  017d  jmp       0x10B
-  017f  pop       r12
-  0181  pop       rbx
-  0182  vzeroupper
-  0185  ret
-  0186  .byte ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff
-  0196  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-
-; g2_gemm_avx2_n12: generated, GemmShape { n: 12, lda: 20, a_k: 1, ldb: 12, ldc: 12, accumulate: false }, 336 bytes
-  0000  vmovups   ymm15,[0x130]
-  0008  push      rbx
-  0009  push      r12
-  000b  mov       r9,rdi
-  000e  mov       r10,rdx
-  0011  mov       r11,rcx
-  0014  cmp       r11,3
-  0018  jl        0xCC
-  001e  vxorps    ymm0,ymm0,ymm0
-  0022  vxorps    ymm1,ymm1,ymm1
-  0026  vxorps    ymm3,ymm3,ymm3
-  002a  vxorps    ymm4,ymm4,ymm4
-  002e  vxorps    ymm6,ymm6,ymm6
-  0032  vxorps    ymm7,ymm7,ymm7
-  0036  mov       rax,r9
-  0039  mov       rbx,rsi
-  003c  mov       r12,r8
-  003f  test      r12,r12
-  0042  jle       0x8F
-  0044  vmovups   ymm9,[rbx]
-  0048  vmaskmovps ymm10,ymm15,[rbx+0x20]
-  004e  vbroadcastss ymm12,[rax]
-  0053  vfmadd231ps ymm0,ymm9,ymm12
-  0058  vfmadd231ps ymm1,ymm10,ymm12
-  005d  vbroadcastss ymm12,[rax+0x50]
-  0063  vfmadd231ps ymm3,ymm9,ymm12
-  0068  vfmadd231ps ymm4,ymm10,ymm12
-  006d  vbroadcastss ymm12,[rax+0xA0]
-  0076  vfmadd231ps ymm6,ymm9,ymm12
-  007b  vfmadd231ps ymm7,ymm10,ymm12
-  0080  add       rax,4
-  0086  add       rbx,0x30
-  008a  dec       r12
-  008d  jne       0x44
-  008f  vmovups   [r10],ymm0
-  0094  vmaskmovps [r10+0x20],ymm15,ymm1
-  009a  vmovups   [r10+0x30],ymm3
-  00a0  vmaskmovps [r10+0x50],ymm15,ymm4
-  00a6  vmovups   [r10+0x60],ymm6
-  00ac  vmaskmovps [r10+0x80],ymm15,ymm7
-  00b5  add       r9,0xF0
-  00bc  add       r10,0x90
-  00c3  sub       r11,3
-  00c7  jmp       0x14
-  00cc  cmp       r11,1
-  00d0  jl        0x129
-  00d2  vxorps    ymm0,ymm0,ymm0
-  00d6  vxorps    ymm1,ymm1,ymm1
-  00da  mov       rax,r9
-  00dd  mov       rbx,rsi
-  00e0  mov       r12,r8
-  00e3  test      r12,r12
-  00e6  jle       0x110
-  00e8  vmovups   ymm9,[rbx]
-  00ec  vmaskmovps ymm10,ymm15,[rbx+0x20]
-  00f2  vbroadcastss ymm12,[rax]
-  00f7  vfmadd231ps ymm0,ymm9,ymm12
-  00fc  vfmadd231ps ymm1,ymm10,ymm12
-  0101  add       rax,4
-  0107  add       rbx,0x30
-  010b  dec       r12
-  010e  jne       0xE8
-  0110  vmovups   [r10],ymm0
-  0115  vmaskmovps [r10+0x20],ymm15,ymm1
-  011b  add       r9,0x50
-  011f  add       r10,0x30
-  0123  sub       r11,1
-  0127  jmp       0xCC
-  0129  pop       r12
-  012b  pop       rbx
-  012c  vzeroupper
-  012f  ret
-  0130  .byte ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff
-  0140  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-
-; g3_gemm_avx2_n20: generated, GemmShape { n: 20, lda: 12, a_k: 1, ldb: 20, ldc: 20, accumulate: false }, 413 bytes
-  0000  vmovups   ymm15,[0x17D]
-  0008  push      rbx
-  0009  push      r12
-  000b  mov       r9,rdi
-  000e  mov       r10,rdx
-  0011  mov       r11,rcx
-  0014  cmp       r11,3
-  0018  jl        0x105
-  001e  vxorps    ymm0,ymm0,ymm0
-  0022  vxorps    ymm1,ymm1,ymm1
-  0026  vxorps    ymm2,ymm2,ymm2
-  002a  vxorps    ymm3,ymm3,ymm3
-  002e  vxorps    ymm4,ymm4,ymm4
-  0032  vxorps    ymm5,ymm5,ymm5
-  0036  vxorps    ymm6,ymm6,ymm6
-  003a  vxorps    ymm7,ymm7,ymm7
-  003e  vxorps    ymm8,ymm8,ymm8
-  0043  mov       rax,r9
-  0046  mov       rbx,rsi
-  0049  mov       r12,r8
-  004c  test      r12,r12
-  004f  jle       0xAD
-  0051  vmovups   ymm9,[rbx]
-  0055  vmovups   ymm10,[rbx+0x20]
-  005a  vmaskmovps ymm11,ymm15,[rbx+0x40]
-  0060  vbroadcastss ymm12,[rax]
-  0065  vfmadd231ps ymm0,ymm9,ymm12
-  006a  vfmadd231ps ymm1,ymm10,ymm12
-  006f  vfmadd231ps ymm2,ymm11,ymm12
-  0074  vbroadcastss ymm12,[rax+0x30]
-  007a  vfmadd231ps ymm3,ymm9,ymm12
-  007f  vfmadd231ps ymm4,ymm10,ymm12
-  0084  vfmadd231ps ymm5,ymm11,ymm12
-  0089  vbroadcastss ymm12,[rax+0x60]
-  008f  vfmadd231ps ymm6,ymm9,ymm12
-  0094  vfmadd231ps ymm7,ymm10,ymm12
-  0099  vfmadd231ps ymm8,ymm11,ymm12
-  009e  add       rax,4
-  00a4  add       rbx,0x50
-  00a8  dec       r12
-  00ab  jne       0x51
-  00ad  vmovups   [r10],ymm0
-  00b2  vmovups   [r10+0x20],ymm1
-  00b8  vmaskmovps [r10+0x40],ymm15,ymm2
-  00be  vmovups   [r10+0x50],ymm3
-  00c4  vmovups   [r10+0x70],ymm4
-  00ca  vmaskmovps [r10+0x90],ymm15,ymm5
-  00d3  vmovups   [r10+0xA0],ymm6
-  00dc  vmovups   [r10+0xC0],ymm7
-  00e5  vmaskmovps [r10+0xE0],ymm15,ymm8
-  00ee  add       r9,0x90
-  00f5  add       r10,0xF0
-  00fc  sub       r11,3
-  0100  jmp       0x14
-  0105  cmp       r11,1
-  0109  jl        0x176
-  010b  vxorps    ymm0,ymm0,ymm0
-  010f  vxorps    ymm1,ymm1,ymm1
-  0113  vxorps    ymm2,ymm2,ymm2
-  0117  mov       rax,r9
-  011a  mov       rbx,rsi
-  011d  mov       r12,r8
-  0120  test      r12,r12
-  0123  jle       0x157
-  0125  vmovups   ymm9,[rbx]
-  0129  vmovups   ymm10,[rbx+0x20]
-  012e  vmaskmovps ymm11,ymm15,[rbx+0x40]
-  0134  vbroadcastss ymm12,[rax]
-  0139  vfmadd231ps ymm0,ymm9,ymm12
-  013e  vfmadd231ps ymm1,ymm10,ymm12
-  0143  vfmadd231ps ymm2,ymm11,ymm12
-  0148  add       rax,4
-  014e  add       rbx,0x50
-  0152  dec       r12
-  0155  jne       0x125
-  0157  vmovups   [r10],ymm0
-  015c  vmovups   [r10+0x20],ymm1
-  0162  vmaskmovps [r10+0x40],ymm15,ymm2
-  0168  add       r9,0x30
-  016c  add       r10,0x50
-  0170  sub       r11,1
-  0174  jmp       0x105
-  0176  pop       r12
-  0178  pop       rbx
-  0179  vzeroupper
-  017c  ret
-  017d  .byte ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff
-  018d  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-
-; g4_gemm_avx2_n12: generated, GemmShape { n: 12, lda: 1, a_k: 20, ldb: 12, ldc: 12, accumulate: false }, 330 bytes
-  0000  vmovups   ymm15,[0x12A]
-  0008  push      rbx
-  0009  push      r12
-  000b  mov       r9,rdi
-  000e  mov       r10,rdx
-  0011  mov       r11,rcx
-  0014  cmp       r11,3
-  0018  jl        0xC6
-  001e  vxorps    ymm0,ymm0,ymm0
-  0022  vxorps    ymm1,ymm1,ymm1
-  0026  vxorps    ymm3,ymm3,ymm3
-  002a  vxorps    ymm4,ymm4,ymm4
-  002e  vxorps    ymm6,ymm6,ymm6
-  0032  vxorps    ymm7,ymm7,ymm7
-  0036  mov       rax,r9
-  0039  mov       rbx,rsi
-  003c  mov       r12,r8
-  003f  test      r12,r12
-  0042  jle       0x8C
-  0044  vmovups   ymm9,[rbx]
-  0048  vmaskmovps ymm10,ymm15,[rbx+0x20]
-  004e  vbroadcastss ymm12,[rax]
-  0053  vfmadd231ps ymm0,ymm9,ymm12
-  0058  vfmadd231ps ymm1,ymm10,ymm12
-  005d  vbroadcastss ymm12,[rax+4]
-  0063  vfmadd231ps ymm3,ymm9,ymm12
-  0068  vfmadd231ps ymm4,ymm10,ymm12
-  006d  vbroadcastss ymm12,[rax+8]
-  0073  vfmadd231ps ymm6,ymm9,ymm12
-  0078  vfmadd231ps ymm7,ymm10,ymm12
-  007d  add       rax,0x50
-  0083  add       rbx,0x30
-  0087  dec       r12
-  008a  jne       0x44
-  008c  vmovups   [r10],ymm0
-  0091  vmaskmovps [r10+0x20],ymm15,ymm1
-  0097  vmovups   [r10+0x30],ymm3
-  009d  vmaskmovps [r10+0x50],ymm15,ymm4
-  00a3  vmovups   [r10+0x60],ymm6
-  00a9  vmaskmovps [r10+0x80],ymm15,ymm7
-  00b2  add       r9,0xC
-  00b6  add       r10,0x90
-  00bd  sub       r11,3
-  00c1  jmp       0x14
-  00c6  cmp       r11,1
-  00ca  jl        0x123
-  00cc  vxorps    ymm0,ymm0,ymm0
-  00d0  vxorps    ymm1,ymm1,ymm1
-  00d4  mov       rax,r9
-  00d7  mov       rbx,rsi
-  00da  mov       r12,r8
-  00dd  test      r12,r12
-  00e0  jle       0x10A
-  00e2  vmovups   ymm9,[rbx]
-  00e6  vmaskmovps ymm10,ymm15,[rbx+0x20]
-  00ec  vbroadcastss ymm12,[rax]
-  00f1  vfmadd231ps ymm0,ymm9,ymm12
-  00f6  vfmadd231ps ymm1,ymm10,ymm12
-  00fb  add       rax,0x50
-  0101  add       rbx,0x30
-  0105  dec       r12
-  0108  jne       0xE2
-  010a  vmovups   [r10],ymm0
-  010f  vmaskmovps [r10+0x20],ymm15,ymm1
-  0115  add       r9,4
-  0119  add       r10,0x30
-  011d  sub       r11,1
-  0121  jmp       0xC6
-  0123  pop       r12
-  0125  pop       rbx
-  0126  vzeroupper
-  0129  ret
-  012a  .byte ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff
-  013a  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-
-; g5_gemm_avx2_n36: generated, GemmShape { n: 36, lda: 20, a_k: 1, ldb: 36, ldc: 36, accumulate: false }, 749 bytes
-  0000  vmovups   ymm15,[0x2CD]
-  0008  push      rbx
-  0009  push      r12
-  000b  mov       r9,rdi
-  000e  mov       r10,rdx
-  0011  mov       r11,rcx
-  0014  cmp       r11,3
-  0018  jl        0x110
-  001e  vxorps    ymm0,ymm0,ymm0
-  0022  vxorps    ymm1,ymm1,ymm1
-  0026  vxorps    ymm2,ymm2,ymm2
-  002a  vxorps    ymm3,ymm3,ymm3
-  002e  vxorps    ymm4,ymm4,ymm4
-  0032  vxorps    ymm5,ymm5,ymm5
-  0036  vxorps    ymm6,ymm6,ymm6
-  003a  vxorps    ymm7,ymm7,ymm7
-  003e  vxorps    ymm8,ymm8,ymm8
-  0043  mov       rax,r9
-  0046  mov       rbx,rsi
-  0049  mov       r12,r8
-  004c  test      r12,r12
-  004f  jle       0xB2
-  0051  vmovups   ymm9,[rbx]
-  0055  vmovups   ymm10,[rbx+0x20]
-  005a  vmovups   ymm11,[rbx+0x40]
-  005f  vbroadcastss ymm12,[rax]
-  0064  vfmadd231ps ymm0,ymm9,ymm12
-  0069  vfmadd231ps ymm1,ymm10,ymm12
-  006e  vfmadd231ps ymm2,ymm11,ymm12
-  0073  vbroadcastss ymm12,[rax+0x50]
-  0079  vfmadd231ps ymm3,ymm9,ymm12
-  007e  vfmadd231ps ymm4,ymm10,ymm12
-  0083  vfmadd231ps ymm5,ymm11,ymm12
-  0088  vbroadcastss ymm12,[rax+0xA0]
-  0091  vfmadd231ps ymm6,ymm9,ymm12
-  0096  vfmadd231ps ymm7,ymm10,ymm12
-  009b  vfmadd231ps ymm8,ymm11,ymm12
-  00a0  add       rax,4
-  00a6  add       rbx,0x90
-  00ad  dec       r12
-  00b0  jne       0x51
-  00b2  vmovups   [r10],ymm0
-  00b7  vmovups   [r10+0x20],ymm1
-  00bd  vmovups   [r10+0x40],ymm2
-  00c3  vmovups   [r10+0x90],ymm3
-  00cc  vmovups   [r10+0xB0],ymm4
-  00d5  vmovups   [r10+0xD0],ymm5
-  00de  vmovups   [r10+0x120],ymm6
-  00e7  vmovups   [r10+0x140],ymm7
-  00f0  vmovups   [r10+0x160],ymm8
-  00f9  add       r9,0xF0
-  0100  add       r10,0x1B0
-  0107  sub       r11,3
-  010b  jmp       0x14
-  0110  cmp       r11,1
-  0114  jl        0x186
-  0116  vxorps    ymm0,ymm0,ymm0
-  011a  vxorps    ymm1,ymm1,ymm1
-  011e  vxorps    ymm2,ymm2,ymm2
-  0122  mov       rax,r9
-  0125  mov       rbx,rsi
-  0128  mov       r12,r8
-  012b  test      r12,r12
-  012e  jle       0x164
-  0130  vmovups   ymm9,[rbx]
-  0134  vmovups   ymm10,[rbx+0x20]
-  0139  vmovups   ymm11,[rbx+0x40]
-  013e  vbroadcastss ymm12,[rax]
-  0143  vfmadd231ps ymm0,ymm9,ymm12
-  0148  vfmadd231ps ymm1,ymm10,ymm12
-  014d  vfmadd231ps ymm2,ymm11,ymm12
-  0152  add       rax,4
-  0158  add       rbx,0x90
-  015f  dec       r12
-  0162  jne       0x130
-  0164  vmovups   [r10],ymm0
-  0169  vmovups   [r10+0x20],ymm1
-  016f  vmovups   [r10+0x40],ymm2
-  0175  add       r9,0x50
-  0179  add       r10,0x90
-  0180  sub       r11,1
-  0184  jmp       0x110
-  0186  mov       r9,rdi
-  0189  mov       r10,rdx
-  018c  mov       r11,rcx
-  018f  cmp       r11,3
-  0193  jl        0x25B
-  0199  vxorps    ymm0,ymm0,ymm0
-  019d  vxorps    ymm1,ymm1,ymm1
-  01a1  vxorps    ymm3,ymm3,ymm3
-  01a5  vxorps    ymm4,ymm4,ymm4
-  01a9  vxorps    ymm6,ymm6,ymm6
-  01ad  vxorps    ymm7,ymm7,ymm7
-  01b1  mov       rax,r9
-  01b4  mov       rbx,rsi
-  01b7  mov       r12,r8
-  01ba  test      r12,r12
-  01bd  jle       0x211
-  01bf  vmovups   ymm9,[rbx+0x60]
-  01c4  vmaskmovps ymm10,ymm15,[rbx+0x80]
-  01cd  vbroadcastss ymm12,[rax]
-  01d2  vfmadd231ps ymm0,ymm9,ymm12
-  01d7  vfmadd231ps ymm1,ymm10,ymm12
-  01dc  vbroadcastss ymm12,[rax+0x50]
-  01e2  vfmadd231ps ymm3,ymm9,ymm12
-  01e7  vfmadd231ps ymm4,ymm10,ymm12
-  01ec  vbroadcastss ymm12,[rax+0xA0]
-  01f5  vfmadd231ps ymm6,ymm9,ymm12
-  01fa  vfmadd231ps ymm7,ymm10,ymm12
-  01ff  add       rax,4
-  0205  add       rbx,0x90
-  020c  dec       r12
-  020f  jne       0x1BF
-  0211  vmovups   [r10+0x60],ymm0
-  0217  vmaskmovps [r10+0x80],ymm15,ymm1
-  0220  vmovups   [r10+0xF0],ymm3
-  0229  vmaskmovps [r10+0x110],ymm15,ymm4
-  0232  vmovups   [r10+0x180],ymm6
-  023b  vmaskmovps [r10+0x1A0],ymm15,ymm7
-  0244  add       r9,0xF0
-  024b  add       r10,0x1B0
-  0252  sub       r11,3
-  0256  jmp       0x18F
-  025b  cmp       r11,1
-  025f  jl        0x2C6
-  0261  vxorps    ymm0,ymm0,ymm0
-  0265  vxorps    ymm1,ymm1,ymm1
-  0269  mov       rax,r9
-  026c  mov       rbx,rsi
-  026f  mov       r12,r8
-  0272  test      r12,r12
-  0275  jle       0x2A6
-  0277  vmovups   ymm9,[rbx+0x60]
-  027c  vmaskmovps ymm10,ymm15,[rbx+0x80]
-  0285  vbroadcastss ymm12,[rax]
-  028a  vfmadd231ps ymm0,ymm9,ymm12
-  028f  vfmadd231ps ymm1,ymm10,ymm12
-  0294  add       rax,4
-  029a  add       rbx,0x90
-  02a1  dec       r12
-  02a4  jne       0x277
-  02a6  vmovups   [r10+0x60],ymm0
-  02ac  vmaskmovps [r10+0x80],ymm15,ymm1
-  02b5  add       r9,0x50
-  02b9  add       r10,0x90
-  02c0  sub       r11,1
-  02c4  jmp       0x25B
-  02c6  pop       r12
-  02c8  pop       rbx
-  02c9  vzeroupper
-  02cc  ret
-  02cd  .byte ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff
-  02dd  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-
-; g6_gemm_avx2_n20: generated, GemmShape { n: 20, lda: 1, a_k: 36, ldb: 20, ldc: 20, accumulate: false }, 410 bytes
-  0000  vmovups   ymm15,[0x17A]
-  0008  push      rbx
-  0009  push      r12
-  000b  mov       r9,rdi
-  000e  mov       r10,rdx
-  0011  mov       r11,rcx
-  0014  cmp       r11,3
-  0018  jl        0x102
-  001e  vxorps    ymm0,ymm0,ymm0
-  0022  vxorps    ymm1,ymm1,ymm1
-  0026  vxorps    ymm2,ymm2,ymm2
-  002a  vxorps    ymm3,ymm3,ymm3
-  002e  vxorps    ymm4,ymm4,ymm4
-  0032  vxorps    ymm5,ymm5,ymm5
-  0036  vxorps    ymm6,ymm6,ymm6
-  003a  vxorps    ymm7,ymm7,ymm7
-  003e  vxorps    ymm8,ymm8,ymm8
-  0043  mov       rax,r9
-  0046  mov       rbx,rsi
-  0049  mov       r12,r8
-  004c  test      r12,r12
-  004f  jle       0xAD
-  0051  vmovups   ymm9,[rbx]
-  0055  vmovups   ymm10,[rbx+0x20]
-  005a  vmaskmovps ymm11,ymm15,[rbx+0x40]
-  0060  vbroadcastss ymm12,[rax]
-  0065  vfmadd231ps ymm0,ymm9,ymm12
-  006a  vfmadd231ps ymm1,ymm10,ymm12
-  006f  vfmadd231ps ymm2,ymm11,ymm12
-  0074  vbroadcastss ymm12,[rax+4]
-  007a  vfmadd231ps ymm3,ymm9,ymm12
-  007f  vfmadd231ps ymm4,ymm10,ymm12
-  0084  vfmadd231ps ymm5,ymm11,ymm12
-  0089  vbroadcastss ymm12,[rax+8]
-  008f  vfmadd231ps ymm6,ymm9,ymm12
-  0094  vfmadd231ps ymm7,ymm10,ymm12
-  0099  vfmadd231ps ymm8,ymm11,ymm12
-  009e  add       rax,0x90
-  00a4  add       rbx,0x50
-  00a8  dec       r12
-  00ab  jne       0x51
-  00ad  vmovups   [r10],ymm0
-  00b2  vmovups   [r10+0x20],ymm1
-  00b8  vmaskmovps [r10+0x40],ymm15,ymm2
-  00be  vmovups   [r10+0x50],ymm3
-  00c4  vmovups   [r10+0x70],ymm4
-  00ca  vmaskmovps [r10+0x90],ymm15,ymm5
-  00d3  vmovups   [r10+0xA0],ymm6
-  00dc  vmovups   [r10+0xC0],ymm7
-  00e5  vmaskmovps [r10+0xE0],ymm15,ymm8
-  00ee  add       r9,0xC
-  00f2  add       r10,0xF0
-  00f9  sub       r11,3
-  00fd  jmp       0x14
-  0102  cmp       r11,1
-  0106  jl        0x173
-  0108  vxorps    ymm0,ymm0,ymm0
-  010c  vxorps    ymm1,ymm1,ymm1
-  0110  vxorps    ymm2,ymm2,ymm2
-  0114  mov       rax,r9
-  0117  mov       rbx,rsi
-  011a  mov       r12,r8
-  011d  test      r12,r12
-  0120  jle       0x154
-  0122  vmovups   ymm9,[rbx]
-  0126  vmovups   ymm10,[rbx+0x20]
-  012b  vmaskmovps ymm11,ymm15,[rbx+0x40]
-  0131  vbroadcastss ymm12,[rax]
-  0136  vfmadd231ps ymm0,ymm9,ymm12
-  013b  vfmadd231ps ymm1,ymm10,ymm12
-  0140  vfmadd231ps ymm2,ymm11,ymm12
-  0145  add       rax,0x90
-  014b  add       rbx,0x50
-  014f  dec       r12
-  0152  jne       0x122
-  0154  vmovups   [r10],ymm0
-  0159  vmovups   [r10+0x20],ymm1
-  015f  vmaskmovps [r10+0x40],ymm15,ymm2
-  0165  add       r9,4
-  0169  add       r10,0x50
-  016d  sub       r11,1
-  0171  jmp       0x102
-  0173  pop       r12
-  0175  pop       rbx
-  0176  vzeroupper
-  0179  ret
-  017a  .byte ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff
-  018a  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-
-; g7_gemm_avx2_n36: generated, GemmShape { n: 36, lda: 1, a_k: 3088, ldb: 36, ldc: 36, accumulate: false }, 737 bytes
-  0000  vmovups   ymm15,[0x2C1]
-  0008  push      rbx
-  0009  push      r12
-  000b  mov       r9,rdi
-  000e  mov       r10,rdx
-  0011  mov       r11,rcx
-  0014  cmp       r11,3
-  0018  jl        0x10A
-  001e  vxorps    ymm0,ymm0,ymm0
-  0022  vxorps    ymm1,ymm1,ymm1
-  0026  vxorps    ymm2,ymm2,ymm2
-  002a  vxorps    ymm3,ymm3,ymm3
-  002e  vxorps    ymm4,ymm4,ymm4
-  0032  vxorps    ymm5,ymm5,ymm5
-  0036  vxorps    ymm6,ymm6,ymm6
-  003a  vxorps    ymm7,ymm7,ymm7
-  003e  vxorps    ymm8,ymm8,ymm8
-  0043  mov       rax,r9
-  0046  mov       rbx,rsi
-  0049  mov       r12,r8
-  004c  test      r12,r12
-  004f  jle       0xAF
-  0051  vmovups   ymm9,[rbx]
-  0055  vmovups   ymm10,[rbx+0x20]
-  005a  vmovups   ymm11,[rbx+0x40]
-  005f  vbroadcastss ymm12,[rax]
-  0064  vfmadd231ps ymm0,ymm9,ymm12
-  0069  vfmadd231ps ymm1,ymm10,ymm12
-  006e  vfmadd231ps ymm2,ymm11,ymm12
-  0073  vbroadcastss ymm12,[rax+4]
-  0079  vfmadd231ps ymm3,ymm9,ymm12
-  007e  vfmadd231ps ymm4,ymm10,ymm12
-  0083  vfmadd231ps ymm5,ymm11,ymm12
-  0088  vbroadcastss ymm12,[rax+8]
-  008e  vfmadd231ps ymm6,ymm9,ymm12
-  0093  vfmadd231ps ymm7,ymm10,ymm12
-  0098  vfmadd231ps ymm8,ymm11,ymm12
-  009d  add       rax,0x3040
-  00a3  add       rbx,0x90
-  00aa  dec       r12
-  00ad  jne       0x51
-  00af  vmovups   [r10],ymm0
-  00b4  vmovups   [r10+0x20],ymm1
-  00ba  vmovups   [r10+0x40],ymm2
-  00c0  vmovups   [r10+0x90],ymm3
-  00c9  vmovups   [r10+0xB0],ymm4
-  00d2  vmovups   [r10+0xD0],ymm5
-  00db  vmovups   [r10+0x120],ymm6
-  00e4  vmovups   [r10+0x140],ymm7
-  00ed  vmovups   [r10+0x160],ymm8
-  00f6  add       r9,0xC
-  00fa  add       r10,0x1B0
-  0101  sub       r11,3
-  0105  jmp       0x14
-  010a  cmp       r11,1
-  010e  jl        0x180
-  0110  vxorps    ymm0,ymm0,ymm0
-  0114  vxorps    ymm1,ymm1,ymm1
-  0118  vxorps    ymm2,ymm2,ymm2
-  011c  mov       rax,r9
-  011f  mov       rbx,rsi
-  0122  mov       r12,r8
-  0125  test      r12,r12
-  0128  jle       0x15E
-  012a  vmovups   ymm9,[rbx]
-  012e  vmovups   ymm10,[rbx+0x20]
-  0133  vmovups   ymm11,[rbx+0x40]
-  0138  vbroadcastss ymm12,[rax]
-  013d  vfmadd231ps ymm0,ymm9,ymm12
-  0142  vfmadd231ps ymm1,ymm10,ymm12
-  0147  vfmadd231ps ymm2,ymm11,ymm12
-  014c  add       rax,0x3040
-  0152  add       rbx,0x90
-  0159  dec       r12
-  015c  jne       0x12A
-  015e  vmovups   [r10],ymm0
-  0163  vmovups   [r10+0x20],ymm1
-  0169  vmovups   [r10+0x40],ymm2
-  016f  add       r9,4
-  0173  add       r10,0x90
-  017a  sub       r11,1
-  017e  jmp       0x10A
-  0180  mov       r9,rdi
-  0183  mov       r10,rdx
-  0186  mov       r11,rcx
-  0189  cmp       r11,3
-  018d  jl        0x24F
-  0193  vxorps    ymm0,ymm0,ymm0
-  0197  vxorps    ymm1,ymm1,ymm1
-  019b  vxorps    ymm3,ymm3,ymm3
-  019f  vxorps    ymm4,ymm4,ymm4
-  01a3  vxorps    ymm6,ymm6,ymm6
-  01a7  vxorps    ymm7,ymm7,ymm7
-  01ab  mov       rax,r9
-  01ae  mov       rbx,rsi
-  01b1  mov       r12,r8
-  01b4  test      r12,r12
-  01b7  jle       0x208
-  01b9  vmovups   ymm9,[rbx+0x60]
-  01be  vmaskmovps ymm10,ymm15,[rbx+0x80]
-  01c7  vbroadcastss ymm12,[rax]
-  01cc  vfmadd231ps ymm0,ymm9,ymm12
-  01d1  vfmadd231ps ymm1,ymm10,ymm12
-  01d6  vbroadcastss ymm12,[rax+4]
-  01dc  vfmadd231ps ymm3,ymm9,ymm12
-  01e1  vfmadd231ps ymm4,ymm10,ymm12
-  01e6  vbroadcastss ymm12,[rax+8]
-  01ec  vfmadd231ps ymm6,ymm9,ymm12
-  01f1  vfmadd231ps ymm7,ymm10,ymm12
-  01f6  add       rax,0x3040
-  01fc  add       rbx,0x90
-  0203  dec       r12
-  0206  jne       0x1B9
-  0208  vmovups   [r10+0x60],ymm0
-  020e  vmaskmovps [r10+0x80],ymm15,ymm1
-  0217  vmovups   [r10+0xF0],ymm3
-  0220  vmaskmovps [r10+0x110],ymm15,ymm4
-  0229  vmovups   [r10+0x180],ymm6
-  0232  vmaskmovps [r10+0x1A0],ymm15,ymm7
-  023b  add       r9,0xC
-  023f  add       r10,0x1B0
-  0246  sub       r11,3
-  024a  jmp       0x189
-  024f  cmp       r11,1
-  0253  jl        0x2BA
-  0255  vxorps    ymm0,ymm0,ymm0
-  0259  vxorps    ymm1,ymm1,ymm1
-  025d  mov       rax,r9
-  0260  mov       rbx,rsi
-  0263  mov       r12,r8
-  0266  test      r12,r12
-  0269  jle       0x29A
-  026b  vmovups   ymm9,[rbx+0x60]
-  0270  vmaskmovps ymm10,ymm15,[rbx+0x80]
-  0279  vbroadcastss ymm12,[rax]
-  027e  vfmadd231ps ymm0,ymm9,ymm12
-  0283  vfmadd231ps ymm1,ymm10,ymm12
-  0288  add       rax,0x3040
-  028e  add       rbx,0x90
-  0295  dec       r12
-  0298  jne       0x26B
-  029a  vmovups   [r10+0x60],ymm0
-  02a0  vmaskmovps [r10+0x80],ymm15,ymm1
-  02a9  add       r9,4
-  02ad  add       r10,0x90
-  02b4  sub       r11,1
-  02b8  jmp       0x24F
-  02ba  pop       r12
-  02bc  pop       rbx
-  02bd  vzeroupper
-  02c0  ret
-  02c1  .byte ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff
-  02d1  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
 

@@ -119,26 +119,21 @@
   0186  vmovups   [r9+rdx*4],xmm5
   018c  mov       rdx,rdi
   018f  jmp       0x70
-  0194  add       [rax],al
-  0196  add       [rax],al
-  0198  add       [rax],al
-  019a  add       [rax],al
-  019c  add       [rax],al
-  019e  add       [rax],al
-  01a0  .byte 00 00 ae c2 00 00 ae c2 00 00 ae c2 00 00 ae c2
-  01b0  .byte 00 00 b0 42 00 00 b0 42 00 00 b0 42 00 00 b0 42
-  01c0  .byte 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f
-  01d0  .byte 00 00 40 4b 00 00 40 4b 00 00 40 4b 00 00 40 4b
-  01e0  .byte 7f 00 c0 b4 7f 00 c0 b4 7f 00 c0 b4 7f 00 c0 b4
-  01f0  .byte 01 0d 50 39 01 0d 50 39 01 0d 50 39 01 0d 50 39
-  0200  .byte 83 80 5e 39 83 80 5e 39 83 80 5e 39 83 80 5e 39
-  0210  .byte 00 80 31 bf 00 80 31 bf 00 80 31 bf 00 80 31 bf
-  0220  .byte 61 0b b6 3a 61 0b b6 3a 61 0b b6 3a 61 0b b6 3a
-  0230  .byte 89 88 08 3c 89 88 08 3c 89 88 08 3c 89 88 08 3c
-  0240  .byte ab aa 2a 3d ab aa 2a 3d ab aa 2a 3d ab aa 2a 3d
-  0250  .byte ab aa 2a 3e ab aa 2a 3e ab aa 2a 3e ab aa 2a 3e
-  0260  .byte 00 00 00 3f 00 00 00 3f 00 00 00 3f 00 00 00 3f
-  0270  .byte 00 00 80 3f 00 00 80 3f 00 00 80 3f 00 00 80 3f
+  0194  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 ae c2
+  01a4  .byte 00 00 ae c2 00 00 ae c2 00 00 ae c2 00 00 b0 42
+  01b4  .byte 00 00 b0 42 00 00 b0 42 00 00 b0 42 3b aa b8 3f
+  01c4  .byte 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f 00 00 40 4b
+  01d4  .byte 00 00 40 4b 00 00 40 4b 00 00 40 4b 7f 00 c0 b4
+  01e4  .byte 7f 00 c0 b4 7f 00 c0 b4 7f 00 c0 b4 01 0d 50 39
+  01f4  .byte 01 0d 50 39 01 0d 50 39 01 0d 50 39 83 80 5e 39
+  0204  .byte 83 80 5e 39 83 80 5e 39 83 80 5e 39 00 80 31 bf
+  0214  .byte 00 80 31 bf 00 80 31 bf 00 80 31 bf 61 0b b6 3a
+  0224  .byte 61 0b b6 3a 61 0b b6 3a 61 0b b6 3a 89 88 08 3c
+  0234  .byte 89 88 08 3c 89 88 08 3c 89 88 08 3c ab aa 2a 3d
+  0244  .byte ab aa 2a 3d ab aa 2a 3d ab aa 2a 3d ab aa 2a 3e
+  0254  .byte ab aa 2a 3e ab aa 2a 3e ab aa 2a 3e 00 00 00 3f
+  0264  .byte 00 00 00 3f 00 00 00 3f 00 00 00 3f 00 00 80 3f
+  0274  .byte 00 00 80 3f 00 00 80 3f 00 00 80 3f
 
 ; k2_dense_33x17_elu: Cranelift, 640 bytes
   0000  push      rbp
@@ -224,14 +219,7 @@
   0183  vmovups   [r9+rdx*4],xmm5
   0189  mov       rdx,rdi
   018c  jmp       0x70
-  0191  add       [rax],al
-  0193  add       [rax],al
-  0195  add       [rax],al
-  0197  add       [rax],al
-  0199  add       [rax],al
-  019b  add       [rax],al
-  019d  add       [rax],al
-  019f  add       [rax],al
+  0191  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
   01a1  .byte 00 ae c2 00 00 ae c2 00 00 ae c2 00 00 ae c2 00
   01b1  .byte 00 b0 42 00 00 b0 42 00 00 b0 42 00 00 b0 42 3b
   01c1  .byte aa b8 3f 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f 00
@@ -651,45 +639,42 @@
   0798  movdqu    [rsp],xmm0
   079d  movdqu    [rsp+0x10],xmm7
   07a3  jmp       0x22
-  07a8  add       [rax],al
-  07aa  add       [rax],al
-  07ac  add       [rax],al
-  07ae  add       [rax],al
-  07b0  .byte 00 00 ae c2 00 00 ae c2 00 00 ae c2 00 00 ae c2
-  07c0  .byte 00 00 80 ff 00 00 80 ff 00 00 80 ff 00 00 80 ff
-  07d0  .byte ff ff ff ff ff ff ff ff 00 00 00 00 00 00 00 00
-  07e0  .byte 00 00 b0 42 00 00 b0 42 00 00 b0 42 00 00 b0 42
-  07f0  .byte 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f
-  0800  .byte 00 00 40 4b 00 00 40 4b 00 00 40 4b 00 00 40 4b
-  0810  .byte 7f 00 c0 b4 7f 00 c0 b4 7f 00 c0 b4 7f 00 c0 b4
-  0820  .byte 01 0d 50 39 01 0d 50 39 01 0d 50 39 01 0d 50 39
-  0830  .byte 83 80 5e 39 83 80 5e 39 83 80 5e 39 83 80 5e 39
-  0840  .byte 00 80 31 bf 00 80 31 bf 00 80 31 bf 00 80 31 bf
-  0850  .byte 61 0b b6 3a 61 0b b6 3a 61 0b b6 3a 61 0b b6 3a
-  0860  .byte 89 88 08 3c 89 88 08 3c 89 88 08 3c 89 88 08 3c
-  0870  .byte ab aa 2a 3d ab aa 2a 3d ab aa 2a 3d ab aa 2a 3d
-  0880  .byte ab aa 2a 3e ab aa 2a 3e ab aa 2a 3e ab aa 2a 3e
-  0890  .byte 00 00 00 3f 00 00 00 3f 00 00 00 3f 00 00 00 3f
-  08a0  .byte 00 00 00 00 00 00 80 3f 00 00 00 40 00 00 40 40
-  08b0  .byte 00 00 80 3f 00 00 80 3f 00 00 80 3f 00 00 80 3f
-  08c0  .byte 00 00 80 40 00 00 a0 40 00 00 c0 40 00 00 e0 40
-  08d0  .byte 00 00 00 41 00 00 10 41 00 00 20 41 00 00 30 41
-  08e0  .byte 82 ff ff ff 82 ff ff ff 82 ff ff ff 82 ff ff ff
-  08f0  .byte ff ff 7f 00 ff ff 7f 00 ff ff 7f 00 ff ff 7f 00
-  0900  .byte f3 04 35 3f f3 04 35 3f f3 04 35 3f f3 04 35 3f
-  0910  .byte 00 80 31 3f 00 80 31 3f 00 80 31 3f 00 80 31 3f
-  0920  .byte 00 00 00 bf 00 00 00 bf 00 00 00 bf 00 00 00 bf
-  0930  .byte 83 80 5e b9 83 80 5e b9 83 80 5e b9 83 80 5e b9
-  0940  .byte bb 21 90 3d bb 21 90 3d bb 21 90 3d bb 21 90 3d
-  0950  .byte b8 d1 eb bd b8 d1 eb bd b8 d1 eb bd b8 d1 eb bd
-  0960  .byte 1b 25 ef 3d 1b 25 ef 3d 1b 25 ef 3d 1b 25 ef 3d
-  0970  .byte 4f 5d fe bd 4f 5d fe bd 4f 5d fe bd 4f 5d fe bd
-  0980  .byte bf e9 11 3e bf e9 11 3e bf e9 11 3e bf e9 11 3e
-  0990  .byte 50 ae 2a be 50 ae 2a be 50 ae 2a be 50 ae 2a be
-  09a0  .byte ac ce 4c 3e ac ce 4c 3e ac ce 4c 3e ac ce 4c 3e
-  09b0  .byte fc ff 7f be fc ff 7f be fc ff 7f be fc ff 7f be
-  09c0  .byte aa aa aa 3e aa aa aa 3e aa aa aa 3e aa aa aa 3e
-  09d0  .byte ff ff 7f 7f ff ff 7f 7f ff ff 7f 7f ff ff 7f 7f
+  07a8  .byte 00 00 00 00 00 00 00 00 00 00 ae c2 00 00 ae c2
+  07b8  .byte 00 00 ae c2 00 00 ae c2 00 00 80 ff 00 00 80 ff
+  07c8  .byte 00 00 80 ff 00 00 80 ff ff ff ff ff ff ff ff ff
+  07d8  .byte 00 00 00 00 00 00 00 00 00 00 b0 42 00 00 b0 42
+  07e8  .byte 00 00 b0 42 00 00 b0 42 3b aa b8 3f 3b aa b8 3f
+  07f8  .byte 3b aa b8 3f 3b aa b8 3f 00 00 40 4b 00 00 40 4b
+  0808  .byte 00 00 40 4b 00 00 40 4b 7f 00 c0 b4 7f 00 c0 b4
+  0818  .byte 7f 00 c0 b4 7f 00 c0 b4 01 0d 50 39 01 0d 50 39
+  0828  .byte 01 0d 50 39 01 0d 50 39 83 80 5e 39 83 80 5e 39
+  0838  .byte 83 80 5e 39 83 80 5e 39 00 80 31 bf 00 80 31 bf
+  0848  .byte 00 80 31 bf 00 80 31 bf 61 0b b6 3a 61 0b b6 3a
+  0858  .byte 61 0b b6 3a 61 0b b6 3a 89 88 08 3c 89 88 08 3c
+  0868  .byte 89 88 08 3c 89 88 08 3c ab aa 2a 3d ab aa 2a 3d
+  0878  .byte ab aa 2a 3d ab aa 2a 3d ab aa 2a 3e ab aa 2a 3e
+  0888  .byte ab aa 2a 3e ab aa 2a 3e 00 00 00 3f 00 00 00 3f
+  0898  .byte 00 00 00 3f 00 00 00 3f 00 00 00 00 00 00 80 3f
+  08a8  .byte 00 00 00 40 00 00 40 40 00 00 80 3f 00 00 80 3f
+  08b8  .byte 00 00 80 3f 00 00 80 3f 00 00 80 40 00 00 a0 40
+  08c8  .byte 00 00 c0 40 00 00 e0 40 00 00 00 41 00 00 10 41
+  08d8  .byte 00 00 20 41 00 00 30 41 82 ff ff ff 82 ff ff ff
+  08e8  .byte 82 ff ff ff 82 ff ff ff ff ff 7f 00 ff ff 7f 00
+  08f8  .byte ff ff 7f 00 ff ff 7f 00 f3 04 35 3f f3 04 35 3f
+  0908  .byte f3 04 35 3f f3 04 35 3f 00 80 31 3f 00 80 31 3f
+  0918  .byte 00 80 31 3f 00 80 31 3f 00 00 00 bf 00 00 00 bf
+  0928  .byte 00 00 00 bf 00 00 00 bf 83 80 5e b9 83 80 5e b9
+  0938  .byte 83 80 5e b9 83 80 5e b9 bb 21 90 3d bb 21 90 3d
+  0948  .byte bb 21 90 3d bb 21 90 3d b8 d1 eb bd b8 d1 eb bd
+  0958  .byte b8 d1 eb bd b8 d1 eb bd 1b 25 ef 3d 1b 25 ef 3d
+  0968  .byte 1b 25 ef 3d 1b 25 ef 3d 4f 5d fe bd 4f 5d fe bd
+  0978  .byte 4f 5d fe bd 4f 5d fe bd bf e9 11 3e bf e9 11 3e
+  0988  .byte bf e9 11 3e bf e9 11 3e 50 ae 2a be 50 ae 2a be
+  0998  .byte 50 ae 2a be 50 ae 2a be ac ce 4c 3e ac ce 4c 3e
+  09a8  .byte ac ce 4c 3e ac ce 4c 3e fc ff 7f be fc ff 7f be
+  09b8  .byte fc ff 7f be fc ff 7f be aa aa aa 3e aa aa aa 3e
+  09c8  .byte aa aa aa 3e aa aa aa 3e ff ff 7f 7f ff ff 7f 7f
+  09d8  .byte ff ff 7f 7f ff ff 7f 7f
 
 ; k5_dense_input_grad_17x10_elu: Cranelift, 240 bytes
   0000  push      rbp
@@ -744,13 +729,8 @@
   00c6  vmovups   [r9+rdx*4],xmm0
   00cc  mov       rdx,rdi
   00cf  jmp       0x70
-  00d4  add       [rax],al
-  00d6  add       [rax],al
-  00d8  add       [rax],al
-  00da  add       [rax],al
-  00dc  add       [rax],al
-  00de  add       [rax],al
-  00e0  .byte 00 00 80 3f 00 00 80 3f 00 00 80 3f 00 00 80 3f
+  00d4  .byte 00 00 00 00 00 00 00 00 00 00 00 00 00 00 80 3f
+  00e4  .byte 00 00 80 3f 00 00 80 3f 00 00 80 3f
 
 ; k6_dense_weight_grad_nadam_t_17x10: Cranelift, 2112 bytes
   0000  push      rbp
@@ -1159,13 +1139,10 @@
   07f8  vmovups   [rdx+rcx+0xF0],xmm1
   0801  mov       rcx,rax
   0804  jmp       0x330
-  0809  add       [rax],al
-  080b  add       [rax],al
-  080d  add       [rax],al
-  080f  add       al,dl
-  0811  .byte cc cc 3d d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d 00
-  0821  .byte 12 83 3a 00 12 83 3a 00 12 83 3a 00 12 83 3a 95
-  0831  .byte bf d6 33 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  0809  .byte 00 00 00 00 00 00 00 d0 cc cc 3d d0 cc cc 3d d0
+  0819  .byte cc cc 3d d0 cc cc 3d 00 12 83 3a 00 12 83 3a 00
+  0829  .byte 12 83 3a 00 12 83 3a 95 bf d6 33 95 bf d6 33 95
+  0839  .byte bf d6 33 95 bf d6 33
 
 ; k7_dense_input_grad_33x17_elu: Cranelift, 240 bytes
   0000  push      rbp
@@ -1220,12 +1197,8 @@
   00c9  vmovups   [r9+rdx*4],xmm0
   00cf  mov       rdx,rdi
   00d2  jmp       0x70
-  00d7  add       [rax],al
-  00d9  add       [rax],al
-  00db  add       [rax],al
-  00dd  add       [rax],al
-  00df  add       [rax],al
-  00e1  .byte 00 80 3f 00 00 80 3f 00 00 80 3f 00 00 80 3f
+  00d7  .byte 00 00 00 00 00 00 00 00 00 00 00 80 3f 00 00 80
+  00e7  .byte 3f 00 00 80 3f 00 00 80 3f
 
 ; k8_dense_weight_grad_nadam_t_33x17: Cranelift, 2144 bytes
   0000  push      rbp
@@ -1631,15 +1604,10 @@
   0814  vmovups   [rdx+rcx+0x1B0],xmm0
   081d  mov       rcx,rax
   0820  jmp       0x32A
-  0825  add       [rax],al
-  0827  add       [rax],al
-  0829  add       [rax],al
-  082b  add       [rax],al
-  082d  add       [rax],al
-  082f  add       al,dl
-  0831  .byte cc cc 3d d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d 00
-  0841  .byte 12 83 3a 00 12 83 3a 00 12 83 3a 00 12 83 3a 95
-  0851  .byte bf d6 33 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  0825  .byte 00 00 00 00 00 00 00 00 00 00 00 d0 cc cc 3d d0
+  0835  .byte cc cc 3d d0 cc cc 3d d0 cc cc 3d 00 12 83 3a 00
+  0845  .byte 12 83 3a 00 12 83 3a 00 12 83 3a 95 bf d6 33 95
+  0855  .byte bf d6 33 95 bf d6 33 95 bf d6 33
 
 ; k9_dense_weight_grad_nadam_3072x33: Cranelift, 928 bytes
   0000  push      rbp
@@ -1816,11 +1784,10 @@
   035c  vmovups   [rdx+rax*4+0x1B0],xmm0
   0365  mov       rax,rcx
   0368  jmp       0x101
-  036d  add       [rax],al
-  036f  add       al,dl
-  0371  .byte cc cc 3d d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d 00
-  0381  .byte 12 83 3a 00 12 83 3a 00 12 83 3a 00 12 83 3a 95
-  0391  .byte bf d6 33 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  036d  .byte 00 00 00 d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d d0
+  037d  .byte cc cc 3d 00 12 83 3a 00 12 83 3a 00 12 83 3a 00
+  038d  .byte 12 83 3a 95 bf d6 33 95 bf d6 33 95 bf d6 33 95
+  039d  .byte bf d6 33
 
 ; k10_transpose_33x17: Cranelift, 749 bytes
   0000  push      rbp
@@ -2069,11 +2036,10 @@
   00af  vmovups   [rcx+rsi*4],xmm0
   00b4  mov       rsi,rax
   00b7  jmp       7
-  00bc  add       [rax],al
-  00be  add       [rax],al
-  00c0  .byte d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d
-  00d0  .byte 00 12 83 3a 00 12 83 3a 00 12 83 3a 00 12 83 3a
-  00e0  .byte 95 bf d6 33 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  00bc  .byte 00 00 00 00 d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d
+  00cc  .byte d0 cc cc 3d 00 12 83 3a 00 12 83 3a 00 12 83 3a
+  00dc  .byte 00 12 83 3a 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  00ec  .byte 95 bf d6 33
 
 ; k13_update_nadam_20: Cranelift, 240 bytes
   0000  push      rbp
@@ -2118,11 +2084,10 @@
   00af  vmovups   [rcx+rsi*4],xmm0
   00b4  mov       rsi,rax
   00b7  jmp       7
-  00bc  add       [rax],al
-  00be  add       [rax],al
-  00c0  .byte d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d
-  00d0  .byte 00 12 83 3a 00 12 83 3a 00 12 83 3a 00 12 83 3a
-  00e0  .byte 95 bf d6 33 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  00bc  .byte 00 00 00 00 d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d
+  00cc  .byte d0 cc cc 3d 00 12 83 3a 00 12 83 3a 00 12 83 3a
+  00dc  .byte 00 12 83 3a 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  00ec  .byte 95 bf d6 33
 
 ; k14_update_nadam_12: Cranelift, 240 bytes
   0000  push      rbp
@@ -2167,11 +2132,10 @@
   00af  vmovups   [rcx+rsi*4],xmm0
   00b4  mov       rsi,rax
   00b7  jmp       7
-  00bc  add       [rax],al
-  00be  add       [rax],al
-  00c0  .byte d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d
-  00d0  .byte 00 12 83 3a 00 12 83 3a 00 12 83 3a 00 12 83 3a
-  00e0  .byte 95 bf d6 33 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  00bc  .byte 00 00 00 00 d0 cc cc 3d d0 cc cc 3d d0 cc cc 3d
+  00cc  .byte d0 cc cc 3d 00 12 83 3a 00 12 83 3a 00 12 83 3a
+  00dc  .byte 00 12 83 3a 95 bf d6 33 95 bf d6 33 95 bf d6 33
+  00ec  .byte 95 bf d6 33
 
 ; k15_head_probs_10: Cranelift, 1152 bytes
   0000  push      rbp
@@ -2351,654 +2315,833 @@
   037e  vmovups   [rdx+rcx+0x20],xmm0
   0384  mov       r8,rax
   0387  jmp       0xE
-  038c  add       [rax],al
-  038e  add       [rax],al
-  0390  .byte 00 00 ae c2 00 00 ae c2 00 00 ae c2 00 00 ae c2
-  03a0  .byte 00 00 80 ff 00 00 80 ff 00 00 80 ff 00 00 80 ff
-  03b0  .byte ff ff ff ff ff ff ff ff 00 00 00 00 00 00 00 00
-  03c0  .byte 00 00 b0 42 00 00 b0 42 00 00 b0 42 00 00 b0 42
-  03d0  .byte 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f
-  03e0  .byte 00 00 40 4b 00 00 40 4b 00 00 40 4b 00 00 40 4b
-  03f0  .byte 7f 00 c0 b4 7f 00 c0 b4 7f 00 c0 b4 7f 00 c0 b4
-  0400  .byte 01 0d 50 39 01 0d 50 39 01 0d 50 39 01 0d 50 39
-  0410  .byte 83 80 5e 39 83 80 5e 39 83 80 5e 39 83 80 5e 39
-  0420  .byte 00 80 31 bf 00 80 31 bf 00 80 31 bf 00 80 31 bf
-  0430  .byte 61 0b b6 3a 61 0b b6 3a 61 0b b6 3a 61 0b b6 3a
-  0440  .byte 89 88 08 3c 89 88 08 3c 89 88 08 3c 89 88 08 3c
-  0450  .byte ab aa 2a 3d ab aa 2a 3d ab aa 2a 3d ab aa 2a 3d
-  0460  .byte ab aa 2a 3e ab aa 2a 3e ab aa 2a 3e ab aa 2a 3e
-  0470  .byte 00 00 00 3f 00 00 00 3f 00 00 00 3f 00 00 00 3f
+  038c  .byte 00 00 00 00 00 00 ae c2 00 00 ae c2 00 00 ae c2
+  039c  .byte 00 00 ae c2 00 00 80 ff 00 00 80 ff 00 00 80 ff
+  03ac  .byte 00 00 80 ff ff ff ff ff ff ff ff ff 00 00 00 00
+  03bc  .byte 00 00 00 00 00 00 b0 42 00 00 b0 42 00 00 b0 42
+  03cc  .byte 00 00 b0 42 3b aa b8 3f 3b aa b8 3f 3b aa b8 3f
+  03dc  .byte 3b aa b8 3f 00 00 40 4b 00 00 40 4b 00 00 40 4b
+  03ec  .byte 00 00 40 4b 7f 00 c0 b4 7f 00 c0 b4 7f 00 c0 b4
+  03fc  .byte 7f 00 c0 b4 01 0d 50 39 01 0d 50 39 01 0d 50 39
+  040c  .byte 01 0d 50 39 83 80 5e 39 83 80 5e 39 83 80 5e 39
+  041c  .byte 83 80 5e 39 00 80 31 bf 00 80 31 bf 00 80 31 bf
+  042c  .byte 00 80 31 bf 61 0b b6 3a 61 0b b6 3a 61 0b b6 3a
+  043c  .byte 61 0b b6 3a 89 88 08 3c 89 88 08 3c 89 88 08 3c
+  044c  .byte 89 88 08 3c ab aa 2a 3d ab aa 2a 3d ab aa 2a 3d
+  045c  .byte ab aa 2a 3d ab aa 2a 3e ab aa 2a 3e ab aa 2a 3e
+  046c  .byte ab aa 2a 3e 00 00 00 3f 00 00 00 3f 00 00 00 3f
+  047c  .byte 00 00 00 3f
 
-; g0_gemm_avx512_n36: generated, GemmShape { n: 36, lda: 3088, a_k: 1, ldb: 36, ldc: 36, accumulate: false }, 552 bytes
+; g0_gemm_avx512_n36: generated, GemmShape { n: 36, lda: 3088, a_k: 1, ldb: 36, ldc: 36, accumulate: false, kc: 256 }, 1241 bytes
   0000  mov       eax,0xF
   0005  kmovw     k1,eax
   0009  push      rbx
   000a  push      r12
-  000c  mov       r9,rdi
-  000f  mov       r10,rdx
-  0012  mov       r11,rcx
-  0015  cmp       r11,4
-  0019  jl        0x194
-  001f  vpxord    zmm0,zmm0,zmm0
-  0025  vpxord    zmm1,zmm1,zmm1
-  002b  vpxord    zmm2,zmm2,zmm2
-  0031  vpxord    zmm6,zmm6,zmm6
-  0037  vpxord    zmm7,zmm7,zmm7
-  003d  vpxord    zmm8,zmm8,zmm8
-  0043  vpxord    zmm12,zmm12,zmm12
-  0049  vpxord    zmm13,zmm13,zmm13
-  004f  vpxord    zmm14,zmm14,zmm14
+  000c  push      r13
+  000e  push      r14
+  0010  push      r15
+  0012  mov       r13,rdi
+  0015  mov       r14,rsi
+  0018  mov       r15,r8
+  001b  mov       rsi,r15
+  001e  mov       rax,0x100
+  0028  cmp       rsi,rax
+  002b  cmovg     rsi,rax
+  002f  mov       r9,r13
+  0032  mov       r10,rdx
+  0035  mov       r11,rcx
+  0038  cmp       r11,4
+  003c  jl        0x1B7
+  0042  vpxord    zmm0,zmm0,zmm0
+  0048  vpxord    zmm1,zmm1,zmm1
+  004e  vpxord    zmm2,zmm2,zmm2
+  0054  vpxord    zmm6,zmm6,zmm6
+  005a  vpxord    zmm7,zmm7,zmm7
+  0060  vpxord    zmm8,zmm8,zmm8
+  0066  vpxord    zmm12,zmm12,zmm12
+  006c  vpxord    zmm13,zmm13,zmm13
+  0072  vpxord    zmm14,zmm14,zmm14
+  0078  vpxord    zmm18,zmm18,zmm18
+  007e  vpxord    zmm19,zmm19,zmm19
+  0084  vpxord    zmm20,zmm20,zmm20
+  008a  mov       rax,r9
+  008d  mov       rbx,r14
+  0090  mov       r12,rsi
+  0093  test      r12,r12
+  0096  jle       0x132
+  009c  vmovups   zmm24,[rbx]
+  00a2  vmovups   zmm25,[rbx+0x40]
+  00a9  vmovups   zmm26{k1}{z},[rbx+0x80]
+  00b0  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  00b6  vfmadd231ps zmm1,zmm25,[rax]{1to16}
+  00bc  vfmadd231ps zmm2,zmm26,[rax]{1to16}
+  00c2  vfmadd231ps zmm6,zmm24,[rax+0x3040]{1to16}
+  00cc  vfmadd231ps zmm7,zmm25,[rax+0x3040]{1to16}
+  00d6  vfmadd231ps zmm8,zmm26,[rax+0x3040]{1to16}
+  00e0  vfmadd231ps zmm12,zmm24,[rax+0x6080]{1to16}
+  00ea  vfmadd231ps zmm13,zmm25,[rax+0x6080]{1to16}
+  00f4  vfmadd231ps zmm14,zmm26,[rax+0x6080]{1to16}
+  00fe  vfmadd231ps zmm18,zmm24,[rax+0x90C0]{1to16}
+  0108  vfmadd231ps zmm19,zmm25,[rax+0x90C0]{1to16}
+  0112  vfmadd231ps zmm20,zmm26,[rax+0x90C0]{1to16}
+  011c  add       rax,4
+  0122  add       rbx,0x90
+  0129  dec       r12
+  012c  jne       0x9C
+  0132  vmovups   [r10],zmm0
+  0138  vmovups   [r10+0x40],zmm1
+  013f  vmovups   [r10+0x80]{k1},zmm2
+  0146  vmovups   [r10+0x90],zmm6
+  0150  vmovups   [r10+0xD0],zmm7
+  015a  vmovups   [r10+0x110]{k1},zmm8
+  0164  vmovups   [r10+0x120],zmm12
+  016e  vmovups   [r10+0x160],zmm13
+  0178  vmovups   [r10+0x1A0]{k1},zmm14
+  0182  vmovups   [r10+0x1B0],zmm18
+  018c  vmovups   [r10+0x1F0],zmm19
+  0196  vmovups   [r10+0x230]{k1},zmm20
+  01a0  add       r9,0xC100
+  01a7  add       r10,0x240
+  01ae  sub       r11,4
+  01b2  jmp       0x38
+  01b7  cmp       r11,1
+  01bb  jl        0x244
+  01c1  vpxord    zmm0,zmm0,zmm0
+  01c7  vpxord    zmm1,zmm1,zmm1
+  01cd  vpxord    zmm2,zmm2,zmm2
+  01d3  mov       rax,r9
+  01d6  mov       rbx,r14
+  01d9  mov       r12,rsi
+  01dc  test      r12,r12
+  01df  jle       0x219
+  01e1  vmovups   zmm24,[rbx]
+  01e7  vmovups   zmm25,[rbx+0x40]
+  01ee  vmovups   zmm26{k1}{z},[rbx+0x80]
+  01f5  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  01fb  vfmadd231ps zmm1,zmm25,[rax]{1to16}
+  0201  vfmadd231ps zmm2,zmm26,[rax]{1to16}
+  0207  add       rax,4
+  020d  add       rbx,0x90
+  0214  dec       r12
+  0217  jne       0x1E1
+  0219  vmovups   [r10],zmm0
+  021f  vmovups   [r10+0x40],zmm1
+  0226  vmovups   [r10+0x80]{k1},zmm2
+  022d  add       r9,0x3040
+  0234  add       r10,0x90
+  023b  sub       r11,1
+  023f  jmp       0x1B7
+  0244  add       r13,0x400
+  024b  add       r14,0x9000
+  0252  sub       r15,0x100
+  0259  jg        0x260
+  025b  jmp       0x4CC
+  0260  mov       rsi,r15
+  0263  mov       rax,0x100
+  026d  cmp       rsi,rax
+  0270  cmovg     rsi,rax
+  0274  mov       r9,r13
+  0277  mov       r10,rdx
+  027a  mov       r11,rcx
+  027d  cmp       r11,4
+  0281  jl        0x422
+  0287  vmovups   zmm0,[r10]
+  028d  vmovups   zmm1,[r10+0x40]
+  0294  vmovups   zmm2{k1}{z},[r10+0x80]
+  029b  vmovups   zmm6,[r10+0x90]
+  02a5  vmovups   zmm7,[r10+0xD0]
+  02af  vmovups   zmm8{k1}{z},[r10+0x110]
+  02b9  vmovups   zmm12,[r10+0x120]
+  02c3  vmovups   zmm13,[r10+0x160]
+  02cd  vmovups   zmm14{k1}{z},[r10+0x1A0]
+  02d7  vmovups   zmm18,[r10+0x1B0]
+  02e1  vmovups   zmm19,[r10+0x1F0]
+  02eb  vmovups   zmm20{k1}{z},[r10+0x230]
+  02f5  mov       rax,r9
+  02f8  mov       rbx,r14
+  02fb  mov       r12,rsi
+  02fe  test      r12,r12
+  0301  jle       0x39D
+  0307  vmovups   zmm24,[rbx]
+  030d  vmovups   zmm25,[rbx+0x40]
+  0314  vmovups   zmm26{k1}{z},[rbx+0x80]
+  031b  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  0321  vfmadd231ps zmm1,zmm25,[rax]{1to16}
+  0327  vfmadd231ps zmm2,zmm26,[rax]{1to16}
+  032d  vfmadd231ps zmm6,zmm24,[rax+0x3040]{1to16}
+  0337  vfmadd231ps zmm7,zmm25,[rax+0x3040]{1to16}
+  0341  vfmadd231ps zmm8,zmm26,[rax+0x3040]{1to16}
+  034b  vfmadd231ps zmm12,zmm24,[rax+0x6080]{1to16}
+  0355  vfmadd231ps zmm13,zmm25,[rax+0x6080]{1to16}
+  035f  vfmadd231ps zmm14,zmm26,[rax+0x6080]{1to16}
+  0369  vfmadd231ps zmm18,zmm24,[rax+0x90C0]{1to16}
+  0373  vfmadd231ps zmm19,zmm25,[rax+0x90C0]{1to16}
+  037d  vfmadd231ps zmm20,zmm26,[rax+0x90C0]{1to16}
+  0387  add       rax,4
+  038d  add       rbx,0x90
+  0394  dec       r12
+  0397  jne       0x307
+  039d  vmovups   [r10],zmm0
+  03a3  vmovups   [r10+0x40],zmm1
+  03aa  vmovups   [r10+0x80]{k1},zmm2
+  03b1  vmovups   [r10+0x90],zmm6
+  03bb  vmovups   [r10+0xD0],zmm7
+  03c5  vmovups   [r10+0x110]{k1},zmm8
+  03cf  vmovups   [r10+0x120],zmm12
+  03d9  vmovups   [r10+0x160],zmm13
+  03e3  vmovups   [r10+0x1A0]{k1},zmm14
+  03ed  vmovups   [r10+0x1B0],zmm18
+  03f7  vmovups   [r10+0x1F0],zmm19
+  0401  vmovups   [r10+0x230]{k1},zmm20
+  040b  add       r9,0xC100
+  0412  add       r10,0x240
+  0419  sub       r11,4
+  041d  jmp       0x27D
+  0422  cmp       r11,1
+  0426  jl        0x4B1
+  042c  vmovups   zmm0,[r10]
+  0432  vmovups   zmm1,[r10+0x40]
+  0439  vmovups   zmm2{k1}{z},[r10+0x80]
+  0440  mov       rax,r9
+  0443  mov       rbx,r14
+  0446  mov       r12,rsi
+  0449  test      r12,r12
+  044c  jle       0x486
+  044e  vmovups   zmm24,[rbx]
+  0454  vmovups   zmm25,[rbx+0x40]
+  045b  vmovups   zmm26{k1}{z},[rbx+0x80]
+  0462  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  0468  vfmadd231ps zmm1,zmm25,[rax]{1to16}
+  046e  vfmadd231ps zmm2,zmm26,[rax]{1to16}
+  0474  add       rax,4
+  047a  add       rbx,0x90
+  0481  dec       r12
+  0484  jne       0x44E
+  0486  vmovups   [r10],zmm0
+  048c  vmovups   [r10+0x40],zmm1
+  0493  vmovups   [r10+0x80]{k1},zmm2
+  049a  add       r9,0x3040
+  04a1  add       r10,0x90
+  04a8  sub       r11,1
+  04ac  jmp       0x422
+  04b1  add       r13,0x400
+  04b8  add       r14,0x9000
+  04bf  sub       r15,0x100
+  04c6  jg        0x260
+  04cc  pop       r15
+  04ce  pop       r14
+  04d0  pop       r13
+  04d2  pop       r12
+  04d4  pop       rbx
+  04d5  vzeroupper
+  04d8  ret
+
+; g1_gemm_avx512_n20: generated, GemmShape { n: 20, lda: 36, a_k: 1, ldb: 20, ldc: 20, accumulate: false, kc: 0 }, 404 bytes
+  0000  mov       eax,0xF
+  0005  kmovw     k1,eax
+  0009  push      rbx
+  000a  push      r12
+  000c  push      r13
+  000e  push      r14
+  0010  push      r15
+  0012  mov       r13,rdi
+  0015  mov       r14,rsi
+  0018  mov       r15,r8
+  001b  mov       rsi,r15
+  001e  mov       r9,r13
+  0021  mov       r10,rdx
+  0024  mov       r11,rcx
+  0027  cmp       r11,4
+  002b  jl        0x121
+  0031  vpxord    zmm0,zmm0,zmm0
+  0037  vpxord    zmm1,zmm1,zmm1
+  003d  vpxord    zmm6,zmm6,zmm6
+  0043  vpxord    zmm7,zmm7,zmm7
+  0049  vpxord    zmm12,zmm12,zmm12
+  004f  vpxord    zmm13,zmm13,zmm13
   0055  vpxord    zmm18,zmm18,zmm18
   005b  vpxord    zmm19,zmm19,zmm19
-  0061  vpxord    zmm20,zmm20,zmm20
-  0067  mov       rax,r9
-  006a  mov       rbx,rsi
-  006d  mov       r12,r8
-  0070  test      r12,r12
-  0073  jle       0x10F
-  0079  vmovups   zmm24,[rbx]
-  007f  vmovups   zmm25,[rbx+0x40]
-  0086  vmovups   zmm26{k1}{z},[rbx+0x80]
-  008d  vfmadd231ps zmm0,zmm24,[rax]{1to16}
-  0093  vfmadd231ps zmm1,zmm25,[rax]{1to16}
-  0099  vfmadd231ps zmm2,zmm26,[rax]{1to16}
-  009f  vfmadd231ps zmm6,zmm24,[rax+0x3040]{1to16}
-  00a9  vfmadd231ps zmm7,zmm25,[rax+0x3040]{1to16}
-  00b3  vfmadd231ps zmm8,zmm26,[rax+0x3040]{1to16}
-  00bd  vfmadd231ps zmm12,zmm24,[rax+0x6080]{1to16}
-  00c7  vfmadd231ps zmm13,zmm25,[rax+0x6080]{1to16}
-  00d1  vfmadd231ps zmm14,zmm26,[rax+0x6080]{1to16}
-  00db  vfmadd231ps zmm18,zmm24,[rax+0x90C0]{1to16}
-  00e5  vfmadd231ps zmm19,zmm25,[rax+0x90C0]{1to16}
-  00ef  vfmadd231ps zmm20,zmm26,[rax+0x90C0]{1to16}
-  00f9  add       rax,4
-  00ff  add       rbx,0x90
-  0106  dec       r12
-  0109  jne       0x79
-  010f  vmovups   [r10],zmm0
-  0115  vmovups   [r10+0x40],zmm1
-  011c  vmovups   [r10+0x80]{k1},zmm2
-  0123  vmovups   [r10+0x90],zmm6
-  012d  vmovups   [r10+0xD0],zmm7
-  0137  vmovups   [r10+0x110]{k1},zmm8
-  0141  vmovups   [r10+0x120],zmm12
-  014b  vmovups   [r10+0x160],zmm13
-  0155  vmovups   [r10+0x1A0]{k1},zmm14
-  015f  vmovups   [r10+0x1B0],zmm18
-  0169  vmovups   [r10+0x1F0],zmm19
-  0173  vmovups   [r10+0x230]{k1},zmm20
-  017d  add       r9,0xC100
-  0184  add       r10,0x240
-  018b  sub       r11,4
-  018f  jmp       0x15
-  0194  cmp       r11,1
-  0198  jl        0x221
-  019e  vpxord    zmm0,zmm0,zmm0
-  01a4  vpxord    zmm1,zmm1,zmm1
-  01aa  vpxord    zmm2,zmm2,zmm2
-  01b0  mov       rax,r9
-  01b3  mov       rbx,rsi
-  01b6  mov       r12,r8
-  01b9  test      r12,r12
-  01bc  jle       0x1F6
-  01be  vmovups   zmm24,[rbx]
-  01c4  vmovups   zmm25,[rbx+0x40]
-  01cb  vmovups   zmm26{k1}{z},[rbx+0x80]
-  01d2  vfmadd231ps zmm0,zmm24,[rax]{1to16}
-  01d8  vfmadd231ps zmm1,zmm25,[rax]{1to16}
-  01de  vfmadd231ps zmm2,zmm26,[rax]{1to16}
-  01e4  add       rax,4
-  01ea  add       rbx,0x90
-  01f1  dec       r12
-  01f4  jne       0x1BE
-  01f6  vmovups   [r10],zmm0
-  01fc  vmovups   [r10+0x40],zmm1
-  0203  vmovups   [r10+0x80]{k1},zmm2
-  020a  add       r9,0x3040
-  0211  add       r10,0x90
-  0218  sub       r11,1
-  021c  jmp       0x194
-  0221  pop       r12
-  0223  pop       rbx
-  0224  vzeroupper
-  0227  ret
+  0061  mov       rax,r9
+  0064  mov       rbx,r14
+  0067  mov       r12,rsi
+  006a  test      r12,r12
+  006d  jle       0xC1
+  006f  vmovups   zmm24,[rbx]
+  0075  vmovups   zmm25{k1}{z},[rbx+0x40]
+  007c  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  0082  vfmadd231ps zmm1,zmm25,[rax]{1to16}
+  0088  vfmadd231ps zmm6,zmm24,[rax+0x90]{1to16}
+  008f  vfmadd231ps zmm7,zmm25,[rax+0x90]{1to16}
+  0096  vfmadd231ps zmm12,zmm24,[rax+0x120]{1to16}
+  009d  vfmadd231ps zmm13,zmm25,[rax+0x120]{1to16}
+  00a4  vfmadd231ps zmm18,zmm24,[rax+0x1B0]{1to16}
+  00ab  vfmadd231ps zmm19,zmm25,[rax+0x1B0]{1to16}
+  00b2  add       rax,4
+  00b8  add       rbx,0x50
+  00bc  dec       r12
+  00bf  jne       0x6F
+  00c1  vmovups   [r10],zmm0
+  00c7  vmovups   [r10+0x40]{k1},zmm1
+  00ce  vmovups   [r10+0x50],zmm6
+  00d8  vmovups   [r10+0x90]{k1},zmm7
+  00e2  vmovups   [r10+0xA0],zmm12
+  00ec  vmovups   [r10+0xE0]{k1},zmm13
+  00f6  vmovups   [r10+0xF0],zmm18
+  0100  vmovups   [r10+0x130]{k1},zmm19
+  010a  add       r9,0x240
+  0111  add       r10,0x140
+  0118  sub       r11,4
+  011c  jmp       0x27
+  0121  cmp       r11,1
+  0125  jl        0x187
+  0127  vpxord    zmm0,zmm0,zmm0
+  012d  vpxord    zmm1,zmm1,zmm1
+  0133  mov       rax,r9
+  0136  mov       rbx,r14
+  0139  mov       r12,rsi
+  013c  test      r12,r12
+  013f  jle       0x169
+  0141  vmovups   zmm24,[rbx]
+  0147  vmovups   zmm25{k1}{z},[rbx+0x40]
+  014e  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  0154  vfmadd231ps zmm1,zmm25,[rax]{1to16}
+  015a  add       rax,4
+  0160  add       rbx,0x50
+  0164  dec       r12
+  0167  jne       0x141
+  0169  vmovups   [r10],zmm0
+  016f  vmovups   [r10+0x40]{k1},zmm1
+  0176  add       r9,0x90
+  017d  add       r10,0x50
+  0181  sub       r11,1
+  0185  jmp       0x121
+  0187  pop       r15
+  0189  pop       r14
+  018b  pop       r13
+  018d  pop       r12
+  018f  pop       rbx
+  0190  vzeroupper
+  0193  ret
 
-; g1_gemm_avx512_n20: generated, GemmShape { n: 20, lda: 36, a_k: 1, ldb: 20, ldc: 20, accumulate: false }, 380 bytes
-  0000  mov       eax,0xF
-  0005  kmovw     k1,eax
-  0009  push      rbx
-  000a  push      r12
-  000c  mov       r9,rdi
-  000f  mov       r10,rdx
-  0012  mov       r11,rcx
-  0015  cmp       r11,4
-  0019  jl        0x10F
-  001f  vpxord    zmm0,zmm0,zmm0
-  0025  vpxord    zmm1,zmm1,zmm1
-  002b  vpxord    zmm6,zmm6,zmm6
-  0031  vpxord    zmm7,zmm7,zmm7
-  0037  vpxord    zmm12,zmm12,zmm12
-  003d  vpxord    zmm13,zmm13,zmm13
-  0043  vpxord    zmm18,zmm18,zmm18
-  0049  vpxord    zmm19,zmm19,zmm19
-  004f  mov       rax,r9
-  0052  mov       rbx,rsi
-  0055  mov       r12,r8
-  0058  test      r12,r12
-  005b  jle       0xAF
-  005d  vmovups   zmm24,[rbx]
-  0063  vmovups   zmm25{k1}{z},[rbx+0x40]
-  006a  vfmadd231ps zmm0,zmm24,[rax]{1to16}
-  0070  vfmadd231ps zmm1,zmm25,[rax]{1to16}
-  0076  vfmadd231ps zmm6,zmm24,[rax+0x90]{1to16}
-  007d  vfmadd231ps zmm7,zmm25,[rax+0x90]{1to16}
-  0084  vfmadd231ps zmm12,zmm24,[rax+0x120]{1to16}
-  008b  vfmadd231ps zmm13,zmm25,[rax+0x120]{1to16}
-  0092  vfmadd231ps zmm18,zmm24,[rax+0x1B0]{1to16}
-  0099  vfmadd231ps zmm19,zmm25,[rax+0x1B0]{1to16}
-  00a0  add       rax,4
-  00a6  add       rbx,0x50
-  00aa  dec       r12
-  00ad  jne       0x5D
-  00af  vmovups   [r10],zmm0
-  00b5  vmovups   [r10+0x40]{k1},zmm1
-  00bc  vmovups   [r10+0x50],zmm6
-  00c6  vmovups   [r10+0x90]{k1},zmm7
-  00d0  vmovups   [r10+0xA0],zmm12
-  00da  vmovups   [r10+0xE0]{k1},zmm13
-  00e4  vmovups   [r10+0xF0],zmm18
-  00ee  vmovups   [r10+0x130]{k1},zmm19
-  00f8  add       r9,0x240
-  00ff  add       r10,0x140
-  0106  sub       r11,4
-  010a  jmp       0x15
-  010f  cmp       r11,1
-  0113  jl        0x175
-  0115  vpxord    zmm0,zmm0,zmm0
-  011b  vpxord    zmm1,zmm1,zmm1
-  0121  mov       rax,r9
-  0124  mov       rbx,rsi
-  0127  mov       r12,r8
-  012a  test      r12,r12
-  012d  jle       0x157
-  012f  vmovups   zmm24,[rbx]
-  0135  vmovups   zmm25{k1}{z},[rbx+0x40]
-  013c  vfmadd231ps zmm0,zmm24,[rax]{1to16}
-  0142  vfmadd231ps zmm1,zmm25,[rax]{1to16}
-  0148  add       rax,4
-  014e  add       rbx,0x50
-  0152  dec       r12
-  0155  jne       0x12F
-  0157  vmovups   [r10],zmm0
-  015d  vmovups   [r10+0x40]{k1},zmm1
-  0164  add       r9,0x90
-  016b  add       r10,0x50
-  016f  sub       r11,1
-  0173  jmp       0x10F
-  0175  pop       r12
-  0177  pop       rbx
-  0178  vzeroupper
-  017b  ret
-
-; g2_gemm_avx512_n12: generated, GemmShape { n: 12, lda: 20, a_k: 1, ldb: 12, ldc: 12, accumulate: false }, 256 bytes
+; g2_gemm_avx512_n12: generated, GemmShape { n: 12, lda: 20, a_k: 1, ldb: 12, ldc: 12, accumulate: false, kc: 0 }, 280 bytes
   0000  mov       eax,0xFFF
   0005  kmovw     k1,eax
   0009  push      rbx
   000a  push      r12
-  000c  mov       r9,rdi
-  000f  mov       r10,rdx
-  0012  mov       r11,rcx
-  0015  cmp       r11,4
-  0019  jl        0xB0
-  001f  vpxord    zmm0,zmm0,zmm0
-  0025  vpxord    zmm6,zmm6,zmm6
-  002b  vpxord    zmm12,zmm12,zmm12
-  0031  vpxord    zmm18,zmm18,zmm18
-  0037  mov       rax,r9
-  003a  mov       rbx,rsi
-  003d  mov       r12,r8
-  0040  test      r12,r12
-  0043  jle       0x75
-  0045  vmovups   zmm24{k1}{z},[rbx]
-  004b  vfmadd231ps zmm0,zmm24,[rax]{1to16}
-  0051  vfmadd231ps zmm6,zmm24,[rax+0x50]{1to16}
-  0058  vfmadd231ps zmm12,zmm24,[rax+0xA0]{1to16}
-  005f  vfmadd231ps zmm18,zmm24,[rax+0xF0]{1to16}
-  0066  add       rax,4
-  006c  add       rbx,0x30
-  0070  dec       r12
-  0073  jne       0x45
-  0075  vmovups   [r10]{k1},zmm0
-  007b  vmovups   [r10+0x30]{k1},zmm6
-  0085  vmovups   [r10+0x60]{k1},zmm12
-  008f  vmovups   [r10+0x90]{k1},zmm18
-  0099  add       r9,0x140
-  00a0  add       r10,0xC0
-  00a7  sub       r11,4
-  00ab  jmp       0x15
-  00b0  cmp       r11,1
-  00b4  jl        0xF9
-  00b6  vpxord    zmm0,zmm0,zmm0
-  00bc  mov       rax,r9
-  00bf  mov       rbx,rsi
-  00c2  mov       r12,r8
-  00c5  test      r12,r12
-  00c8  jle       0xE5
-  00ca  vmovups   zmm24{k1}{z},[rbx]
-  00d0  vfmadd231ps zmm0,zmm24,[rax]{1to16}
-  00d6  add       rax,4
-  00dc  add       rbx,0x30
-  00e0  dec       r12
-  00e3  jne       0xCA
-  00e5  vmovups   [r10]{k1},zmm0
-  00eb  add       r9,0x50
-  00ef  add       r10,0x30
-  00f3  sub       r11,1
-  00f7  jmp       0xB0
-  00f9  pop       r12
-  00fb  pop       rbx
-  00fc  vzeroupper
-  00ff  ret
+  000c  push      r13
+  000e  push      r14
+  0010  push      r15
+  0012  mov       r13,rdi
+  0015  mov       r14,rsi
+  0018  mov       r15,r8
+  001b  mov       rsi,r15
+  001e  mov       r9,r13
+  0021  mov       r10,rdx
+  0024  mov       r11,rcx
+  0027  cmp       r11,4
+  002b  jl        0xC2
+  0031  vpxord    zmm0,zmm0,zmm0
+  0037  vpxord    zmm6,zmm6,zmm6
+  003d  vpxord    zmm12,zmm12,zmm12
+  0043  vpxord    zmm18,zmm18,zmm18
+  0049  mov       rax,r9
+  004c  mov       rbx,r14
+  004f  mov       r12,rsi
+  0052  test      r12,r12
+  0055  jle       0x87
+  0057  vmovups   zmm24{k1}{z},[rbx]
+  005d  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  0063  vfmadd231ps zmm6,zmm24,[rax+0x50]{1to16}
+  006a  vfmadd231ps zmm12,zmm24,[rax+0xA0]{1to16}
+  0071  vfmadd231ps zmm18,zmm24,[rax+0xF0]{1to16}
+  0078  add       rax,4
+  007e  add       rbx,0x30
+  0082  dec       r12
+  0085  jne       0x57
+  0087  vmovups   [r10]{k1},zmm0
+  008d  vmovups   [r10+0x30]{k1},zmm6
+  0097  vmovups   [r10+0x60]{k1},zmm12
+  00a1  vmovups   [r10+0x90]{k1},zmm18
+  00ab  add       r9,0x140
+  00b2  add       r10,0xC0
+  00b9  sub       r11,4
+  00bd  jmp       0x27
+  00c2  cmp       r11,1
+  00c6  jl        0x10B
+  00c8  vpxord    zmm0,zmm0,zmm0
+  00ce  mov       rax,r9
+  00d1  mov       rbx,r14
+  00d4  mov       r12,rsi
+  00d7  test      r12,r12
+  00da  jle       0xF7
+  00dc  vmovups   zmm24{k1}{z},[rbx]
+  00e2  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  00e8  add       rax,4
+  00ee  add       rbx,0x30
+  00f2  dec       r12
+  00f5  jne       0xDC
+  00f7  vmovups   [r10]{k1},zmm0
+  00fd  add       r9,0x50
+  0101  add       r10,0x30
+  0105  sub       r11,1
+  0109  jmp       0xC2
+  010b  pop       r15
+  010d  pop       r14
+  010f  pop       r13
+  0111  pop       r12
+  0113  pop       rbx
+  0114  vzeroupper
+  0117  ret
 
-; g3_gemm_avx512_n20: generated, GemmShape { n: 20, lda: 12, a_k: 1, ldb: 20, ldc: 20, accumulate: false }, 377 bytes
+; g3_gemm_avx512_n20: generated, GemmShape { n: 20, lda: 12, a_k: 1, ldb: 20, ldc: 20, accumulate: false, kc: 0 }, 401 bytes
   0000  mov       eax,0xF
   0005  kmovw     k1,eax
   0009  push      rbx
   000a  push      r12
-  000c  mov       r9,rdi
-  000f  mov       r10,rdx
-  0012  mov       r11,rcx
-  0015  cmp       r11,4
-  0019  jl        0x10F
-  001f  vpxord    zmm0,zmm0,zmm0
-  0025  vpxord    zmm1,zmm1,zmm1
-  002b  vpxord    zmm6,zmm6,zmm6
-  0031  vpxord    zmm7,zmm7,zmm7
-  0037  vpxord    zmm12,zmm12,zmm12
-  003d  vpxord    zmm13,zmm13,zmm13
-  0043  vpxord    zmm18,zmm18,zmm18
-  0049  vpxord    zmm19,zmm19,zmm19
-  004f  mov       rax,r9
-  0052  mov       rbx,rsi
-  0055  mov       r12,r8
-  0058  test      r12,r12
-  005b  jle       0xAF
-  005d  vmovups   zmm24,[rbx]
-  0063  vmovups   zmm25{k1}{z},[rbx+0x40]
-  006a  vfmadd231ps zmm0,zmm24,[rax]{1to16}
-  0070  vfmadd231ps zmm1,zmm25,[rax]{1to16}
-  0076  vfmadd231ps zmm6,zmm24,[rax+0x30]{1to16}
-  007d  vfmadd231ps zmm7,zmm25,[rax+0x30]{1to16}
-  0084  vfmadd231ps zmm12,zmm24,[rax+0x60]{1to16}
-  008b  vfmadd231ps zmm13,zmm25,[rax+0x60]{1to16}
-  0092  vfmadd231ps zmm18,zmm24,[rax+0x90]{1to16}
-  0099  vfmadd231ps zmm19,zmm25,[rax+0x90]{1to16}
-  00a0  add       rax,4
-  00a6  add       rbx,0x50
-  00aa  dec       r12
-  00ad  jne       0x5D
-  00af  vmovups   [r10],zmm0
-  00b5  vmovups   [r10+0x40]{k1},zmm1
-  00bc  vmovups   [r10+0x50],zmm6
-  00c6  vmovups   [r10+0x90]{k1},zmm7
-  00d0  vmovups   [r10+0xA0],zmm12
-  00da  vmovups   [r10+0xE0]{k1},zmm13
-  00e4  vmovups   [r10+0xF0],zmm18
-  00ee  vmovups   [r10+0x130]{k1},zmm19
-  00f8  add       r9,0xC0
-  00ff  add       r10,0x140
-  0106  sub       r11,4
-  010a  jmp       0x15
-  010f  cmp       r11,1
-  0113  jl        0x172
-  0115  vpxord    zmm0,zmm0,zmm0
-  011b  vpxord    zmm1,zmm1,zmm1
-  0121  mov       rax,r9
-  0124  mov       rbx,rsi
-  0127  mov       r12,r8
-  012a  test      r12,r12
-  012d  jle       0x157
-  012f  vmovups   zmm24,[rbx]
-  0135  vmovups   zmm25{k1}{z},[rbx+0x40]
-  013c  vfmadd231ps zmm0,zmm24,[rax]{1to16}
-  0142  vfmadd231ps zmm1,zmm25,[rax]{1to16}
-  0148  add       rax,4
-  014e  add       rbx,0x50
-  0152  dec       r12
-  0155  jne       0x12F
-  0157  vmovups   [r10],zmm0
-  015d  vmovups   [r10+0x40]{k1},zmm1
-  0164  add       r9,0x30
-  0168  add       r10,0x50
-  016c  sub       r11,1
-  0170  jmp       0x10F
-  0172  pop       r12
-  0174  pop       rbx
-  0175  vzeroupper
-  0178  ret
+  000c  push      r13
+  000e  push      r14
+  0010  push      r15
+  0012  mov       r13,rdi
+  0015  mov       r14,rsi
+  0018  mov       r15,r8
+  001b  mov       rsi,r15
+  001e  mov       r9,r13
+  0021  mov       r10,rdx
+  0024  mov       r11,rcx
+  0027  cmp       r11,4
+  002b  jl        0x121
+  0031  vpxord    zmm0,zmm0,zmm0
+  0037  vpxord    zmm1,zmm1,zmm1
+  003d  vpxord    zmm6,zmm6,zmm6
+  0043  vpxord    zmm7,zmm7,zmm7
+  0049  vpxord    zmm12,zmm12,zmm12
+  004f  vpxord    zmm13,zmm13,zmm13
+  0055  vpxord    zmm18,zmm18,zmm18
+  005b  vpxord    zmm19,zmm19,zmm19
+  0061  mov       rax,r9
+  0064  mov       rbx,r14
+  0067  mov       r12,rsi
+  006a  test      r12,r12
+  006d  jle       0xC1
+  006f  vmovups   zmm24,[rbx]
+  0075  vmovups   zmm25{k1}{z},[rbx+0x40]
+  007c  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  0082  vfmadd231ps zmm1,zmm25,[rax]{1to16}
+  0088  vfmadd231ps zmm6,zmm24,[rax+0x30]{1to16}
+  008f  vfmadd231ps zmm7,zmm25,[rax+0x30]{1to16}
+  0096  vfmadd231ps zmm12,zmm24,[rax+0x60]{1to16}
+  009d  vfmadd231ps zmm13,zmm25,[rax+0x60]{1to16}
+  00a4  vfmadd231ps zmm18,zmm24,[rax+0x90]{1to16}
+  00ab  vfmadd231ps zmm19,zmm25,[rax+0x90]{1to16}
+  00b2  add       rax,4
+  00b8  add       rbx,0x50
+  00bc  dec       r12
+  00bf  jne       0x6F
+  00c1  vmovups   [r10],zmm0
+  00c7  vmovups   [r10+0x40]{k1},zmm1
+  00ce  vmovups   [r10+0x50],zmm6
+  00d8  vmovups   [r10+0x90]{k1},zmm7
+  00e2  vmovups   [r10+0xA0],zmm12
+  00ec  vmovups   [r10+0xE0]{k1},zmm13
+  00f6  vmovups   [r10+0xF0],zmm18
+  0100  vmovups   [r10+0x130]{k1},zmm19
+  010a  add       r9,0xC0
+  0111  add       r10,0x140
+  0118  sub       r11,4
+  011c  jmp       0x27
+  0121  cmp       r11,1
+  0125  jl        0x184
+  0127  vpxord    zmm0,zmm0,zmm0
+  012d  vpxord    zmm1,zmm1,zmm1
+  0133  mov       rax,r9
+  0136  mov       rbx,r14
+  0139  mov       r12,rsi
+  013c  test      r12,r12
+  013f  jle       0x169
+  0141  vmovups   zmm24,[rbx]
+  0147  vmovups   zmm25{k1}{z},[rbx+0x40]
+  014e  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  0154  vfmadd231ps zmm1,zmm25,[rax]{1to16}
+  015a  add       rax,4
+  0160  add       rbx,0x50
+  0164  dec       r12
+  0167  jne       0x141
+  0169  vmovups   [r10],zmm0
+  016f  vmovups   [r10+0x40]{k1},zmm1
+  0176  add       r9,0x30
+  017a  add       r10,0x50
+  017e  sub       r11,1
+  0182  jmp       0x121
+  0184  pop       r15
+  0186  pop       r14
+  0188  pop       r13
+  018a  pop       r12
+  018c  pop       rbx
+  018d  vzeroupper
+  0190  ret
 
-; g4_gemm_avx512_n12: generated, GemmShape { n: 12, lda: 1, a_k: 20, ldb: 12, ldc: 12, accumulate: false }, 253 bytes
+; g4_gemm_avx512_n12: generated, GemmShape { n: 12, lda: 1, a_k: 20, ldb: 12, ldc: 12, accumulate: false, kc: 0 }, 277 bytes
   0000  mov       eax,0xFFF
   0005  kmovw     k1,eax
   0009  push      rbx
   000a  push      r12
-  000c  mov       r9,rdi
-  000f  mov       r10,rdx
-  0012  mov       r11,rcx
-  0015  cmp       r11,4
-  0019  jl        0xAD
-  001f  vpxord    zmm0,zmm0,zmm0
-  0025  vpxord    zmm6,zmm6,zmm6
-  002b  vpxord    zmm12,zmm12,zmm12
-  0031  vpxord    zmm18,zmm18,zmm18
-  0037  mov       rax,r9
-  003a  mov       rbx,rsi
-  003d  mov       r12,r8
-  0040  test      r12,r12
-  0043  jle       0x75
-  0045  vmovups   zmm24{k1}{z},[rbx]
-  004b  vfmadd231ps zmm0,zmm24,[rax]{1to16}
-  0051  vfmadd231ps zmm6,zmm24,[rax+4]{1to16}
-  0058  vfmadd231ps zmm12,zmm24,[rax+8]{1to16}
-  005f  vfmadd231ps zmm18,zmm24,[rax+0xC]{1to16}
-  0066  add       rax,0x50
-  006c  add       rbx,0x30
-  0070  dec       r12
-  0073  jne       0x45
-  0075  vmovups   [r10]{k1},zmm0
-  007b  vmovups   [r10+0x30]{k1},zmm6
-  0085  vmovups   [r10+0x60]{k1},zmm12
-  008f  vmovups   [r10+0x90]{k1},zmm18
-  0099  add       r9,0x10
-  009d  add       r10,0xC0
-  00a4  sub       r11,4
-  00a8  jmp       0x15
-  00ad  cmp       r11,1
-  00b1  jl        0xF6
-  00b3  vpxord    zmm0,zmm0,zmm0
-  00b9  mov       rax,r9
-  00bc  mov       rbx,rsi
-  00bf  mov       r12,r8
-  00c2  test      r12,r12
-  00c5  jle       0xE2
-  00c7  vmovups   zmm24{k1}{z},[rbx]
-  00cd  vfmadd231ps zmm0,zmm24,[rax]{1to16}
-  00d3  add       rax,0x50
-  00d9  add       rbx,0x30
-  00dd  dec       r12
-  00e0  jne       0xC7
-  00e2  vmovups   [r10]{k1},zmm0
-  00e8  add       r9,4
-  00ec  add       r10,0x30
-  00f0  sub       r11,1
-  00f4  jmp       0xAD
-  00f6  pop       r12
-  00f8  pop       rbx
-  00f9  vzeroupper
-  00fc  ret
-
-; g5_gemm_avx512_n36: generated, GemmShape { n: 36, lda: 20, a_k: 1, ldb: 36, ldc: 36, accumulate: false }, 514 bytes
-  0000  mov       eax,0xF
-  0005  kmovw     k1,eax
-  0009  push      rbx
-  000a  push      r12
-  000c  mov       r9,rdi
-  000f  mov       r10,rdx
-  0012  mov       r11,rcx
-  0015  cmp       r11,4
-  0019  jl        0x171
-  001f  vpxord    zmm0,zmm0,zmm0
-  0025  vpxord    zmm1,zmm1,zmm1
-  002b  vpxord    zmm2,zmm2,zmm2
-  0031  vpxord    zmm6,zmm6,zmm6
-  0037  vpxord    zmm7,zmm7,zmm7
-  003d  vpxord    zmm8,zmm8,zmm8
-  0043  vpxord    zmm12,zmm12,zmm12
-  0049  vpxord    zmm13,zmm13,zmm13
-  004f  vpxord    zmm14,zmm14,zmm14
-  0055  vpxord    zmm18,zmm18,zmm18
-  005b  vpxord    zmm19,zmm19,zmm19
-  0061  vpxord    zmm20,zmm20,zmm20
-  0067  mov       rax,r9
-  006a  mov       rbx,rsi
-  006d  mov       r12,r8
-  0070  test      r12,r12
-  0073  jle       0xEC
-  0075  vmovups   zmm24,[rbx]
-  007b  vmovups   zmm25,[rbx+0x40]
-  0082  vmovups   zmm26{k1}{z},[rbx+0x80]
-  0089  vfmadd231ps zmm0,zmm24,[rax]{1to16}
-  008f  vfmadd231ps zmm1,zmm25,[rax]{1to16}
-  0095  vfmadd231ps zmm2,zmm26,[rax]{1to16}
-  009b  vfmadd231ps zmm6,zmm24,[rax+0x50]{1to16}
-  00a2  vfmadd231ps zmm7,zmm25,[rax+0x50]{1to16}
-  00a9  vfmadd231ps zmm8,zmm26,[rax+0x50]{1to16}
-  00b0  vfmadd231ps zmm12,zmm24,[rax+0xA0]{1to16}
-  00b7  vfmadd231ps zmm13,zmm25,[rax+0xA0]{1to16}
-  00be  vfmadd231ps zmm14,zmm26,[rax+0xA0]{1to16}
-  00c5  vfmadd231ps zmm18,zmm24,[rax+0xF0]{1to16}
-  00cc  vfmadd231ps zmm19,zmm25,[rax+0xF0]{1to16}
-  00d3  vfmadd231ps zmm20,zmm26,[rax+0xF0]{1to16}
-  00da  add       rax,4
-  00e0  add       rbx,0x90
-  00e7  dec       r12
-  00ea  jne       0x75
-  00ec  vmovups   [r10],zmm0
-  00f2  vmovups   [r10+0x40],zmm1
-  00f9  vmovups   [r10+0x80]{k1},zmm2
-  0100  vmovups   [r10+0x90],zmm6
-  010a  vmovups   [r10+0xD0],zmm7
-  0114  vmovups   [r10+0x110]{k1},zmm8
-  011e  vmovups   [r10+0x120],zmm12
-  0128  vmovups   [r10+0x160],zmm13
-  0132  vmovups   [r10+0x1A0]{k1},zmm14
-  013c  vmovups   [r10+0x1B0],zmm18
-  0146  vmovups   [r10+0x1F0],zmm19
-  0150  vmovups   [r10+0x230]{k1},zmm20
-  015a  add       r9,0x140
-  0161  add       r10,0x240
-  0168  sub       r11,4
-  016c  jmp       0x15
-  0171  cmp       r11,1
-  0175  jl        0x1FB
-  017b  vpxord    zmm0,zmm0,zmm0
-  0181  vpxord    zmm1,zmm1,zmm1
-  0187  vpxord    zmm2,zmm2,zmm2
-  018d  mov       rax,r9
-  0190  mov       rbx,rsi
-  0193  mov       r12,r8
-  0196  test      r12,r12
-  0199  jle       0x1D3
-  019b  vmovups   zmm24,[rbx]
-  01a1  vmovups   zmm25,[rbx+0x40]
-  01a8  vmovups   zmm26{k1}{z},[rbx+0x80]
-  01af  vfmadd231ps zmm0,zmm24,[rax]{1to16}
-  01b5  vfmadd231ps zmm1,zmm25,[rax]{1to16}
-  01bb  vfmadd231ps zmm2,zmm26,[rax]{1to16}
-  01c1  add       rax,4
-  01c7  add       rbx,0x90
-  01ce  dec       r12
-  01d1  jne       0x19B
-  01d3  vmovups   [r10],zmm0
-  01d9  vmovups   [r10+0x40],zmm1
-  01e0  vmovups   [r10+0x80]{k1},zmm2
-  01e7  add       r9,0x50
-  01eb  add       r10,0x90
-  01f2  sub       r11,1
-  01f6  jmp       0x171
-  01fb  pop       r12
-  01fd  pop       rbx
-  01fe  vzeroupper
-  0201  ret
-
-; g6_gemm_avx512_n20: generated, GemmShape { n: 20, lda: 1, a_k: 36, ldb: 20, ldc: 20, accumulate: false }, 374 bytes
-  0000  mov       eax,0xF
-  0005  kmovw     k1,eax
-  0009  push      rbx
-  000a  push      r12
-  000c  mov       r9,rdi
-  000f  mov       r10,rdx
-  0012  mov       r11,rcx
-  0015  cmp       r11,4
-  0019  jl        0x10C
-  001f  vpxord    zmm0,zmm0,zmm0
-  0025  vpxord    zmm1,zmm1,zmm1
-  002b  vpxord    zmm6,zmm6,zmm6
-  0031  vpxord    zmm7,zmm7,zmm7
-  0037  vpxord    zmm12,zmm12,zmm12
-  003d  vpxord    zmm13,zmm13,zmm13
+  000c  push      r13
+  000e  push      r14
+  0010  push      r15
+  0012  mov       r13,rdi
+  0015  mov       r14,rsi
+  0018  mov       r15,r8
+  001b  mov       rsi,r15
+  001e  mov       r9,r13
+  0021  mov       r10,rdx
+  0024  mov       r11,rcx
+  0027  cmp       r11,4
+  002b  jl        0xBF
+  0031  vpxord    zmm0,zmm0,zmm0
+  0037  vpxord    zmm6,zmm6,zmm6
+  003d  vpxord    zmm12,zmm12,zmm12
   0043  vpxord    zmm18,zmm18,zmm18
-  0049  vpxord    zmm19,zmm19,zmm19
-  004f  mov       rax,r9
-  0052  mov       rbx,rsi
-  0055  mov       r12,r8
-  0058  test      r12,r12
-  005b  jle       0xAF
-  005d  vmovups   zmm24,[rbx]
-  0063  vmovups   zmm25{k1}{z},[rbx+0x40]
-  006a  vfmadd231ps zmm0,zmm24,[rax]{1to16}
-  0070  vfmadd231ps zmm1,zmm25,[rax]{1to16}
-  0076  vfmadd231ps zmm6,zmm24,[rax+4]{1to16}
-  007d  vfmadd231ps zmm7,zmm25,[rax+4]{1to16}
-  0084  vfmadd231ps zmm12,zmm24,[rax+8]{1to16}
-  008b  vfmadd231ps zmm13,zmm25,[rax+8]{1to16}
-  0092  vfmadd231ps zmm18,zmm24,[rax+0xC]{1to16}
-  0099  vfmadd231ps zmm19,zmm25,[rax+0xC]{1to16}
-  00a0  add       rax,0x90
-  00a6  add       rbx,0x50
-  00aa  dec       r12
-  00ad  jne       0x5D
-  00af  vmovups   [r10],zmm0
-  00b5  vmovups   [r10+0x40]{k1},zmm1
-  00bc  vmovups   [r10+0x50],zmm6
-  00c6  vmovups   [r10+0x90]{k1},zmm7
-  00d0  vmovups   [r10+0xA0],zmm12
-  00da  vmovups   [r10+0xE0]{k1},zmm13
-  00e4  vmovups   [r10+0xF0],zmm18
-  00ee  vmovups   [r10+0x130]{k1},zmm19
-  00f8  add       r9,0x10
-  00fc  add       r10,0x140
-  0103  sub       r11,4
-  0107  jmp       0x15
-  010c  cmp       r11,1
-  0110  jl        0x16F
-  0112  vpxord    zmm0,zmm0,zmm0
-  0118  vpxord    zmm1,zmm1,zmm1
-  011e  mov       rax,r9
-  0121  mov       rbx,rsi
-  0124  mov       r12,r8
-  0127  test      r12,r12
-  012a  jle       0x154
-  012c  vmovups   zmm24,[rbx]
-  0132  vmovups   zmm25{k1}{z},[rbx+0x40]
-  0139  vfmadd231ps zmm0,zmm24,[rax]{1to16}
-  013f  vfmadd231ps zmm1,zmm25,[rax]{1to16}
-  0145  add       rax,0x90
-  014b  add       rbx,0x50
-  014f  dec       r12
-  0152  jne       0x12C
-  0154  vmovups   [r10],zmm0
-  015a  vmovups   [r10+0x40]{k1},zmm1
-  0161  add       r9,4
-  0165  add       r10,0x50
-  0169  sub       r11,1
-  016d  jmp       0x10C
-  016f  pop       r12
-  0171  pop       rbx
-  0172  vzeroupper
-  0175  ret
+  0049  mov       rax,r9
+  004c  mov       rbx,r14
+  004f  mov       r12,rsi
+  0052  test      r12,r12
+  0055  jle       0x87
+  0057  vmovups   zmm24{k1}{z},[rbx]
+  005d  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  0063  vfmadd231ps zmm6,zmm24,[rax+4]{1to16}
+  006a  vfmadd231ps zmm12,zmm24,[rax+8]{1to16}
+  0071  vfmadd231ps zmm18,zmm24,[rax+0xC]{1to16}
+  0078  add       rax,0x50
+  007e  add       rbx,0x30
+  0082  dec       r12
+  0085  jne       0x57
+  0087  vmovups   [r10]{k1},zmm0
+  008d  vmovups   [r10+0x30]{k1},zmm6
+  0097  vmovups   [r10+0x60]{k1},zmm12
+  00a1  vmovups   [r10+0x90]{k1},zmm18
+  00ab  add       r9,0x10
+  00af  add       r10,0xC0
+  00b6  sub       r11,4
+  00ba  jmp       0x27
+  00bf  cmp       r11,1
+  00c3  jl        0x108
+  00c5  vpxord    zmm0,zmm0,zmm0
+  00cb  mov       rax,r9
+  00ce  mov       rbx,r14
+  00d1  mov       r12,rsi
+  00d4  test      r12,r12
+  00d7  jle       0xF4
+  00d9  vmovups   zmm24{k1}{z},[rbx]
+  00df  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  00e5  add       rax,0x50
+  00eb  add       rbx,0x30
+  00ef  dec       r12
+  00f2  jne       0xD9
+  00f4  vmovups   [r10]{k1},zmm0
+  00fa  add       r9,4
+  00fe  add       r10,0x30
+  0102  sub       r11,1
+  0106  jmp       0xBF
+  0108  pop       r15
+  010a  pop       r14
+  010c  pop       r13
+  010e  pop       r12
+  0110  pop       rbx
+  0111  vzeroupper
+  0114  ret
 
-; g7_gemm_avx512_n36: generated, GemmShape { n: 36, lda: 1, a_k: 3088, ldb: 36, ldc: 36, accumulate: false }, 511 bytes
+; g5_gemm_avx512_n36: generated, GemmShape { n: 36, lda: 20, a_k: 1, ldb: 36, ldc: 36, accumulate: false, kc: 0 }, 538 bytes
   0000  mov       eax,0xF
   0005  kmovw     k1,eax
   0009  push      rbx
   000a  push      r12
-  000c  mov       r9,rdi
-  000f  mov       r10,rdx
-  0012  mov       r11,rcx
-  0015  cmp       r11,4
-  0019  jl        0x16E
-  001f  vpxord    zmm0,zmm0,zmm0
-  0025  vpxord    zmm1,zmm1,zmm1
-  002b  vpxord    zmm2,zmm2,zmm2
-  0031  vpxord    zmm6,zmm6,zmm6
-  0037  vpxord    zmm7,zmm7,zmm7
-  003d  vpxord    zmm8,zmm8,zmm8
-  0043  vpxord    zmm12,zmm12,zmm12
-  0049  vpxord    zmm13,zmm13,zmm13
-  004f  vpxord    zmm14,zmm14,zmm14
+  000c  push      r13
+  000e  push      r14
+  0010  push      r15
+  0012  mov       r13,rdi
+  0015  mov       r14,rsi
+  0018  mov       r15,r8
+  001b  mov       rsi,r15
+  001e  mov       r9,r13
+  0021  mov       r10,rdx
+  0024  mov       r11,rcx
+  0027  cmp       r11,4
+  002b  jl        0x183
+  0031  vpxord    zmm0,zmm0,zmm0
+  0037  vpxord    zmm1,zmm1,zmm1
+  003d  vpxord    zmm2,zmm2,zmm2
+  0043  vpxord    zmm6,zmm6,zmm6
+  0049  vpxord    zmm7,zmm7,zmm7
+  004f  vpxord    zmm8,zmm8,zmm8
+  0055  vpxord    zmm12,zmm12,zmm12
+  005b  vpxord    zmm13,zmm13,zmm13
+  0061  vpxord    zmm14,zmm14,zmm14
+  0067  vpxord    zmm18,zmm18,zmm18
+  006d  vpxord    zmm19,zmm19,zmm19
+  0073  vpxord    zmm20,zmm20,zmm20
+  0079  mov       rax,r9
+  007c  mov       rbx,r14
+  007f  mov       r12,rsi
+  0082  test      r12,r12
+  0085  jle       0xFE
+  0087  vmovups   zmm24,[rbx]
+  008d  vmovups   zmm25,[rbx+0x40]
+  0094  vmovups   zmm26{k1}{z},[rbx+0x80]
+  009b  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  00a1  vfmadd231ps zmm1,zmm25,[rax]{1to16}
+  00a7  vfmadd231ps zmm2,zmm26,[rax]{1to16}
+  00ad  vfmadd231ps zmm6,zmm24,[rax+0x50]{1to16}
+  00b4  vfmadd231ps zmm7,zmm25,[rax+0x50]{1to16}
+  00bb  vfmadd231ps zmm8,zmm26,[rax+0x50]{1to16}
+  00c2  vfmadd231ps zmm12,zmm24,[rax+0xA0]{1to16}
+  00c9  vfmadd231ps zmm13,zmm25,[rax+0xA0]{1to16}
+  00d0  vfmadd231ps zmm14,zmm26,[rax+0xA0]{1to16}
+  00d7  vfmadd231ps zmm18,zmm24,[rax+0xF0]{1to16}
+  00de  vfmadd231ps zmm19,zmm25,[rax+0xF0]{1to16}
+  00e5  vfmadd231ps zmm20,zmm26,[rax+0xF0]{1to16}
+  00ec  add       rax,4
+  00f2  add       rbx,0x90
+  00f9  dec       r12
+  00fc  jne       0x87
+  00fe  vmovups   [r10],zmm0
+  0104  vmovups   [r10+0x40],zmm1
+  010b  vmovups   [r10+0x80]{k1},zmm2
+  0112  vmovups   [r10+0x90],zmm6
+  011c  vmovups   [r10+0xD0],zmm7
+  0126  vmovups   [r10+0x110]{k1},zmm8
+  0130  vmovups   [r10+0x120],zmm12
+  013a  vmovups   [r10+0x160],zmm13
+  0144  vmovups   [r10+0x1A0]{k1},zmm14
+  014e  vmovups   [r10+0x1B0],zmm18
+  0158  vmovups   [r10+0x1F0],zmm19
+  0162  vmovups   [r10+0x230]{k1},zmm20
+  016c  add       r9,0x140
+  0173  add       r10,0x240
+  017a  sub       r11,4
+  017e  jmp       0x27
+  0183  cmp       r11,1
+  0187  jl        0x20D
+  018d  vpxord    zmm0,zmm0,zmm0
+  0193  vpxord    zmm1,zmm1,zmm1
+  0199  vpxord    zmm2,zmm2,zmm2
+  019f  mov       rax,r9
+  01a2  mov       rbx,r14
+  01a5  mov       r12,rsi
+  01a8  test      r12,r12
+  01ab  jle       0x1E5
+  01ad  vmovups   zmm24,[rbx]
+  01b3  vmovups   zmm25,[rbx+0x40]
+  01ba  vmovups   zmm26{k1}{z},[rbx+0x80]
+  01c1  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  01c7  vfmadd231ps zmm1,zmm25,[rax]{1to16}
+  01cd  vfmadd231ps zmm2,zmm26,[rax]{1to16}
+  01d3  add       rax,4
+  01d9  add       rbx,0x90
+  01e0  dec       r12
+  01e3  jne       0x1AD
+  01e5  vmovups   [r10],zmm0
+  01eb  vmovups   [r10+0x40],zmm1
+  01f2  vmovups   [r10+0x80]{k1},zmm2
+  01f9  add       r9,0x50
+  01fd  add       r10,0x90
+  0204  sub       r11,1
+  0208  jmp       0x183
+  020d  pop       r15
+  020f  pop       r14
+  0211  pop       r13
+  0213  pop       r12
+  0215  pop       rbx
+  0216  vzeroupper
+  0219  ret
+
+; g6_gemm_avx512_n20: generated, GemmShape { n: 20, lda: 1, a_k: 36, ldb: 20, ldc: 20, accumulate: false, kc: 0 }, 398 bytes
+  0000  mov       eax,0xF
+  0005  kmovw     k1,eax
+  0009  push      rbx
+  000a  push      r12
+  000c  push      r13
+  000e  push      r14
+  0010  push      r15
+  0012  mov       r13,rdi
+  0015  mov       r14,rsi
+  0018  mov       r15,r8
+  001b  mov       rsi,r15
+  001e  mov       r9,r13
+  0021  mov       r10,rdx
+  0024  mov       r11,rcx
+  0027  cmp       r11,4
+  002b  jl        0x11E
+  0031  vpxord    zmm0,zmm0,zmm0
+  0037  vpxord    zmm1,zmm1,zmm1
+  003d  vpxord    zmm6,zmm6,zmm6
+  0043  vpxord    zmm7,zmm7,zmm7
+  0049  vpxord    zmm12,zmm12,zmm12
+  004f  vpxord    zmm13,zmm13,zmm13
   0055  vpxord    zmm18,zmm18,zmm18
   005b  vpxord    zmm19,zmm19,zmm19
-  0061  vpxord    zmm20,zmm20,zmm20
-  0067  mov       rax,r9
-  006a  mov       rbx,rsi
-  006d  mov       r12,r8
-  0070  test      r12,r12
-  0073  jle       0xEC
-  0075  vmovups   zmm24,[rbx]
-  007b  vmovups   zmm25,[rbx+0x40]
-  0082  vmovups   zmm26{k1}{z},[rbx+0x80]
-  0089  vfmadd231ps zmm0,zmm24,[rax]{1to16}
-  008f  vfmadd231ps zmm1,zmm25,[rax]{1to16}
-  0095  vfmadd231ps zmm2,zmm26,[rax]{1to16}
-  009b  vfmadd231ps zmm6,zmm24,[rax+4]{1to16}
-  00a2  vfmadd231ps zmm7,zmm25,[rax+4]{1to16}
-  00a9  vfmadd231ps zmm8,zmm26,[rax+4]{1to16}
-  00b0  vfmadd231ps zmm12,zmm24,[rax+8]{1to16}
-  00b7  vfmadd231ps zmm13,zmm25,[rax+8]{1to16}
-  00be  vfmadd231ps zmm14,zmm26,[rax+8]{1to16}
-  00c5  vfmadd231ps zmm18,zmm24,[rax+0xC]{1to16}
-  00cc  vfmadd231ps zmm19,zmm25,[rax+0xC]{1to16}
-  00d3  vfmadd231ps zmm20,zmm26,[rax+0xC]{1to16}
-  00da  add       rax,0x3040
-  00e0  add       rbx,0x90
-  00e7  dec       r12
-  00ea  jne       0x75
-  00ec  vmovups   [r10],zmm0
-  00f2  vmovups   [r10+0x40],zmm1
-  00f9  vmovups   [r10+0x80]{k1},zmm2
-  0100  vmovups   [r10+0x90],zmm6
-  010a  vmovups   [r10+0xD0],zmm7
-  0114  vmovups   [r10+0x110]{k1},zmm8
-  011e  vmovups   [r10+0x120],zmm12
-  0128  vmovups   [r10+0x160],zmm13
-  0132  vmovups   [r10+0x1A0]{k1},zmm14
-  013c  vmovups   [r10+0x1B0],zmm18
-  0146  vmovups   [r10+0x1F0],zmm19
-  0150  vmovups   [r10+0x230]{k1},zmm20
-  015a  add       r9,0x10
-  015e  add       r10,0x240
-  0165  sub       r11,4
-  0169  jmp       0x15
-  016e  cmp       r11,1
-  0172  jl        0x1F8
-  0178  vpxord    zmm0,zmm0,zmm0
-  017e  vpxord    zmm1,zmm1,zmm1
-  0184  vpxord    zmm2,zmm2,zmm2
-  018a  mov       rax,r9
-  018d  mov       rbx,rsi
-  0190  mov       r12,r8
-  0193  test      r12,r12
-  0196  jle       0x1D0
-  0198  vmovups   zmm24,[rbx]
-  019e  vmovups   zmm25,[rbx+0x40]
-  01a5  vmovups   zmm26{k1}{z},[rbx+0x80]
-  01ac  vfmadd231ps zmm0,zmm24,[rax]{1to16}
-  01b2  vfmadd231ps zmm1,zmm25,[rax]{1to16}
-  01b8  vfmadd231ps zmm2,zmm26,[rax]{1to16}
-  01be  add       rax,0x3040
-  01c4  add       rbx,0x90
-  01cb  dec       r12
-  01ce  jne       0x198
-  01d0  vmovups   [r10],zmm0
-  01d6  vmovups   [r10+0x40],zmm1
-  01dd  vmovups   [r10+0x80]{k1},zmm2
-  01e4  add       r9,4
-  01e8  add       r10,0x90
-  01ef  sub       r11,1
-  01f3  jmp       0x16E
-  01f8  pop       r12
-  01fa  pop       rbx
-  01fb  vzeroupper
-  01fe  ret
+  0061  mov       rax,r9
+  0064  mov       rbx,r14
+  0067  mov       r12,rsi
+  006a  test      r12,r12
+  006d  jle       0xC1
+  006f  vmovups   zmm24,[rbx]
+  0075  vmovups   zmm25{k1}{z},[rbx+0x40]
+  007c  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  0082  vfmadd231ps zmm1,zmm25,[rax]{1to16}
+  0088  vfmadd231ps zmm6,zmm24,[rax+4]{1to16}
+  008f  vfmadd231ps zmm7,zmm25,[rax+4]{1to16}
+  0096  vfmadd231ps zmm12,zmm24,[rax+8]{1to16}
+  009d  vfmadd231ps zmm13,zmm25,[rax+8]{1to16}
+  00a4  vfmadd231ps zmm18,zmm24,[rax+0xC]{1to16}
+  00ab  vfmadd231ps zmm19,zmm25,[rax+0xC]{1to16}
+  00b2  add       rax,0x90
+  00b8  add       rbx,0x50
+  00bc  dec       r12
+  00bf  jne       0x6F
+  00c1  vmovups   [r10],zmm0
+  00c7  vmovups   [r10+0x40]{k1},zmm1
+  00ce  vmovups   [r10+0x50],zmm6
+  00d8  vmovups   [r10+0x90]{k1},zmm7
+  00e2  vmovups   [r10+0xA0],zmm12
+  00ec  vmovups   [r10+0xE0]{k1},zmm13
+  00f6  vmovups   [r10+0xF0],zmm18
+  0100  vmovups   [r10+0x130]{k1},zmm19
+  010a  add       r9,0x10
+  010e  add       r10,0x140
+  0115  sub       r11,4
+  0119  jmp       0x27
+  011e  cmp       r11,1
+  0122  jl        0x181
+  0124  vpxord    zmm0,zmm0,zmm0
+  012a  vpxord    zmm1,zmm1,zmm1
+  0130  mov       rax,r9
+  0133  mov       rbx,r14
+  0136  mov       r12,rsi
+  0139  test      r12,r12
+  013c  jle       0x166
+  013e  vmovups   zmm24,[rbx]
+  0144  vmovups   zmm25{k1}{z},[rbx+0x40]
+  014b  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  0151  vfmadd231ps zmm1,zmm25,[rax]{1to16}
+  0157  add       rax,0x90
+  015d  add       rbx,0x50
+  0161  dec       r12
+  0164  jne       0x13E
+  0166  vmovups   [r10],zmm0
+  016c  vmovups   [r10+0x40]{k1},zmm1
+  0173  add       r9,4
+  0177  add       r10,0x50
+  017b  sub       r11,1
+  017f  jmp       0x11E
+  0181  pop       r15
+  0183  pop       r14
+  0185  pop       r13
+  0187  pop       r12
+  0189  pop       rbx
+  018a  vzeroupper
+  018d  ret
+
+; g7_gemm_avx512_n36: generated, GemmShape { n: 36, lda: 1, a_k: 3088, ldb: 36, ldc: 36, accumulate: false, kc: 0 }, 535 bytes
+  0000  mov       eax,0xF
+  0005  kmovw     k1,eax
+  0009  push      rbx
+  000a  push      r12
+  000c  push      r13
+  000e  push      r14
+  0010  push      r15
+  0012  mov       r13,rdi
+  0015  mov       r14,rsi
+  0018  mov       r15,r8
+  001b  mov       rsi,r15
+  001e  mov       r9,r13
+  0021  mov       r10,rdx
+  0024  mov       r11,rcx
+  0027  cmp       r11,4
+  002b  jl        0x180
+  0031  vpxord    zmm0,zmm0,zmm0
+  0037  vpxord    zmm1,zmm1,zmm1
+  003d  vpxord    zmm2,zmm2,zmm2
+  0043  vpxord    zmm6,zmm6,zmm6
+  0049  vpxord    zmm7,zmm7,zmm7
+  004f  vpxord    zmm8,zmm8,zmm8
+  0055  vpxord    zmm12,zmm12,zmm12
+  005b  vpxord    zmm13,zmm13,zmm13
+  0061  vpxord    zmm14,zmm14,zmm14
+  0067  vpxord    zmm18,zmm18,zmm18
+  006d  vpxord    zmm19,zmm19,zmm19
+  0073  vpxord    zmm20,zmm20,zmm20
+  0079  mov       rax,r9
+  007c  mov       rbx,r14
+  007f  mov       r12,rsi
+  0082  test      r12,r12
+  0085  jle       0xFE
+  0087  vmovups   zmm24,[rbx]
+  008d  vmovups   zmm25,[rbx+0x40]
+  0094  vmovups   zmm26{k1}{z},[rbx+0x80]
+  009b  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  00a1  vfmadd231ps zmm1,zmm25,[rax]{1to16}
+  00a7  vfmadd231ps zmm2,zmm26,[rax]{1to16}
+  00ad  vfmadd231ps zmm6,zmm24,[rax+4]{1to16}
+  00b4  vfmadd231ps zmm7,zmm25,[rax+4]{1to16}
+  00bb  vfmadd231ps zmm8,zmm26,[rax+4]{1to16}
+  00c2  vfmadd231ps zmm12,zmm24,[rax+8]{1to16}
+  00c9  vfmadd231ps zmm13,zmm25,[rax+8]{1to16}
+  00d0  vfmadd231ps zmm14,zmm26,[rax+8]{1to16}
+  00d7  vfmadd231ps zmm18,zmm24,[rax+0xC]{1to16}
+  00de  vfmadd231ps zmm19,zmm25,[rax+0xC]{1to16}
+  00e5  vfmadd231ps zmm20,zmm26,[rax+0xC]{1to16}
+  00ec  add       rax,0x3040
+  00f2  add       rbx,0x90
+  00f9  dec       r12
+  00fc  jne       0x87
+  00fe  vmovups   [r10],zmm0
+  0104  vmovups   [r10+0x40],zmm1
+  010b  vmovups   [r10+0x80]{k1},zmm2
+  0112  vmovups   [r10+0x90],zmm6
+  011c  vmovups   [r10+0xD0],zmm7
+  0126  vmovups   [r10+0x110]{k1},zmm8
+  0130  vmovups   [r10+0x120],zmm12
+  013a  vmovups   [r10+0x160],zmm13
+  0144  vmovups   [r10+0x1A0]{k1},zmm14
+  014e  vmovups   [r10+0x1B0],zmm18
+  0158  vmovups   [r10+0x1F0],zmm19
+  0162  vmovups   [r10+0x230]{k1},zmm20
+  016c  add       r9,0x10
+  0170  add       r10,0x240
+  0177  sub       r11,4
+  017b  jmp       0x27
+  0180  cmp       r11,1
+  0184  jl        0x20A
+  018a  vpxord    zmm0,zmm0,zmm0
+  0190  vpxord    zmm1,zmm1,zmm1
+  0196  vpxord    zmm2,zmm2,zmm2
+  019c  mov       rax,r9
+  019f  mov       rbx,r14
+  01a2  mov       r12,rsi
+  01a5  test      r12,r12
+  01a8  jle       0x1E2
+  01aa  vmovups   zmm24,[rbx]
+  01b0  vmovups   zmm25,[rbx+0x40]
+  01b7  vmovups   zmm26{k1}{z},[rbx+0x80]
+  01be  vfmadd231ps zmm0,zmm24,[rax]{1to16}
+  01c4  vfmadd231ps zmm1,zmm25,[rax]{1to16}
+  01ca  vfmadd231ps zmm2,zmm26,[rax]{1to16}
+  01d0  add       rax,0x3040
+  01d6  add       rbx,0x90
+  01dd  dec       r12
+  01e0  jne       0x1AA
+  01e2  vmovups   [r10],zmm0
+  01e8  vmovups   [r10+0x40],zmm1
+  01ef  vmovups   [r10+0x80]{k1},zmm2
+  01f6  add       r9,4
+  01fa  add       r10,0x90
+  0201  sub       r11,1
+  0205  jmp       0x180
+  020a  pop       r15
+  020c  pop       r14
+  020e  pop       r13
+  0210  pop       r12
+  0212  pop       rbx
+  0213  vzeroupper
+  0216  ret
 

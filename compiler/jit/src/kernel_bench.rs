@@ -13,7 +13,8 @@
 
 use std::marker::PhantomData;
 
-use super::kernels::{pad4, row_stride, update_scalars, FusedUpdate, Kernel, Update};
+use super::elementwise::update_scalars;
+use super::kernels::{pad4, row_stride, FusedUpdate, Kernel, Update};
 use super::module::{KernelFn, KernelModule};
 use super::parallel::{self, Invocation, MAX_ARGS};
 use super::signature::{Access, Arg, Extent};

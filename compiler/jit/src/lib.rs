@@ -29,6 +29,7 @@
 
 mod adapt;
 mod calibrate;
+mod elementwise;
 mod emit;
 #[cfg(target_arch = "x86_64")]
 mod gemm;
@@ -58,9 +59,8 @@ use std::time::Instant;
 use ndarray::{Array2, ArrayD, IxDyn};
 
 use adapt::{Adapt, Runner};
-use kernels::{
-    grad_needs_input, pad4, row_stride, update_scalars, Convert, FusedUpdate, Kernel, Update,
-};
+use elementwise::{grad_needs_input, update_scalars};
+use kernels::{pad4, row_stride, Convert, FusedUpdate, Kernel, Update};
 use module::{KernelFn, KernelId, KernelModule};
 use netc_ir::autodiff::{GradProgram, GradStep};
 use netc_ir::backend::{
@@ -197,25 +197,15 @@ struct Plan {
     /// `(mean, std)` buffers when the input is standardized.
     input_stats: Option<(usize, usize)>,
     threads: usize,
-    train_forward: Vec<Segment>,
     /// Gradients only (`Jit::loss_and_grads`), if planned.
     gradients: bool,
-    backward: Vec<Segment>,
-    /// A training step's backward pass, with the fused updates (`fusable`).
-    train_backward: Vec<Segment>,
-    /// The updates a training step does after its backward pass (those not fused).
-    updates: Vec<Segment>,
-    /// Every transposed kernel copy from its kernel (after `set_state`).
-    transposes: Vec<Segment>,
-    /// The copies a training step refreshes after its updates (those not fused).
-    train_transposes: Vec<Segment>,
-    infer: Vec<Segment>,
-    mc: Vec<Segment>,
+    /// The segments of each call list, by `Calls::index`.
+    lists: [Vec<Segment>; Calls::COUNT],
 }
 
 /// Forward behaviour of the layers that differ between training and prediction.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Phase {
+enum ForwardMode {
     Train,
     Infer,
     Mc,
@@ -365,7 +355,7 @@ fn plan(
         fused: &fused,
         normalized: &normalized,
     };
-    let (train_forward, train_cur) = forward(&ctx, Phase::Train, sink)?;
+    let (train_forward, train_cur) = forward(&ctx, ForwardMode::Train, sink)?;
     let train_values = train_written(program, &train_cur);
     let head = sink.kernel(Kernel::HeadLoss { classes })?;
     let mut train_forward = train_forward;
@@ -406,7 +396,7 @@ fn plan(
 
     let head_probs = sink.kernel(Kernel::HeadProbs { classes })?;
     let mut predict_plans = Vec::new();
-    for phase in [Phase::Infer, Phase::Mc] {
+    for phase in [ForwardMode::Infer, ForwardMode::Mc] {
         let (mut calls, cur) = forward(&ctx, phase, sink)?;
         calls.push(Call {
             kernel: head_probs,
@@ -486,6 +476,19 @@ fn plan(
         .enumerate()
         .map(|(v, off)| grad_written(program, &grad, v).then_some(*off))
         .collect();
+    let mut lists: [Vec<Segment>; Calls::COUNT] = Default::default();
+    for (calls, segments) in [
+        (Calls::TrainForward, train_forward),
+        (Calls::Backward, backward),
+        (Calls::TrainBackward, train_backward),
+        (Calls::Updates, updates),
+        (Calls::Transposes, transposes),
+        (Calls::TrainTransposes, train_transposes),
+        (Calls::Infer, infer),
+        (Calls::Mc, mc),
+    ] {
+        lists[calls.index()] = segments;
+    }
     Ok(Plan {
         train_values,
         value_grads,
@@ -496,15 +499,8 @@ fn plan(
         probs,
         input_stats,
         threads,
-        train_forward,
         gradients,
-        backward,
-        train_backward,
-        updates,
-        transposes,
-        train_transposes,
-        infer,
-        mc,
+        lists,
     })
 }
 
@@ -750,10 +746,10 @@ impl PlanCtx<'_> {
 }
 
 /// Whether op `i` does nothing in `phase` (its output is its input).
-fn is_identity(kind: &OpKind, phase: Phase) -> bool {
+fn is_identity(kind: &OpKind, phase: ForwardMode) -> bool {
     match kind {
         OpKind::Activation(Activation::Linear) => true,
-        OpKind::Dropout { .. } | OpKind::AlphaDropout { .. } => phase == Phase::Infer,
+        OpKind::Dropout { .. } | OpKind::AlphaDropout { .. } => phase == ForwardMode::Infer,
         _ => false,
     }
 }
@@ -761,7 +757,7 @@ fn is_identity(kind: &OpKind, phase: Phase) -> bool {
 /// The forward calls of one phase, and the buffer holding each value afterwards.
 fn forward(
     ctx: &PlanCtx,
-    phase: Phase,
+    phase: ForwardMode,
     sink: &mut dyn Sink,
 ) -> Result<(Vec<Call>, Vec<usize>), BackendError> {
     let ops = &ctx.program.ops;
@@ -774,7 +770,7 @@ fn forward(
     let separate = ops.first().is_none_or(|op| {
         is_identity(&op.kind, phase)
             || matches!(op.kind, OpKind::Dense { .. })
-            || matches!(op.kind, OpKind::BatchNorm { .. }) && phase == Phase::Train
+            || matches!(op.kind, OpKind::BatchNorm { .. }) && phase == ForwardMode::Train
     });
     if separate {
         let kernel = sink.kernel(Kernel::Convert(ctx.convert))?;
@@ -867,7 +863,7 @@ fn forward(
                     ctx.param(moving_variance),
                     out,
                 ]);
-                let training = phase == Phase::Train;
+                let training = phase == ForwardMode::Train;
                 let xhat = ctx.xhat_of(op.index).filter(|_| training);
                 if training {
                     let (m, s) = ctx.bn_scratch[&op.index];
@@ -1374,9 +1370,9 @@ pub struct Jit {
     /// Where each share starts in `own` when this thread runs every share of a segment.
     share_starts: Vec<usize>,
     /// Who runs the shares of a multi-threaded plan, and the measurements behind the choice,
-    /// one per phase kind (`Phase2::index`).
+    /// one per phase kind (`Calls::index`).
     dispatch: Dispatch,
-    adapt: [Adapt; Phase2::COUNT],
+    adapt: [Adapt; Calls::COUNT],
 }
 
 impl Jit {
@@ -1535,8 +1531,8 @@ impl Jit {
         let key = self.train_key();
         let scalars = [0.0; update_scalars::COUNT];
         let rows = batch.len();
-        self.run(Phase2::TrainForward, rows, 0, batch, &key, &scalars);
-        self.run(Phase2::Backward, rows, 0, batch, &key, &scalars);
+        self.run(Calls::TrainForward, rows, 0, batch, &key, &scalars);
+        self.run(Calls::Backward, rows, 0, batch, &key, &scalars);
         let s = self.arena.slice(self.plan.stats, 2);
         let (loss, correct) = (s[0], s[1] as usize);
         let grads = self
@@ -1588,7 +1584,7 @@ impl Jit {
     /// Runs the segments of `calls` on `rows` rows.
     fn run(
         &mut self,
-        calls: Phase2,
+        calls: Calls,
         rows: usize,
         row0: usize,
         batch: Batch<'_>,
@@ -1616,17 +1612,8 @@ impl Jit {
         self.dispatch = dispatch;
     }
 
-    fn segments_mut(&mut self, calls: Phase2) -> &mut Vec<Segment> {
-        match calls {
-            Phase2::TrainForward => &mut self.plan.train_forward,
-            Phase2::Backward => &mut self.plan.backward,
-            Phase2::TrainBackward => &mut self.plan.train_backward,
-            Phase2::Updates => &mut self.plan.updates,
-            Phase2::Transposes => &mut self.plan.transposes,
-            Phase2::TrainTransposes => &mut self.plan.train_transposes,
-            Phase2::Infer => &mut self.plan.infer,
-            Phase2::Mc => &mut self.plan.mc,
-        }
+    fn segments_mut(&mut self, calls: Calls) -> &mut Vec<Segment> {
+        &mut self.plan.lists[calls.index()]
     }
 
     /// `Backend::profile`: every forward and backward call of a step on its own (all threads
@@ -1639,10 +1626,10 @@ impl Jit {
         let scalars = self.update_scalars(lr);
         let mut out = Vec::new();
         for (phase, calls, by_call) in [
-            ("forward", Phase2::TrainForward, true),
-            ("backward", Phase2::TrainBackward, true),
-            ("optimizer", Phase2::Updates, false),
-            ("transposes", Phase2::TrainTransposes, false),
+            ("forward", Calls::TrainForward, true),
+            ("backward", Calls::TrainBackward, true),
+            ("optimizer", Calls::Updates, false),
+            ("transposes", Calls::TrainTransposes, false),
         ] {
             let segments = std::mem::take(self.segments_mut(calls));
             let mut groups: Vec<(String, Vec<Segment>)> = Vec::new();
@@ -1873,7 +1860,7 @@ pub struct JitGrads {
     pub value_grads: Vec<Option<Array2<f32>>>,
 }
 
-/// The per-step scalars of the update kernels (`kernels::update_scalars`) for step `step`
+/// The per-step scalars of the update kernels (`elementwise::update_scalars`) for step `step`
 /// (counted from 0) at learning rate `lr`; `nadam_u_product` is Nadam's `Π u` before the step.
 pub(crate) fn step_scalars(
     kind: OptimizerKind,
@@ -1901,18 +1888,23 @@ pub(crate) fn step_scalars(
 
 /// Which call list `run` executes.
 #[derive(Clone, Copy)]
-enum Phase2 {
+enum Calls {
     TrainForward,
+    /// The plain backward pass of `Jit::loss_and_grads` (empty unless planned).
     Backward,
+    /// A training step's backward pass, with the fused updates.
     TrainBackward,
+    /// The updates a training step does after its backward pass (those not fused).
     Updates,
+    /// Every transposed kernel copy from its kernel (after `set_state`).
     Transposes,
+    /// The copies a training step refreshes after its updates (those not fused).
     TrainTransposes,
     Infer,
     Mc,
 }
 
-impl Phase2 {
+impl Calls {
     const COUNT: usize = 8;
 
     fn index(self) -> usize {
@@ -1946,10 +1938,10 @@ impl Backend for Jit {
         let rows = batch.len();
         let key = self.train_key();
         let scalars = self.update_scalars(lr);
-        self.run(Phase2::TrainForward, rows, 0, batch, &key, &scalars);
-        self.run(Phase2::TrainBackward, rows, 0, batch, &key, &scalars);
-        self.run(Phase2::Updates, rows, 0, batch, &key, &scalars);
-        self.run(Phase2::TrainTransposes, rows, 0, batch, &key, &scalars);
+        self.run(Calls::TrainForward, rows, 0, batch, &key, &scalars);
+        self.run(Calls::TrainBackward, rows, 0, batch, &key, &scalars);
+        self.run(Calls::Updates, rows, 0, batch, &key, &scalars);
+        self.run(Calls::TrainTransposes, rows, 0, batch, &key, &scalars);
         if let OptimizerKind::Nadam { beta_1, .. } = self.program.train.optimizer.kind {
             self.nadam_u_product *= netc_ir::optim::nadam_u(beta_1, self.step + 1);
         }
@@ -1968,8 +1960,8 @@ impl Backend for Jit {
         let cap = self.plan.rows;
         let seed = self.program.train.seed;
         let (phase, sample) = match mode {
-            Mode::Inference => (Phase2::Infer, 0),
-            Mode::McDropout { sample } => (Phase2::Mc, sample),
+            Mode::Inference => (Calls::Infer, 0),
+            Mode::McDropout { sample } => (Calls::Mc, sample),
         };
         let key = move |op: u32| dropout_key(seed, Stream::McDropout, u64::from(sample), op);
         let ld = row_stride(classes);
@@ -2033,7 +2025,7 @@ impl Backend for Jit {
             labels: &[],
         };
         self.run(
-            Phase2::Transposes,
+            Calls::Transposes,
             0,
             0,
             no_batch,

@@ -21,10 +21,10 @@ use cranelift_codegen::ir::InstBuilder;
 use cranelift_codegen::ir::{MemFlagsData, Value};
 use cranelift_frontend::Variable;
 
-use super::emit::{ro, rw, Fx};
-use super::kernels::{
+use super::elementwise::{
     act_backward, act_forward, step_scalar_vectors, store_as_columns, update_rule,
 };
+use super::emit::{ro, rw, Fx};
 use netc_ir::ir::{Activation, OptimizerKind};
 
 /// A loop extent: a compile-time constant or the kernel's runtime row count.
@@ -62,7 +62,7 @@ pub struct Epilogue {
     pub pre_activation: Option<Value>,
     pub activation: Option<Activation>,
     /// Multiply by the derivative of this activation, from saved values laid out as `C`
-    /// (`kernels::act_backward`; an input gradient only).
+    /// (`elementwise::act_backward`; an input gradient only).
     pub derivative: Option<(Activation, Value)>,
     /// Update the kernel rows of each block row once its gradient is complete (`update_rows`;
     /// a weight gradient only, `rows_outer`).

@@ -248,12 +248,13 @@ impl KernelModule {
                 detail: "this CPU does not have the instructions".to_owned(),
             });
         }
-        let isa = host_isa("speed")?;
-        let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+        // One host ISA, shared by the module and the compilations (an `Arc`).
+        let speed = host_isa("speed")?;
+        let module = JITModule::new(JITBuilder::with_isa(speed.clone(), default_libcall_names()));
         let ctx = module.make_context();
         Ok(KernelModule {
             module: Some(module),
-            speed: host_isa("speed")?,
+            speed,
             in_order: host_isa("none")?,
             ctx,
             fctx: FunctionBuilderContext::new(),

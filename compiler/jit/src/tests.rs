@@ -606,15 +606,23 @@ fn training_fuses_element_wise_kernel_updates() {
     for threads in [1, 2] {
         let jit = Jit::with_threads(&p, None, threads).expect("jit builds");
         assert_eq!(
-            updated(&jit, &jit.plan.updates),
+            updated(&jit, &jit.plan.lists[Calls::Updates.index()]),
             unfused,
             "{threads} threads"
         );
         // Every layer but the first has a transposed copy; two are refreshed on their own.
-        assert_eq!(calls(&jit.plan.train_transposes), 2, "{threads} threads");
-        assert_eq!(calls(&jit.plan.transposes), 4, "{threads} threads");
+        assert_eq!(
+            calls(&jit.plan.lists[Calls::TrainTransposes.index()]),
+            2,
+            "{threads} threads"
+        );
+        assert_eq!(
+            calls(&jit.plan.lists[Calls::Transposes.index()]),
+            4,
+            "{threads} threads"
+        );
         assert!(
-            jit.plan.backward.is_empty(),
+            jit.plan.lists[Calls::Backward.index()].is_empty(),
             "plain gradients are not planned"
         );
     }
@@ -623,11 +631,11 @@ fn training_fuses_element_wise_kernel_updates() {
     let jit = Jit::new(&clipped, None).expect("jit builds");
     let all = 12 * 16 + 3 * 256 + 16 * 12 + unfused - 2 * 256;
     assert_eq!(
-        updated(&jit, &jit.plan.updates),
+        updated(&jit, &jit.plan.lists[Calls::Updates.index()]),
         all,
         "clipping needs every gradient"
     );
-    assert_eq!(calls(&jit.plan.train_transposes), 4);
+    assert_eq!(calls(&jit.plan.lists[Calls::TrainTransposes.index()]), 4);
 }
 
 /// A dense layer after a batch norm of the data gives the batch norm its gradients from its
@@ -651,9 +659,7 @@ fn normalized_input_gradients_match_interp() {
     for (batch, threads) in [(13, 1), (13, 2), (150, 2)] {
         let p = named(p.clone(), "normalized input", batch);
         let mut jit = Jit::with_threads(&p, None, threads).expect("jit builds");
-        let names: Vec<&str> = jit
-            .plan
-            .train_backward
+        let names: Vec<&str> = jit.plan.lists[Calls::TrainBackward.index()]
             .iter()
             .flat_map(|s| &s.parts)
             .flatten()
@@ -1689,10 +1695,10 @@ fn baseline_phase_timing() {
     let key = |_: u32| 0;
     let steps = 300;
     for (name, phase) in [
-        ("forward", Phase2::TrainForward),
-        ("backward", Phase2::TrainBackward),
-        ("updates", Phase2::Updates),
-        ("transposes", Phase2::TrainTransposes),
+        ("forward", Calls::TrainForward),
+        ("backward", Calls::TrainBackward),
+        ("updates", Calls::Updates),
+        ("transposes", Calls::TrainTransposes),
     ] {
         let started = Instant::now();
         for _ in 0..steps {

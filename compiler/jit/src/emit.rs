@@ -37,10 +37,10 @@ pub fn kernel_signature(call_conv: CallConv) -> Signature {
     sig
 }
 
-/// The signature of the generated GEMMs (`x86::gemm`): three pointers and two counts.
+/// The signature of the generated GEMMs (`x86::gemm`): three pointers, two counts and the bias.
 pub fn gemm_signature(call_conv: CallConv) -> Signature {
     let mut sig = Signature::new(call_conv);
-    for _ in 0..5 {
+    for _ in 0..6 {
         sig.params.push(AbiParam::new(I64));
     }
     sig
@@ -118,7 +118,7 @@ impl<'a> Fx<'a> {
 
     /// Calls the full-width GEMM of `shape`: `c (+)= a · b` over `m` rows and depth `k`.
     #[cfg(target_arch = "x86_64")]
-    pub fn call_gemm(&mut self, shape: GemmShape, [a, b, c, m, k]: [Value; 5]) {
+    pub fn call_gemm(&mut self, shape: GemmShape, [a, b, c, m, k, bias]: [Value; 6]) {
         let index = self
             .gemms
             .expect("GEMMs are called at a full-width tier only")
@@ -143,7 +143,7 @@ impl<'a> Fx<'a> {
                 f
             }
         };
-        self.b.ins().call(func, &[a, b, c, m, k]);
+        self.b.ins().call(func, &[a, b, c, m, k, bias]);
     }
 
     /// Ends the function with `return` and checks that every block was filled and sealed.

@@ -69,6 +69,7 @@ impl FullWidthGemm {
                 c.as_mut_ptr(),
                 rows as i64,
                 k as i64,
+                std::ptr::null(),
             )
         };
     }
@@ -171,6 +172,7 @@ mod tests {
                     ldb: units,
                     ldc: units,
                     accumulate: false,
+                    epilogue: None,
                     kc: 0,
                 };
                 let gemm = FullWidthGemm::new(tier, shape, batch).expect("compiles");

@@ -134,6 +134,7 @@ fn full_width_gemm() {
             ldb: units,
             ldc: units,
             accumulate: false,
+            epilogue: None,
             kc: 0,
         };
         let x = vec![0.5f32; batch * inputs];

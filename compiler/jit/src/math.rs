@@ -13,16 +13,16 @@ use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 use super::emit::Fx;
 
 /// Arguments of `exp` are clamped to this range so `2^k` stays a normal f32 (k in [-126, 127]).
-const EXP_LO: f32 = -87.0;
-const EXP_HI: f32 = 88.0;
-const LOG2E: f32 = std::f32::consts::LOG2_E;
+pub(crate) const EXP_LO: f32 = -87.0;
+pub(crate) const EXP_HI: f32 = 88.0;
+pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// Adding 1.5 · 2^23 rounds to the nearest integer and leaves it in the low mantissa bits.
-const ROUND_MAGIC: f32 = 12_582_912.0;
+pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
 /// Cody–Waite split of ln 2 (Cephes): `k * LN2_HI` is exact for |k| < 512.
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
+pub(crate) const LN2_HI: f32 = 0.693_359_4;
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
 /// Taylor coefficients of expm1 on [-ln2/2, ln2/2] after `r + r^2/2`.
-const EXPM1_POLY: [f32; 6] = [
+pub(crate) const EXPM1_POLY: [f32; 6] = [
     1.0 / 5040.0,
     1.0 / 720.0,
     1.0 / 120.0,

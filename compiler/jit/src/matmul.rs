@@ -187,6 +187,7 @@ fn emit_full_width(fx: &mut Fx, mm: &MatMul) {
         ldb: mm.ldb,
         ldc: mm.ldc,
         accumulate: mm.epilogue.accumulate,
+        epilogue: generated_epilogue(fx.tier(), mm),
         // Deep products (the first layer's 3,072 inputs) in blocks whose rows of `B` (96 KiB
         // for 100 units) stay in L2 for all the rows, where the whole kernel (1.2 MiB) did not.
         kc: match mm.k {
@@ -195,6 +196,12 @@ fn emit_full_width(fx: &mut Fx, mm: &MatMul) {
         },
     };
     let k = mm.k.value(fx);
+    // The generated epilogue's operand: the bias, or the saved activation outputs.
+    let operand = match (shape.epilogue, mm.epilogue.bias, mm.epilogue.derivative) {
+        (Some(_), Some(b), _) => b,
+        (Some(_), None, Some((_, saved))) => saved,
+        _ => fx.iconst(0),
+    };
     let scratch = mm.rows_outer
         && mm.epilogue.update.is_some()
         && !matches!((mm.k, mm.k_unroll), (Dim::Rows, Some(full)) if full > FULL_UNROLL);
@@ -203,17 +210,61 @@ fn emit_full_width(fx: &mut Fx, mm: &MatMul) {
         emit_row_blocks(fx, mm, |fx, i, mr| {
             let a = fx.offset(mm.a, i, (mm.a_row * 4) as i64);
             let m = fx.iconst(mr as i64);
-            fx.call_gemm(shape, [a, mm.b, mm.c, m, k]);
+            fx.call_gemm(shape, [a, mm.b, mm.c, m, k, operand]);
             update_rows(fx, mm, u, i, mr, true);
         });
         return;
     }
     let m = mm.m.value(fx);
-    fx.call_gemm(shape, [mm.a, mm.b, mm.c, m, k]);
-    emit_epilogue_pass(fx, mm);
+    fx.call_gemm(shape, [mm.a, mm.b, mm.c, m, k, operand]);
+    if shape.epilogue.is_none() {
+        emit_epilogue_pass(fx, mm);
+    }
     if let Some(u) = mm.epilogue.update {
         emit_row_blocks(fx, mm, |fx, i, mr| update_rows(fx, mm, u, i, mr, false));
     }
+}
+
+/// The epilogue the GEMM does itself, at full width, when it has `mm`'s (AVX-512: a forward
+/// pass's bias and ELU, SELU or no activation, or an input gradient's ELU or SELU derivative);
+/// `None` leaves it to `emit_epilogue_pass`.
+#[cfg(target_arch = "x86_64")]
+fn generated_epilogue(tier: crate::tier::Tier, mm: &MatMul) -> Option<crate::x86::Epilogue> {
+    use crate::x86::{Epilogue as Generated, EpilogueActivation as Act};
+    let ep = mm.epilogue;
+    if tier != crate::tier::Tier::Avx512
+        || mm.rows_outer
+        || ep.accumulate
+        || ep.update.is_some()
+        || ep.pre_activation.is_some()
+    {
+        return None;
+    }
+    let generated = |a: Option<Activation>| match a {
+        None | Some(Activation::Linear) => Some(Act::None),
+        Some(Activation::Elu { alpha }) => Some(Act::Elu {
+            alpha_bits: alpha.to_bits(),
+        }),
+        Some(Activation::Selu) => Some(Act::Selu),
+        Some(_) => None,
+    };
+    if let Some((activation, _)) = ep.derivative {
+        if ep.bias.is_some() || ep.activation.is_some() {
+            return None;
+        }
+        return match generated(Some(activation))? {
+            Act::None => None,
+            activation => Some(Generated::Derivative { activation }),
+        };
+    }
+    let activation = generated(ep.activation)?;
+    if ep.bias.is_none() && activation == Act::None {
+        return None;
+    }
+    Some(Generated::Forward {
+        bias: ep.bias.is_some(),
+        activation,
+    })
 }
 
 /// The element-wise part of `mm`'s epilogue (bias, activation derivative, pre-activation store,

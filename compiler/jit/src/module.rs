@@ -36,7 +36,7 @@ use netc_ir::cores::map_on_cores;
 pub type KernelFn = unsafe extern "C" fn(*const *mut u8, i64, i64, i32, *const f32);
 
 /// A generated GEMM, callable with the ABI of `x86::gemm`.
-pub type GemmFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, i64, i64);
+pub type GemmFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, i64, i64, *const f32);
 
 /// The namespace of `UserExternalName`s that name a GEMM by its index in `GemmRequests`
 /// (Cranelift's module uses 0 for functions and 1 for data); `finalize` rewrites them to the
@@ -558,8 +558,23 @@ impl Drop for KernelModule {
 /// The symbol of GEMM number `index`.
 #[cfg(target_arch = "x86_64")]
 pub fn gemm_name(tier: Tier, shape: GemmShape, index: usize) -> String {
+    use crate::x86::{Epilogue, EpilogueActivation as Act};
+    let epilogue = match shape.epilogue {
+        None => "",
+        Some(Epilogue::Forward { bias, activation }) => match (bias, activation) {
+            (_, Act::Elu { .. }) => "_elu",
+            (_, Act::Selu) => "_selu",
+            (true, Act::None) => "_bias",
+            (false, Act::None) => "",
+        },
+        Some(Epilogue::Derivative { activation }) => match activation {
+            Act::Elu { .. } => "_elu_derivative",
+            Act::Selu => "_selu_derivative",
+            Act::None => "",
+        },
+    };
     format!(
-        "g{index}_gemm_{}_n{}{}",
+        "g{index}_gemm_{}_n{}{}{epilogue}",
         tier.name(),
         shape.n,
         if shape.accumulate { "_acc" } else { "" }

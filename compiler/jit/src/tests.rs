@@ -306,6 +306,115 @@ fn matmul_ref(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize) -> Vec<f64>
     out
 }
 
+/// The AVX-512 GEMM's own epilogue (bias, ELU or SELU) computes the f32x4 pass's arithmetic
+/// step for step, and the products are the same FMA chains: the dense forward kernel gives the
+/// same bits at both tiers, on odd shapes and across ELU's whole range (including the clamped
+/// ends of `expm1`).
+#[test]
+fn full_width_dense_epilogue_matches_the_f32x4_tier_bit_for_bit() {
+    if !Tier::Avx512.supported() {
+        return;
+    }
+    let activations = [
+        None,
+        Some(Activation::Elu { alpha: 1.0 }),
+        Some(Activation::Elu { alpha: 0.3 }),
+        Some(Activation::Selu),
+    ];
+    for (i, &(rows, k, n)) in [(1, 1, 1), (7, 13, 17), (33, 100, 100), (5, 3072, 33)]
+        .iter()
+        .enumerate()
+    {
+        for activation in activations {
+            // Inputs up to ±60, so pre-activations cover expm1's clamp at -87 too.
+            let x = random(rows * k, 300 + i as u64, 60.0 / (k as f32).sqrt());
+            let w = random(k * n, 400 + i as u64, 1.0);
+            let b = random(n, 500 + i as u64, 1.0);
+            let out: Vec<Vec<f32>> = [Tier::F32x4, Tier::Avx512]
+                .into_iter()
+                .map(|tier| {
+                    let kernel = One::at(
+                        tier,
+                        &Kernel::Dense {
+                            convert: None,
+                            inputs: k,
+                            units: n,
+                            bias: true,
+                            activation,
+                            store_pre_activation: false,
+                        },
+                    );
+                    // Rows of x as the JIT lays them out (3,072 inputs have a line more).
+                    let ld = kernels::row_stride(k);
+                    let mut xp = vec![0.0; rows * ld];
+                    for r in 0..rows {
+                        xp[r * ld..r * ld + k].copy_from_slice(&x[r * k..(r + 1) * k]);
+                    }
+                    let mut wp = padded(&w, k, n);
+                    let mut bp = padded(&b, 1, n);
+                    let mut y = vec![0.0; rows * pad4(n) + 16];
+                    let args = [ptr(&mut xp), ptr(&mut wp), ptr(&mut bp), ptr(&mut y)];
+                    kernel.call(&args, rows, 0, 0, &[]);
+                    unpadded(&y, rows, n)
+                })
+                .collect();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&out[0]),
+                bits(&out[1]),
+                "dense {rows}x{k}x{n} {activation:?}"
+            );
+        }
+    }
+}
+
+/// The AVX-512 GEMM's derivative epilogue (ELU, SELU) in the input gradient `dy·Wᵀ · act'`
+/// gives the f32x4 tier's bits.
+#[test]
+fn full_width_derivative_epilogue_matches_the_f32x4_tier_bit_for_bit() {
+    if !Tier::Avx512.supported() {
+        return;
+    }
+    for (i, &(rows, inputs, units)) in [(1, 1, 1), (7, 17, 13), (33, 100, 100), (5, 3072, 33)]
+        .iter()
+        .enumerate()
+    {
+        for activation in [Activation::Elu { alpha: 1.0 }, Activation::Selu] {
+            let ld = kernels::row_stride(inputs);
+            let dy = random(rows * units, 600 + i as u64, 1.0);
+            let wt = random(units * ld, 700 + i as u64, 1.0);
+            // Saved outputs on both sides of 0, as the activation leaves them.
+            let saved = random(rows * ld, 800 + i as u64, 2.0);
+            let out: Vec<Vec<f32>> = [Tier::F32x4, Tier::Avx512]
+                .into_iter()
+                .map(|tier| {
+                    let kernel = One::at(
+                        tier,
+                        &Kernel::InputGrad {
+                            inputs,
+                            units,
+                            activation: Some(activation),
+                        },
+                    );
+                    let mut dyp = padded(&dy, rows, units);
+                    let mut wtp = wt.clone();
+                    let mut sp = saved.clone();
+                    let mut dx = vec![0.0; rows * ld];
+                    let args = [ptr(&mut dyp), ptr(&mut wtp), ptr(&mut sp), ptr(&mut dx)];
+                    kernel.call(&args, rows, 0, 0, &[]);
+                    dx
+                })
+                .collect();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&out[0]),
+                bits(&out[1]),
+                "input grad {rows}x{inputs}x{units} {activation:?}"
+            );
+        }
+    }
+}
+
 /// `x · W + b` with a fused activation on shapes that exercise every block kind: full 4×12
 /// blocks, 1 and 2 vector column remainders, single-row remainders, k remainders.
 #[test]

@@ -102,6 +102,8 @@ pub struct GemmShape {
     pub ldc: usize,
     /// Add the product to `C`'s contents instead of overwriting them.
     pub accumulate: bool,
+    /// What happens to `C` after the product (AVX-512 only; see `Epilogue`).
+    pub epilogue: Option<Epilogue>,
     /// Depth of a block of `k` (0: the whole depth at once). A block of `B` is then read from
     /// cache by all the rows of a column block before the next is loaded, and each tile of `C`
     /// is stored after a block and loaded again for the next: the chain of fused multiply-adds
@@ -119,9 +121,39 @@ impl GemmShape {
             ldb,
             ldc,
             accumulate: false,
+            epilogue: None,
             kc: 0,
         }
     }
+}
+
+/// An epilogue done at full width after the product, over the `m` rows and `n` columns of
+/// `C`, with the f32x4 pass's arithmetic step for step (`math::expm1`,
+/// `elementwise::act_forward`, `elementwise::act_backward`), so both compute the same bits. Its
+/// operand is the GEMM's sixth argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Epilogue {
+    /// A dense forward pass: `C += bias` (the operand, one row) when `bias`, then the
+    /// activation.
+    Forward {
+        bias: bool,
+        activation: EpilogueActivation,
+    },
+    /// An input gradient: `C *= act'`, from the activation's output (the operand, laid out as
+    /// `C`). ELU and SELU only.
+    Derivative { activation: EpilogueActivation },
+}
+
+/// The activations the full-width epilogue has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EpilogueActivation {
+    None,
+    /// `x > 0 ? x : α·expm1(x)`, α by its bits.
+    Elu {
+        alpha_bits: u32,
+    },
+    /// `λ·(x > 0 ? x : α·expm1(x))` with SELU's constants.
+    Selu,
 }
 
 /// One register tile of `C`: `rows` rows × `vectors` vectors, starting `col` bytes into the
@@ -378,10 +410,189 @@ pub fn gemm_avx512(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
         a.mov(eax, (1u32 << tail) - 1).map_err(fail)?;
         a.kmovw(k1, eax).map_err(fail)?;
     }
+    // The bias pointer (sixth argument) outlives the product in rbp.
+    a.push(rbp).map_err(fail)?;
+    a.mov(rbp, r9).map_err(fail)?;
     tiled_gemm(&mut a, &Avx512Tile, shape)?;
+    let constants = match shape.epilogue {
+        Some(ep) => Some(avx512_epilogue(&mut a, shape, ep).map_err(fail)?),
+        None => None,
+    };
+    a.pop(rbp).map_err(fail)?;
     a.vzeroupper().map_err(fail)?;
     a.ret().map_err(fail)?;
+    if let Some(mut labels) = constants {
+        for (label, value) in labels.iter_mut() {
+            a.set_label(label).map_err(fail)?;
+            a.dd(&[*value]).map_err(fail)?;
+        }
+    }
     a.assemble(0).map_err(fail)
+}
+
+/// The constants of the full-width epilogue, each a register and the bits it is loaded from.
+fn epilogue_constants(ep: Epilogue) -> Vec<(AsmRegisterZmm, u32)> {
+    use crate::math::{EXPM1_POLY, EXP_HI, EXP_LO, LN2_HI, LN2_LO, LOG2E, ROUND_MAGIC};
+    use netc_ir::ir::{SELU_ALPHA, SELU_LAMBDA};
+    let activation = match ep {
+        Epilogue::Forward { activation, .. } => activation,
+        // `saved > 0 ? 1 : saved + α` (SELU: `λ` and `λα`), as `elementwise::act_backward`.
+        Epilogue::Derivative { activation } => {
+            let (pos, offset) = match activation {
+                EpilogueActivation::None => return Vec::new(),
+                EpilogueActivation::Elu { alpha_bits } => (1.0f32, f32::from_bits(alpha_bits)),
+                EpilogueActivation::Selu => (SELU_LAMBDA, SELU_LAMBDA * SELU_ALPHA),
+            };
+            return vec![(zmm16, offset.to_bits()), (zmm17, pos.to_bits())];
+        }
+    };
+    let alpha = match activation {
+        EpilogueActivation::None => return Vec::new(),
+        EpilogueActivation::Elu { alpha_bits } => alpha_bits,
+        EpilogueActivation::Selu => netc_ir::ir::SELU_ALPHA.to_bits(),
+    };
+    let mut c = vec![
+        (zmm16, EXP_LO.to_bits()),
+        (zmm17, EXP_HI.to_bits()),
+        (zmm18, LOG2E.to_bits()),
+        (zmm19, ROUND_MAGIC.to_bits()),
+        (zmm20, (-LN2_HI).to_bits()),
+        (zmm21, (-LN2_LO).to_bits()),
+    ];
+    let poly = [zmm22, zmm23, zmm24, zmm25, zmm26, zmm27];
+    c.extend(poly.into_iter().zip(EXPM1_POLY.map(f32::to_bits)));
+    c.push((zmm28, (127 - ROUND_MAGIC.to_bits() as i32) as u32));
+    c.push((zmm29, 1.0f32.to_bits()));
+    c.push((zmm30, alpha));
+    c.push((zmm15, netc_ir::ir::SELU_LAMBDA.to_bits()));
+    c
+}
+
+/// `epilogue` over `C` after the product (`m` rows in `rcx`, `C` in `rdx`, the operand in
+/// `rbp`): row by row, whole vectors then the masked last one (`k1`). Returns the constant
+/// table's labels with their bits, for the caller to place after the code.
+fn avx512_epilogue(
+    a: &mut CodeAssembler,
+    shape: GemmShape,
+    ep: Epilogue,
+) -> Result<Vec<(CodeLabel, u32)>, IcedError> {
+    let constants = epilogue_constants(ep);
+    let mut labels = Vec::with_capacity(constants.len());
+    for (reg, bits) in &constants {
+        let label = a.create_label();
+        a.vbroadcastss(*reg, dword_ptr(label))?;
+        labels.push((label, *bits));
+    }
+    // `vpxord`, as `vxorps zmm` would need AVX-512DQ.
+    a.vpxord(zmm31, zmm31, zmm31)?;
+    let whole = (shape.n / Avx512Tile::LANES) as u64;
+    let masked = !shape.n.is_multiple_of(Avx512Tile::LANES);
+    let ldc = (4 * shape.ldc) as i32;
+    let mut row_top = a.create_label();
+    let mut done = a.create_label();
+    a.mov(r10, rdx)?;
+    a.mov(r11, rcx)?;
+    a.set_label(&mut row_top)?;
+    a.test(r11, r11)?;
+    a.jle(done)?;
+    a.mov(rax, r10)?;
+    a.mov(r8, rbp)?;
+    if let Epilogue::Derivative { .. } = ep {
+        // The saved values' rows are laid out as C's.
+        a.add(rbp, ldc)?;
+    }
+    if whole > 0 {
+        let mut vec_top = a.create_label();
+        a.mov(rsi, whole)?;
+        a.set_label(&mut vec_top)?;
+        epilogue_vector(a, ep, false)?;
+        a.add(rax, 64)?;
+        a.add(r8, 64)?;
+        a.dec(rsi)?;
+        a.jnz(vec_top)?;
+    }
+    if masked {
+        epilogue_vector(a, ep, true)?;
+    }
+    a.add(r10, ldc)?;
+    a.dec(r11)?;
+    a.jmp(row_top)?;
+    a.set_label(&mut done)?;
+    a.zero_bytes()?;
+    Ok(labels)
+}
+
+/// One vector of the epilogue at `rax` (bias at `r8`), in the steps of the f32x4 pass:
+/// `v = c + bias`; for ELU and SELU, `x = min(max(v, lo), hi)`, `t = x·log2e + magic`,
+/// `k = t - magic`, `r = x - k·ln2` in two parts, `p` by Horner, `expm1(r) = p·r² + r`,
+/// `s = 2^k` from the bits of `t`, `expm1(v) = s·expm1(r) + (s - 1)`, then `v > 0 ? v :
+/// α·expm1(v)` (times λ for SELU).
+fn epilogue_vector(a: &mut CodeAssembler, ep: Epilogue, masked: bool) -> Result<(), IcedError> {
+    if masked {
+        a.vmovups(zmm0.k1().z(), zmmword_ptr(rax))?;
+    } else {
+        a.vmovups(zmm0, zmmword_ptr(rax))?;
+    }
+    let (bias, activation) = match ep {
+        Epilogue::Forward { bias, activation } => (bias, activation),
+        Epilogue::Derivative { .. } => {
+            // dy · (saved > 0 ? pos : saved + offset)
+            if masked {
+                a.vmovups(zmm1.k1().z(), zmmword_ptr(r8))?;
+            } else {
+                a.vmovups(zmm1, zmmword_ptr(r8))?;
+            }
+            a.vaddps(zmm2, zmm1, zmm16)?;
+            a.vcmpgt_oqps(k2, zmm1, zmm31)?;
+            a.vblendmps(zmm2.k2(), zmm2, zmm17)?;
+            a.vmulps(zmm0, zmm0, zmm2)?;
+            return store_vector(a, masked);
+        }
+    };
+    if bias {
+        if masked {
+            a.vmovups(zmm1.k1().z(), zmmword_ptr(r8))?;
+        } else {
+            a.vmovups(zmm1, zmmword_ptr(r8))?;
+        }
+        a.vaddps(zmm0, zmm0, zmm1)?;
+    }
+    if activation != EpilogueActivation::None {
+        a.vmaxps(zmm1, zmm0, zmm16)?;
+        a.vminps(zmm1, zmm1, zmm17)?;
+        a.vmovaps(zmm2, zmm19)?;
+        a.vfmadd231ps(zmm2, zmm1, zmm18)?; // t
+        a.vsubps(zmm3, zmm2, zmm19)?; // k
+        a.vfmadd231ps(zmm1, zmm3, zmm20)?; // r
+        a.vfmadd231ps(zmm1, zmm3, zmm21)?;
+        a.vmovaps(zmm4, zmm22)?;
+        for c in [zmm23, zmm24, zmm25, zmm26, zmm27] {
+            a.vfmadd213ps(zmm4, zmm1, c)?; // p = p·r + c
+        }
+        a.vmulps(zmm5, zmm1, zmm1)?;
+        a.vfmadd213ps(zmm4, zmm5, zmm1)?; // expm1(r) = p·r² + r
+        a.vpaddd(zmm2, zmm2, zmm28)?;
+        a.vpslld(zmm2, zmm2, 23)?; // s = 2^k
+        a.vsubps(zmm6, zmm2, zmm29)?;
+        a.vfmadd231ps(zmm6, zmm2, zmm4)?; // expm1(v)
+        a.vmulps(zmm6, zmm6, zmm30)?;
+        a.vcmpgt_oqps(k2, zmm0, zmm31)?;
+        a.vblendmps(zmm0.k2(), zmm6, zmm0)?;
+        if activation == EpilogueActivation::Selu {
+            a.vmulps(zmm0, zmm0, zmm15)?;
+        }
+    }
+    store_vector(a, masked)
+}
+
+/// Stores `zmm0` at `rax`, the last vector of a row masked by `k1`.
+fn store_vector(a: &mut CodeAssembler, masked: bool) -> Result<(), IcedError> {
+    if masked {
+        a.vmovups(zmmword_ptr(rax).k1(), zmm0)?;
+    } else {
+        a.vmovups(zmmword_ptr(rax), zmm0)?;
+    }
+    Ok(())
 }
 
 /// AVX2 tiles in 16 ymm registers: 3 rows × up to 3 vectors (9 accumulators, enough chains for
@@ -466,6 +677,11 @@ pub fn gemm_avx2(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
         kernel: format!("gemm_avx2_{}", shape.n),
         detail: e.to_string(),
     };
+    if shape.epilogue.is_some() {
+        return Err(BackendError::Plan(
+            "the AVX2 GEMM has no generated epilogue".to_owned(),
+        ));
+    }
     let mut a = CodeAssembler::new(64).map_err(fail)?;
     let tail = shape.n % Avx2Tile::LANES;
     let mut mask_table = a.create_label();

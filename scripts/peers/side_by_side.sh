@@ -30,7 +30,9 @@ for batch in "${batches[@]}"; do
     python3 scripts/peers/jax_epoch.py --batch "$batch" --epochs 3 | tail -1 |
       python3 -c "import json,sys; r=json.load(sys.stdin); print('jax', r['batch'], r['sec_per_epoch'])" >>"$results"
     for tier in $tiers; do
-      $netc bench specs/baseline.net --batch "$batch" --tier "$tier" --json |
+      # Half an epoch per timed repetition, the median of five.
+      $netc bench specs/baseline.net --batch "$batch" --tier "$tier" --json \
+        --steps $((45000 / batch / 2)) --repeats 5 |
         python3 -c "import json,sys; r=json.load(sys.stdin); print('netc-' + r['tier'], r['batch'], r['sec_per_epoch'])" >>"$results"
     done
     echo "batch $batch, round $round done" >&2

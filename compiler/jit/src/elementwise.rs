@@ -24,7 +24,12 @@ pub mod update_scalars {
     /// Nadam: `1 / (1 - β2^t)`. A product where Keras divides: each update then takes one
     /// division and one square root, which share one divider unit and bound Nadam's time.
     pub const C3: usize = 3;
-    pub const COUNT: usize = 4;
+    /// The rows of the whole call, for the kernels whose shares of the rows compute statistics
+    /// over all of them (`Kernel::BatchNorm::by_rows`); set by the executor for every call.
+    pub const ROWS: usize = 4;
+    pub const COUNT: usize = 5;
+    /// The update rules' scalars: those before `ROWS`.
+    pub const RULE: usize = ROWS;
 }
 
 /// Whether the derivative of `act` is computed from its input (else from its output).
@@ -149,7 +154,7 @@ pub fn store_as_columns(
 }
 
 /// The per-step scalars (`update_scalars`), each in all four lanes.
-pub fn step_scalar_vectors(fx: &mut Fx) -> [Value; update_scalars::COUNT] {
+pub fn step_scalar_vectors(fx: &mut Fx) -> [Value; update_scalars::RULE] {
     std::array::from_fn(|i| {
         let s = fx.scalar(i);
         fx.b.ins().splat(F32X4, s)
@@ -165,7 +170,7 @@ pub fn update_rule(
     w: Value,
     g: Value,
     ps: &[Value],
-    scalars: [Value; update_scalars::COUNT],
+    scalars: [Value; update_scalars::RULE],
 ) -> Value {
     let lr_times_g = |fx: &mut Fx| fx.mul(scalars[update_scalars::LR], g);
     match kind {

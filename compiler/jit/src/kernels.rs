@@ -9,13 +9,13 @@
 //! stay finite and are never read by a reduction over columns. Each `emit_*` documents its argument
 //! table; `Kernel::args` says how many pointers it takes.
 
-use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64};
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
 use super::elementwise::{
-    act_backward, act_forward, step_scalar_vectors, store_as_columns, update_rule,
+    act_backward, act_forward, step_scalar_vectors, store_as_columns, update_rule, update_scalars,
 };
 use super::emit::{bytes, ro, rw, Fx};
 use super::math;
@@ -93,6 +93,11 @@ pub enum Kernel {
         epsilon: f32,
         /// Also store `x̂` (training only), for a weight gradient with `FusedUpdate::normalized`.
         store_normalized: bool,
+        /// Training, shared by rows: every share computes the statistics over the whole batch
+        /// (the same sums in the same order, from `x_all` and `update_scalars::ROWS` rows) and
+        /// normalizes its own rows; the share whose rows start the batch stores the statistics
+        /// and the moving averages. No meeting after it, where a division by columns needs one.
+        by_rows: bool,
     },
     Dropout {
         convert: Option<Convert>,
@@ -139,8 +144,11 @@ pub enum Kernel {
         width: usize,
         input_grad: bool,
     },
-    /// Like `BatchNorm`, over `columns` of the `width` columns.
+    /// Like `BatchNorm`, over `columns` of the `width` columns, or `by_rows` (the sums over the
+    /// whole batch from `x_all` and `dy_all`, `dx` of its own rows, `dγ` and `dβ` stored by
+    /// the share whose rows start the batch).
     BatchNormBackward {
+        by_rows: bool,
         width: usize,
         columns: usize,
         input_grad: bool,
@@ -211,11 +219,13 @@ impl Kernel {
                 width,
                 columns,
                 training,
+                by_rows,
                 ..
             } => format!(
-                "batch_norm_{}_{}",
+                "batch_norm_{}_{}{}",
                 if *training { "train" } else { "infer" },
-                share_of(*columns, *width)
+                share_of(*columns, *width),
+                if *by_rows { "_by_rows" } else { "" }
             ),
             Kernel::Dropout { width, alpha, .. } => {
                 format!(
@@ -252,9 +262,16 @@ impl Kernel {
                 activation.map_or(String::new(), |a| format!("_{}", a.name()))
             ),
             Kernel::PreluBackward { width, .. } => format!("prelu_backward_{width}"),
-            Kernel::BatchNormBackward { width, columns, .. } => {
-                format!("batch_norm_backward_{}", share_of(*columns, *width))
-            }
+            Kernel::BatchNormBackward {
+                width,
+                columns,
+                by_rows,
+                ..
+            } => format!(
+                "batch_norm_backward_{}{}",
+                share_of(*columns, *width),
+                if *by_rows { "_by_rows" } else { "" }
+            ),
             Kernel::DropoutBackward { width, alpha, .. } => format!(
                 "{}_backward_{width}",
                 if *alpha { "alpha_dropout" } else { "dropout" }
@@ -318,11 +335,13 @@ impl Kernel {
                 momentum,
                 epsilon,
                 store_normalized,
+                by_rows,
             } => {
                 let base = emit_convert_prologue(fx, *convert);
                 if *training {
                     let shape = (*width, *columns);
-                    emit_batch_norm_train(fx, base, shape, *momentum, *epsilon, *store_normalized);
+                    let stored = (*store_normalized, *by_rows);
+                    emit_batch_norm_train(fx, base, shape, *momentum, *epsilon, stored);
                 } else {
                     debug_assert_eq!(columns, width, "inference batch norm is shared by rows");
                     emit_batch_norm_infer(fx, base, *width, *epsilon);
@@ -369,7 +388,8 @@ impl Kernel {
                 width,
                 columns,
                 input_grad,
-            } => emit_batch_norm_backward(fx, *width, *columns, *input_grad),
+                by_rows,
+            } => emit_batch_norm_backward(fx, *width, *columns, *input_grad, *by_rows),
             Kernel::DropoutBackward { width, rate, alpha } => {
                 emit_dropout_backward(fx, *width, *rate, *alpha)
             }
@@ -438,10 +458,15 @@ fn for_each_column_group(fx: &mut Fx, width: usize, mut body: impl FnMut(&mut Fx
 }
 
 /// Runs `body(fx, row_off_bytes)` for every row; reductions over rows loop inside column blocks.
-fn for_each_row(fx: &mut Fx, width: usize, mut body: impl FnMut(&mut Fx, Value)) {
+fn for_each_row(fx: &mut Fx, width: usize, body: impl FnMut(&mut Fx, Value)) {
+    let rows = fx.rows;
+    for_each_row_of(fx, width, rows, body);
+}
+
+/// `for_each_row` over `rows` rows (a runtime count).
+fn for_each_row_of(fx: &mut Fx, width: usize, rows: Value, mut body: impl FnMut(&mut Fx, Value)) {
     let stride = row_stride(width) as i64;
     let zero = fx.iconst(0);
-    let rows = fx.rows;
     fx.loop_up(zero, rows, 1, |fx, r| {
         let off = fx.b.ins().imul_imm_s(r, stride * 4);
         body(fx, off);
@@ -782,30 +807,47 @@ fn emit_batch_norm_train(
     (width, columns): (usize, usize),
     momentum: f32,
     eps: f32,
-    store_normalized: bool,
+    (store_normalized, by_rows): (bool, bool),
 ) {
     let (x, slot) = forward_input(fx, base);
     let p: Vec<Value> = (slot..slot + 7).map(|s| fx.arg(s)).collect();
     let (gamma, beta, mmean, mvar, y, smean, sinv) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
     let xhat = store_normalized.then(|| fx.arg(slot + 7));
+    let x_all = by_rows.then(|| fx.arg(slot + 7 + usize::from(store_normalized)));
     let flags = if base > 0 { rw() } else { ro() };
     let zero = fx.zero4();
-    let n = fx.rows_f32();
-    let n = fx.b.ins().splat(F32X4, n);
+    // The statistics' rows: this call's, or (by rows) the whole batch's.
+    let (stat_x, stat_rows, nf) = match x_all {
+        Some(x_all) => {
+            let nf = fx.scalar(update_scalars::ROWS);
+            let rows = fx.b.ins().fcvt_to_sint(I64, nf);
+            (x_all, rows, nf)
+        }
+        None => (x, fx.rows, fx.rows_f32()),
+    };
+    let n = fx.b.ins().splat(F32X4, nf);
+    // Whether this call stores the statistics: the share whose rows start the batch.
+    let first = x_all.map(|x_all| fx.b.ins().icmp(IntCC::Equal, x, x_all));
     for_each_column_group(fx, columns, |fx, jbs| {
         let xj: Vec<Value> = jbs.iter().map(|jb| fx.b.ins().iadd(x, *jb)).collect();
-        let load_row = |fx: &mut Fx, off: Value| -> Vec<Value> {
-            xj.iter()
+        let sj: Vec<Value> = match x_all {
+            Some(_) => jbs.iter().map(|jb| fx.b.ins().iadd(stat_x, *jb)).collect(),
+            None => xj.clone(),
+        };
+        let load = |fx: &mut Fx, from: &[Value], off: Value| -> Vec<Value> {
+            from.iter()
                 .map(|xj| {
                     let pv = fx.b.ins().iadd(*xj, off);
                     fx.b.ins().load(F32X4, flags, pv, 0)
                 })
                 .collect()
         };
+        let load_row = |fx: &mut Fx, off: Value| load(fx, &xj, off);
+        let load_stat_row = |fx: &mut Fx, off: Value| load(fx, &sj, off);
         // Two passes (mean, then centred squares) for the variance, as an accurate reference does.
         let acc: Vec<Variable> = jbs.iter().map(|_| fx.var(F32X4, zero)).collect();
-        for_each_row(fx, width, |fx, off| {
-            for (a, v) in acc.iter().zip(load_row(fx, off)) {
+        for_each_row_of(fx, width, stat_rows, |fx, off| {
+            for (a, v) in acc.iter().zip(load_stat_row(fx, off)) {
                 let s = fx.get(*a);
                 let s = fx.add(s, v);
                 fx.set(*a, s);
@@ -819,8 +861,8 @@ fn emit_batch_norm_train(
             })
             .collect();
         let acc2: Vec<Variable> = jbs.iter().map(|_| fx.var(F32X4, zero)).collect();
-        for_each_row(fx, width, |fx, off| {
-            for ((a, v), m) in acc2.iter().zip(load_row(fx, off)).zip(&mean) {
+        for_each_row_of(fx, width, stat_rows, |fx, off| {
+            for ((a, v), m) in acc2.iter().zip(load_stat_row(fx, off)).zip(&mean) {
                 let d = fx.sub(v, *m);
                 let s = fx.get(*a);
                 let s = fx.fma(d, d, s);
@@ -854,20 +896,26 @@ fn emit_batch_norm_train(
                 }
             }
         });
-        let mom = fx.splat(momentum);
-        let rest = fx.splat(1.0 - momentum);
-        for (i, jb) in jbs.iter().enumerate() {
-            for (moving, batch) in [(mmean, mean[i]), (mvar, var[i])] {
-                let pm = fx.b.ins().iadd(moving, *jb);
-                let old = fx.load4(rw(), pm, 0);
-                let nb = fx.mul(batch, rest);
-                let new = fx.fma(old, mom, nb);
-                fx.store(new, pm, 0);
+        let store_statistics = |fx: &mut Fx| {
+            let mom = fx.splat(momentum);
+            let rest = fx.splat(1.0 - momentum);
+            for (i, jb) in jbs.iter().enumerate() {
+                for (moving, batch) in [(mmean, mean[i]), (mvar, var[i])] {
+                    let pm = fx.b.ins().iadd(moving, *jb);
+                    let old = fx.load4(rw(), pm, 0);
+                    let nb = fx.mul(batch, rest);
+                    let new = fx.fma(old, mom, nb);
+                    fx.store(new, pm, 0);
+                }
+                let pm = fx.b.ins().iadd(smean, *jb);
+                fx.store(mean[i], pm, 0);
+                let pi = fx.b.ins().iadd(sinv, *jb);
+                fx.store(inv[i], pi, 0);
             }
-            let pm = fx.b.ins().iadd(smean, *jb);
-            fx.store(mean[i], pm, 0);
-            let pi = fx.b.ins().iadd(sinv, *jb);
-            fx.store(inv[i], pi, 0);
+        };
+        match first {
+            Some(first) => fx.if_else(first, store_statistics, |_| {}),
+            None => store_statistics(fx),
         }
     });
 }
@@ -909,18 +957,38 @@ fn emit_batch_norm_infer(fx: &mut Fx, base: usize, width: usize, eps: f32) {
 
 /// Table: `[x, gamma, batch_mean, batch_inv_std, dy, dgamma, dbeta, (dx)]`.
 /// `dx = γ·inv/n · (n·dy - Σdy - x̂·Σ(dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`.
-fn emit_batch_norm_backward(fx: &mut Fx, width: usize, columns: usize, input_grad: bool) {
+fn emit_batch_norm_backward(
+    fx: &mut Fx,
+    width: usize,
+    columns: usize,
+    input_grad: bool,
+    by_rows: bool,
+) {
     let p: Vec<Value> = (0..7).map(|s| fx.arg(s)).collect();
     let (x, gamma, smean, sinv, dy, dgamma, dbeta) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
     let dx = input_grad.then(|| fx.arg(7));
+    let all = by_rows.then(|| {
+        let next = 7 + usize::from(input_grad);
+        (fx.arg(next), fx.arg(next + 1))
+    });
     let zero = fx.zero4();
-    let nf = fx.rows_f32();
+    // The sums' rows: this call's, or (by rows) the whole batch's.
+    let ((sum_x, sum_dy), sum_rows, nf) = match all {
+        Some(all) => {
+            let nf = fx.scalar(update_scalars::ROWS);
+            let rows = fx.b.ins().fcvt_to_sint(I64, nf);
+            (all, rows, nf)
+        }
+        None => ((x, dy), fx.rows, fx.rows_f32()),
+    };
     let n = fx.b.ins().splat(F32X4, nf);
+    // Whether this call stores dγ and dβ: the share whose rows start the batch.
+    let first = all.map(|(x_all, _)| fx.b.ins().icmp(IntCC::Equal, x, x_all));
     for_each_column_group(fx, columns, |fx, jbs| {
         let mean: Vec<Value> = jbs.iter().map(|jb| load_at(fx, smean, *jb)).collect();
         let inv: Vec<Value> = jbs.iter().map(|jb| load_at(fx, sinv, *jb)).collect();
-        // `(x̂, dy)` of each block in the row at `off`.
-        let load_row = |fx: &mut Fx, off: Value| -> Vec<(Value, Value)> {
+        // `(x̂, dy)` of each block in the row at `off` of `(x, dy)`.
+        let load = |fx: &mut Fx, (x, dy): (Value, Value), off: Value| -> Vec<(Value, Value)> {
             jbs.iter()
                 .enumerate()
                 .map(|(i, jb)| {
@@ -934,10 +1002,11 @@ fn emit_batch_norm_backward(fx: &mut Fx, width: usize, columns: usize, input_gra
                 })
                 .collect()
         };
+        let load_row = |fx: &mut Fx, off: Value| load(fx, (x, dy), off);
         let sdy: Vec<Variable> = jbs.iter().map(|_| fx.var(F32X4, zero)).collect();
         let sdyx: Vec<Variable> = jbs.iter().map(|_| fx.var(F32X4, zero)).collect();
-        for_each_row(fx, width, |fx, off| {
-            for (i, (xh, g)) in load_row(fx, off).into_iter().enumerate() {
+        for_each_row_of(fx, width, sum_rows, |fx, off| {
+            for (i, (xh, g)) in load(fx, (sum_x, sum_dy), off).into_iter().enumerate() {
                 let a = fx.get(sdy[i]);
                 let a = fx.add(a, g);
                 fx.set(sdy[i], a);
@@ -948,11 +1017,17 @@ fn emit_batch_norm_backward(fx: &mut Fx, width: usize, columns: usize, input_gra
         });
         let a: Vec<Value> = sdy.iter().map(|v| fx.get(*v)).collect();
         let b: Vec<Value> = sdyx.iter().map(|v| fx.get(*v)).collect();
-        for (i, jb) in jbs.iter().enumerate() {
-            let pgm = fx.b.ins().iadd(dgamma, *jb);
-            fx.store(b[i], pgm, 0);
-            let pbt = fx.b.ins().iadd(dbeta, *jb);
-            fx.store(a[i], pbt, 0);
+        let store_gradients = |fx: &mut Fx| {
+            for (i, jb) in jbs.iter().enumerate() {
+                let pgm = fx.b.ins().iadd(dgamma, *jb);
+                fx.store(b[i], pgm, 0);
+                let pbt = fx.b.ins().iadd(dbeta, *jb);
+                fx.store(a[i], pbt, 0);
+            }
+        };
+        match first {
+            Some(first) => fx.if_else(first, store_gradients, |_| {}),
+            None => store_gradients(fx),
         }
         if let Some(dx) = dx {
             let scale: Vec<Value> = jbs

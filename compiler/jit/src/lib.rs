@@ -354,6 +354,7 @@ fn plan(
         bn_scratch: &bn_scratch,
         fused: &fused,
         normalized: &normalized,
+        threads,
     };
     let (train_forward, train_cur) = forward(&ctx, ForwardMode::Train, sink)?;
     let train_values = train_written(program, &train_cur);
@@ -573,7 +574,9 @@ impl Sharing {
             | Kernel::InputGrad { .. }
             | Kernel::BatchNorm {
                 training: false, ..
-            } => Share::Rows(sig.row_bytes()),
+            }
+            | Kernel::BatchNorm { by_rows: true, .. }
+            | Kernel::BatchNormBackward { by_rows: true, .. } => Share::Rows(sig.row_bytes()),
             // Rows of the kernel gradient: thread t reads columns of x from its first row on.
             // A fused update's kernel, slots and transposed copy are divided the same way.
             Kernel::WeightGrad {
@@ -601,6 +604,7 @@ impl Sharing {
                 momentum,
                 epsilon,
                 store_normalized,
+                by_rows: false,
             } => {
                 debug_assert_eq!(columns, width, "planning shares a whole call");
                 Share::Columns(divided(sink, *width, 4, &|_, n| Kernel::BatchNorm {
@@ -611,12 +615,14 @@ impl Sharing {
                     momentum: *momentum,
                     epsilon: *epsilon,
                     store_normalized: *store_normalized,
+                    by_rows: false,
                 })?)
             }
             Kernel::BatchNormBackward {
                 width,
                 columns,
                 input_grad,
+                by_rows: false,
             } => {
                 debug_assert_eq!(columns, width, "planning shares a whole call");
                 Share::Columns(divided(sink, *width, 4, &|_, n| {
@@ -624,6 +630,7 @@ impl Sharing {
                         width: *width,
                         columns: n,
                         input_grad: *input_grad,
+                        by_rows: false,
                     }
                 })?)
             }
@@ -711,6 +718,8 @@ struct PlanCtx<'a> {
     /// The dense ops (by index) whose fused weight gradient takes the `x̂` of the batch norm
     /// before them (`FusedUpdate::normalized`).
     normalized: &'a HashMap<u32, NormalizedInput>,
+    /// Threads of the plan.
+    threads: usize,
 }
 
 /// Buffers of a weight gradient with `FusedUpdate::normalized`.
@@ -865,10 +874,16 @@ fn forward(
                 ]);
                 let training = phase == ForwardMode::Train;
                 let xhat = ctx.xhat_of(op.index).filter(|_| training);
+                // On several threads, shared by rows with the statistics of the whole batch on
+                // every thread: one meeting before it instead of one each side.
+                let by_rows = training && convert.is_none() && ctx.threads > 1;
                 if training {
                     let (m, s) = ctx.bn_scratch[&op.index];
                     args.extend([Ptr::Arena(m), Ptr::Arena(s)]);
                     args.extend(xhat.map(Ptr::Arena));
+                    if by_rows {
+                        args.push(Ptr::Arena(cur[i]));
+                    }
                 }
                 Kernel::BatchNorm {
                     convert,
@@ -878,6 +893,7 @@ fn forward(
                     momentum,
                     epsilon,
                     store_normalized: xhat.is_some(),
+                    by_rows,
                 }
             }
             OpKind::Dropout { rate } | OpKind::AlphaDropout { rate } => {
@@ -1151,11 +1167,16 @@ fn backward(
                     ctx.grad(beta),
                 ];
                 args.extend(dx);
+                let by_rows = ctx.threads > 1;
+                if by_rows {
+                    args.extend([Ptr::Arena(cur[x]), dy]);
+                }
                 (
                     Kernel::BatchNormBackward {
                         width: op.width,
                         columns: op.width,
                         input_grad: dx.is_some(),
+                        by_rows,
                     },
                     args,
                 )
@@ -1698,6 +1719,13 @@ impl Jit {
         );
         assert!(batch.pixels.len() >= rows * self.program.input.features);
         let base = self.arena.base_ptr();
+        // The step's scalars, and the whole call's rows (`update_scalars::ROWS`); on the stack,
+        // which outlives every call of this function.
+        let mut all_scalars = [0f32; update_scalars::COUNT];
+        let given = scalars.len().min(update_scalars::ROWS);
+        all_scalars[..given].copy_from_slice(&scalars[..given]);
+        all_scalars[update_scalars::ROWS] = rows as f32;
+        let scalars = &all_scalars;
         #[cfg(any(debug_assertions, test))]
         let buffers = [
             (base as usize, base as usize + 4 * self.plan.size),
@@ -1743,7 +1771,7 @@ impl Jit {
                 #[cfg(any(debug_assertions, test))]
                 {
                     let (name, sig) = &signatures[task.call.kernel.0];
-                    signature::check_call(name, sig, &table, n, &buffers);
+                    signature::check_call(name, sig, &table, n, rows, &buffers);
                 }
                 out.push(Invocation {
                     f: fns[task.call.kernel.0],

@@ -60,9 +60,11 @@ pub enum Share {
 /// Groups `calls` into segments for `threads` threads (see the module documentation), each
 /// call with its footprint (`signature::Footprint`). A row-parallel call joins the open
 /// segment unless it touches what a divided call of the segment writes, or writes what one
-/// reads; a divided call joins it unless it reads anything written in the segment or writes
-/// anything read or written there (its shares read and write across the rows of all threads).
-/// So a run of independent weight gradients shares one meeting.
+/// reads, or reads across rows (`Footprint::across`) anything written in the segment, or
+/// writes what an earlier call of the segment reads across rows; a divided call joins it unless
+/// it reads anything written in the segment or writes anything read or written there (its
+/// shares read and write across the rows of all threads). So a run of independent weight
+/// gradients shares one meeting, and a batch norm shared by rows needs one before it only.
 pub fn segments(calls: Vec<(Call, Share, Footprint)>, threads: usize) -> Vec<Segment> {
     #[derive(PartialEq)]
     enum Open {
@@ -97,7 +99,11 @@ pub fn segments(calls: Vec<(Call, Share, Footprint)>, threads: usize) -> Vec<Seg
                 });
             }
             Share::Rows(row_bytes) => {
-                if open != Open::Parallel || divided.conflicts(&footprint) {
+                if open != Open::Parallel
+                    || divided.conflicts(&footprint)
+                    || touched.written_across(&footprint)
+                    || overlap_across(&touched, &footprint)
+                {
                     out.push(Segment {
                         parts: vec![Vec::new(); threads],
                     });
@@ -141,6 +147,14 @@ pub fn segments(calls: Vec<(Call, Share, Footprint)>, threads: usize) -> Vec<Seg
         }
     }
     out
+}
+
+/// Whether `later` writes rows that an earlier call of the segment reads across rows.
+fn overlap_across(touched: &Footprint, later: &Footprint) -> bool {
+    later
+        .writes
+        .iter()
+        .any(|&(s, e)| touched.across.iter().any(|&(s2, e2)| s < e2 && s2 < e))
 }
 
 /// Calls that are independent of each other (the optimizer updates, the kernel transposes):

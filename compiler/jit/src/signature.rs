@@ -32,6 +32,10 @@ pub enum Access {
 pub enum Extent {
     /// The call's rows of a value: `floats` floats of each row, rows `ld` floats apart.
     Rows { floats: usize, ld: usize },
+    /// All the rows of the whole call, from every share (the statistics of a batch norm shared
+    /// by rows): like `Rows`, but a share's pointer does not move, and its extent is the whole
+    /// call's rows.
+    Batch { floats: usize, ld: usize },
     /// `rows` rows of `floats` floats, `ld` apart, whatever the call's rows (a dense kernel, its
     /// gradient, slots and transposed copy).
     Matrix {
@@ -48,14 +52,15 @@ pub enum Extent {
 }
 
 impl Extent {
-    /// Bytes a call on `rows` rows may touch from the pointer.
+    /// Bytes a call on `rows` rows may touch from the pointer (for `Batch`, `rows` are the
+    /// whole call's).
     pub fn bytes(self, rows: usize) -> usize {
         let rows_of = |n: usize, floats: usize, ld: usize| match n {
             0 => 0,
             n => 4 * ((n - 1) * ld + floats),
         };
         match self {
-            Extent::Rows { floats, ld } => rows_of(rows, floats, ld),
+            Extent::Rows { floats, ld } | Extent::Batch { floats, ld } => rows_of(rows, floats, ld),
             Extent::Matrix { rows, floats, ld } => rows_of(rows, floats, ld),
             Extent::Floats(n) => 4 * n,
             Extent::Pixels { features } => rows * features,
@@ -70,7 +75,7 @@ impl Extent {
             Extent::Rows { ld, .. } => 4 * ld,
             Extent::Pixels { features } => features,
             Extent::Labels => 1,
-            Extent::Matrix { .. } | Extent::Floats(_) => 0,
+            Extent::Matrix { .. } | Extent::Floats(_) | Extent::Batch { .. } => 0,
         }
     }
 }
@@ -211,6 +216,7 @@ impl Kernel {
                 columns,
                 training,
                 store_normalized,
+                by_rows,
                 ..
             } => {
                 let by = Split::By(1);
@@ -238,6 +244,15 @@ impl Kernel {
                     s.push("batch_inv_std", Access::Write, vector, by);
                     if *store_normalized {
                         s.push("x_hat", Access::Write, cols, by);
+                    }
+                    if *by_rows {
+                        s.read(
+                            "x_all",
+                            Extent::Batch {
+                                floats: pad4(*columns),
+                                ld: row_stride(*width),
+                            },
+                        );
                     }
                 }
             }
@@ -342,6 +357,7 @@ impl Kernel {
                 width,
                 columns,
                 input_grad,
+                by_rows,
             } => {
                 let by = Split::By(1);
                 let cols = Extent::Rows {
@@ -358,6 +374,14 @@ impl Kernel {
                 s.push("dbeta", Access::Write, vector, by);
                 if *input_grad {
                     s.push("dx", Access::Write, cols, by);
+                }
+                if *by_rows {
+                    let all = Extent::Batch {
+                        floats: pad4(*columns),
+                        ld: row_stride(*width),
+                    };
+                    s.read("x_all", all);
+                    s.read("dy_all", all);
                 }
             }
             Kernel::DropoutBackward { width, .. } => {
@@ -463,6 +487,7 @@ pub fn check_call(
     sig: &Signature,
     table: &[*mut u8],
     rows: usize,
+    call_rows: usize,
     buffers: &[(usize, usize)],
 ) {
     assert!(
@@ -473,7 +498,11 @@ pub fn check_call(
     );
     for (a, p) in sig.args.iter().zip(table) {
         let start = *p as usize;
-        let end = start + a.extent.bytes(rows);
+        let extent_rows = match a.extent {
+            Extent::Batch { .. } => call_rows,
+            _ => rows,
+        };
+        let end = start + a.extent.bytes(extent_rows);
         assert!(
             buffers.iter().any(|&(lo, hi)| lo <= start && end <= hi),
             "{name}: `{}` ({:?}, {rows} rows) at {start:#x}..{end:#x} is outside every buffer",
@@ -490,6 +519,9 @@ pub fn check_call(
 pub struct Footprint {
     pub reads: Vec<(usize, usize)>,
     pub writes: Vec<(usize, usize)>,
+    /// Reads of rows every share of a row-parallel call reads (`Extent::Batch`): rows other
+    /// threads write.
+    pub across: Vec<(usize, usize)>,
 }
 
 impl Footprint {
@@ -502,6 +534,9 @@ impl Footprint {
             let range = (off, off + a.extent.bytes(rows).div_ceil(4));
             if range.0 == range.1 {
                 continue;
+            }
+            if let Extent::Batch { .. } = a.extent {
+                f.across.push(range);
             }
             match a.access {
                 Access::Read => f.reads.push(range),
@@ -524,14 +559,21 @@ impl Footprint {
             || overlap(&later.writes, &self.writes)
     }
 
+    /// Whether `later`, a row-parallel call, reads across rows something this writes.
+    pub fn written_across(&self, later: &Footprint) -> bool {
+        overlap(&later.across, &self.writes)
+    }
+
     pub fn extend(&mut self, other: &Footprint) {
         self.reads.extend_from_slice(&other.reads);
         self.writes.extend_from_slice(&other.writes);
+        self.across.extend_from_slice(&other.across);
     }
 
     pub fn clear(&mut self) {
         self.reads.clear();
         self.writes.clear();
+        self.across.clear();
     }
 }
 

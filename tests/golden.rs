@@ -95,13 +95,7 @@ fn run_cases(dir: &str, expect_errors: bool) {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{}\n\n{} golden mismatch(es); if the change is intended, re-bless with \
-         `NETC_BLESS=1 cargo test --test golden`, read the diff and commit it with the reason",
-        failures.join("\n"),
-        failures.len()
-    );
+    assert_matched(&failures);
 }
 
 #[test]
@@ -118,30 +112,10 @@ fn err_cases_fail_with_the_expected_diagnostics() {
 /// (generated for the fixed x86-64 ISA, never the host's) must equal `NAME.clif`.
 #[test]
 fn clif_cases_match_their_kernels() {
-    let mut failures = Vec::new();
-    let files = cases("clif");
-    assert!(!files.is_empty(), "no cases in tests/golden/clif");
-    for file in &files {
-        let source = std::fs::read_to_string(file).expect("golden specs are UTF-8");
-        let compiled = netc_front::compile(&source);
-        let name = display_name(file);
-        let Some(program) = compiled.program.as_ref().filter(|_| !compiled.has_errors()) else {
-            let rendered = diagnostics::render(&name, &source, &compiled.diags, WIDTH, false);
-            failures.push(format!("{name}: expected no errors, got:\n{rendered}"));
-            continue;
-        };
+    program_cases("clif", |name, program| {
         let clif = netc_jit::emit_clif(program).unwrap_or_else(|e| panic!("{name}: no CLIF: {e}"));
-        if let Some(f) = expect_file(&file.with_extension("clif"), &clif) {
-            failures.push(f);
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{}\n\n{} golden mismatch(es); if the change is intended, re-bless with \
-         `NETC_BLESS=1 cargo test --test golden`, read the diff and commit it with the reason",
-        failures.join("\n"),
-        failures.len()
-    );
+        vec![("clif".to_owned(), clif)]
+    });
 }
 
 /// Every `tests/golden/asm/NAME.net` must produce the machine code in `NAME.TIER.asm` for each
@@ -151,27 +125,44 @@ fn clif_cases_match_their_kernels() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn asm_cases_match_their_machine_code() {
+    program_cases("asm", |name, program| {
+        [netc_jit::Tier::Avx2, netc_jit::Tier::Avx512]
+            .into_iter()
+            .map(|tier| {
+                let asm = netc_jit::emit_asm(program, tier)
+                    .unwrap_or_else(|e| panic!("{name}: no machine code: {e}"));
+                (format!("{}.asm", tier.name()), asm)
+            })
+            .collect()
+    });
+}
+
+/// Every `tests/golden/DIR/NAME.net` must compile without errors, and each `(extension, text)`
+/// that `dump` makes of its program must equal `NAME.extension`.
+fn program_cases(dir: &str, dump: impl Fn(&str, &netc_ir::ir::Program) -> Vec<(String, String)>) {
     let mut failures = Vec::new();
-    let files = cases("asm");
-    assert!(!files.is_empty(), "no cases in tests/golden/asm");
+    let files = cases(dir);
+    assert!(!files.is_empty(), "no cases in tests/golden/{dir}");
     for file in &files {
         let source = std::fs::read_to_string(file).expect("golden specs are UTF-8");
         let compiled = netc_front::compile(&source);
         let name = display_name(file);
-        let program = compiled
-            .program
-            .as_ref()
-            .filter(|_| !compiled.has_errors())
-            .unwrap_or_else(|| panic!("{name}: expected no errors"));
-        for tier in [netc_jit::Tier::Avx2, netc_jit::Tier::Avx512] {
-            let asm = netc_jit::emit_asm(program, tier)
-                .unwrap_or_else(|e| panic!("{name}: no machine code: {e}"));
-            let expected = file.with_extension(format!("{}.asm", tier.name()));
-            if let Some(f) = expect_file(&expected, &asm) {
+        let Some(program) = compiled.program.as_ref().filter(|_| !compiled.has_errors()) else {
+            let rendered = diagnostics::render(&name, &source, &compiled.diags, WIDTH, false);
+            failures.push(format!("{name}: expected no errors, got:\n{rendered}"));
+            continue;
+        };
+        for (ext, text) in dump(&name, program) {
+            if let Some(f) = expect_file(&file.with_extension(ext), &text) {
                 failures.push(f);
             }
         }
     }
+    assert_matched(&failures);
+}
+
+/// Fails with every mismatch and how to re-bless.
+fn assert_matched(failures: &[String]) {
     assert!(
         failures.is_empty(),
         "{}\n\n{} golden mismatch(es); if the change is intended, re-bless with \

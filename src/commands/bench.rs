@@ -44,7 +44,7 @@ pub(super) fn bench(args: BenchArgs) -> Result<ExitCode> {
     };
     let spec = args.spec.display().to_string();
     let kind = args.backend;
-    let jit = args.threads.options()?;
+    let jit = args.threads.options_for(kind)?;
     let r = netc_runtime::bench::bench(
         &program,
         &spec,

@@ -14,7 +14,8 @@ pub(super) fn eval(run_dir: &Path, mc: Option<u32>, common: &DataArgs) -> Result
     let Some(program) = compiled.program.filter(|_| ok) else {
         return Ok(ExitCode::from(1));
     };
-    let (kind, threads) = (common.backend(), common.threads.options()?);
+    let kind = common.backend();
+    let threads = common.threads.options_for(kind)?;
     let result = netc_runtime::run::evaluate_run(
         run_dir,
         &summary,

@@ -38,7 +38,8 @@ pub(super) fn lr_find(args: LrFindArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let inputs = netc_runtime::run::Inputs::load(&program, Some(&args.common.locate()?))?;
-    let (kind, threads) = (args.common.backend(), args.common.threads.options()?);
+    let kind = args.common.backend();
+    let threads = args.common.threads.options_for(kind)?;
     let (mut backend, _) =
         inputs.backend(&program, |p, stats| make_backend(kind, threads, p, stats))?;
     let (data, split) = (&inputs.data, &inputs.split);

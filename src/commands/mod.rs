@@ -241,6 +241,19 @@ impl JitArgs {
         }
     }
 
+    /// The options of `kind`'s executor: for the JIT, `options`; the interpreter has no tier,
+    /// so one asked for (say in `NETC_TIER`) is not checked against this CPU.
+    fn options_for(self, kind: BackendKind) -> std::result::Result<netc_jit::Options, CliError> {
+        match kind {
+            BackendKind::Jit => self.options(),
+            BackendKind::Interp => Ok(netc_jit::Options {
+                threads: self.count(),
+                tier: netc_jit::Tier::F32x4,
+                gradients: false,
+            }),
+        }
+    }
+
     /// The JIT's options: `threads` (see `count`) and the tier asked for, which this CPU must
     /// have.
     fn options(self) -> std::result::Result<netc_jit::Options, CliError> {

@@ -58,7 +58,10 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode> {
                 interrupt: Some(interrupt),
             };
             let asked = args.common.backend;
-            let threads = args.common.threads.options()?;
+            let threads = args
+                .common
+                .threads
+                .options_for(asked.unwrap_or(BackendKind::Jit))?;
             netc_runtime::run::resume(
                 &program,
                 &source.text,
@@ -99,7 +102,7 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode> {
                 interrupt: Some(interrupt),
             };
             let kind = args.common.backend();
-            let threads = args.common.threads.options()?;
+            let threads = args.common.threads.options_for(kind)?;
             netc_runtime::run::run(&program, &source, &opts, |p, stats| {
                 make_backend(kind, threads, p, stats)
             })

@@ -133,7 +133,12 @@ pub(super) fn sweep(args: SweepArgs) -> Result<ExitCode> {
     // The cores are shared among the runs that train at once.
     let threads = (args.common.threads.count() / (args.jobs as usize).max(1)).max(1);
     // Checked here, once, and passed on by name.
-    let tier = args.common.threads.options()?.tier.name();
+    let tier = args
+        .common
+        .threads
+        .options_for(args.common.backend())?
+        .tier
+        .name();
     let epochs = args.epochs;
     // Each run is this binary's `netc run`, its summary as a JSON line on stdout.
     let launcher = sweep::Launcher::new(move |run: &sweep::RunRequest<'_>| {

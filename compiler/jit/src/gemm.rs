@@ -22,6 +22,12 @@ impl FullWidthGemm {
     /// Generates and places the GEMM for `shape` at `tier` (`Avx2` or `Avx512`); an error on
     /// a CPU without the tier's instructions.
     pub fn new(tier: Tier, shape: GemmShape, k: usize) -> Result<FullWidthGemm, BackendError> {
+        // `run` has no operand to give an epilogue.
+        if shape.epilogue.is_some() {
+            return Err(BackendError::Plan(
+                "a GEMM run on its own has no epilogue".to_owned(),
+            ));
+        }
         let mut module = KernelModule::new(tier)?;
         let index = module.standalone_gemm(shape)?;
         module.finalize()?;

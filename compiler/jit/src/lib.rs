@@ -416,7 +416,7 @@ fn plan(
             .map(|c| {
                 let spec = sink.specs[&c.kernel.0].clone();
                 let share = sharing.share(&c, &spec, sink)?;
-                let footprint = footprint(&spec, &c.args, rows);
+                let footprint = footprint(&spec, &c.args, rows, threads);
                 Ok((c, share, footprint))
             })
             .collect::<Result<Vec<_>, BackendError>>()?;
@@ -594,46 +594,6 @@ impl Sharing {
                 bias: *bias && first == 0,
                 update: *update,
             })?),
-            // Batch statistics are per column: thread t takes a block of columns of every
-            // per-column pointer (all of them; the training forward converts the pixels first).
-            Kernel::BatchNorm {
-                convert: None,
-                width,
-                columns,
-                training: true,
-                momentum,
-                epsilon,
-                store_normalized,
-                by_rows: false,
-            } => {
-                debug_assert_eq!(columns, width, "planning shares a whole call");
-                Share::Columns(divided(sink, *width, 4, &|_, n| Kernel::BatchNorm {
-                    convert: None,
-                    width: *width,
-                    columns: n,
-                    training: true,
-                    momentum: *momentum,
-                    epsilon: *epsilon,
-                    store_normalized: *store_normalized,
-                    by_rows: false,
-                })?)
-            }
-            Kernel::BatchNormBackward {
-                width,
-                columns,
-                input_grad,
-                by_rows: false,
-            } => {
-                debug_assert_eq!(columns, width, "planning shares a whole call");
-                Share::Columns(divided(sink, *width, 4, &|_, n| {
-                    Kernel::BatchNormBackward {
-                        width: *width,
-                        columns: n,
-                        input_grad: *input_grad,
-                        by_rows: false,
-                    }
-                })?)
-            }
             // An update without terms over the whole parameter is element-wise.
             Kernel::Update(u)
                 if u.regularizer.is_zero() && u.clipnorm.is_none() && u.max_norm.is_none() =>
@@ -977,8 +937,9 @@ fn normalized_inputs(
         .collect()
 }
 
-/// The arena ranges a call of `spec` with `args` may touch on `rows` rows.
-fn footprint(spec: &Kernel, args: &[Ptr], rows: usize) -> signature::Footprint {
+/// The arena ranges a call of `spec` with `args` may touch on `rows` rows, divided among up to
+/// `threads` shares.
+fn footprint(spec: &Kernel, args: &[Ptr], rows: usize, threads: usize) -> signature::Footprint {
     let arena: Vec<Option<usize>> = args
         .iter()
         .map(|a| match a {
@@ -986,7 +947,7 @@ fn footprint(spec: &Kernel, args: &[Ptr], rows: usize) -> signature::Footprint {
             Ptr::Pixels | Ptr::Labels => None,
         })
         .collect();
-    signature::Footprint::of(&spec.signature(), &arena, rows)
+    signature::Footprint::of(&spec.signature(), &arena, rows, threads)
 }
 
 /// The backward calls, one or two per `GradStep`. With `fuse`, the weight gradients of
@@ -1018,7 +979,7 @@ fn backward(
                      calls: &mut Vec<Call>,
                      sink: &mut dyn Sink|
      -> Result<(), BackendError> {
-        let fp = footprint(&kernel, &args, rows);
+        let fp = footprint(&kernel, &args, rows, ctx.threads);
         if deferred.iter().any(|(_, d)| d.conflicts(&fp)) {
             calls.extend(deferred.drain(..).map(|(c, _)| c));
         }
@@ -1655,15 +1616,21 @@ impl Jit {
             let segments = std::mem::take(self.segments_mut(calls));
             let mut groups: Vec<(String, Vec<Segment>)> = Vec::new();
             if by_call {
+                // Each call with its shares on every thread: tasks of one origin.
                 for seg in &segments {
-                    let columns = seg.parts.iter().map(Vec::len).max().unwrap_or(0);
-                    for i in 0..columns {
+                    let mut origins: Vec<usize> = Vec::new();
+                    for task in seg.parts.iter().flatten() {
+                        if !origins.contains(&task.origin) {
+                            origins.push(task.origin);
+                        }
+                    }
+                    for origin in origins {
                         let parts: Vec<Vec<parallel::Task>> = seg
                             .parts
                             .iter()
-                            .map(|p| p.get(i).cloned().into_iter().collect())
+                            .map(|p| p.iter().filter(|t| t.origin == origin).cloned().collect())
                             .collect();
-                        let first = parts.iter().flatten().next().expect("a call per column");
+                        let first = parts.iter().flatten().next().expect("a share of the call");
                         let name = self.kernels.name(first.call.kernel).to_string();
                         groups.push((name, vec![Segment { parts }]));
                     }

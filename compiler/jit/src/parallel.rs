@@ -7,14 +7,16 @@
 //! - **row-parallel** calls (dense forward, activations, dropout, `dx = dy·Wᵀ`, …) compute each
 //!   row of their output from the same row of their inputs. Every thread runs the same kernel on
 //!   its own rows, so a chain of them needs no meeting at all: a thread only ever reads rows it
-//!   wrote itself.
+//!   wrote itself. A training batch norm is row-parallel too, but reads every row for the
+//!   batch's statistics (`Footprint::across`), so it needs a meeting before it.
 //! - **divided** calls were split at planning into one kernel per thread over disjoint outputs
 //!   (the rows of `dW = xᵀ·dy`, the elements of an optimizer update); a divided call reads rows
-//!   every thread wrote, so it opens a new segment. The row-parallel calls after it may join it,
-//!   unless it was divided by columns (batch statistics): the calls after those read whole rows,
-//!   so a meeting follows them too.
+//!   every thread wrote.
 //! - **whole** calls (the loss, reductions over the batch) run on the first
 //!   thread alone, in a segment of their own.
+//!
+//! Whether a call needs a meeting before it is decided from footprints (`segments`): the arena
+//! ranges each call reads and writes, from its kernel's signature.
 //!
 //! Every element is computed by the same code in the same order whatever the thread count, so
 //! training with N threads is bit-for-bit training with one (`tests::threads_do_not_change_results`).
@@ -37,6 +39,9 @@ pub const MAX_ARGS: usize = 16;
 pub struct Task {
     pub call: Call,
     pub row_bytes: Option<Vec<usize>>,
+    /// The position of the call it is a share of in the phase's list of calls (shares of one
+    /// call have the same), for naming the calls of a profile.
+    pub origin: usize,
 }
 
 /// Calls every thread runs before the next meeting: `parts[t]` is thread `t`'s list.
@@ -52,9 +57,6 @@ pub enum Share {
     Rows(Vec<usize>),
     /// Divided into these calls, at most one per thread.
     Divided(Vec<Call>),
-    /// Divided by columns into these calls, at most one per thread: like `Divided`, and every
-    /// thread also waits for all of them before its next call (which reads whole rows).
-    Columns(Vec<Call>),
 }
 
 /// Groups `calls` into segments for `threads` threads (see the module documentation), each
@@ -77,13 +79,12 @@ pub fn segments(calls: Vec<(Call, Share, Footprint)>, threads: usize) -> Vec<Seg
     // What the open parallel segment's calls touch: all of them, and its divided calls.
     let mut touched = Footprint::default();
     let mut divided = Footprint::default();
-    for (call, share, footprint) in calls {
+    for (origin, (call, share, footprint)) in calls.into_iter().enumerate() {
         let share = match share {
             _ if threads == 1 => Share::Whole,
-            Share::Divided(parts) | Share::Columns(parts) if parts.len() == 1 => Share::Whole,
+            Share::Divided(parts) if parts.len() == 1 => Share::Whole,
             other => other,
         };
-        let meets_after = matches!(share, Share::Columns(_));
         match share {
             Share::Whole => {
                 if open != Open::Whole {
@@ -96,6 +97,7 @@ pub fn segments(calls: Vec<(Call, Share, Footprint)>, threads: usize) -> Vec<Seg
                 seg.parts[0].push(Task {
                     call,
                     row_bytes: None,
+                    origin,
                 });
             }
             Share::Rows(row_bytes) => {
@@ -112,15 +114,19 @@ pub fn segments(calls: Vec<(Call, Share, Footprint)>, threads: usize) -> Vec<Seg
                     divided.clear();
                 }
                 touched.extend(&footprint);
+                // Its writes outside its rows (a batch norm's statistics, from one share) are
+                // seen by every thread, as a divided call's are.
+                divided.writes.extend_from_slice(&footprint.shared_writes);
                 let seg = out.last_mut().expect("a segment is open");
                 for part in &mut seg.parts {
                     part.push(Task {
                         call: call.clone(),
                         row_bytes: Some(row_bytes.clone()),
+                        origin,
                     });
                 }
             }
-            Share::Divided(parts) | Share::Columns(parts) => {
+            Share::Divided(parts) => {
                 debug_assert!(parts.len() <= threads);
                 if open != Open::Parallel || touched.conflicts(&footprint) {
                     out.push(Segment {
@@ -136,13 +142,10 @@ pub fn segments(calls: Vec<(Call, Share, Footprint)>, threads: usize) -> Vec<Seg
                     seg.parts[t].push(Task {
                         call,
                         row_bytes: None,
+                        origin,
                     });
                 }
-                open = if meets_after {
-                    Open::None
-                } else {
-                    Open::Parallel
-                };
+                open = Open::Parallel;
             }
         }
     }
@@ -165,7 +168,7 @@ pub fn independent(calls: Vec<(Call, Share, usize, bool)>, threads: usize) -> Ve
         parts: vec![Vec::new(); threads],
     };
     let mut load = vec![0usize; threads];
-    for (call, share, cost, first_only) in calls {
+    for (origin, (call, share, cost, first_only)) in calls.into_iter().enumerate() {
         match share {
             Share::Divided(parts) if threads > 1 => {
                 let n = parts.len();
@@ -174,6 +177,7 @@ pub fn independent(calls: Vec<(Call, Share, usize, bool)>, threads: usize) -> Ve
                     seg.parts[t].push(Task {
                         call,
                         row_bytes: None,
+                        origin,
                     });
                 }
             }
@@ -187,6 +191,7 @@ pub fn independent(calls: Vec<(Call, Share, usize, bool)>, threads: usize) -> Ve
                 seg.parts[t].push(Task {
                     call,
                     row_bytes: None,
+                    origin,
                 });
             }
         }

@@ -522,21 +522,32 @@ pub struct Footprint {
     /// Reads of rows every share of a row-parallel call reads (`Extent::Batch`): rows other
     /// threads write.
     pub across: Vec<(usize, usize)>,
+    /// Writes that are not rows of the batch (vectors, matrices): a row-parallel call's share
+    /// that writes them writes what other threads may read.
+    pub shared_writes: Vec<(usize, usize)>,
 }
 
 impl Footprint {
     /// The footprint of a call whose arena pointers are `arena` (`None` for pixels and labels,
-    /// which no kernel writes).
-    pub fn of(sig: &Signature, arena: &[Option<usize>], rows: usize) -> Footprint {
+    /// which no kernel writes), divided among up to `shares` shares (scratch per share,
+    /// `Split::PerShare`, spans all of theirs).
+    pub fn of(sig: &Signature, arena: &[Option<usize>], rows: usize, shares: usize) -> Footprint {
         let mut f = Footprint::default();
         for (a, off) in sig.args.iter().zip(arena) {
             let Some(off) = *off else { continue };
-            let range = (off, off + a.extent.bytes(rows).div_ceil(4));
+            let floats = match a.split {
+                Split::PerShare(block) => block * shares.max(1),
+                _ => a.extent.bytes(rows).div_ceil(4),
+            };
+            let range = (off, off + floats);
             if range.0 == range.1 {
                 continue;
             }
             if let Extent::Batch { .. } = a.extent {
                 f.across.push(range);
+            }
+            if a.access != Access::Read && a.extent.row_bytes() == 0 {
+                f.shared_writes.push(range);
             }
             match a.access {
                 Access::Read => f.reads.push(range),
@@ -568,12 +579,14 @@ impl Footprint {
         self.reads.extend_from_slice(&other.reads);
         self.writes.extend_from_slice(&other.writes);
         self.across.extend_from_slice(&other.across);
+        self.shared_writes.extend_from_slice(&other.shared_writes);
     }
 
     pub fn clear(&mut self) {
         self.reads.clear();
         self.writes.clear();
         self.across.clear();
+        self.shared_writes.clear();
     }
 }
 

@@ -1562,8 +1562,9 @@ fn threads_do_not_change_results() {
     constrained.train.optimizer.clipnorm = Some(0.5);
     // A batch of 150 runs the weight gradients in chunks (see `long_batches_match_interp`).
     let long = deep.clone();
-    // Batch norm shares its columns out: 37 of them give threads unequal blocks and a last
-    // block inside the row padding; the first one reads pixels converted by all threads.
+    // Batch norms shared by rows read every thread's rows for their statistics (37 columns: a
+    // last vector inside the row padding); the first one reads pixels converted by all threads,
+    // and batches of 11 and 3 rows give the threads unequal shares, or none to the first.
     let normalized = program(
         37,
         &[

@@ -37,10 +37,12 @@ impl Tier {
         }
     }
 
-    /// Whether this CPU runs the tier's instructions.
+    /// Whether this CPU runs the tier's instructions (and netc generates them for this host:
+    /// the generated GEMMs follow the System V calling convention, so not on Windows).
     pub fn supported(self) -> bool {
         match self {
             Tier::F32x4 => true,
+            Tier::Avx2 | Tier::Avx512 if cfg!(windows) => false,
             #[cfg(target_arch = "x86_64")]
             Tier::Avx2 => {
                 std::arch::is_x86_feature_detected!("avx2")

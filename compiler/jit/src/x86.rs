@@ -1,12 +1,13 @@
 //! x86-64 machine code at full vector width, generated with iced-x86's assembler, for what
-//! Cranelift cannot emit (it has no 256- or 512-bit vectors). The code follows the kernel ABI of
-//! `emit::kernel_signature` (System V: the argument table in `rdi`, then `rsi`, `rdx`, `ecx`,
-//! `r8`), touches only caller-saved registers, and ends with `vzeroupper`, so it is placed in the
-//! same JIT module as the Cranelift kernels and called the same way (`KernelModule::
-//! define_machine_code`).
+//! Cranelift cannot emit (it has no 256- or 512-bit vectors), placed in the same JIT module as
+//! the Cranelift kernels. Two kinds, both System V and ending with `vzeroupper`:
 //!
-//! This is the first generator of the full-width tiers: the FMA peak loop that `netc bench`
-//! measures each tier's ceiling with.
+//! - the FMA peak loop `netc bench` measures each tier's ceiling with (`fma_peak`), called
+//!   through the kernel ABI of `emit::kernel_signature` (`KernelModule::define_machine_code`),
+//!   touching only caller-saved registers;
+//! - the GEMMs the Cranelift kernels call (`gemm`, with its own six-argument ABI), which save
+//!   and restore the callee-saved registers they use (`rbx`, `rbp`, `r12`–`r15`), with their
+//!   epilogues (`Epilogue`) and the disassembler of `--emit asm` (`disassemble`).
 
 use std::fmt::Write;
 
@@ -384,9 +385,11 @@ impl TileCode for Avx512Tile {
 }
 
 /// The GEMM of `shape` at a full-width `tier`. Its ABI (System V, `module::GemmFn`):
-/// `extern "C" fn(a: *const f32, b: *const f32, c: *mut f32, m: i64, k: i64)`, `A` in `rdi`,
-/// `B` in `rsi`, `C` in `rdx`, the rows `m` in `rcx` and the depth `k` in `r8`, both at least
-/// 0. GEMMs are called from Cranelift kernels (`matmul`), not through the kernel ABI.
+/// `extern "C" fn(a: *const f32, b: *const f32, c: *mut f32, m: i64, k: i64, operand: *const
+/// f32)`, `A` in `rdi`, `B` in `rsi`, `C` in `rdx`, the rows `m` in `rcx` and the depth `k` in
+/// `r8`, both at least 0, and the epilogue's operand (a bias, or saved activations) in `r9`,
+/// unused without an epilogue. GEMMs are called from Cranelift kernels (`matmul`), not through
+/// the kernel ABI.
 pub fn gemm(tier: Tier, shape: GemmShape) -> Result<Vec<u8>, BackendError> {
     match tier {
         Tier::Avx512 => gemm_avx512(shape),

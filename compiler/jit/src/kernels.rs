@@ -20,6 +20,7 @@ use super::elementwise::{
 use super::emit::{bytes, ro, rw, Fx};
 use super::math;
 use super::matmul::{emit_matmul, Dim, Epilogue, EpilogueUpdate, MatMul, Normalized};
+use crate::tier::Tier;
 use netc_ir::ir::{Activation, OptimizerKind, Regularizer, SELU_ALPHA, SELU_LAMBDA};
 
 /// Pixels are scaled as `x / 255`, a division like the reference executor's: `x * (1/255)`
@@ -281,15 +282,18 @@ impl Kernel {
         }
     }
 
-    /// Whether the kernel is compiled without the e-graph pass. The matrix multiplies are
-    /// emitted in the order they should run (see `matmul`); the e-graph would instead place each
-    /// pure instruction at its first use, which elaborates every accumulator's chain at once and
-    /// merges the per-FMA broadcasts the emitter relies on.
-    pub fn in_program_order(&self) -> bool {
-        matches!(
-            self,
-            Kernel::Dense { .. } | Kernel::WeightGrad { .. } | Kernel::InputGrad { .. }
-        )
+    /// Whether the kernel is compiled without the e-graph pass at `tier`. The f32x4 matrix
+    /// multiplies are emitted in the order they should run (see `matmul`); the e-graph would
+    /// instead place each pure instruction at its first use, which elaborates every
+    /// accumulator's chain at once and merges the per-FMA broadcasts the emitter relies on. At a
+    /// full-width tier the products are GEMM calls, whose order is their own, and what remains
+    /// (epilogues, updates) gains from the e-graph pass.
+    pub fn in_program_order(&self, tier: Tier) -> bool {
+        tier == Tier::F32x4
+            && matches!(
+                self,
+                Kernel::Dense { .. } | Kernel::WeightGrad { .. } | Kernel::InputGrad { .. }
+            )
     }
 
     /// Emits the whole function body.

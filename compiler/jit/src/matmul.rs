@@ -291,24 +291,12 @@ fn emit_epilogue_pass(fx: &mut Fx, mm: &MatMul) {
             .map(|(act, s)| (act, fx.offset(s, i, row_bytes)));
         fx.loop_const(0, mm.n as i64, 4, |fx, j| {
             let c = fx.offset(c0, j, 4);
-            let mut v = fx.load4(rw(), c, 0);
-            if let Some(b) = ep.bias {
-                let b = fx.offset(b, j, 4);
-                let bv = fx.load4(ro(), b, 0);
-                v = fx.add(v, bv);
-            }
-            if let Some((act, s)) = derivative {
-                let s = fx.offset(s, j, 4);
-                let saved = fx.load4(ro(), s, 0);
-                v = act_backward(fx, act, v, saved);
-            }
-            if let Some(z) = pre {
-                let z = fx.offset(z, j, 4);
-                fx.store(v, z, 0);
-            }
-            if let Some(act) = ep.activation {
-                v = act_forward(fx, act, v);
-            }
+            let v = fx.load4(rw(), c, 0);
+            let at = |fx: &mut Fx, p: Value| (fx.offset(p, j, 4), 0);
+            let bias = ep.bias.map(|b| at(fx, b));
+            let derivative = derivative.map(|(act, s)| (act, at(fx, s)));
+            let pre = pre.map(|z| at(fx, z));
+            let v = epilogue_vector(fx, ep.activation, v, bias, derivative, pre);
             fx.store(v, c, 0);
         });
     });
@@ -601,21 +589,40 @@ fn emit_block(fx: &mut Fx, mm: &MatMul, i: Value, j: Value, mr: usize, nr: usize
                 let old = fx.load4(rw(), c0, off);
                 v = fx.add(v, old);
             }
-            if let Some(b) = bias {
-                let bv = fx.load4(ro(), b, (4 * q) as i64);
-                v = fx.add(v, bv);
-            }
-            if let Some((act, s)) = derivative {
-                let saved = fx.load4(ro(), s, off);
-                v = act_backward(fx, act, v, saved);
-            }
-            if let Some(z) = pre {
-                fx.store(v, z, off);
-            }
-            if let Some(act) = ep.activation {
-                v = act_forward(fx, act, v);
-            }
+            let bias = bias.map(|b| (b, (4 * q) as i64));
+            let derivative = derivative.map(|(act, s)| (act, (s, off)));
+            let pre = pre.map(|z| (z, off));
+            let v = epilogue_vector(fx, ep.activation, v, bias, derivative, pre);
             fx.store(v, c0, off);
         }
     }
+}
+
+/// The element-wise epilogue of one vector `v` of `C`, in the one order both the register
+/// blocks and the full-width pass apply it: add the bias, multiply by the activation's
+/// derivative from the saved values, store the pre-activation, apply the activation. Each
+/// pointer is given with the byte offset of this vector from it. Returns the vector to store.
+fn epilogue_vector(
+    fx: &mut Fx,
+    activation: Option<Activation>,
+    mut v: Value,
+    bias: Option<(Value, i64)>,
+    derivative: Option<(Activation, (Value, i64))>,
+    pre: Option<(Value, i64)>,
+) -> Value {
+    if let Some((b, off)) = bias {
+        let bv = fx.load4(ro(), b, off);
+        v = fx.add(v, bv);
+    }
+    if let Some((act, (s, off))) = derivative {
+        let saved = fx.load4(ro(), s, off);
+        v = act_backward(fx, act, v, saved);
+    }
+    if let Some((z, off)) = pre {
+        fx.store(v, z, off);
+    }
+    if let Some(act) = activation {
+        v = act_forward(fx, act, v);
+    }
+    v
 }

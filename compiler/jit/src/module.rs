@@ -332,9 +332,8 @@ impl KernelModule {
             &pending,
             || (Context::new(), FunctionBuilderContext::new()),
             |(ctx, fctx), (index, kernel)| {
-                // At a full-width tier the products are GEMM calls, whose order is their own:
-                // what remains (epilogues, updates) gains from the e-graph pass.
-                let isa = if kernel.in_program_order() && gemms.is_none() {
+                let tier = gemms.map_or(Tier::F32x4, GemmRequests::tier);
+                let isa = if kernel.in_program_order(tier) {
                     in_order
                 } else {
                     speed
@@ -594,7 +593,7 @@ pub fn asm_listing(kernels: &[Kernel], tier: Tier) -> Result<String, BackendErro
     let mut fctx = FunctionBuilderContext::new();
     let mut compiled = Vec::with_capacity(kernels.len());
     for (i, kernel) in kernels.iter().enumerate() {
-        let isa = if kernel.in_program_order() && gemms.is_none() {
+        let isa = if kernel.in_program_order(tier) {
             &*in_order
         } else {
             &*speed
@@ -670,7 +669,7 @@ pub fn clif_text(kernels: &[Kernel]) -> Result<String, BackendError> {
 /// The host disassembly of one kernel, for inspecting register allocation in the inner loops.
 #[cfg(test)]
 pub fn disassemble(kernel: &Kernel) -> Result<String, BackendError> {
-    let isa = host_isa(if kernel.in_program_order() {
+    let isa = host_isa(if kernel.in_program_order(Tier::F32x4) {
         "none"
     } else {
         "speed"

@@ -104,7 +104,7 @@ pub fn segments(calls: Vec<(Call, Share, Footprint)>, threads: usize) -> Vec<Seg
                 if open != Open::Parallel
                     || divided.conflicts(&footprint)
                     || touched.written_across(&footprint)
-                    || overlap_across(&touched, &footprint)
+                    || touched.read_across_by(&footprint)
                 {
                     out.push(Segment {
                         parts: vec![Vec::new(); threads],
@@ -150,14 +150,6 @@ pub fn segments(calls: Vec<(Call, Share, Footprint)>, threads: usize) -> Vec<Seg
         }
     }
     out
-}
-
-/// Whether `later` writes rows that an earlier call of the segment reads across rows.
-fn overlap_across(touched: &Footprint, later: &Footprint) -> bool {
-    later
-        .writes
-        .iter()
-        .any(|&(s, e)| touched.across.iter().any(|&(s2, e2)| s < e2 && s2 < e))
 }
 
 /// Calls that are independent of each other (the optimizer updates, the kernel transposes):

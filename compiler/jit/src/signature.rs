@@ -138,6 +138,17 @@ impl Signature {
     }
 }
 
+/// A batch norm's rows of `columns` of a `width`-wide value, the same rows of the whole batch
+/// (`by_rows`), and its vectors of `columns`.
+fn batch_norm_extents(width: usize, columns: usize) -> (Extent, Extent, Extent) {
+    let (floats, ld) = (pad4(columns), row_stride(width));
+    (
+        Extent::Rows { floats, ld },
+        Extent::Batch { floats, ld },
+        Extent::Floats(floats),
+    )
+}
+
 /// The rows of a `width`-wide value, as every kernel lays them out.
 fn value(width: usize) -> Extent {
     Extent::Rows {
@@ -220,11 +231,7 @@ impl Kernel {
                 ..
             } => {
                 let by = Split::By(1);
-                let cols = Extent::Rows {
-                    floats: pad4(*columns),
-                    ld: row_stride(*width),
-                };
-                let vector = Extent::Floats(pad4(*columns));
+                let (cols, all, vector) = batch_norm_extents(*width, *columns);
                 match convert {
                     Some(_) => forward_input(&mut s, convert, *width),
                     None => s.push("x", Access::Read, cols, by),
@@ -246,13 +253,7 @@ impl Kernel {
                         s.push("x_hat", Access::Write, cols, by);
                     }
                     if *by_rows {
-                        s.read(
-                            "x_all",
-                            Extent::Batch {
-                                floats: pad4(*columns),
-                                ld: row_stride(*width),
-                            },
-                        );
+                        s.read("x_all", all);
                     }
                 }
             }
@@ -360,11 +361,7 @@ impl Kernel {
                 by_rows,
             } => {
                 let by = Split::By(1);
-                let cols = Extent::Rows {
-                    floats: pad4(*columns),
-                    ld: row_stride(*width),
-                };
-                let vector = Extent::Floats(pad4(*columns));
+                let (cols, all, vector) = batch_norm_extents(*width, *columns);
                 s.push("x", Access::Read, cols, by);
                 for name in ["gamma", "batch_mean", "batch_inv_std"] {
                     s.push(name, Access::Read, vector, by);
@@ -376,10 +373,6 @@ impl Kernel {
                     s.push("dx", Access::Write, cols, by);
                 }
                 if *by_rows {
-                    let all = Extent::Batch {
-                        floats: pad4(*columns),
-                        ld: row_stride(*width),
-                    };
                     s.read("x_all", all);
                     s.read("dy_all", all);
                 }
@@ -573,6 +566,11 @@ impl Footprint {
     /// Whether `later`, a row-parallel call, reads across rows something this writes.
     pub fn written_across(&self, later: &Footprint) -> bool {
         overlap(&later.across, &self.writes)
+    }
+
+    /// Whether `later` writes rows that this reads across rows.
+    pub fn read_across_by(&self, later: &Footprint) -> bool {
+        overlap(&later.writes, &self.across)
     }
 
     pub fn extend(&mut self, other: &Footprint) {

@@ -306,6 +306,12 @@ fn matmul_ref(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize) -> Vec<f64>
     out
 }
 
+/// Asserts that two results are the same floats bit for bit (`-0.0` and NaN payloads included).
+fn assert_same_bits(a: &[f32], b: &[f32], what: &str) {
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(a), bits(b), "{what}");
+}
+
 /// The AVX-512 GEMM's own epilogue (bias, ELU or SELU) computes the f32x4 pass's arithmetic
 /// step for step, and the products are the same FMA chains: the dense forward kernel gives the
 /// same bits at both tiers, on odd shapes and across ELU's whole range (including the clamped
@@ -358,12 +364,8 @@ fn full_width_dense_epilogue_matches_the_f32x4_tier_bit_for_bit() {
                     unpadded(&y, rows, n)
                 })
                 .collect();
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(
-                bits(&out[0]),
-                bits(&out[1]),
-                "dense {rows}x{k}x{n} {activation:?}"
-            );
+            let what = format!("dense {rows}x{k}x{n} {activation:?}");
+            assert_same_bits(&out[0], &out[1], &what);
         }
     }
 }
@@ -405,12 +407,8 @@ fn full_width_derivative_epilogue_matches_the_f32x4_tier_bit_for_bit() {
                     dx
                 })
                 .collect();
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(
-                bits(&out[0]),
-                bits(&out[1]),
-                "input grad {rows}x{inputs}x{units} {activation:?}"
-            );
+            let what = format!("input grad {rows}x{inputs}x{units} {activation:?}");
+            assert_same_bits(&out[0], &out[1], &what);
         }
     }
 }

@@ -83,12 +83,12 @@ pub enum Kernel {
         convert: Option<Convert>,
         width: usize,
     },
-    /// Batch norm over `columns` columns (all `width` of them, or one thread's share, whose
-    /// pointers then start at its first column).
+    /// Batch norm over `width` columns, then `activation` when the activation after it is
+    /// fused (`fusion::Fusion::forward_activation`).
     BatchNorm {
         convert: Option<Convert>,
         width: usize,
-        columns: usize,
+        activation: Option<Activation>,
         training: bool,
         momentum: f32,
         epsilon: f32,
@@ -145,13 +145,12 @@ pub enum Kernel {
         width: usize,
         input_grad: bool,
     },
-    /// Like `BatchNorm`, over `columns` of the `width` columns, or `by_rows` (the sums over the
-    /// whole batch from `x_all` and `dy_all`, `dx` of its own rows, `dγ` and `dβ` stored by
-    /// the share whose rows start the batch).
+    /// The batch norm's gradients over the batch, or `by_rows` (the sums over the whole batch
+    /// from `x_all` and `dy_all`, `dx` of its own rows, `dγ` and `dβ` stored by the share whose
+    /// rows start the batch).
     BatchNormBackward {
         by_rows: bool,
         width: usize,
-        columns: usize,
         input_grad: bool,
     },
     DropoutBackward {
@@ -218,14 +217,14 @@ impl Kernel {
             Kernel::Prelu { width, .. } => format!("prelu_{width}"),
             Kernel::BatchNorm {
                 width,
-                columns,
+                activation,
                 training,
                 by_rows,
                 ..
             } => format!(
-                "batch_norm_{}_{}{}",
+                "batch_norm_{}_{width}{}{}",
                 if *training { "train" } else { "infer" },
-                share_of(*columns, *width),
+                activation.map_or(String::new(), |a| format!("_{}", a.name())),
                 if *by_rows { "_by_rows" } else { "" }
             ),
             Kernel::Dropout { width, alpha, .. } => {
@@ -263,14 +262,8 @@ impl Kernel {
                 activation.map_or(String::new(), |a| format!("_{}", a.name()))
             ),
             Kernel::PreluBackward { width, .. } => format!("prelu_backward_{width}"),
-            Kernel::BatchNormBackward {
-                width,
-                columns,
-                by_rows,
-                ..
-            } => format!(
-                "batch_norm_backward_{}{}",
-                share_of(*columns, *width),
+            Kernel::BatchNormBackward { width, by_rows, .. } => format!(
+                "batch_norm_backward_{width}{}",
                 if *by_rows { "_by_rows" } else { "" }
             ),
             Kernel::DropoutBackward { width, alpha, .. } => format!(
@@ -334,7 +327,7 @@ impl Kernel {
             Kernel::BatchNorm {
                 convert,
                 width,
-                columns,
+                activation,
                 training,
                 momentum,
                 epsilon,
@@ -343,12 +336,17 @@ impl Kernel {
             } => {
                 let base = emit_convert_prologue(fx, *convert);
                 if *training {
-                    let shape = (*width, *columns);
                     let stored = (*store_normalized, *by_rows);
-                    emit_batch_norm_train(fx, base, shape, *momentum, *epsilon, stored);
+                    emit_batch_norm_train(
+                        fx,
+                        base,
+                        (*width, *activation),
+                        *momentum,
+                        *epsilon,
+                        stored,
+                    );
                 } else {
-                    debug_assert_eq!(columns, width, "inference batch norm is shared by rows");
-                    emit_batch_norm_infer(fx, base, *width, *epsilon);
+                    emit_batch_norm_infer(fx, base, *width, *activation, *epsilon);
                 }
             }
             Kernel::Dropout {
@@ -390,10 +388,9 @@ impl Kernel {
             }
             Kernel::BatchNormBackward {
                 width,
-                columns,
                 input_grad,
                 by_rows,
-            } => emit_batch_norm_backward(fx, *width, *columns, *input_grad, *by_rows),
+            } => emit_batch_norm_backward(fx, *width, *input_grad, *by_rows),
             Kernel::DropoutBackward { width, rate, alpha } => {
                 emit_dropout_backward(fx, *width, *rate, *alpha)
             }
@@ -426,15 +423,6 @@ fn for_each_column_block(fx: &mut Fx, width: usize, mut body: impl FnMut(&mut Fx
         let jb = fx.b.ins().imul_imm_s(j, 4);
         body(fx, jb);
     });
-}
-
-/// A kernel name's width: `width` when the kernel covers all columns, else `columns_of_width`.
-fn share_of(columns: usize, width: usize) -> String {
-    if columns == width {
-        format!("{width}")
-    } else {
-        format!("{columns}_of_{width}")
-    }
 }
 
 /// Column blocks a reduction over rows handles at once: independent sums hide the latency of
@@ -802,13 +790,13 @@ fn emit_prelu_backward(fx: &mut Fx, width: usize, input_grad: bool) {
     });
 }
 
-/// Training batch norm over `columns` of `width` columns. Table: `[x, gamma, beta, moving_mean,
-/// moving_variance, y, batch_mean, batch_inv_std, (x̂)]`; the batch statistics are scratch
-/// vectors kept for the backward pass.
+/// Training batch norm over `width` columns, then `activation`. Table: `[x, gamma, beta,
+/// moving_mean, moving_variance, y, batch_mean, batch_inv_std, (x̂,) (x_all)]`; the batch
+/// statistics are scratch vectors kept for the backward pass.
 fn emit_batch_norm_train(
     fx: &mut Fx,
     base: usize,
-    (width, columns): (usize, usize),
+    (width, activation): (usize, Option<Activation>),
     momentum: f32,
     eps: f32,
     (store_normalized, by_rows): (bool, bool),
@@ -832,7 +820,7 @@ fn emit_batch_norm_train(
     let n = fx.b.ins().splat(F32X4, nf);
     // Whether this call stores the statistics: the share whose rows start the batch.
     let first = x_all.map(|x_all| fx.b.ins().icmp(IntCC::Equal, x, x_all));
-    for_each_column_group(fx, columns, |fx, jbs| {
+    for_each_column_group(fx, width, |fx, jbs| {
         let xj: Vec<Value> = jbs.iter().map(|jb| fx.b.ins().iadd(x, *jb)).collect();
         let sj: Vec<Value> = match x_all {
             Some(_) => jbs.iter().map(|jb| fx.b.ins().iadd(stat_x, *jb)).collect(),
@@ -891,6 +879,7 @@ fn emit_batch_norm_train(
                 let d = fx.sub(v, mean[i]);
                 let xh = fx.mul(d, inv[i]);
                 let r = fx.fma(g[i], xh, bt[i]);
+                let r = activation.map_or(r, |a| act_forward(fx, a, r));
                 let at = fx.b.ins().iadd(off, jbs[i]);
                 let py = fx.b.ins().iadd(y, at);
                 fx.store(r, py, 0);
@@ -929,9 +918,15 @@ fn load_at(fx: &mut Fx, base: Value, jb: Value) -> Value {
     fx.load4(ro(), p, 0)
 }
 
-/// Inference batch norm on the moving statistics. Table: `[x, gamma, beta, moving_mean,
-/// moving_variance, y]`.
-fn emit_batch_norm_infer(fx: &mut Fx, base: usize, width: usize, eps: f32) {
+/// Inference batch norm on the moving statistics, then `activation`. Table: `[x, gamma, beta,
+/// moving_mean, moving_variance, y]`.
+fn emit_batch_norm_infer(
+    fx: &mut Fx,
+    base: usize,
+    width: usize,
+    activation: Option<Activation>,
+    eps: f32,
+) {
     let (x, slot) = forward_input(fx, base);
     let p: Vec<Value> = (slot..slot + 5).map(|s| fx.arg(s)).collect();
     let (gamma, beta, mmean, mvar, y) = (p[0], p[1], p[2], p[3], p[4]);
@@ -953,6 +948,7 @@ fn emit_batch_norm_infer(fx: &mut Fx, base: usize, width: usize, eps: f32) {
             let d = fx.sub(xv, m);
             let xh = fx.mul(d, inv);
             let r = fx.fma(g, xh, bt);
+            let r = activation.map_or(r, |a| act_forward(fx, a, r));
             let py = fx.b.ins().iadd(yj, off);
             fx.store(r, py, 0);
         });
@@ -961,13 +957,7 @@ fn emit_batch_norm_infer(fx: &mut Fx, base: usize, width: usize, eps: f32) {
 
 /// Table: `[x, gamma, batch_mean, batch_inv_std, dy, dgamma, dbeta, (dx)]`.
 /// `dx = γ·inv/n · (n·dy - Σdy - x̂·Σ(dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`.
-fn emit_batch_norm_backward(
-    fx: &mut Fx,
-    width: usize,
-    columns: usize,
-    input_grad: bool,
-    by_rows: bool,
-) {
+fn emit_batch_norm_backward(fx: &mut Fx, width: usize, input_grad: bool, by_rows: bool) {
     let p: Vec<Value> = (0..7).map(|s| fx.arg(s)).collect();
     let (x, gamma, smean, sinv, dy, dgamma, dbeta) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
     let dx = input_grad.then(|| fx.arg(7));
@@ -988,7 +978,7 @@ fn emit_batch_norm_backward(
     let n = fx.b.ins().splat(F32X4, nf);
     // Whether this call stores dγ and dβ: the share whose rows start the batch.
     let first = all.map(|(x_all, _)| fx.b.ins().icmp(IntCC::Equal, x, x_all));
-    for_each_column_group(fx, columns, |fx, jbs| {
+    for_each_column_group(fx, width, |fx, jbs| {
         let mean: Vec<Value> = jbs.iter().map(|jb| load_at(fx, smean, *jb)).collect();
         let inv: Vec<Value> = jbs.iter().map(|jb| load_at(fx, sinv, *jb)).collect();
         // `(x̂, dy)` of each block in the row at `off` of `(x, dy)`.

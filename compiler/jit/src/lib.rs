@@ -14,8 +14,9 @@
 //! - **Padded layout.** Every row of a value, kernel, gradient or slot is padded to a multiple
 //!   of 4 floats (see `kernels`), so all column loops are whole f32x4 vectors; padding lanes of
 //!   parameters stay zero. `state`/`set_state` convert to and from the unpadded `TrainState`.
-//! - **Fusion.** A dense op followed by an element-wise activation is one kernel with the
-//!   activation in the matmul epilogue. `dy · Wᵀ` reads a transposed copy of each kernel that
+//! - **Fusion.** Decided once per program (`fusion::Fusion`): a dense op or a batch norm
+//!   followed by an element-wise activation is one kernel with the activation in its epilogue,
+//!   and a dense layer's input gradient applies the derivative of the activation before it. `dy · Wᵀ` reads a transposed copy of each kernel that
 //!   needs it, refreshed after every update.
 //! - **Matrix multiplies in program order.** Dense kernels are compiled at `opt_level` "none":
 //!   `matmul` writes its loads and FMAs in the order they should run, which the e-graph would
@@ -31,6 +32,7 @@ mod adapt;
 mod calibrate;
 mod elementwise;
 mod emit;
+mod fusion;
 #[cfg(target_arch = "x86_64")]
 mod gemm;
 mod kernel_bench;
@@ -51,6 +53,8 @@ pub mod tier;
 mod tier_tests;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_batch_norm;
 
 use std::collections::{HashMap, HashSet};
 use std::thread;
@@ -60,13 +64,14 @@ use ndarray::{Array2, ArrayD, IxDyn};
 
 use adapt::{Adapt, Runner};
 use elementwise::{grad_needs_input, update_scalars};
+use fusion::Fusion;
 use kernels::{pad4, row_stride, Convert, FusedUpdate, Kernel, Update};
 use module::{KernelFn, KernelId, KernelModule};
-use netc_ir::autodiff::{GradProgram, GradStep};
+use netc_ir::autodiff::GradProgram;
 use netc_ir::backend::{
     Backend, BackendError, Batch, CallTime, InputStats, Mode, StepStats, TrainState, WHOLE_PHASE,
 };
-use netc_ir::ir::{Activation, Op, OpKind, OptimizerKind, ParamRole, Preprocess, Program};
+use netc_ir::ir::{Activation, OpKind, OptimizerKind, ParamRole, Preprocess, Program};
 use netc_ir::optim::{nadam_u_product, AdamStep, NadamStep};
 use netc_ir::rng::{dropout_key, Stream};
 use parallel::{Invocation, Pool, Segment, Share, MAX_ARGS};
@@ -310,12 +315,12 @@ fn plan(
     }
     convert_args.push(Ptr::Arena(values[0]));
 
-    let mut fused = fusable(program, &grad);
+    let fusion = Fusion::of(program, &grad);
+    let mut fused = fusion.updates.clone();
     let mut normalized = HashMap::new();
-    for (dense, bn) in normalized_inputs(program, &grad, &fused) {
+    for (&dense, &bn) in &fusion.normalized {
         let (bn_op, dense_op) = (&program.ops[bn as usize], &program.ops[dense as usize]);
         let update = fused.get_mut(&dense).expect("only fused updates take x̂");
-        update.normalized = true;
         // A training step no longer reads `Wᵀ`; only the plain backward pass does, if planned.
         update.transposed &= gradients;
         normalized.insert(
@@ -353,11 +358,12 @@ fn plan(
         convert_args: &convert_args,
         bn_scratch: &bn_scratch,
         fused: &fused,
+        fusion: &fusion,
         normalized: &normalized,
         threads,
     };
     let (train_forward, train_cur) = forward(&ctx, ForwardMode::Train, sink)?;
-    let train_values = train_written(program, &train_cur);
+    let train_values = fusion.train_written(&train_cur);
     let head = sink.kernel(Kernel::HeadLoss { classes })?;
     let mut train_forward = train_forward;
     let n = program.ops.len();
@@ -475,7 +481,7 @@ fn plan(
     let value_grads = value_grads
         .iter()
         .enumerate()
-        .map(|(v, off)| grad_written(program, &grad, v).then_some(*off))
+        .map(|(v, off)| fusion.grad_written(program, &grad, v).then_some(*off))
         .collect();
     let mut lists: [Vec<Segment>; Calls::COUNT] = Default::default();
     for (calls, segments) in [
@@ -610,67 +616,13 @@ impl Sharing {
     }
 }
 
-/// Which values a training forward pass leaves readable, and where.
-fn train_written(program: &Program, cur: &[usize]) -> Vec<Option<usize>> {
-    let mut out: Vec<Option<usize>> = cur.iter().map(|c| Some(*c)).collect();
-    for (i, op) in program.ops.iter().enumerate() {
-        let fused_into_dense = i > 0
-            && matches!(program.ops[i - 1].kind, OpKind::Dense { .. })
-            && matches!(op.kind, OpKind::Activation(a) if a != Activation::Softmax
-                && a != Activation::Linear && !grad_needs_input(a));
-        if fused_into_dense {
-            // The pre-activation of a fused layer is only stored when its gradient needs it.
-            out[i] = None;
-        }
-    }
-    out
-}
-
-/// Whether the backward pass computes the gradient of value `v`.
-fn grad_written(program: &Program, grad: &GradProgram, v: usize) -> bool {
-    // A dense layer's input gradient that applies the activation before it writes the
-    // gradient of the activation's input instead.
-    let input_of_dense = |s: &GradStep| {
-        let op = &program.ops[s.op as usize];
-        matches!(op.kind, OpKind::Dense { .. })
-            && op.input.0 as usize == v
-            && activation_before(&program.ops, grad, op).is_some()
-    };
-    grad.head.logits.0 as usize == v
-        || grad
-            .steps
-            .iter()
-            .any(|s| s.dx.is_some_and(|x| x.0 as usize == v) && !input_of_dense(s))
-}
-
-/// The step of the activation whose output is dense `op`'s input, when the dense layer's input
-/// gradient applies its derivative (`Kernel::InputGrad::activation`): an element-wise
-/// activation (not softmax; a linear one is no op) that needs its input's gradient.
-fn activation_before<'g>(
-    ops: &[Op],
-    grad: &'g GradProgram,
-    op: &Op,
-) -> Option<(&'g GradStep, Activation)> {
-    let step = grad
-        .steps
-        .iter()
-        .find(|s| ops[s.op as usize].output == op.input)?;
-    match ops[step.op as usize].kind {
-        OpKind::Activation(a)
-            if a != Activation::Linear && a != Activation::Softmax && step.dx.is_some() =>
-        {
-            Some((step, a))
-        }
-        _ => None,
-    }
-}
-
 struct PlanCtx<'a> {
     program: &'a Program,
     params: &'a [ParamBuf],
     /// The dense ops (by index) whose kernel update the training step fuses into the weight
     /// gradient.
     fused: &'a HashMap<u32, FusedUpdate>,
+    fusion: &'a Fusion,
     values: &'a [usize],
     convert: Convert,
     convert_args: &'a [Ptr],
@@ -735,7 +687,7 @@ fn forward(
     let mut pending = Some(ctx.convert);
     // A dense kernel reads its input through movable loads (see `matmul`), which must not
     // follow stores of the same function, so it never converts the pixels itself; a training
-    // batch norm is shared out by columns, and every row must be converted before it.
+    // batch norm's statistics read every row of the batch, which must all be converted first.
     let separate = ops.first().is_none_or(|op| {
         is_identity(&op.kind, phase)
             || matches!(op.kind, OpKind::Dense { .. })
@@ -768,18 +720,9 @@ fn forward(
         let mut consumed = 1;
         let kernel = match op.kind {
             OpKind::Dense { kernel, bias, .. } => {
-                // Fuse a following element-wise activation into the epilogue (a linear one is
-                // an identity op on its own).
-                let fused = match ops.get(i + 1).map(|o| &o.kind) {
-                    Some(OpKind::Activation(a))
-                        if *a != Activation::Softmax && *a != Activation::Linear =>
-                    {
-                        Some(*a)
-                    }
-                    _ => None,
-                };
+                let fused = ctx.fusion.forward_activation[i];
                 let activation = fused;
-                let store_pre = activation.is_some_and(grad_needs_input);
+                let store_pre = ctx.fusion.store_pre_activation[i];
                 args.push(ctx.param(kernel));
                 if let Some(b) = bias {
                     args.push(ctx.param(b));
@@ -825,12 +768,16 @@ fn forward(
                 momentum,
                 epsilon,
             } => {
+                let activation = ctx.fusion.forward_activation[i];
+                if activation.is_some() {
+                    consumed = 2;
+                }
                 args.extend([
                     ctx.param(gamma),
                     ctx.param(beta),
                     ctx.param(moving_mean),
                     ctx.param(moving_variance),
-                    out,
+                    Ptr::Arena(ctx.values[i + consumed]),
                 ]);
                 let training = phase == ForwardMode::Train;
                 let xhat = ctx.xhat_of(op.index).filter(|_| training);
@@ -848,7 +795,7 @@ fn forward(
                 Kernel::BatchNorm {
                     convert,
                     width: op.width,
-                    columns: op.width,
+                    activation,
                     training,
                     momentum,
                     epsilon,
@@ -876,65 +823,6 @@ fn forward(
         i += consumed;
     }
     Ok((calls, cur))
-}
-
-/// Which dense ops' kernel updates a training step does inside the weight gradient: every one
-/// whose update is element-wise (no clipping by the norm, penalty or max-norm constraint, which
-/// need the whole gradient or add to the shared loss).
-fn fusable(program: &Program, grad: &GradProgram) -> HashMap<u32, FusedUpdate> {
-    let optimizer = &program.train.optimizer;
-    if optimizer.clipnorm.is_some() {
-        return HashMap::new();
-    }
-    program
-        .ops
-        .iter()
-        .filter_map(|op| match op.kind {
-            OpKind::Dense {
-                kernel,
-                regularizer,
-                max_norm,
-                ..
-            } if regularizer.is_zero()
-                && max_norm.is_none()
-                && program.params[kernel.index()].trainable =>
-            {
-                let transposed = grad.step_of(op.index).is_some_and(|s| s.dx.is_some());
-                Some((
-                    op.index,
-                    FusedUpdate {
-                        kind: optimizer.kind,
-                        transposed,
-                        normalized: false,
-                    },
-                ))
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-/// The fused dense ops whose input is a batch norm of values without a gradient (the data),
-/// each with that batch norm's op index: their weight gradients can give the batch norm's
-/// gradients too (`FusedUpdate::normalized`).
-fn normalized_inputs(
-    program: &Program,
-    grad: &GradProgram,
-    fused: &HashMap<u32, FusedUpdate>,
-) -> Vec<(u32, u32)> {
-    program
-        .ops
-        .windows(2)
-        .filter_map(|pair| {
-            let (bn, dense) = (&pair[0], &pair[1]);
-            let found = matches!(bn.kind, OpKind::BatchNorm { .. })
-                && matches!(dense.kind, OpKind::Dense { .. })
-                && dense.input == bn.output
-                && fused.contains_key(&dense.index)
-                && grad.step_of(bn.index).is_some_and(|s| s.dx.is_none());
-            found.then_some((dense.index, bn.index))
-        })
-        .collect()
 }
 
 /// The arena ranges a call of `spec` with `args` may touch on `rows` rows, divided among up to
@@ -1069,10 +957,11 @@ fn backward(
                     None => (weight_grad, args),
                     Some(dx) => {
                         let wt = Ptr::Arena(transposed[&op.index]);
-                        let (activation, ig_args) = match activation_before(ops, grad, op) {
-                            Some((act_step, activation)) => {
-                                applied.insert(act_step.op);
-                                let act = &ops[act_step.op as usize];
+                        let before = ctx.fusion.derivative_in_input_grad[op.index as usize];
+                        let (activation, ig_args) = match before {
+                            Some((act_op, activation)) => {
+                                applied.insert(act_op);
+                                let act = &ops[act_op as usize];
                                 let (ax, ay) = (act.input.0 as usize, act.output.0 as usize);
                                 let saved = if grad_needs_input(activation) {
                                     cur[ax]
@@ -1135,7 +1024,6 @@ fn backward(
                 (
                     Kernel::BatchNormBackward {
                         width: op.width,
-                        columns: op.width,
                         input_grad: dx.is_some(),
                         by_rows,
                     },

@@ -333,6 +333,9 @@ impl KernelModule {
             || (Context::new(), FunctionBuilderContext::new()),
             |(ctx, fctx), (index, kernel)| {
                 let tier = gemms.map_or(Tier::F32x4, GemmRequests::tier);
+                if let Some(compiled) = generated_kernel(tier, kernel) {
+                    return compiled;
+                }
                 let isa = if kernel.in_program_order(tier) {
                     in_order
                 } else {
@@ -554,6 +557,24 @@ impl Drop for KernelModule {
     }
 }
 
+/// The kernel's machine code when it is generated outside Cranelift at `tier`
+/// (`x86_batch_norm`), with no relocations.
+fn generated_kernel(tier: Tier, kernel: &Kernel) -> Option<Result<Compiled, BackendError>> {
+    #[cfg(target_arch = "x86_64")]
+    if tier == Tier::Avx512 {
+        return crate::x86_batch_norm::generated(kernel).map(|code| {
+            Ok(Compiled {
+                // A cache line, so that a loop's first instructions share its fetch block.
+                align: 64,
+                code: code?,
+                relocs: Vec::new(),
+            })
+        });
+    }
+    let _ = (tier, kernel);
+    None
+}
+
 /// The symbol of GEMM number `index`.
 #[cfg(target_arch = "x86_64")]
 pub fn gemm_name(tier: Tier, shape: GemmShape, index: usize) -> String {
@@ -599,11 +620,15 @@ pub fn asm_listing(kernels: &[Kernel], tier: Tier) -> Result<String, BackendErro
             &*speed
         };
         let name = format!("k{i}_{}", kernel.name());
+        if let Some(code) = generated_kernel(tier, kernel) {
+            compiled.push((name, "generated", code?));
+            continue;
+        }
         let id = FuncId::from_u32(i as u32);
         let code = compile(isa, &mut ctx, &mut fctx, id, &name, gemms, |fx| {
             kernel.emit(fx)
         })?;
-        compiled.push((name, code));
+        compiled.push((name, "Cranelift", code));
     }
     let shapes = requests
         .shapes
@@ -611,7 +636,7 @@ pub fn asm_listing(kernels: &[Kernel], tier: Tier) -> Result<String, BackendErro
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let mut out = String::new();
-    for (name, code) in &compiled {
+    for (name, origin, code) in &compiled {
         let notes: Vec<(u32, String)> = code
             .relocs
             .iter()
@@ -629,7 +654,7 @@ pub fn asm_listing(kernels: &[Kernel], tier: Tier) -> Result<String, BackendErro
                 _ => None,
             })
             .collect();
-        out.push_str(&format!("; {name}: Cranelift, {} bytes\n", code.code.len()));
+        out.push_str(&format!("; {name}: {origin}, {} bytes\n", code.code.len()));
         out.push_str(&crate::x86::disassemble(&code.code, &notes));
         out.push('\n');
     }

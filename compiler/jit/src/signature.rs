@@ -81,7 +81,7 @@ impl Extent {
 }
 
 /// How a pointer moves when a call is divided into shares along one of its dimensions (kernel
-/// rows of a weight gradient, elements of an update, columns of a batch norm).
+/// rows of a weight gradient, elements of an update).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
     /// Every share gets the same pointer (the `dy` of a weight gradient, an update's loss
@@ -138,10 +138,10 @@ impl Signature {
     }
 }
 
-/// A batch norm's rows of `columns` of a `width`-wide value, the same rows of the whole batch
-/// (`by_rows`), and its vectors of `columns`.
-fn batch_norm_extents(width: usize, columns: usize) -> (Extent, Extent, Extent) {
-    let (floats, ld) = (pad4(columns), row_stride(width));
+/// A batch norm's rows of a `width`-wide value, the same rows of the whole batch (`by_rows`),
+/// and its vectors of `width`.
+fn batch_norm_extents(width: usize) -> (Extent, Extent, Extent) {
+    let (floats, ld) = (pad4(width), row_stride(width));
     (
         Extent::Rows { floats, ld },
         Extent::Batch { floats, ld },
@@ -224,14 +224,13 @@ impl Kernel {
             Kernel::BatchNorm {
                 convert,
                 width,
-                columns,
                 training,
                 store_normalized,
                 by_rows,
                 ..
             } => {
-                let by = Split::By(1);
-                let (cols, all, vector) = batch_norm_extents(*width, *columns);
+                let by = Split::Same;
+                let (cols, all, vector) = batch_norm_extents(*width);
                 match convert {
                     Some(_) => forward_input(&mut s, convert, *width),
                     None => s.push("x", Access::Read, cols, by),
@@ -356,12 +355,11 @@ impl Kernel {
             }
             Kernel::BatchNormBackward {
                 width,
-                columns,
                 input_grad,
                 by_rows,
             } => {
-                let by = Split::By(1);
-                let (cols, all, vector) = batch_norm_extents(*width, *columns);
+                let by = Split::Same;
+                let (cols, all, vector) = batch_norm_extents(*width);
                 s.push("x", Access::Read, cols, by);
                 for name in ["gamma", "batch_mean", "batch_inv_std"] {
                     s.push(name, Access::Read, vector, by);

@@ -413,6 +413,177 @@ fn full_width_derivative_epilogue_matches_the_f32x4_tier_bit_for_bit() {
     }
 }
 
+/// Rows of `width` random floats in the JIT's layout (`row_stride`), padding lanes zero, and a
+/// margin past the last row.
+fn rows_of(rows: usize, width: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let ld = kernels::row_stride(width);
+    let values = random(rows * width, seed, scale);
+    let mut out = vec![0.0; rows * ld + 16];
+    for r in 0..rows {
+        out[r * ld..r * ld + width].copy_from_slice(&values[r * width..(r + 1) * width]);
+    }
+    out
+}
+
+/// Calls `kernel` on the whole batch, or (`by_rows`) once per share of two, each share's
+/// row pointers (`row_args`) moved to its first row and the batch's rows in
+/// `update_scalars::ROWS`, as the planner shares a batch norm by rows.
+fn call_in_shares(
+    kernel: &One,
+    bufs: &mut [Vec<f32>],
+    row_args: &[usize],
+    (rows, ld): (usize, usize),
+    by_rows: bool,
+) {
+    let mut scalars = [0.0f32; update_scalars::COUNT];
+    scalars[update_scalars::ROWS] = rows as f32;
+    let base: Vec<*mut u8> = bufs.iter_mut().map(|b| ptr(b)).collect();
+    let shares = if by_rows {
+        let half = rows / 2;
+        vec![(0, half), (half, rows - half)]
+    } else {
+        vec![(0, rows)]
+    };
+    for (first, n) in shares {
+        let args: Vec<*mut u8> = base
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if row_args.contains(&i) {
+                    // SAFETY: within the buffer: `first` is at most its rows.
+                    unsafe { p.add(4 * first * ld) }
+                } else {
+                    *p
+                }
+            })
+            .collect();
+        kernel.call(&args, n, 0, 0, &scalars);
+    }
+}
+
+/// The AVX-512 batch norms (`x86_batch_norm`) do the f32x4 kernels' arithmetic step for step:
+/// the training forward pass (with ELU or SELU fused, storing `x̂` or not) and the backward
+/// pass (with `dx` or not), on the whole batch and shared by rows, give the same bits at both
+/// tiers, on every width remainder of a 16-lane vector.
+#[test]
+fn full_width_batch_norm_matches_the_f32x4_tier_bit_for_bit() {
+    if !Tier::Avx512.supported() {
+        return;
+    }
+    let activations = [
+        None,
+        Some(Activation::Elu { alpha: 1.0 }),
+        Some(Activation::Selu),
+    ];
+    for (case, &(rows, width)) in [(1, 1), (7, 3), (32, 17), (5, 33), (32, 100), (7, 3072)]
+        .iter()
+        .enumerate()
+    {
+        let seed = 900 + 10 * case as u64;
+        let ld = kernels::row_stride(width);
+        let vector = |seed: u64, scale: f32| {
+            let mut v = random(width, seed, scale);
+            v.resize(pad4(width), 0.0);
+            v
+        };
+        for by_rows in [false, true] {
+            for (activation, store_normalized) in
+                activations.iter().flat_map(|a| [(*a, false), (*a, true)])
+            {
+                let kernel = Kernel::BatchNorm {
+                    convert: None,
+                    width,
+                    activation,
+                    training: true,
+                    momentum: 0.99,
+                    epsilon: 1e-3,
+                    store_normalized,
+                    by_rows,
+                };
+                let out: Vec<Vec<Vec<f32>>> = [Tier::F32x4, Tier::Avx512]
+                    .into_iter()
+                    .map(|tier| {
+                        let one = One::at(tier, &kernel);
+                        // x (shifted, so the mean matters), γ, β, moving mean and variance, y,
+                        // batch mean, 1/σ, (x̂,) (x_all).
+                        let mut x = rows_of(rows, width, seed, 3.0);
+                        x.iter_mut().step_by(3).for_each(|v| *v += 1.5);
+                        let mut bufs = vec![
+                            x.clone(),
+                            vector(seed + 1, 2.0),
+                            vector(seed + 2, 1.0),
+                            vector(seed + 3, 1.0),
+                            vector(seed + 4, 1.0).iter().map(|v| v.abs()).collect(),
+                            vec![7.0; rows * ld + 16],
+                            vec![7.0; pad4(width)],
+                            vec![7.0; pad4(width)],
+                        ];
+                        let mut row_args = vec![0, 5];
+                        if store_normalized {
+                            row_args.push(bufs.len());
+                            bufs.push(vec![7.0; rows * ld + 16]);
+                        }
+                        if by_rows {
+                            bufs.push(x);
+                        }
+                        call_in_shares(&one, &mut bufs, &row_args, (rows, ld), by_rows);
+                        bufs
+                    })
+                    .collect();
+                for (i, (a, b)) in out[0].iter().zip(&out[1]).enumerate() {
+                    let what = format!(
+                        "batch norm {rows}x{width} {activation:?} x̂ {store_normalized} \
+                         by rows {by_rows}: pointer {i}"
+                    );
+                    assert_same_bits(a, b, &what);
+                }
+            }
+            for input_grad in [false, true] {
+                let kernel = Kernel::BatchNormBackward {
+                    width,
+                    input_grad,
+                    by_rows,
+                };
+                let out: Vec<Vec<Vec<f32>>> = [Tier::F32x4, Tier::Avx512]
+                    .into_iter()
+                    .map(|tier| {
+                        let one = One::at(tier, &kernel);
+                        // x, γ, batch mean, 1/σ, dy, dγ, dβ, (dx,) (x_all, dy_all).
+                        let x = rows_of(rows, width, seed + 5, 3.0);
+                        let dy = rows_of(rows, width, seed + 6, 1.0);
+                        let mut bufs = vec![
+                            x.clone(),
+                            vector(seed + 7, 2.0),
+                            vector(seed + 8, 0.5),
+                            vector(seed + 9, 2.0).iter().map(|v| v.abs()).collect(),
+                            dy.clone(),
+                            vec![7.0; pad4(width)],
+                            vec![7.0; pad4(width)],
+                        ];
+                        let mut row_args = vec![0, 4];
+                        if input_grad {
+                            row_args.push(bufs.len());
+                            bufs.push(vec![7.0; rows * ld + 16]);
+                        }
+                        if by_rows {
+                            bufs.extend([x, dy]);
+                        }
+                        call_in_shares(&one, &mut bufs, &row_args, (rows, ld), by_rows);
+                        bufs
+                    })
+                    .collect();
+                for (i, (a, b)) in out[0].iter().zip(&out[1]).enumerate() {
+                    let what = format!(
+                        "batch norm backward {rows}x{width} dx {input_grad} by rows {by_rows}: \
+                         pointer {i}"
+                    );
+                    assert_same_bits(a, b, &what);
+                }
+            }
+        }
+    }
+}
+
 /// `x · W + b` with a fused activation on shapes that exercise every block kind: full 4×12
 /// blocks, 1 and 2 vector column remainders, single-row remainders, k remainders.
 #[test]

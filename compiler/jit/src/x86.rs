@@ -424,18 +424,14 @@ pub fn gemm_avx512(shape: GemmShape) -> Result<Vec<u8>, BackendError> {
     a.pop(rbp).map_err(fail)?;
     a.vzeroupper().map_err(fail)?;
     a.ret().map_err(fail)?;
-    if let Some(mut labels) = constants {
-        for (label, value) in labels.iter_mut() {
-            a.set_label(label).map_err(fail)?;
-            a.dd(&[*value]).map_err(fail)?;
-        }
+    if let Some(labels) = constants {
+        place_constants(&mut a, labels).map_err(fail)?;
     }
     a.assemble(0).map_err(fail)
 }
 
 /// The constants of the full-width epilogue, each a register and the bits it is loaded from.
 fn epilogue_constants(ep: Epilogue) -> Vec<(AsmRegisterZmm, u32)> {
-    use crate::math::{EXPM1_POLY, EXP_HI, EXP_LO, LN2_HI, LN2_LO, LOG2E, ROUND_MAGIC};
     use netc_ir::ir::{SELU_ALPHA, SELU_LAMBDA};
     let activation = match ep {
         Epilogue::Forward { activation, .. } => activation,
@@ -449,6 +445,12 @@ fn epilogue_constants(ep: Epilogue) -> Vec<(AsmRegisterZmm, u32)> {
             return vec![(zmm16, offset.to_bits()), (zmm17, pos.to_bits())];
         }
     };
+    activation_constants(activation)
+}
+
+/// The constants `activation_vector` reads, each a register (zmm15–zmm30) and its bits.
+pub(crate) fn activation_constants(activation: EpilogueActivation) -> Vec<(AsmRegisterZmm, u32)> {
+    use crate::math::{EXPM1_POLY, EXP_HI, EXP_LO, LN2_HI, LN2_LO, LOG2E, ROUND_MAGIC};
     let alpha = match activation {
         EpilogueActivation::None => return Vec::new(),
         EpilogueActivation::Elu { alpha_bits } => alpha_bits,
@@ -479,15 +481,7 @@ fn avx512_epilogue(
     shape: GemmShape,
     ep: Epilogue,
 ) -> Result<Vec<(CodeLabel, u32)>, IcedError> {
-    let constants = epilogue_constants(ep);
-    let mut labels = Vec::with_capacity(constants.len());
-    for (reg, bits) in &constants {
-        let label = a.create_label();
-        a.vbroadcastss(*reg, dword_ptr(label))?;
-        labels.push((label, *bits));
-    }
-    // `vpxord`, as `vxorps zmm` would need AVX-512DQ.
-    a.vpxord(zmm31, zmm31, zmm31)?;
+    let labels = load_constants(a, &epilogue_constants(ep))?;
     let whole = (shape.n / Avx512Tile::LANES) as u64;
     let masked = !shape.n.is_multiple_of(Avx512Tile::LANES);
     let ldc = (4 * shape.ldc) as i32;
@@ -525,6 +519,35 @@ fn avx512_epilogue(
     Ok(labels)
 }
 
+/// Broadcasts each constant into its register from a table after the code, and zero into
+/// zmm31. Returns the table's labels with their bits, for the caller to place after the code.
+pub(crate) fn load_constants(
+    a: &mut CodeAssembler,
+    constants: &[(AsmRegisterZmm, u32)],
+) -> Result<Vec<(CodeLabel, u32)>, IcedError> {
+    let mut labels = Vec::with_capacity(constants.len());
+    for (reg, bits) in constants {
+        let label = a.create_label();
+        a.vbroadcastss(*reg, dword_ptr(label))?;
+        labels.push((label, *bits));
+    }
+    // `vpxord`, as `vxorps zmm` would need AVX-512DQ.
+    a.vpxord(zmm31, zmm31, zmm31)?;
+    Ok(labels)
+}
+
+/// Places the constant table of `load_constants` (after the last instruction).
+pub(crate) fn place_constants(
+    a: &mut CodeAssembler,
+    mut labels: Vec<(CodeLabel, u32)>,
+) -> Result<(), IcedError> {
+    for (label, value) in labels.iter_mut() {
+        a.set_label(label)?;
+        a.dd(&[*value])?;
+    }
+    Ok(())
+}
+
 /// One vector of the epilogue at `rax` (bias at `r8`), in the steps of the f32x4 pass:
 /// `v = c + bias`; for ELU and SELU, `x = min(max(v, lo), hi)`, `t = x·log2e + magic`,
 /// `k = t - magic`, `r = x - k·ln2` in two parts, `p` by Horner, `expm1(r) = p·r² + r`,
@@ -560,6 +583,16 @@ fn epilogue_vector(a: &mut CodeAssembler, ep: Epilogue, masked: bool) -> Result<
         }
         a.vaddps(zmm0, zmm0, zmm1)?;
     }
+    activation_vector(a, activation)?;
+    store_vector(a, masked)
+}
+
+/// `zmm0 = activation(zmm0)` in the f32x4 pass's steps (`elementwise::act_forward`), with
+/// zmm1–zmm6 and `k2` as scratch, the constants of `activation_constants` and zero in zmm31.
+pub(crate) fn activation_vector(
+    a: &mut CodeAssembler,
+    activation: EpilogueActivation,
+) -> Result<(), IcedError> {
     if activation != EpilogueActivation::None {
         a.vmaxps(zmm1, zmm0, zmm16)?;
         a.vminps(zmm1, zmm1, zmm17)?;
@@ -585,7 +618,7 @@ fn epilogue_vector(a: &mut CodeAssembler, ep: Epilogue, masked: bool) -> Result<
             a.vmulps(zmm0, zmm0, zmm15)?;
         }
     }
-    store_vector(a, masked)
+    Ok(())
 }
 
 /// Stores `zmm0` at `rax`, the last vector of a row masked by `k1`.

@@ -346,6 +346,10 @@ fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize,
         .collect();
     let wt0 = u.transposed.map(|(wt, ld_t)| (fx.offset(wt, i, 4), ld_t));
     let scalars = step_scalar_vectors(fx);
+    if let (Some(nz), None) = (u.normalized, wt0) {
+        update_normalized_rows(fx, mm, u, nz, (i, mr), (g0, w0, &slots), scalars);
+        return;
+    }
     // Per row: γᵢ and βᵢ in every lane, and the lane-wise sums for dγᵢ and dβᵢ.
     let normalized = u.normalized.map(|nz| {
         let zero = fx.zero4();
@@ -422,6 +426,65 @@ fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize,
                 let p = fx.offset(out, i, 4);
                 fx.store(v, p, r as i64);
             }
+        }
+    }
+}
+
+/// `update_rows` for a layer whose input is a batch norm's `x̂` and which has no transposed copy
+/// (`kernels::FusedUpdate::normalized`), one kernel row after the other: each row's `γᵢ`,
+/// `βᵢ` and the two sums for `dγᵢ` and `dβᵢ` are all that stays in registers besides the rule's
+/// own, where the rows side by side held four of each and spilled the update's values to the
+/// stack (16 xmm registers). Each row's sums run over its vectors in the same order either way.
+fn update_normalized_rows(
+    fx: &mut Fx,
+    mm: &MatMul,
+    u: EpilogueUpdate,
+    nz: Normalized,
+    (i, mr): (Value, usize),
+    (g0, w0, slots): (Value, Value, &[Value]),
+    scalars: [Value; crate::elementwise::update_scalars::RULE],
+) {
+    let zero = fx.zero4();
+    for r in 0..mr {
+        // Floats from the block row's first row to row `r`.
+        let off = (r * mm.ldc) as i64;
+        let [gamma, beta] = [nz.gamma, nz.beta].map(|p| {
+            let p = fx.offset(p, i, 4);
+            fx.bcast(ro(), p, r as i64)
+        });
+        let (dgamma, dbeta) = (fx.var(F32X4, zero), fx.var(F32X4, zero));
+        fx.loop_const(0, mm.n as i64, 4, |fx, e| {
+            // Written at the start of this kernel: a load that keeps its place.
+            let ps = fx.offset(nz.sums, e, 4);
+            let s = fx.load4(rw(), ps, 0);
+            let pg = fx.offset(g0, e, 4);
+            let g = fx.load4(rw(), pg, off);
+            let pw = fx.offset(w0, e, 4);
+            let pw = fx.add_imm(pw, off * 4);
+            let ps: Vec<Value> = slots
+                .iter()
+                .map(|slot| {
+                    let p = fx.offset(*slot, e, 4);
+                    fx.add_imm(p, off * 4)
+                })
+                .collect();
+            let w = fx.load4(rw(), pw, 0);
+            let a = fx.get(dgamma);
+            let a = fx.fma(w, g, a);
+            fx.set(dgamma, a);
+            let b = fx.get(dbeta);
+            let b = fx.fma(w, s, b);
+            fx.set(dbeta, b);
+            let bs = fx.mul(beta, s);
+            let g = fx.fma(gamma, g, bs);
+            let w = update_rule(fx, u.kind, w, g, &ps, scalars);
+            fx.store(w, pw, 0);
+        });
+        for (sum, out) in [(dgamma, nz.dgamma), (dbeta, nz.dbeta)] {
+            let v = fx.get(sum);
+            let v = fx.hsum(v);
+            let p = fx.offset(out, i, 4);
+            fx.store(v, p, r as i64);
         }
     }
 }

@@ -22,8 +22,9 @@
 //!   `matmul` writes its loads and FMAs in the order they should run, which the e-graph would
 //!   otherwise rearrange (see `matmul`). Their input is read with movable loads, so the pixels are
 //!   converted by a separate kernel before the first dense layer.
-//! - **Deduplication.** Kernels with equal specs are compiled once (the baseline's 19 identical
-//!   hidden layers share their kernels), which keeps compile time low.
+//! - **Deduplication.** Kernels with equal specs (`Kernel`'s derived equality, floats by value)
+//!   are compiled once (the baseline's 19 identical hidden layers share their kernels), which
+//!   keeps compile time low.
 //!
 //! This module must not report user errors (see `backend`); `BackendError` means a netc bug or a
 //! host that cannot run JIT code.
@@ -154,22 +155,20 @@ impl Sink for KernelModule {
     }
 }
 
+/// The distinct kernels of a plan, in planning order, equal specs once (as `KernelModule`
+/// deduplicates them).
 #[derive(Default)]
 struct Collect {
     specs: Vec<Kernel>,
-    index: HashMap<String, KernelId>,
 }
 
 impl Sink for Collect {
     fn kernel(&mut self, kernel: Kernel) -> Result<KernelId, BackendError> {
-        let key = format!("{kernel:?}");
-        if let Some(id) = self.index.get(&key) {
-            return Ok(*id);
+        if let Some(i) = self.specs.iter().position(|k| *k == kernel) {
+            return Ok(KernelId(i));
         }
-        let id = KernelId(self.specs.len());
         self.specs.push(kernel);
-        self.index.insert(key, id);
-        Ok(id)
+        Ok(KernelId(self.specs.len() - 1))
     }
 }
 

@@ -224,7 +224,9 @@ pub struct KernelModule {
     in_order: OwnedTargetIsa,
     ctx: Context,
     fctx: FunctionBuilderContext,
-    by_spec: HashMap<String, KernelId>,
+    /// The kernels declared so far by name (`Kernel::name`, derived from the spec), each name's
+    /// specs told apart by `Kernel`'s derived equality.
+    by_name: HashMap<String, Vec<(Kernel, KernelId)>>,
     ids: Vec<FuncId>,
     names: Vec<String>,
     fns: Vec<KernelFn>,
@@ -258,7 +260,7 @@ impl KernelModule {
             in_order: host_isa("none")?,
             ctx,
             fctx: FunctionBuilderContext::new(),
-            by_spec: HashMap::new(),
+            by_name: HashMap::new(),
             ids: Vec::new(),
             names: Vec::new(),
             fns: Vec::new(),
@@ -276,16 +278,25 @@ impl KernelModule {
     }
 
     /// The id of the function for `kernel`, unless an equal spec already has one; `finalize`
-    /// compiles it.
+    /// compiles it. Specs are equal when every field is (floats by value).
     pub fn kernel(&mut self, kernel: &Kernel) -> Result<KernelId, BackendError> {
-        let spec = format!("{kernel:?}");
-        if let Some(id) = self.by_spec.get(&spec) {
-            return Ok(*id);
+        let name = kernel.name();
+        let same = self.by_name.get(&name).and_then(|specs| {
+            specs
+                .iter()
+                .find(|(spec, _)| spec == kernel)
+                .map(|(_, id)| *id)
+        });
+        if let Some(id) = same {
+            return Ok(id);
         }
-        let id = self.declare(&kernel.name())?;
+        let id = self.declare(&name)?;
         self.pending.push((id.0, kernel.clone()));
         self.specs[id.0] = Some(kernel.clone());
-        self.by_spec.insert(spec, id);
+        self.by_name
+            .entry(name)
+            .or_default()
+            .push((kernel.clone(), id));
         Ok(id)
     }
 

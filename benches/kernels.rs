@@ -1,7 +1,8 @@
 //! Criterion benches of the JIT at the shapes of `specs/baseline.net` (a 3,072 → 100 dense layer,
-//! then 100 → 100 ones, all with ELU; batch 32; Nadam): each hot kernel on its own, on the whole
-//! batch and on one thread's share of it when a step runs on two threads, and a whole training
-//! step through the `Backend` API on one thread. `cargo bench --bench kernels` runs them all;
+//! then 100 → 100 ones, all with ELU; batch 32; Nadam) and of `specs/batch_norm.net`'s batch
+//! norms: each hot kernel on its own at every vector tier this CPU has (`f32x4`, `avx2`,
+//! `avx512`: the parameter names it), on the whole batch and on one thread's share of it when a
+//! step runs on two threads, and a whole training step through the `Backend` API on one thread. `cargo bench --bench kernels` runs them all;
 //! `-- --quick`, `-- GROUP` or `-- --measurement-time SECS` make a run shorter.
 //!
 //! A matrix multiply's throughput counts floating-point operations as elements, so criterion's
@@ -13,7 +14,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use netc_ir::backend::{Backend, Batch, InputStats};
 use netc_ir::ir::Activation;
-use netc_jit::{Jit, KernelBench};
+use netc_jit::{Jit, KernelBench, Tier};
 use netc_runtime::bench::{generated, STEP_LR};
 
 /// The baseline's batch.
@@ -34,7 +35,10 @@ fn bench_kernel(
     throughput: fn(&KernelBench) -> Throughput,
 ) {
     group.throughput(throughput(&bench));
-    let id = BenchmarkId::new(bench.name().to_string(), parameter);
+    let id = BenchmarkId::new(
+        bench.name().to_string(),
+        format!("{} {parameter}", bench.tier().name()),
+    );
     group.bench_function(id, |b| b.iter(|| bench.run()));
 }
 
@@ -53,10 +57,12 @@ fn rows(rows: usize) -> String {
 /// `y = elu(x·W + b)` for both layer shapes, on the batch and on one thread's rows.
 fn dense_forward(c: &mut Criterion) {
     let mut group = c.benchmark_group("dense_forward");
-    for inputs in [INPUTS, HIDDEN] {
-        for n in [BATCH, SHARE] {
-            let bench = KernelBench::dense(n, inputs, HIDDEN, ELU).expect("compiles");
-            bench_kernel(&mut group, bench, &rows(n), flops);
+    for tier in Tier::available() {
+        for inputs in [INPUTS, HIDDEN] {
+            for n in [BATCH, SHARE] {
+                let bench = KernelBench::dense(tier, n, inputs, HIDDEN, ELU).expect("compiles");
+                bench_kernel(&mut group, bench, &rows(n), flops);
+            }
         }
     }
     group.finish();
@@ -67,10 +73,13 @@ fn dense_forward(c: &mut Criterion) {
 /// batch's).
 fn dense_weight_grad(c: &mut Criterion) {
     let mut group = c.benchmark_group("dense_weight_grad");
-    for inputs in [INPUTS, HIDDEN] {
-        for threads in [1, 2] {
-            let bench = KernelBench::weight_grad(BATCH, inputs, HIDDEN, threads).expect("compiles");
-            bench_kernel(&mut group, bench, &format!("batch {BATCH}"), flops);
+    for tier in Tier::available() {
+        for inputs in [INPUTS, HIDDEN] {
+            for threads in [1, 2] {
+                let bench = KernelBench::weight_grad(tier, BATCH, inputs, HIDDEN, threads)
+                    .expect("compiles");
+                bench_kernel(&mut group, bench, &format!("batch {BATCH}"), flops);
+            }
         }
     }
     group.finish();
@@ -80,12 +89,16 @@ fn dense_weight_grad(c: &mut Criterion) {
 /// the refresh of the transposed copy, which the first layer has none of).
 fn dense_weight_grad_nadam(c: &mut Criterion) {
     let mut group = c.benchmark_group("dense_weight_grad_nadam");
-    for inputs in [INPUTS, HIDDEN] {
-        for threads in [1, 2] {
-            let transposed = inputs == HIDDEN;
-            let bench = KernelBench::weight_grad_nadam(BATCH, inputs, HIDDEN, threads, transposed)
+    for tier in Tier::available() {
+        for inputs in [INPUTS, HIDDEN] {
+            for threads in [1, 2] {
+                let transposed = inputs == HIDDEN;
+                let bench = KernelBench::weight_grad_nadam(
+                    tier, BATCH, inputs, HIDDEN, threads, transposed,
+                )
                 .expect("compiles");
-            bench_kernel(&mut group, bench, &format!("batch {BATCH}"), flops);
+                bench_kernel(&mut group, bench, &format!("batch {BATCH}"), flops);
+            }
         }
     }
     group.finish();
@@ -95,9 +108,27 @@ fn dense_weight_grad_nadam(c: &mut Criterion) {
 /// input gradient is never computed.
 fn dense_input_grad(c: &mut Criterion) {
     let mut group = c.benchmark_group("dense_input_grad");
-    for n in [BATCH, SHARE] {
-        let bench = KernelBench::input_grad(n, HIDDEN, HIDDEN).expect("compiles");
-        bench_kernel(&mut group, bench, &rows(n), flops);
+    for tier in Tier::available() {
+        for n in [BATCH, SHARE] {
+            let bench = KernelBench::input_grad(tier, n, HIDDEN, HIDDEN).expect("compiles");
+            bench_kernel(&mut group, bench, &rows(n), flops);
+        }
+    }
+    group.finish();
+}
+
+/// `specs/batch_norm.net`'s batch norms: the data's 3,072 columns, and 100 columns with the
+/// ELU after them fused, forward in training and backward, over the batch. Counted in the
+/// bytes they must move (they do a few operations per float).
+fn batch_norm(c: &mut Criterion) {
+    let mut group = c.benchmark_group("batch_norm");
+    for tier in Tier::available() {
+        for (width, activation) in [(INPUTS, None), (HIDDEN, ELU)] {
+            let bench = KernelBench::batch_norm(tier, BATCH, width, activation).expect("compiles");
+            bench_kernel(&mut group, bench, &rows(BATCH), bytes);
+        }
+        let bench = KernelBench::batch_norm_backward(tier, BATCH, HIDDEN).expect("compiles");
+        bench_kernel(&mut group, bench, &rows(BATCH), bytes);
     }
     group.finish();
 }
@@ -108,10 +139,12 @@ fn dense_input_grad(c: &mut Criterion) {
 /// of its weight gradient share (the first half, rounded down to a multiple of 4 rows).
 fn nadam(c: &mut Criterion) {
     let mut group = c.benchmark_group("nadam");
-    for inputs in [INPUTS, HIDDEN] {
-        for len in [inputs * HIDDEN, inputs / 2 / 4 * 4 * HIDDEN] {
-            let bench = KernelBench::nadam(len).expect("compiles");
-            bench_kernel(&mut group, bench, &format!("{len} floats"), bytes);
+    for tier in Tier::available() {
+        for inputs in [INPUTS, HIDDEN] {
+            for len in [inputs * HIDDEN, inputs / 2 / 4 * 4 * HIDDEN] {
+                let bench = KernelBench::nadam(tier, len).expect("compiles");
+                bench_kernel(&mut group, bench, &format!("{len} floats"), bytes);
+            }
         }
     }
     group.finish();
@@ -153,6 +186,7 @@ criterion_group!(
     dense_weight_grad,
     dense_weight_grad_nadam,
     dense_input_grad,
+    batch_norm,
     nadam,
     train_step
 );

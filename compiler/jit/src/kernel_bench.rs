@@ -1,8 +1,9 @@
 //! `KernelBench`: one JIT kernel compiled on its own, with buffers of the sizes its argument
 //! table needs, so that a benchmark outside the crate (`benches/kernels.rs`) or the timing
 //! reports of `kernel_timing` can call it without a whole training step around it. It is the one
-//! way to build a kernel for timing. Constructors name the shapes that matter (the dense forward
-//! pass, the two gradients of a dense layer, a Nadam update) and lay out the buffers as the
+//! way to build a kernel for timing. Constructors take the tier to compile at and name the
+//! shapes that matter (the dense forward pass, the two gradients of a dense layer, a Nadam
+//! update, a batch norm and its backward pass) and lay out the buffers as the
 //! `Jit` does: rows `row_stride(width)` floats apart, kernels and vectors padded to whole f32x4
 //! vectors, every buffer on a cache line.
 //!
@@ -102,6 +103,7 @@ fn first_step_scalars(kind: OptimizerKind) -> [f32; update_scalars::COUNT] {
 /// One compiled kernel with buffers for one call. See the module documentation.
 pub struct KernelBench {
     name: String,
+    tier: Tier,
     rows: usize,
     flops: f64,
     buffers: Vec<Buffer>,
@@ -130,6 +132,7 @@ impl KernelBench {
     /// The dense layer's forward kernel on `rows` rows: `y = act(x·W + b)` for a
     /// `[inputs, units]` kernel, with the activation (ELU, say) fused into its epilogue.
     pub fn dense(
+        tier: Tier,
         rows: usize,
         inputs: usize,
         units: usize,
@@ -144,19 +147,20 @@ impl KernelBench {
             store_pre_activation: false,
         };
         let flops = 2.0 * (rows * inputs * units) as f64;
-        KernelBench::new(&kernel, rows, flops, [0.0; update_scalars::COUNT])
+        KernelBench::new(tier, &kernel, rows, flops, [0.0; update_scalars::COUNT])
     }
 
     /// The dense layer's weight gradient `dW = xᵀ·dy`, `db = Σ dy` over a batch of `batch`
     /// rows: for the whole `[inputs, units]` kernel when `threads` is 1, otherwise for the first
     /// thread's share of its rows, the kernel a step on `threads` threads runs on that thread.
     pub fn weight_grad(
+        tier: Tier,
         batch: usize,
         inputs: usize,
         units: usize,
         threads: usize,
     ) -> Result<KernelBench, BackendError> {
-        KernelBench::weight_grad_with(batch, inputs, units, threads, None)
+        KernelBench::weight_grad_with(tier, batch, inputs, units, threads, None)
     }
 
     /// `weight_grad` as a training step runs it: with the Nadam step of the kernel rows fused
@@ -164,6 +168,7 @@ impl KernelBench {
     /// `transposed` (every layer but the first). Counted in FLOP of the matrix multiply, as
     /// `weight_grad` is, so the two read side by side.
     pub fn weight_grad_nadam(
+        tier: Tier,
         batch: usize,
         inputs: usize,
         units: usize,
@@ -175,10 +180,11 @@ impl KernelBench {
             transposed,
             normalized: false,
         };
-        KernelBench::weight_grad_with(batch, inputs, units, threads, Some(update))
+        KernelBench::weight_grad_with(tier, batch, inputs, units, threads, Some(update))
     }
 
     fn weight_grad_with(
+        tier: Tier,
         batch: usize,
         inputs: usize,
         units: usize,
@@ -198,12 +204,13 @@ impl KernelBench {
         // its gradient. With an update, `dkernel` is only scratch.
         let scalars = update.map_or([0.0; update_scalars::COUNT], |u| first_step_scalars(u.kind));
         let flops = 2.0 * (batch * share * units) as f64;
-        KernelBench::new(&kernel, batch, flops, scalars)
+        KernelBench::new(tier, &kernel, batch, flops, scalars)
     }
 
     /// The dense layer's input gradient `dx = dy·Wᵀ` on `rows` rows, from the transposed copy of
     /// a `[inputs, units]` kernel.
     pub fn input_grad(
+        tier: Tier,
         rows: usize,
         inputs: usize,
         units: usize,
@@ -214,13 +221,49 @@ impl KernelBench {
             activation: None,
         };
         let flops = 2.0 * (rows * inputs * units) as f64;
-        KernelBench::new(&kernel, rows, flops, [0.0; update_scalars::COUNT])
+        KernelBench::new(tier, &kernel, rows, flops, [0.0; update_scalars::COUNT])
+    }
+
+    /// A training batch norm of `width` columns over `rows` rows with the activation after it
+    /// fused (`Kernel::BatchNorm`), on the whole batch; counted in the bytes it must move, as
+    /// an update is.
+    pub fn batch_norm(
+        tier: Tier,
+        rows: usize,
+        width: usize,
+        activation: Option<Activation>,
+    ) -> Result<KernelBench, BackendError> {
+        let kernel = Kernel::BatchNorm {
+            convert: None,
+            width,
+            activation,
+            training: true,
+            momentum: 0.99,
+            epsilon: 1e-3,
+            store_normalized: false,
+            by_rows: false,
+        };
+        KernelBench::new(tier, &kernel, rows, 0.0, [0.0; update_scalars::COUNT])
+    }
+
+    /// The batch norm's backward pass (`Kernel::BatchNormBackward`, with `dx`) over `rows` rows.
+    pub fn batch_norm_backward(
+        tier: Tier,
+        rows: usize,
+        width: usize,
+    ) -> Result<KernelBench, BackendError> {
+        let kernel = Kernel::BatchNormBackward {
+            width,
+            input_grad: true,
+            by_rows: false,
+        };
+        KernelBench::new(tier, &kernel, rows, 0.0, [0.0; update_scalars::COUNT])
     }
 
     /// A Nadam step (Keras' defaults, the baseline's rate 5e-5) over `len` floats: a whole
     /// padded parameter, or the part of one that a thread updates. Its scalars are those of the
     /// first step.
-    pub fn nadam(len: usize) -> Result<KernelBench, BackendError> {
+    pub fn nadam(tier: Tier, len: usize) -> Result<KernelBench, BackendError> {
         let len = pad4(len);
         let kernel = Kernel::Update(Update {
             len,
@@ -229,12 +272,13 @@ impl KernelBench {
             clipnorm: None,
             max_norm: None,
         });
-        KernelBench::new(&kernel, 0, 0.0, first_step_scalars(NADAM))
+        KernelBench::new(tier, &kernel, 0, 0.0, first_step_scalars(NADAM))
     }
 
     /// Compiles `kernel` and lays out a buffer for each argument of its signature, as long as
     /// a call on `rows` rows may touch.
     fn new(
+        tier: Tier,
         kernel: &Kernel,
         rows: usize,
         flops: f64,
@@ -250,7 +294,7 @@ impl KernelBench {
             buffers.len() <= MAX_ARGS,
             "an argument table of at most MAX_ARGS"
         );
-        let mut module = KernelModule::new(Tier::best())?;
+        let mut module = KernelModule::new(tier)?;
         let id = module.kernel(kernel)?;
         module.finalize()?;
         // Each buffer on its own cache lines, as the `Jit` places them.
@@ -268,6 +312,7 @@ impl KernelBench {
         let call = invocation(module.get(id), &mut arena, &offsets, rows, &scalars);
         Ok(KernelBench {
             name: kernel.name(),
+            tier,
             rows,
             flops,
             buffers,
@@ -282,6 +327,11 @@ impl KernelBench {
     /// The kernel's name, as in the CLIF dumps and `netc bench`'s calls (`dense_3072x100`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The tier the kernel was compiled at.
+    pub fn tier(&self) -> Tier {
+        self.tier
     }
 
     /// Rows (examples) one call works on; 0 for an update, which has none.
@@ -437,13 +487,19 @@ mod tests {
     }
 
     /// The buffers are laid out as the kernels read them: results computed from the bench's own
-    /// buffers, over rows of 3,072 inputs (a cache line longer than `pad4`).
+    /// buffers, over rows of 3,072 inputs (a cache line longer than `pad4`), at every tier.
     #[test]
     fn kernels_read_and_write_the_buffers_as_laid_out() {
+        for tier in Tier::available() {
+            buffers_as_laid_out(tier);
+        }
+    }
+
+    fn buffers_as_laid_out(tier: Tier) {
         let (rows, inputs, units) = (8, 3072, 10);
         let (ld_x, ld_y, ld_w) = (row_stride(inputs), row_stride(units), pad4(units));
 
-        let mut dense = KernelBench::dense(rows, inputs, units, None).expect("compiles");
+        let mut dense = KernelBench::dense(tier, rows, inputs, units, None).expect("compiles");
         dense.run();
         let mut want = matmul(
             dense.buffer(0),
@@ -461,7 +517,7 @@ mod tests {
         }
         assert_close(dense.buffer(3), ld_y, &want);
 
-        let mut grad = KernelBench::weight_grad(rows, inputs, units, 2).expect("compiles");
+        let mut grad = KernelBench::weight_grad(tier, rows, inputs, units, 2).expect("compiles");
         grad.run();
         let share = inputs / 2;
         let want = matmul(
@@ -475,7 +531,7 @@ mod tests {
         );
         assert_close(grad.buffer(2), ld_w, &want);
 
-        let mut grad = KernelBench::input_grad(rows, inputs, units).expect("compiles");
+        let mut grad = KernelBench::input_grad(tier, rows, inputs, units).expect("compiles");
         grad.run();
         let want = matmul(
             grad.buffer(0),
@@ -494,7 +550,7 @@ mod tests {
     #[test]
     fn row_shares_together_are_one_call() {
         let elu = Some(Activation::Elu { alpha: 1.0 });
-        let mut bench = KernelBench::dense(12, 100, 100, elu).expect("compiles");
+        let mut bench = KernelBench::dense(Tier::best(), 12, 100, 100, elu).expect("compiles");
         bench.run();
         let whole = bench.buffer(3).to_vec();
         let (off, floats) = (bench.offsets[3], bench.buffers[3].floats);
@@ -514,7 +570,7 @@ mod tests {
 
     #[test]
     fn nadam_moves_every_weight_and_keeps_them_finite() {
-        let mut bench = KernelBench::nadam(99).expect("compiles");
+        let mut bench = KernelBench::nadam(Tier::best(), 99).expect("compiles");
         let before = bench.buffer(0).to_vec();
         for _ in 0..3 {
             bench.run();

@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use super::kernel_bench::KernelBench;
+use crate::tier::Tier;
 use netc_ir::ir::Activation;
 
 /// Fastest microseconds per call of `run` over `samples` samples of 50 calls.
@@ -46,9 +47,11 @@ fn dense_kernels() {
         (16, 100, 100, elu),
         (32, 100, 100, None),
     ] {
-        report(KernelBench::dense(rows, inputs, units, activation).expect("compiles"));
-        report(KernelBench::weight_grad(rows, inputs, units, 1).expect("compiles"));
-        report(KernelBench::input_grad(rows, inputs, units).expect("compiles"));
+        report(
+            KernelBench::dense(Tier::best(), rows, inputs, units, activation).expect("compiles"),
+        );
+        report(KernelBench::weight_grad(Tier::best(), rows, inputs, units, 1).expect("compiles"));
+        report(KernelBench::input_grad(Tier::best(), rows, inputs, units).expect("compiles"));
     }
 }
 
@@ -66,7 +69,7 @@ fn fma_peak() {
 #[ignore = "timing report; run in release with --ignored --nocapture"]
 fn dense_kernels_on_two_cores() {
     let elu = Some(Activation::Elu { alpha: 1.0 });
-    let mut bench = KernelBench::dense(32, 100, 100, elu).expect("compiles");
+    let mut bench = KernelBench::dense(Tier::best(), 32, 100, 100, elu).expect("compiles");
     let name = bench.name().to_string();
     let mut shares = bench.row_shares(2);
     let rows = shares[0].rows();
@@ -123,7 +126,7 @@ fn full_width_gemm() {
                 flops / us / 1e3
             );
         }
-        report(KernelBench::dense(rows, k, n, None).expect("compiles"));
+        report(KernelBench::dense(Tier::best(), rows, k, n, None).expect("compiles"));
     }
     // Weight gradients xᵀ·dy: A is x read transposed, k the batch.
     for (batch, inputs, units) in [(32, 3072, 100), (32, 100, 100), (256, 3072, 100)] {
@@ -150,7 +153,7 @@ fn full_width_gemm() {
                 flops / us / 1e3
             );
         }
-        report(KernelBench::weight_grad(batch, inputs, units, 1).expect("compiles"));
+        report(KernelBench::weight_grad(Tier::best(), batch, inputs, units, 1).expect("compiles"));
     }
     // Input gradients dy·Wᵀ: B is the transposed copy of the kernel the JIT keeps, k the units.
     for (batch, inputs, units) in [(32, 3072, 100), (256, 3072, 100)] {
@@ -168,6 +171,6 @@ fn full_width_gemm() {
                 flops / us / 1e3
             );
         }
-        report(KernelBench::input_grad(batch, inputs, units).expect("compiles"));
+        report(KernelBench::input_grad(Tier::best(), batch, inputs, units).expect("compiles"));
     }
 }

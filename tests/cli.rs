@@ -189,6 +189,52 @@ const TINY_SPEC: &str = "model tiny\ninput cifar10 { standardize }\n\
     train {\n  optimizer: nadam { lr: 1e-3 }\n  batch: 32\n  epochs: 3\n  validation: 80\n  seed: 1\n}\n\
     evaluate { mc_dropout: 3 }\n";
 
+/// A convolutional spec small enough to train on the interpreter in seconds on generated data.
+const TINY_CNN_SPEC: &str = "model tiny_cnn\ninput cifar10 { standardize }\n\
+    conv2d 4 { size: 3, strides: 2, padding: same, activation: relu, init: he_normal }\n\
+    batch_norm\nmax_pool { size: 2 }\nconv2d 8 { size: 3, activation: relu }\n\
+    global_avg_pool\ndense 10 { activation: softmax }\n\
+    train {\n  optimizer: adam { lr: 1e-2 }\n  batch: 16\n  epochs: 2\n  validation: 80\n  seed: 1\n}\n";
+
+/// A convolutional network trains, is evaluated and saved on the interpreter; the JIT, which
+/// does not compile convolutions yet, refuses it with a diagnostic that names the interpreter,
+/// not a panic or an internal error.
+#[test]
+fn a_convolutional_spec_trains_on_the_interpreter_and_the_jit_says_it_cannot() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = synthetic_data(tmp.path());
+    let spec = tmp.path().join("tiny_cnn.net");
+    std::fs::write(&spec, TINY_CNN_SPEC).expect("write spec");
+    let (spec, data) = (spec.to_str().expect("utf-8"), data.to_str().expect("utf-8"));
+    let out = tmp.path().join("run-interp");
+    let o = netc(&[
+        "run",
+        spec,
+        "--data",
+        data,
+        "--backend",
+        "interp",
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--json",
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let summary = json_line(&o);
+    assert_eq!(summary["epochs_run"], 2, "{summary}");
+    let acc = summary["test_acc"].as_f64().expect("test accuracy");
+    assert!((0.0..=1.0).contains(&acc), "{summary}");
+    assert!(out.join("weights.safetensors").is_file());
+
+    let o = netc(&["run", spec, "--data", data, "--backend", "jit"]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("netc::backend::unsupported"), "{err}");
+    assert!(err.contains("conv2d"), "{err}");
+    assert!(err.contains("interpreter"), "{err}");
+}
+
 fn json_line(o: &Output) -> serde_json::Value {
     let out = String::from_utf8_lossy(&o.stdout);
     let line = out.lines().last().unwrap_or_default();

@@ -76,26 +76,35 @@ pub struct BenchReport {
 /// Training images per epoch in the exercise (50,000 minus the 5,000 validation images).
 pub const EPOCH_IMAGES: usize = 45_000;
 
-/// Multiply-adds of the dense layers, times two: forward `x·W`, backward `xᵀ·dy` for every
-/// kernel, and `dy·Wᵀ` for every dense layer after an op with parameters (the first one's input
-/// gradient is never needed, and a batch norm of the data right before it gets its gradients
-/// from the weight gradient, `FusedUpdate::normalized` in the JIT). Element-wise work is small
-/// beside it and not counted.
+/// Multiply-adds of the dense and convolution layers, times two: forward (`x·W`, or every
+/// output float's window of `kh·kw·cin` products), backward the kernel's gradient for every
+/// layer, and the input's gradient for every layer after an op with parameters (the first one's
+/// input gradient is never needed, and a batch norm of the data right before a dense layer gets
+/// its gradients from the weight gradient, `FusedUpdate::normalized` in the JIT). Element-wise
+/// work and pooling are small beside it and not counted.
 pub fn flops_per_step(program: &Program, batch: usize) -> f64 {
     let mut flops = 0.0;
     for (i, op) in program.ops.iter().enumerate() {
-        if let OpKind::Dense { .. } = op.kind {
-            let mac = (batch * op.width_in * op.width) as f64;
-            let needs_dx = program.ops[..i]
-                .iter()
-                .enumerate()
-                .any(|(j, o)| match o.kind {
-                    OpKind::Dense { .. } | OpKind::Prelu { .. } => true,
-                    OpKind::BatchNorm { .. } => j + 1 < i,
-                    _ => false,
-                });
-            flops += 2.0 * mac * if needs_dx { 3.0 } else { 2.0 };
-        }
+        let mac = match op.kind {
+            OpKind::Dense { .. } => (batch * op.width_in * op.width) as f64,
+            OpKind::Conv2d { kernel, .. } => {
+                let window: usize = match program.param(kernel).shape.as_slice() {
+                    [kh, kw, cin, _] => kh * kw * cin,
+                    _ => 0,
+                };
+                (batch * op.width * window) as f64
+            }
+            _ => continue,
+        };
+        let needs_dx = program.ops[..i]
+            .iter()
+            .enumerate()
+            .any(|(j, o)| match o.kind {
+                OpKind::Dense { .. } | OpKind::Prelu { .. } | OpKind::Conv2d { .. } => true,
+                OpKind::BatchNorm { .. } => j + 1 < i || matches!(op.kind, OpKind::Conv2d { .. }),
+                _ => false,
+            });
+        flops += 2.0 * mac * if needs_dx { 3.0 } else { 2.0 };
     }
     flops
 }

@@ -913,6 +913,7 @@ pub(crate) mod fake {
             input: Input {
                 dataset: Dataset::Cifar10,
                 features,
+                shape: Shape::Flat(features),
                 classes,
                 preprocess: Preprocess::Standardize,
             },
@@ -927,6 +928,8 @@ pub(crate) mod fake {
                 output: ValueId(1),
                 width_in: features,
                 width: classes,
+                shape_in: Shape::Flat(features),
+                shape: Shape::Flat(classes),
                 kind: OpKind::Dense {
                     kernel: ParamId(0),
                     bias: Some(ParamId(1)),

@@ -457,7 +457,7 @@ mod tests {
     use ndarray::ShapeBuilder;
     use netc_ir::ir::{
         Dataset, EvalConfig, Head, Init, Input, Op, OpKind, Optimizer, OptimizerKind, Param,
-        ParamId, ParamRole, Preprocess, Regularizer, Schedule, TrainConfig, ValueId,
+        ParamId, ParamRole, Preprocess, Regularizer, Schedule, Shape, TrainConfig, ValueId,
     };
 
     fn param(name: &str, role: ParamRole, shape: &[usize]) -> Param {
@@ -493,6 +493,8 @@ mod tests {
             output: ValueId(index + 1),
             width_in,
             width,
+            shape_in: Shape::Flat(width_in),
+            shape: Shape::Flat(width),
             kind,
         };
         let dense = |kernel, bias| OpKind::Dense {
@@ -506,6 +508,7 @@ mod tests {
             input: Input {
                 dataset: Dataset::Cifar10,
                 features: 4,
+                shape: Shape::Flat(4),
                 classes: 2,
                 preprocess: Preprocess::Scale01,
             },

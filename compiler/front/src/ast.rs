@@ -46,22 +46,40 @@ pub enum LayerKindName {
     Dropout,
     AlphaDropout,
     Activation,
+    Conv2d,
+    MaxPool,
+    AvgPool,
+    GlobalAvgPool,
+    Flatten,
 }
 
 impl LayerKindName {
-    pub const ALL: [(&'static str, LayerKindName); 5] = [
+    pub const ALL: [(&'static str, LayerKindName); 10] = [
         ("dense", LayerKindName::Dense),
         ("batch_norm", LayerKindName::BatchNorm),
         ("dropout", LayerKindName::Dropout),
         ("alpha_dropout", LayerKindName::AlphaDropout),
         ("activation", LayerKindName::Activation),
+        ("conv2d", LayerKindName::Conv2d),
+        ("max_pool", LayerKindName::MaxPool),
+        ("avg_pool", LayerKindName::AvgPool),
+        ("global_avg_pool", LayerKindName::GlobalAvgPool),
+        ("flatten", LayerKindName::Flatten),
     ];
+
+    /// Number of layer kinds: the length of per-kind counters.
+    pub const COUNT: usize = Self::ALL.len();
 
     pub fn name(self) -> &'static str {
         Self::ALL
             .iter()
             .find(|(_, k)| *k == self)
             .map_or("?", |(n, _)| n)
+    }
+
+    /// The kind's position in `ALL`, which indexes per-kind counters.
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|(_, k)| *k == self).unwrap_or(0)
     }
 
     /// Properties a layer of this kind (or its `defaults`) accepts.
@@ -76,10 +94,45 @@ impl LayerKindName {
                 "l2",
                 "max_norm",
             ],
+            LayerKindName::Conv2d => &[
+                "size",
+                "strides",
+                "padding",
+                "activation",
+                "init",
+                "bias_init",
+                "use_bias",
+                "l1",
+                "l2",
+                "max_norm",
+            ],
+            LayerKindName::MaxPool | LayerKindName::AvgPool => &["size", "strides", "padding"],
             LayerKindName::BatchNorm => &["momentum", "epsilon"],
             LayerKindName::Dropout | LayerKindName::AlphaDropout => &["rate"],
-            LayerKindName::Activation => &[],
+            LayerKindName::Activation | LayerKindName::GlobalAvgPool | LayerKindName::Flatten => {
+                &[]
+            }
         }
+    }
+
+    /// The layers that only read images; a spec with one of them reads its input as an image.
+    pub fn reads_image(self) -> bool {
+        matches!(
+            self,
+            LayerKindName::Conv2d
+                | LayerKindName::MaxPool
+                | LayerKindName::AvgPool
+                | LayerKindName::GlobalAvgPool
+                | LayerKindName::Flatten
+        )
+    }
+
+    /// The layers that slide a window over an image (`size`, `strides`, `padding`).
+    pub fn has_window(self) -> bool {
+        matches!(
+            self,
+            LayerKindName::Conv2d | LayerKindName::MaxPool | LayerKindName::AvgPool
+        )
     }
 }
 
@@ -106,7 +159,7 @@ pub struct RepeatDecl {
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerDecl {
     pub kind: Spanned<LayerKindName>,
-    /// Units of a dense layer.
+    /// Units of a dense layer, filters of a `conv2d`.
     pub units: Option<Spanned<u64>>,
     /// The activation of a standalone `activation` layer.
     pub activation: Option<Spanned<ActivationSpec>>,
@@ -127,6 +180,11 @@ pub struct LayerProps {
     pub momentum: Option<Spanned<f64>>,
     pub epsilon: Option<Spanned<f64>>,
     pub rate: Option<Spanned<f64>>,
+    /// A window's `[height, width]` (one number stands for both).
+    pub size: Option<Spanned<[u64; 2]>>,
+    /// Pixels between windows, `[down, across]` (one number stands for both).
+    pub strides: Option<Spanned<[u64; 2]>>,
+    pub padding: Option<Spanned<PaddingSpec>>,
 }
 
 impl LayerProps {
@@ -143,6 +201,27 @@ impl LayerProps {
             momentum: self.momentum.clone().or(defaults.momentum.clone()),
             epsilon: self.epsilon.clone().or(defaults.epsilon.clone()),
             rate: self.rate.clone().or(defaults.rate.clone()),
+            size: self.size.clone().or(defaults.size.clone()),
+            strides: self.strides.clone().or(defaults.strides.clone()),
+            padding: self.padding.clone().or(defaults.padding.clone()),
+        }
+    }
+}
+
+/// How a window treats the image's border (Keras' `padding`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaddingSpec {
+    Valid,
+    Same,
+}
+
+impl PaddingSpec {
+    pub const NAMES: [&'static str; 2] = ["valid", "same"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PaddingSpec::Valid => "valid",
+            PaddingSpec::Same => "same",
         }
     }
 }
@@ -540,24 +619,45 @@ impl Builder<'_> {
         let mut rate_arg = None;
         let usage = match kind {
             LayerKindName::Dense => "a unit count, like `dense 100`",
+            LayerKindName::Conv2d => "a filter count, like `conv2d 32 { size: 3 }`",
             LayerKindName::Dropout => "a rate, like `dropout 0.2`",
             LayerKindName::AlphaDropout => "a rate, like `alpha_dropout 0.1`",
             LayerKindName::Activation => "an activation, like `activation elu`",
-            LayerKindName::BatchNorm => "",
+            LayerKindName::BatchNorm
+            | LayerKindName::MaxPool
+            | LayerKindName::AvgPool
+            | LayerKindName::GlobalAvgPool
+            | LayerKindName::Flatten => "",
         };
         match kind {
-            LayerKindName::BatchNorm => {
+            LayerKindName::BatchNorm
+            | LayerKindName::MaxPool
+            | LayerKindName::AvgPool
+            | LayerKindName::GlobalAvgPool
+            | LayerKindName::Flatten => {
                 if let Some(extra) = entry.args.first() {
+                    let help = match kind {
+                        LayerKindName::BatchNorm => {
+                            "set its options in a block: `batch_norm { momentum: 0.99 }`"
+                                .to_string()
+                        }
+                        LayerKindName::MaxPool | LayerKindName::AvgPool => format!(
+                            "set its options in a block: `{} {{ size: 2 }}`",
+                            kind.name()
+                        ),
+                        _ => format!("write `{}` alone", kind.name()),
+                    };
                     self.push(
-                        Diag::error("check::unexpected_value", "`batch_norm` takes no value")
-                            .with_label(extra.span, "not expected here")
-                            .with_help(
-                                "set its options in a block: `batch_norm { momentum: 0.99 }`",
-                            ),
+                        Diag::error(
+                            "check::unexpected_value",
+                            format!("`{}` takes no value", kind.name()),
+                        )
+                        .with_label(extra.span, "not expected here")
+                        .with_help(help),
                     );
                 }
             }
-            LayerKindName::Dense => {
+            LayerKindName::Dense | LayerKindName::Conv2d => {
                 units = self
                     .single_item_arg(entry, usage)
                     .and_then(|v| self.integer_value(v));
@@ -589,6 +689,18 @@ impl Builder<'_> {
             }
         }
         let mut props = self.layer_props(entry.block.as_ref(), kind);
+        // A `size` that is not a size was reported; the layer is dropped so the checker does not
+        // also call its size missing.
+        let given = |name: &str| {
+            entry
+                .block
+                .iter()
+                .flat_map(|b| &b.entries)
+                .any(|e| e.name.text == name)
+        };
+        if kind == LayerKindName::Conv2d && props.size.is_none() && given("size") {
+            return None;
+        }
         if let Some(rate) = rate_arg {
             if let Some(prev) = &props.rate {
                 self.duplicate(prev.span, rate.span, "rate");
@@ -628,6 +740,17 @@ impl Builder<'_> {
             );
             return None;
         }
+        if kind.properties().is_empty() {
+            self.push(
+                Diag::error(
+                    "check::misplaced",
+                    format!("`{}` layers have no defaults", kind.name()),
+                )
+                .with_label(name.span, "nothing to default here")
+                .with_help(format!("`{}` takes no options", kind.name())),
+            );
+            return None;
+        }
         let props = self.layer_props(entry.block.as_ref(), kind);
         Some(DefaultsDecl {
             kind: Spanned::new(kind, name.span),
@@ -650,6 +773,9 @@ impl Builder<'_> {
             momentum: props.get("momentum").and_then(|e| self.number_prop(e)),
             epsilon: props.get("epsilon").and_then(|e| self.number_prop(e)),
             rate: props.get("rate").and_then(|e| self.number_prop(e)),
+            size: props.get("size").and_then(|e| self.pair_prop(e)),
+            strides: props.get("strides").and_then(|e| self.pair_prop(e)),
+            padding: props.get("padding").and_then(|e| self.padding(e)),
         }
     }
 
@@ -1172,6 +1298,53 @@ impl Builder<'_> {
             }
         }
         Some(Spanned::new(out, v.span))
+    }
+
+    /// A window's size or strides: one whole number for both sides, or `[height, width]`.
+    fn pair_prop(&mut self, entry: &Entry) -> Option<Spanned<[u64; 2]>> {
+        self.no_block(entry);
+        let v = entry.args.first()?;
+        match &v.kind {
+            ValueKind::List(items) => {
+                let [h, w] = items.as_slice() else {
+                    self.push(
+                        Diag::error(
+                            "check::wrong_type",
+                            format!(
+                                "expected `[height, width]`, found a list of {} values",
+                                items.len()
+                            ),
+                        )
+                        .with_label(v.span, "expected two whole numbers")
+                        .with_help(format!(
+                            "write `{name}: [3, 3]`, or `{name}: 3` for both sides",
+                            name = entry.name.text
+                        )),
+                    );
+                    return None;
+                };
+                let (h, w) = (self.integer_value(h), self.integer_value(w));
+                Some(Spanned::new([h?.value, w?.value], v.span))
+            }
+            ValueKind::Number(_) => {
+                let n = self.integer_value(v)?;
+                Some(Spanned::new([n.value, n.value], v.span))
+            }
+            _ => {
+                self.wrong_type(v, "a whole number or `[height, width]`");
+                None
+            }
+        }
+    }
+
+    fn padding(&mut self, entry: &Entry) -> Option<Spanned<PaddingSpec>> {
+        self.no_block(entry);
+        let (name, _) = self.named_prop(entry, &PaddingSpec::NAMES)?;
+        let spec = match name.value.as_str() {
+            "same" => PaddingSpec::Same,
+            _ => PaddingSpec::Valid,
+        };
+        Some(Spanned::new(spec, name.span))
     }
 
     fn number_value(&mut self, v: &Value) -> Option<Spanned<f64>> {

@@ -1,22 +1,29 @@
 //! The checker: everything about a spec that needs more than one entry to decide. Required
-//! sections, ranges, limits, the network's shape (repeats expanded, defaults applied), and the
-//! lints that carry the theory of the exercise.
+//! sections, ranges, limits, the network's shape (repeats expanded, defaults applied, every
+//! layer's output shape inferred: vectors and channels-last images), and the lints that carry
+//! the theory of the exercise.
 //!
 //! It reports every problem at once and hands `lower` a `Checked` spec: resolved, in range and
 //! within limits, so lowering never fails. Lints are warnings with stable codes
 //! (`netc::lint::<name>`); `allow <name>` in the spec silences one.
 
 use crate::ast::{
-    ActivationSpec, InitSpec, LayerDecl, LayerKindName, LayerProps, LayerStmt, ScheduleSpec,
-    Spanned, Spec,
+    ActivationSpec, InitSpec, LayerDecl, LayerKindName, LayerProps, LayerStmt, PaddingSpec,
+    ScheduleSpec, Spanned, Spec,
 };
+use crate::print::{dims, thousands};
 use netc_diagnostics::{did_you_mean, one_of, Diag, Span};
 use netc_ir::ir;
 
 /// Most layers a spec may expand to.
 pub const MAX_LAYERS: u64 = 1_000;
-/// Widest dense layer.
+/// Widest dense layer, and most filters of a convolution.
 pub const MAX_UNITS: u64 = 65_536;
+/// Largest window side and stride of a convolution or pooling layer, in pixels.
+pub const MAX_WINDOW: u64 = 256;
+/// A dense layer with more weights than this on a flattened feature map is linted
+/// (`heavy_flatten`).
+pub const HEAVY_FLATTEN_WEIGHTS: u64 = 1_000_000;
 /// Most parameters a model may have (400 MB of f32 weights, before optimizer state).
 pub const MAX_PARAMS: u64 = 100_000_000;
 /// Most memory a spec's training may need (`ir::Program::training_memory`): enough for every
@@ -29,9 +36,15 @@ pub const MAX_EPOCHS: u64 = ir::MAX_EPOCHS as u64;
 pub const MAX_MC_SAMPLES: u64 = 10_000;
 /// Training images in CIFAR-10's training files.
 pub const CIFAR10_TRAIN: u64 = 50_000;
+/// A CIFAR-10 example read as an image: 32 × 32 pixels of red, green and blue.
+pub const CIFAR10_IMAGE: ir::Shape = ir::Shape::Image {
+    height: 32,
+    width: 32,
+    channels: 3,
+};
 
 /// Every lint: its name (as written in `allow`) and what it is about.
-pub const LINTS: [(&str, &str); 11] = [
+pub const LINTS: [(&str, &str); 12] = [
     (
         "symmetric_init",
         "a kernel initialized to one constant never breaks symmetry",
@@ -62,7 +75,7 @@ pub const LINTS: [(&str, &str); 11] = [
     ),
     (
         "redundant_bias",
-        "a dense bias right before batch normalization",
+        "a dense or conv2d bias right before batch normalization",
     ),
     ("saturating_deep", "sigmoid or tanh in a deep stack"),
     (
@@ -73,6 +86,10 @@ pub const LINTS: [(&str, &str); 11] = [
         "ineffective_early_stopping",
         "early stopping patience that can never trigger",
     ),
+    (
+        "heavy_flatten",
+        "a dense layer with millions of weights on a flattened feature map",
+    ),
 ];
 
 /// One layer after repeats are expanded and defaults applied.
@@ -81,14 +98,137 @@ pub struct FlatLayer {
     /// `dense_3`, `batch_norm_1`, ...: unique, numbered per kind from 1.
     pub name: String,
     pub kind: LayerKindName,
+    /// Units of a dense layer, filters of a `conv2d`.
     pub units: u64,
-    /// The dense layer's activation, or the standalone activation layer's.
+    /// The dense or conv2d layer's activation, or the standalone activation layer's.
     pub activation: ActivationSpec,
     /// Properties with defaults applied (absent ones take Keras' defaults in `lower`).
     pub props: LayerProps,
     /// The declaration this layer comes from (shared by all copies of a repeat).
     pub span: Span,
     pub kind_span: Span,
+}
+
+/// The window of a convolution or pooling layer, with defaults applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// `[height, width]` of the window.
+    pub size: [usize; 2],
+    /// Pixels between windows, `[down, across]`.
+    pub strides: [usize; 2],
+    pub padding: ir::Padding,
+}
+
+impl FlatLayer {
+    /// The window of a `conv2d`, `max_pool` or `avg_pool` layer, with Keras' defaults: a pooling
+    /// window is 2 × 2 and moves by its size, a convolution moves by 1, padding is `valid`.
+    /// Values out of range (which the checker reports) are clamped into it, so shapes can
+    /// always be computed; a `conv2d` without `size` (also reported) gets 1 × 1.
+    pub fn window(&self) -> Window {
+        let clamp = |v: [u64; 2]| v.map(|x| x.clamp(1, MAX_WINDOW) as usize);
+        let p = &self.props;
+        let default_size = if self.kind == LayerKindName::Conv2d {
+            [1, 1]
+        } else {
+            [2, 2]
+        };
+        let size = p.size.as_ref().map_or(default_size, |s| clamp(s.value));
+        let default_strides = if self.kind == LayerKindName::Conv2d {
+            [1, 1]
+        } else {
+            size
+        };
+        Window {
+            size,
+            strides: p
+                .strides
+                .as_ref()
+                .map_or(default_strides, |s| clamp(s.value)),
+            padding: match p.padding.as_ref().map(|p| p.value) {
+                Some(PaddingSpec::Same) => ir::Padding::Same,
+                Some(PaddingSpec::Valid) | None => ir::Padding::Valid,
+            },
+        }
+    }
+
+    /// The window's options are all given and in range, so its output shape means something.
+    fn window_is_valid(&self) -> bool {
+        let p = &self.props;
+        let in_range = |v: &Option<Spanned<[u64; 2]>>| {
+            v.as_ref()
+                .is_none_or(|v| v.value.iter().all(|x| (1..=MAX_WINDOW).contains(x)))
+        };
+        let sized = self.kind != LayerKindName::Conv2d || p.size.is_some();
+        !self.kind.has_window() || (sized && in_range(&p.size) && in_range(&p.strides))
+    }
+
+    /// The shape of the layer's output when it reads `input`. A layer that does not fit its
+    /// input (which the checker reports) still gets a shape: the input's length read as a
+    /// 1 × 1 image, or as a vector. Unit and filter counts are clamped to `MAX_UNITS`.
+    pub fn output_shape(&self, input: ir::Shape) -> ir::Shape {
+        let units = self.units.clamp(1, MAX_UNITS) as usize;
+        match self.kind {
+            LayerKindName::Dense => ir::Shape::Flat(units),
+            LayerKindName::Conv2d | LayerKindName::MaxPool | LayerKindName::AvgPool => {
+                let (height, width, channels) = input.image().unwrap_or((1, 1, input.len()));
+                let w = self.window();
+                let side = |len: usize, i: usize| w.padding.output(len, w.size[i], w.strides[i]);
+                ir::Shape::Image {
+                    height: side(height, 0),
+                    width: side(width, 1),
+                    channels: if self.kind == LayerKindName::Conv2d {
+                        units
+                    } else {
+                        channels
+                    },
+                }
+            }
+            LayerKindName::GlobalAvgPool => ir::Shape::Flat(input.channels()),
+            LayerKindName::Flatten => ir::Shape::Flat(input.len()),
+            LayerKindName::BatchNorm
+            | LayerKindName::Dropout
+            | LayerKindName::AlphaDropout
+            | LayerKindName::Activation => input,
+        }
+    }
+
+    /// Scalars of the parameters the layer creates when it reads `input` (Keras' count: kernel,
+    /// bias, PReLU slopes, and batch norm's four vectors).
+    fn param_count(&self, input: ir::Shape) -> u64 {
+        let units = self.units.clamp(1, MAX_UNITS);
+        let bias = u64::from(self.props.use_bias.as_ref().is_none_or(|b| b.value));
+        let len = |s: ir::Shape| s.len() as u64;
+        let prelu = |out: ir::Shape| match self.activation {
+            ActivationSpec::Prelu => len(out),
+            _ => 0,
+        };
+        let out = self.output_shape(input);
+        match self.kind {
+            LayerKindName::Dense => len(input)
+                .saturating_mul(units)
+                .saturating_add(bias * units)
+                .saturating_add(prelu(out)),
+            LayerKindName::Conv2d => {
+                let [kh, kw] = self.window().size.map(|s| s as u64);
+                (kh * kw)
+                    .saturating_mul(input.channels() as u64)
+                    .saturating_mul(units)
+                    .saturating_add(bias * units)
+                    .saturating_add(prelu(out))
+            }
+            LayerKindName::BatchNorm => 4 * input.channels() as u64,
+            LayerKindName::Activation => prelu(out),
+            _ => 0,
+        }
+    }
+}
+
+/// How messages describe a value: `an image of shape (32, 32, 3)`, `a vector of 100 features`.
+fn describe_shape(shape: ir::Shape) -> String {
+    match shape {
+        ir::Shape::Flat(n) => format!("a vector of {n} features"),
+        ir::Shape::Image { .. } => format!("an image of shape {shape}"),
+    }
 }
 
 /// A spec that passed the checker.
@@ -125,10 +265,11 @@ pub fn check(spec: &Spec, diags: &mut Vec<Diag>) -> Option<Checked> {
             String::new()
         }
     };
-    let input = match &spec.input {
+    let mut input = match &spec.input {
         Some(i) => ir::Input {
             dataset: ir::Dataset::Cifar10,
             features: 3072,
+            shape: ir::Shape::Flat(3072),
             classes: 10,
             preprocess: if i.standardize.is_some() {
                 ir::Preprocess::Standardize
@@ -144,12 +285,18 @@ pub fn check(spec: &Spec, diags: &mut Vec<Diag>) -> Option<Checked> {
             ir::Input {
                 dataset: ir::Dataset::Cifar10,
                 features: 3072,
+                shape: ir::Shape::Flat(3072),
                 classes: 10,
                 preprocess: ir::Preprocess::Scale01,
             }
         }
     };
     let layers = cx.flatten(spec);
+    // Dense networks read the data set's order (all red, then green, then blue); image layers
+    // read each pixel's channels side by side.
+    if layers.iter().any(|l| l.kind.reads_image()) {
+        input.shape = CIFAR10_IMAGE;
+    }
     if layers.is_empty() && cx.diags.iter().all(|d| !d.is_error()) {
         cx.missing(
             "layers",
@@ -303,7 +450,7 @@ impl Cx {
             return Vec::new();
         }
         let mut out = Vec::new();
-        let mut counters = [0usize; 5];
+        let mut counters = [0usize; LayerKindName::COUNT];
         self.expand(&spec.layers, &defaults, &mut counters, &mut out);
         out
     }
@@ -312,7 +459,7 @@ impl Cx {
         &mut self,
         stmts: &[LayerStmt],
         defaults: &[(LayerKindName, LayerProps, Span)],
-        counters: &mut [usize; 5],
+        counters: &mut [usize; LayerKindName::COUNT],
         out: &mut Vec<FlatLayer>,
     ) {
         for stmt in stmts {
@@ -340,13 +487,10 @@ impl Cx {
         &mut self,
         l: &LayerDecl,
         defaults: &[(LayerKindName, LayerProps, Span)],
-        counters: &mut [usize; 5],
+        counters: &mut [usize; LayerKindName::COUNT],
     ) -> FlatLayer {
         let kind = l.kind.value;
-        let slot = LayerKindName::ALL
-            .iter()
-            .position(|(_, k)| *k == kind)
-            .unwrap_or(0);
+        let slot = kind.index();
         counters[slot] += 1;
         let props = match defaults.iter().find(|(k, _, _)| *k == kind) {
             Some((_, d, _)) => l.props.or(d),
@@ -375,85 +519,18 @@ impl Cx {
 
     fn check_layers(&mut self, layers: &[FlatLayer], input: &ir::Input) {
         let mut seen_spans: Vec<Span> = Vec::new();
-        let mut width = input.features as u64;
+        // The shape the next layer reads; `None` once an image layer did not fit its input
+        // (reported once), so that one mistake is not reported again by every layer after it.
+        let mut shape = Some(input.shape);
         let mut params: u64 = 0;
-        for layer in layers {
-            let first_time = !seen_spans.contains(&layer.span);
-            if first_time {
+        for (i, layer) in layers.iter().enumerate() {
+            if !seen_spans.contains(&layer.span) {
                 seen_spans.push(layer.span);
+                self.check_options(layer);
             }
-            let p = &layer.props;
-            match layer.kind {
-                LayerKindName::Dense => {
-                    if first_time && (layer.units == 0 || layer.units > MAX_UNITS) {
-                        self.range_error(
-                            layer.kind_span.to(layer.span),
-                            "unit count",
-                            layer.units,
-                            &format!("between 1 and {MAX_UNITS}"),
-                        );
-                    }
-                    let units = layer.units.clamp(1, MAX_UNITS);
-                    let bias = u64::from(p.use_bias.as_ref().is_none_or(|b| b.value));
-                    params = params
-                        .saturating_add(width.saturating_mul(units))
-                        .saturating_add(bias * units);
-                    if matches!(layer.activation, ActivationSpec::Prelu) {
-                        params = params.saturating_add(units);
-                    }
-                    width = units;
-                    if first_time {
-                        self.check_f64(&p.l1, "`l1` factor", |x| x >= 0.0, "at least 0");
-                        self.check_f64(&p.l2, "`l2` factor", |x| x >= 0.0, "at least 0");
-                        self.check_f64(&p.max_norm, "`max_norm`", |x| x > 0.0, "above 0");
-                        for init in [&p.init, &p.bias_init].into_iter().flatten() {
-                            if let InitSpec::Normal { stddev, .. }
-                            | InitSpec::TruncatedNormal { stddev, .. } = init.value
-                            {
-                                if stddev <= 0.0 {
-                                    self.range_error(init.span, "`stddev`", stddev, "above 0");
-                                }
-                            }
-                        }
-                    }
-                }
-                LayerKindName::BatchNorm => {
-                    params = params.saturating_add(4 * width);
-                    if first_time {
-                        self.check_f64(
-                            &p.momentum,
-                            "batch-norm `momentum`",
-                            |x| (0.0..=1.0).contains(&x),
-                            "between 0 and 1",
-                        );
-                        self.check_f64(&p.epsilon, "batch-norm `epsilon`", |x| x > 0.0, "above 0");
-                    }
-                }
-                LayerKindName::Dropout | LayerKindName::AlphaDropout => {
-                    if !first_time {
-                        continue;
-                    }
-                    match &p.rate {
-                        None => self.diags.push(
-                            Diag::error(
-                                "check::missing_value",
-                                format!("`{}` needs a rate", layer.kind.name()),
-                            )
-                            .with_label(layer.span, "drop how much?")
-                            .with_help(format!("write `{} 0.2`", layer.kind.name())),
-                        ),
-                        Some(r) if !(0.0..1.0).contains(&r.value) => {
-                            self.range_error(r.span, "dropout rate", r.value, "in [0, 1)")
-                        }
-                        Some(_) => {}
-                    }
-                }
-                LayerKindName::Activation => {
-                    if matches!(layer.activation, ActivationSpec::Prelu) {
-                        params = params.saturating_add(width);
-                    }
-                }
-            }
+            let Some(shape_in) = shape else { continue };
+            params = params.saturating_add(layer.param_count(shape_in));
+            shape = self.check_shape(layer, shape_in, i + 1 == layers.len());
         }
         if params > MAX_PARAMS {
             let span = layers
@@ -469,12 +546,244 @@ impl Cx {
                 .with_help("use fewer or narrower layers"),
             );
         }
-        self.check_output(layers, input, width);
+        self.check_output(layers, input, shape);
     }
 
-    fn check_output(&mut self, layers: &[FlatLayer], input: &ir::Input, width: u64) {
+    /// The ranges of one layer declaration's values (once, however often a repeat copies it).
+    fn check_options(&mut self, layer: &FlatLayer) {
+        let p = &layer.props;
+        match layer.kind {
+            LayerKindName::Dense | LayerKindName::Conv2d => {
+                if layer.units == 0 || layer.units > MAX_UNITS {
+                    let what = if layer.kind == LayerKindName::Dense {
+                        "unit count"
+                    } else {
+                        "filter count"
+                    };
+                    self.range_error(
+                        layer.kind_span.to(layer.span),
+                        what,
+                        layer.units,
+                        &format!("between 1 and {MAX_UNITS}"),
+                    );
+                }
+                self.check_f64(&p.l1, "`l1` factor", |x| x >= 0.0, "at least 0");
+                self.check_f64(&p.l2, "`l2` factor", |x| x >= 0.0, "at least 0");
+                self.check_f64(&p.max_norm, "`max_norm`", |x| x > 0.0, "above 0");
+                for init in [&p.init, &p.bias_init].into_iter().flatten() {
+                    if let InitSpec::Normal { stddev, .. }
+                    | InitSpec::TruncatedNormal { stddev, .. } = init.value
+                    {
+                        if stddev <= 0.0 {
+                            self.range_error(init.span, "`stddev`", stddev, "above 0");
+                        }
+                    }
+                }
+            }
+            LayerKindName::BatchNorm => {
+                self.check_f64(
+                    &p.momentum,
+                    "batch-norm `momentum`",
+                    |x| (0.0..=1.0).contains(&x),
+                    "between 0 and 1",
+                );
+                self.check_f64(&p.epsilon, "batch-norm `epsilon`", |x| x > 0.0, "above 0");
+            }
+            LayerKindName::Dropout | LayerKindName::AlphaDropout => match &p.rate {
+                None => self.diags.push(
+                    Diag::error(
+                        "check::missing_value",
+                        format!("`{}` needs a rate", layer.kind.name()),
+                    )
+                    .with_label(layer.span, "drop how much?")
+                    .with_help(format!("write `{} 0.2`", layer.kind.name())),
+                ),
+                Some(r) if !(0.0..1.0).contains(&r.value) => {
+                    self.range_error(r.span, "dropout rate", r.value, "in [0, 1)")
+                }
+                Some(_) => {}
+            },
+            LayerKindName::MaxPool
+            | LayerKindName::AvgPool
+            | LayerKindName::GlobalAvgPool
+            | LayerKindName::Flatten
+            | LayerKindName::Activation => {}
+        }
+        if layer.kind.has_window() {
+            self.check_window(layer);
+        }
+    }
+
+    fn check_window(&mut self, layer: &FlatLayer) {
+        let p = &layer.props;
+        if layer.kind == LayerKindName::Conv2d && p.size.is_none() {
+            self.diags.push(
+                Diag::error("check::missing_value", "`conv2d` needs a kernel `size`")
+                    .with_label(layer.span, "how large is the kernel?")
+                    .with_help(
+                        "write `conv2d 32 { size: 3 }` (or `size: [3, 5]`), or give every \
+                         `conv2d` one with `defaults conv2d { size: 3 }`",
+                    ),
+            );
+        }
+        for (v, what) in [(&p.size, "window `size`"), (&p.strides, "`strides`")] {
+            let Some(v) = v else { continue };
+            if let Some(bad) = v.value.iter().find(|x| !(1..=MAX_WINDOW).contains(*x)) {
+                self.range_error(v.span, what, bad, &format!("between 1 and {MAX_WINDOW}"));
+            }
+        }
+    }
+
+    /// Whether `layer` can read `input`, reporting why not (unless the network's shape is not
+    /// to be judged); its output shape when it can.
+    fn check_shape(
+        &mut self,
+        layer: &FlatLayer,
+        input: ir::Shape,
+        is_last: bool,
+    ) -> Option<ir::Shape> {
+        if !layer.window_is_valid() {
+            return None;
+        }
+        let problem = match (layer.kind, input) {
+            (LayerKindName::Dense, ir::Shape::Image { .. }) => Some(
+                Diag::error(
+                    "check::needs_vector",
+                    format!(
+                        "`{}` needs a vector, but its input is {}",
+                        layer.name,
+                        describe_shape(input)
+                    ),
+                )
+                .with_label(layer.span, format!("reads (None, {})", dims(input)))
+                .with_help(format!(
+                    "insert `flatten` (keeps all {} values) or `global_avg_pool` (keeps one mean \
+                     per channel, {}) before it",
+                    input.len(),
+                    input.channels()
+                )),
+            ),
+            (kind, ir::Shape::Flat(n)) if kind.reads_image() => {
+                let help = if kind == LayerKindName::Flatten {
+                    "remove it: its input is a vector already".to_string()
+                } else {
+                    "image layers (`conv2d`, `max_pool`, `avg_pool`) come before `flatten` or \
+                     `global_avg_pool`, and those before the dense layers"
+                        .to_string()
+                };
+                Some(
+                    Diag::error(
+                        "check::needs_image",
+                        format!(
+                            "`{}` needs an image, but its input is {}",
+                            layer.name,
+                            describe_shape(input)
+                        ),
+                    )
+                    .with_label(layer.span, format!("reads (None, {n})"))
+                    .with_help(help),
+                )
+            }
+            _ => None,
+        };
+        let output = layer.output_shape(input);
+        let problem = problem.or_else(|| self.too_small(layer, input, output));
+        if let Some(diag) = problem {
+            // A dense layer's output is a vector of its units whatever it read, so the layers
+            // after it can still be judged; after an image layer that did not fit, nothing is
+            // known.
+            let known = diag.code == "check::needs_vector";
+            if !self.quiet_shape {
+                self.diags.push(diag);
+            }
+            return known.then_some(output);
+        }
+        let softmax = layer.activation == ActivationSpec::Softmax
+            && matches!(
+                layer.kind,
+                LayerKindName::Conv2d | LayerKindName::Activation
+            );
+        // The output layer on an image is reported as such (`check_output`).
+        if softmax && output.image().is_some() && !is_last {
+            let span = layer
+                .props
+                .activation
+                .as_ref()
+                .map_or(layer.span, |a| a.span);
+            let diag = Diag::error(
+                "check::image_softmax",
+                format!("softmax on an image: `{}` outputs {output}", layer.name),
+            )
+            .with_label(span, "softmax here")
+            .with_help("use `relu` or `elu` on image layers; softmax belongs on the output dense layer")
+            .with_note("netc's softmax normalizes all the values of an example together: on an image it would couple every pixel of every channel (Keras normalizes each pixel's channels instead), and a hidden layer needs neither");
+            let repeated = self
+                .diags
+                .iter()
+                .any(|d| d.code == diag.code && d.primary_start() == diag.primary_start());
+            if !repeated && !self.quiet_shape {
+                self.diags.push(diag);
+            }
+        }
+        Some(output)
+    }
+
+    /// A convolution or pooling window that leaves no pixel of its input.
+    fn too_small(&self, layer: &FlatLayer, input: ir::Shape, output: ir::Shape) -> Option<Diag> {
+        let (height, width, _) = input.image()?;
+        let (out_h, out_w, _) = output.image()?;
+        if !layer.kind.has_window() || (out_h > 0 && out_w > 0) {
+            return None;
+        }
+        let w = layer.window();
+        Some(
+            Diag::error(
+                "check::image_too_small",
+                format!(
+                    "`{}`'s {}×{} window does not fit its {height}×{width} input",
+                    layer.name, w.size[0], w.size[1]
+                ),
+            )
+            .with_label(
+                layer.span,
+                format!(
+                    "{}×{} window, `{}` padding, on {height}×{width} pixels",
+                    w.size[0],
+                    w.size[1],
+                    w.padding.name()
+                ),
+            )
+            .with_help(
+                "use `padding: same`, a smaller window, or fewer layers that shrink the image \
+                 before it",
+            )
+            .with_note(format!(
+                "with `valid` padding a window only goes where it fits: a side of n pixels \
+                 gives (n - size) / stride + 1 outputs, none when n < size ({height}×{width} \
+                 → {out_h}×{out_w} here)"
+            )),
+        )
+    }
+
+    fn check_output(&mut self, layers: &[FlatLayer], input: &ir::Input, shape: Option<ir::Shape>) {
         let Some(last) = layers.last() else { return };
         if self.quiet_shape {
+            return;
+        }
+        if let Some(image @ ir::Shape::Image { .. }) = shape {
+            self.diags.push(
+                Diag::error(
+                    "check::output_is_image",
+                    format!("the network ends with an image of shape {image}"),
+                )
+                .with_label(last.span, format!("outputs (None, {})", dims(image)))
+                .with_help(format!(
+                    "end with `global_avg_pool` (or `flatten`), then `dense {} {{ activation: \
+                     softmax }}`",
+                    input.classes
+                ))
+                .with_note("cross-entropy compares one probability per class with each label, so the output must be a vector of one value per class"),
+            );
             return;
         }
         let softmax_last = matches!(last.kind, LayerKindName::Dense | LayerKindName::Activation)
@@ -491,6 +800,10 @@ impl Cx {
                     .with_note("the loss compares predicted class probabilities with the labels; softmax is what turns the last layer's outputs into probabilities"),
             );
         }
+        let Some(ir::Shape::Flat(width)) = shape else {
+            return;
+        };
+        let width = width as u64;
         if width < input.classes as u64 {
             self.diags.push(
                 Diag::error(
@@ -876,7 +1189,10 @@ impl Cx {
             .iter()
             .filter(|l| l.kind == LayerKindName::Dense)
             .collect();
-        for l in &denses {
+        let kernels = layers
+            .iter()
+            .filter(|l| matches!(l.kind, LayerKindName::Dense | LayerKindName::Conv2d));
+        for l in kernels {
             if let Some(init) = &l.props.init {
                 if init.value.is_constant() {
                     self.lint(
@@ -892,6 +1208,7 @@ impl Cx {
         }
         self.lint_optimizer(spec);
         self.lint_selu(layers, input);
+        self.lint_flatten(layers, input);
         for (i, l) in layers.iter().enumerate() {
             if l.activation == ActivationSpec::Softmax
                 && i + 1 != layers.len()
@@ -900,7 +1217,7 @@ impl Cx {
                 let span = l.props.activation.as_ref().map_or(l.span, |a| a.span);
                 self.lint("hidden_softmax", format!("softmax on `{}`, which is not the output layer", l.name), span, "softmax in a hidden layer", "use `elu`, `relu` or `selu` in hidden layers", "softmax squashes a layer into probabilities that sum to 1; in a hidden layer it couples all units and starves most of them of gradient");
             }
-            if l.kind == LayerKindName::Dense
+            if matches!(l.kind, LayerKindName::Dense | LayerKindName::Conv2d)
                 && l.activation == ActivationSpec::Linear
                 && l.props.use_bias.as_ref().is_none_or(|b| b.value)
             {
@@ -908,7 +1225,7 @@ impl Cx {
                     .get(i + 1)
                     .filter(|n| n.kind == LayerKindName::BatchNorm)
                 {
-                    self.lint("redundant_bias", format!("the bias of `{}` is cancelled by `{}`", l.name, next.name), l.span, "adds a bias", "write `use_bias: false` on the dense layer", "batch normalization subtracts the batch mean, which removes any bias added just before it; its own `beta` plays that role");
+                    self.lint("redundant_bias", format!("the bias of `{}` is cancelled by `{}`", l.name, next.name), l.span, "adds a bias", &format!("write `use_bias: false` on the {} layer", l.kind.name()), "batch normalization subtracts the batch mean, which removes any bias added just before it; its own `beta` plays that role");
                 }
             }
         }
@@ -948,6 +1265,40 @@ impl Cx {
                     self.lint("ineffective_early_stopping", format!("patience {} is not less than the {} epochs", es.patience, train.epochs), e.span, "can never stop early", "lower `patience` or raise `epochs`", "early stopping waits `patience` epochs without improvement before stopping; with this many epochs it never gets the chance");
                 }
             }
+        }
+    }
+
+    /// `heavy_flatten`: a dense layer reading a flattened feature map (through element-wise
+    /// layers at most) with more than `HEAVY_FLATTEN_WEIGHTS` weights.
+    fn lint_flatten(&mut self, layers: &[FlatLayer], input: &ir::Input) {
+        let mut shape = input.shape;
+        let mut flattened: Option<ir::Shape> = None;
+        for l in layers {
+            match l.kind {
+                LayerKindName::Flatten => flattened = Some(shape),
+                LayerKindName::Dense => {
+                    let weights = (shape.len() as u64).saturating_mul(l.units);
+                    if let Some(map) = flattened.filter(|_| weights > HEAVY_FLATTEN_WEIGHTS) {
+                        let (h, w, c) = map.image().unwrap_or((1, 1, map.len()));
+                        let weights = thousands(weights as usize);
+                        self.lint(
+                            "heavy_flatten",
+                            format!("`{}` has {weights} weights on a flattened {h}×{w}×{c} feature map", l.name),
+                            l.span,
+                            &format!("{weights} weights"),
+                            "shrink the map first (more pooling, or `strides: 2`), or replace `flatten` with `global_avg_pool`",
+                            "flattening keeps every pixel of every channel as an input of its own, so the dense layer after it holds most of the model's weights, overfits easily and learns where a feature is rather than whether it is there; global average pooling keeps one mean per channel",
+                        );
+                    }
+                    flattened = None;
+                }
+                LayerKindName::BatchNorm
+                | LayerKindName::Dropout
+                | LayerKindName::AlphaDropout
+                | LayerKindName::Activation => {}
+                _ => flattened = None,
+            }
+            shape = l.output_shape(shape);
         }
     }
 

@@ -193,6 +193,7 @@ impl Address {
 fn slot_name(entry_name: &str) -> Option<&'static str> {
     match entry_name {
         "dense" => Some("units"),
+        "conv2d" => Some("filters"),
         "dropout" | "alpha_dropout" => Some("rate"),
         "activation" => Some("function"),
         "repeat" => Some("count"),
@@ -223,8 +224,8 @@ fn repeat_count(entry: &Entry) -> u128 {
 
 /// How many layers of each kind the entries expand to (saturating: absurd counts are the
 /// checker's business, not a reason to overflow).
-fn expanded_counts(entries: &[Entry]) -> [u128; 5] {
-    let mut counts = [0u128; 5];
+fn expanded_counts(entries: &[Entry]) -> [u128; LayerKindName::COUNT] {
+    let mut counts = [0u128; LayerKindName::COUNT];
     for e in entries.iter().filter(|e| e.kind == EntryKind::Item) {
         if let Some(slot) = kind_slot(&e.name.text) {
             counts[slot] = counts[slot].saturating_add(1);
@@ -232,7 +233,7 @@ fn expanded_counts(entries: &[Entry]) -> [u128; 5] {
             let inner = e
                 .block
                 .as_ref()
-                .map_or([0; 5], |b| expanded_counts(&b.entries));
+                .map_or([0; LayerKindName::COUNT], |b| expanded_counts(&b.entries));
             let times = repeat_count(e);
             for (c, i) in counts.iter_mut().zip(inner) {
                 *c = c.saturating_add(i.saturating_mul(times));
@@ -268,7 +269,7 @@ fn places(source: &str) -> Places {
 /// Every addressable place of a parsed file, in file order.
 fn addresses(entries: &[Entry], made: &mut Vec<RepeatMade>) -> Vec<Address> {
     let mut out = Vec::new();
-    let mut layers = [0u128; 5];
+    let mut layers = [0u128; LayerKindName::COUNT];
     let mut repeats = 0usize;
     for e in entries {
         let is_item = e.kind == EntryKind::Item;
@@ -308,7 +309,7 @@ fn addresses(entries: &[Entry], made: &mut Vec<RepeatMade>) -> Vec<Address> {
 fn add_repeat(out: &mut Vec<Address>, path: Vec<String>, entry: &Entry, repeats: &mut usize) {
     add_own(out, &path, entry);
     let Some(block) = &entry.block else { return };
-    let mut layers = [0usize; 5];
+    let mut layers = [0usize; LayerKindName::COUNT];
     for e in block.entries.iter().filter(|e| e.kind == EntryKind::Item) {
         let mut inner = path.clone();
         if let Some(slot) = kind_slot(&e.name.text) {
@@ -688,6 +689,35 @@ evaluate { mc_dropout: 10 }
         assert!(text.contains("dense 12 { activation: softmax }"), "{text}");
         let text = apply(SPEC, "repeat_1.count", "1").unwrap();
         assert_eq!(program(&text).param_count(), 3072 * 100 + 100 + 1010);
+    }
+
+    #[test]
+    fn image_layers_are_addressed_like_dense_ones() {
+        const CNN: &str = "model m
+input cifar10
+defaults conv2d { size: 3, padding: same }
+repeat 2 { conv2d 16, max_pool }
+global_avg_pool
+dense 10 { activation: softmax }
+train { optimizer: adam, epochs: 1 }
+";
+        let paths = paths(CNN);
+        for p in ["defaults.conv2d.size", "repeat_1.conv2d_1.filters"] {
+            assert!(paths.iter().any(|q| q == p), "{p} missing from {paths:?}");
+        }
+        let text = apply(CNN, "repeat_1.conv2d_1.filters", "8").unwrap();
+        assert!(text.contains("repeat 2 { conv2d 8, max_pool }"), "{text}");
+        // Two 3×3 convolutions, 3 → 8 → 8 channels, and the output layer on 8 means.
+        let kernels = 3 * 3 * 3 * 8 + 8 + 3 * 3 * 8 * 8 + 8;
+        assert_eq!(program(&text).param_count(), kernels + 8 * 10 + 10);
+        let text = apply(CNN, "repeat_1.max_pool_1.strides", "1").unwrap();
+        assert!(text.contains("max_pool { strides: 1 }"), "{text}");
+        let err = resolve(CNN, "conv2d_2.filters").unwrap_err();
+        assert!(
+            matches!(&err, OverrideError::UnknownPath { help, .. }
+                if help.contains("(conv2d_1 to conv2d_2)")),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::ast::{ActivationSpec, InitSpec, LayerProps, LayerStmt, ScheduleSpec, Spanned, Spec};
 use netc_ir::ir::{
-    Distribution, FanMode, Init, OpKind, OptimizerKind, Preprocess, Program, Schedule,
+    Distribution, FanMode, Init, OpKind, OptimizerKind, Preprocess, Program, Schedule, Shape,
 };
 
 // ----- AST ---------------------------------------------------------------------------------
@@ -172,6 +172,14 @@ fn props(p: &LayerProps) -> String {
             fields.push(format!("{name}: {}", num(v.value)));
         }
     }
+    for (name, v) in [("size", &p.size), ("strides", &p.strides)] {
+        if let Some(v) = v {
+            fields.push(format!("{name}: [{}, {}]", v.value[0], v.value[1]));
+        }
+    }
+    if let Some(pad) = &p.padding {
+        fields.push(format!("padding: {}", pad.value.name()));
+    }
     if fields.is_empty() {
         String::new()
     } else {
@@ -249,6 +257,19 @@ fn schedule_ast(s: &ScheduleSpec) -> String {
     }
 }
 
+/// A value's dimensions after the batch, as the IR dump and the summary write them: `100` for
+/// a vector, `32, 32, 3` for an image (height, width, channels).
+pub fn dims(shape: Shape) -> String {
+    match shape {
+        Shape::Flat(n) => n.to_string(),
+        Shape::Image {
+            height,
+            width,
+            channels,
+        } => format!("{height}, {width}, {channels}"),
+    }
+}
+
 /// Shortest text that reads back as the same f32 (`5e-5`, `0.9`, `100`).
 pub fn num(x: f64) -> String {
     let x32 = x as f32;
@@ -274,7 +295,7 @@ pub fn ir(p: &Program) -> String {
     let _ = writeln!(
         out,
         "input v0: f32[B, {}] = {} u8, {pre}",
-        p.input.features,
+        dims(p.input.shape),
         p.input.dataset.name()
     );
     let _ = writeln!(out, "labels: u8[B] in 0..{}", p.input.classes);
@@ -328,11 +349,41 @@ pub fn ir(p: &Program) -> String {
             ),
             OpKind::Dropout { rate } => format!("dropout {} rate={}", op.input, num(f64::from(*rate))),
             OpKind::AlphaDropout { rate } => format!("alpha_dropout {} rate={}", op.input, num(f64::from(*rate))),
+            OpKind::Conv2d { kernel, bias, strides, padding, regularizer, max_norm } => {
+                let mut s = format!("conv2d {}, {kernel}", op.input);
+                if let Some(b) = bias {
+                    let _ = write!(s, ", {b}");
+                }
+                let _ = write!(s, " strides={}x{} padding={}", strides[0], strides[1], padding.name());
+                if regularizer.l1 != 0.0 {
+                    let _ = write!(s, " l1={}", num(f64::from(regularizer.l1)));
+                }
+                if regularizer.l2 != 0.0 {
+                    let _ = write!(s, " l2={}", num(f64::from(regularizer.l2)));
+                }
+                if let Some(m) = max_norm {
+                    let _ = write!(s, " max_norm={}", num(f64::from(*m)));
+                }
+                s
+            }
+            OpKind::Pool { size, strides, padding, .. } => format!(
+                "{} {} size={}x{} strides={}x{} padding={}",
+                op.kind.mnemonic(),
+                op.input,
+                size[0],
+                size[1],
+                strides[0],
+                strides[1],
+                padding.name()
+            ),
+            OpKind::GlobalAvgPool | OpKind::Flatten => format!("{} {}", op.kind.mnemonic(), op.input),
         };
         let _ = writeln!(
             out,
             "{}: f32[B, {}] = {rhs}  ; {}",
-            op.output, op.width, op.layer
+            op.output,
+            dims(op.shape),
+            op.layer
         );
     }
     let last = p
@@ -530,13 +581,13 @@ pub fn summary(p: &Program) -> String {
     struct Row {
         name: String,
         kind: String,
-        width: usize,
+        shape: Shape,
         params: usize,
     }
     let mut rows: Vec<Row> = Vec::new();
     for op in &p.ops {
         let params: usize = match &op.kind {
-            OpKind::Dense { kernel, bias, .. } => {
+            OpKind::Dense { kernel, bias, .. } | OpKind::Conv2d { kernel, bias, .. } => {
                 p.param(*kernel).len() + bias.map_or(0, |b| p.param(b).len())
             }
             OpKind::Prelu { alpha } => p.param(*alpha).len(),
@@ -555,13 +606,13 @@ pub fn summary(p: &Program) -> String {
         match rows.last_mut() {
             Some(row) if row.name == op.layer => {
                 row.kind = format!("{}, {}", row.kind, op.kind.mnemonic());
-                row.width = op.width;
+                row.shape = op.shape;
                 row.params += params;
             }
             _ => rows.push(Row {
                 name: op.layer.clone(),
                 kind: op.kind.mnemonic().to_string(),
-                width: op.width,
+                shape: op.shape,
                 params,
             }),
         }
@@ -573,27 +624,19 @@ pub fn summary(p: &Program) -> String {
     let _ = writeln!(out, "Model: \"{}\"", p.name);
     let line = "─".repeat(68);
     let _ = writeln!(out, "{line}");
-    let _ = writeln!(
-        out,
-        "{:<34}{:<20}{:>14}",
-        "Layer (type)", "Output Shape", "Param #"
-    );
+    out.push_str(&summary_row("Layer (type)", "Output Shape", "Param #"));
     let _ = writeln!(out, "{}", "═".repeat(68));
-    let _ = writeln!(
-        out,
-        "{:<34}{:<20}{:>14}",
+    out.push_str(&summary_row(
         "input (cifar10)",
-        format!("(None, {})", p.input.features),
-        0
-    );
+        &format!("(None, {})", dims(p.input.shape)),
+        "0",
+    ));
     for r in &rows {
-        let _ = writeln!(
-            out,
-            "{:<34}{:<20}{:>14}",
-            format!("{} ({})", r.name, r.kind),
-            format!("(None, {})", r.width),
-            thousands(r.params)
-        );
+        out.push_str(&summary_row(
+            &format!("{} ({})", r.name, r.kind),
+            &format!("(None, {})", dims(r.shape)),
+            &thousands(r.params),
+        ));
     }
     let _ = writeln!(out, "{line}");
     let total = p.param_count();
@@ -629,6 +672,15 @@ pub fn summary(p: &Program) -> String {
         size(m.activations)
     );
     out
+}
+
+/// One line of the summary's table: the name in 34 columns, the shape in 20, the parameter count
+/// right-aligned in 14. A name too long for its column (`global_avg_pool_1 (global_avg_pool)`)
+/// takes what it needs from the shape's, one space kept, so the counts stay aligned.
+fn summary_row(name: &str, shape: &str, params: &str) -> String {
+    let name = format!("{name:<33} ");
+    let shape_width = 54usize.saturating_sub(name.chars().count());
+    format!("{name}{shape:<shape_width$}{params:>14}\n")
 }
 
 /// `500210` → `500,210`.

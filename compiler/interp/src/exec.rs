@@ -7,14 +7,19 @@
 //! training keeps exactly the values the grad program lists as saved and drops the rest, so a
 //! grad program that forgets a value fails here loudly rather than in the JIT.
 
-use ndarray::{Array1, Array2, ArrayD, ArrayView1, ArrayView2, Axis, Ix1, Ix2, Zip};
+use ndarray::{
+    Array1, Array2, ArrayBase, ArrayD, ArrayView1, ArrayView2, Axis, CowArray, Data, Ix1, Ix2, Zip,
+};
 
+use super::image::{self, Windows};
 use super::real::Real;
 use netc_ir::autodiff::{
     alpha_dropout_affine, GradProgram, GradRule, SELU_ALPHA_F64, SELU_LAMBDA_F64,
 };
 use netc_ir::backend::{InputStats, Mode};
-use netc_ir::ir::{Activation, Op, OpKind, ParamId, Preprocess, Program, ValueId};
+use netc_ir::ir::{
+    Activation, Op, OpKind, ParamId, Preprocess, Program, Regularizer, Shape, ValueId,
+};
 use netc_ir::rng::{self, Stream};
 
 /// How a forward pass treats the layers that behave differently in training.
@@ -51,7 +56,8 @@ pub struct LossAndGrads<F> {
     pub batch_moments: Vec<BatchMoments<F>>,
 }
 
-/// Mean and biased variance of a batch-norm op's input over the batch.
+/// Mean and biased variance of a batch-norm op's input over the batch (per channel, over the
+/// batch and the pixels, for an image).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchMoments<F> {
     pub op: u32,
@@ -59,7 +65,8 @@ pub struct BatchMoments<F> {
     pub variance: Array1<F>,
 }
 
-/// What a batch-norm op in training hands its backward step.
+/// What a batch-norm op in training hands its backward step. An image's rows are kept as
+/// `[n·pixels, channels]`, so that each column is one channel.
 struct BatchNormRecord<F> {
     moments: BatchMoments<F>,
     x_hat: Array2<F>,
@@ -148,8 +155,21 @@ impl<F: Real> Executor<F> {
             .collect();
     }
 
-    /// The raw batch as the network's input `v0`: `x / 255`, or `(x - mean) / std` per feature.
+    /// The raw batch as the network's input `v0`: `x / 255`, or `(x - mean) / std` per feature
+    /// in the data set's order; then, for an image input, each pixel's channels side by side
+    /// (`image::planes_to_channels_last`).
     pub fn input(&self, pixels: &[u8]) -> Array2<F> {
+        let x = self.preprocess(pixels);
+        match self.program.input.shape {
+            Shape::Image { .. } => {
+                image::planes_to_channels_last(x.view(), self.program.input.shape)
+            }
+            Shape::Flat(_) => x,
+        }
+    }
+
+    /// `x / 255`, or `(x - mean) / std` per feature, in the data set's order.
+    fn preprocess(&self, pixels: &[u8]) -> Array2<F> {
         let features = self.program.input.features;
         let rows = pixels.len() / features;
         let raw = ArrayView2::from_shape((rows, features), &pixels[..rows * features])
@@ -240,6 +260,42 @@ impl<F: Real> Executor<F> {
             .expect("kernel parameter")
     }
 
+    /// A convolution kernel `[kh, kw, cin, cout]` as the `[kh·kw·cin, cout]` matrix its patches
+    /// are multiplied by (the same floats: parameters are kept in standard layout).
+    fn kernel_matrix(&self, id: ParamId) -> ArrayView2<'_, F> {
+        let kernel = &self.params[id.index()];
+        let filters = *kernel.shape().last().expect("a kernel has axes");
+        kernel
+            .view()
+            .into_shape_with_order((kernel.len() / filters, filters))
+            .expect("parameters are kept in standard layout")
+    }
+
+    /// Where the windows of a convolution or pooling op fall on its input.
+    fn windows(&self, op: &Op) -> Windows {
+        let windows = match op.kind {
+            OpKind::Conv2d {
+                kernel,
+                strides,
+                padding,
+                ..
+            } => {
+                let shape = &self.program.param(kernel).shape;
+                Windows::new(op.shape_in, [shape[0], shape[1]], strides, padding)
+            }
+            OpKind::Pool {
+                size,
+                strides,
+                padding,
+                ..
+            } => Windows::new(op.shape_in, size, strides, padding),
+            _ => unreachable!("only convolutions and pooling slide windows"),
+        };
+        let (height, width, _) = op.shape.image().expect("a windowed op writes an image");
+        assert_eq!(windows.out(), [height, width], "{}'s output size", op.layer);
+        windows
+    }
+
     fn run(&self, x: ArrayView2<F>, pass: Pass, first_row: usize, keep: Keep) -> Tape<F> {
         let value_count = self.program.ops.len() + 1;
         let mut tape = Tape {
@@ -280,6 +336,15 @@ impl<F: Real> Executor<F> {
                 y
             }
             OpKind::Activation(activation) => activate(activation, x),
+            OpKind::Conv2d { kernel, bias, .. } => image::conv2d(
+                x,
+                &self.windows(op),
+                self.kernel_matrix(kernel),
+                bias.map(|b| self.param1(b)),
+            ),
+            OpKind::Pool { kind, .. } => image::pool(kind, x, &self.windows(op)),
+            OpKind::GlobalAvgPool => image::global_avg_pool(x, op.shape_in),
+            OpKind::Flatten => x.to_owned(),
             OpKind::Prelu { alpha } => {
                 let mut y = x.to_owned();
                 let alpha = self.param1(alpha);
@@ -302,8 +367,9 @@ impl<F: Real> Executor<F> {
             } => {
                 let (gamma, beta) = (self.param1(gamma), self.param1(beta));
                 let epsilon = F::of(f64::from(epsilon));
-                if let Pass::Train { .. } = pass {
-                    let record = batch_norm_train(x, epsilon, op.index);
+                let x = channel_rows(&x, op.shape_in);
+                let y = if let Pass::Train { .. } = pass {
+                    let record = batch_norm_train(x.view(), epsilon, op.index);
                     let y = &record.x_hat * &gamma + beta;
                     tape.batch_norm[op.index as usize] = Some(record);
                     y
@@ -313,7 +379,8 @@ impl<F: Real> Executor<F> {
                         .param1(moving_variance)
                         .mapv(|v| F::one() / (v + epsilon).sqrt());
                     (&x - &mean) * &inv_std * gamma + beta
-                }
+                };
+                value_rows(y, op.width)
             }
             OpKind::Dropout { rate } => match self.dropout_key(pass, op) {
                 None => x.to_owned(),
@@ -409,10 +476,14 @@ impl<F: Real> Executor<F> {
                         let record = tape.batch_norm[step.op as usize]
                             .as_ref()
                             .expect("batch norm ran in training mode");
+                        let dy = channel_rows(&dy, op.shape);
                         grads[beta.index()] = Some(dy.sum_axis(Axis(0)).into_dyn());
                         let dgamma = (&dy * &record.x_hat).sum_axis(Axis(0));
                         grads[gamma.index()] = Some(dgamma.into_dyn());
-                        needs_dx.then(|| batch_norm_dx(&dy, self.param1(gamma), record))
+                        needs_dx.then(|| {
+                            let dx = batch_norm_dx(dy.view(), self.param1(gamma), record);
+                            value_rows(dx, op.width_in)
+                        })
                     }
                     GradRule::Dropout { rate } => {
                         let key = self.dropout_key(pass, op).expect("training pass");
@@ -432,6 +503,32 @@ impl<F: Real> Executor<F> {
                         });
                         Some(dx)
                     }
+                    GradRule::Conv2d { x, kernel, bias } => {
+                        let conv = image::conv2d_backward(
+                            tape.value(x),
+                            dy.view(),
+                            &self.windows(op),
+                            self.kernel_matrix(kernel),
+                            needs_dx,
+                        );
+                        let shape = self.program.param(kernel).shape.clone();
+                        let dk = conv.kernel.into_shape_with_order(shape);
+                        grads[kernel.index()] = Some(dk.expect("dK has the kernel's floats"));
+                        if let Some(bias) = bias {
+                            grads[bias.index()] = Some(conv.bias.into_dyn());
+                        }
+                        conv.x
+                    }
+                    GradRule::Pool { kind, x } => Some(image::pool_backward(
+                        kind,
+                        x.map(|x| tape.value(x)),
+                        dy.view(),
+                        &self.windows(op),
+                    )),
+                    GradRule::GlobalAvgPool => {
+                        Some(image::global_avg_pool_backward(dy.view(), op.shape_in))
+                    }
+                    GradRule::Flatten => Some(dy),
                 };
             match dx {
                 Some(dx) => dy = dx,
@@ -447,23 +544,13 @@ impl<F: Real> Executor<F> {
     /// 3,072-input kernel is off by about 1e-4 of the total, more than the JIT's error.
     fn penalty(&self) -> F {
         let mut total = 0.0f64;
-        for op in &self.program.ops {
-            if let OpKind::Dense {
-                kernel,
-                regularizer,
-                ..
-            } = op.kind
-            {
-                if regularizer.is_zero() {
-                    continue;
-                }
-                let (l1, l2) = (f64::from(regularizer.l1), f64::from(regularizer.l2));
-                let w = &self.params[kernel.index()];
-                total += w.fold(0.0, |sum, &x| {
-                    let x = x.to_f64();
-                    sum + l1 * x.abs() + l2 * x * x
-                });
-            }
+        for (kernel, regularizer) in self.regularized_kernels() {
+            let (l1, l2) = (f64::from(regularizer.l1), f64::from(regularizer.l2));
+            let w = &self.params[kernel.index()];
+            total += w.fold(0.0, |sum, &x| {
+                let x = x.to_f64();
+                sum + l1 * x.abs() + l2 * x * x
+            });
         }
         F::of(total)
     }
@@ -471,26 +558,56 @@ impl<F: Real> Executor<F> {
     /// Adds `l1 sign(w) + 2 l2 w` (sign(0) = 0) to each regularized kernel's gradient, as
     /// `optim::add_regularizer_grad` does in f32.
     fn add_regularizer_grads(&self, grads: &mut [Option<ArrayD<F>>]) {
-        for op in &self.program.ops {
-            if let OpKind::Dense {
-                kernel,
-                regularizer,
-                ..
-            } = op.kind
-            {
-                if regularizer.is_zero() {
-                    continue;
-                }
-                let (l1, l2) = (F::of(regularizer.l1.into()), F::of(regularizer.l2.into()));
-                let two = F::of(2.0);
-                if let Some(g) = grads[kernel.index()].as_mut() {
-                    Zip::from(g)
-                        .and(&self.params[kernel.index()])
-                        .for_each(|g, &w| *g += l1 * sign(w) + two * l2 * w);
-                }
+        for (kernel, regularizer) in self.regularized_kernels() {
+            let (l1, l2) = (F::of(regularizer.l1.into()), F::of(regularizer.l2.into()));
+            let two = F::of(2.0);
+            if let Some(g) = grads[kernel.index()].as_mut() {
+                Zip::from(g)
+                    .and(&self.params[kernel.index()])
+                    .for_each(|g, &w| *g += l1 * sign(w) + two * l2 * w);
             }
         }
     }
+
+    /// The kernels of dense and convolution ops with a non-zero penalty, with their penalty.
+    fn regularized_kernels(&self) -> impl Iterator<Item = (ParamId, Regularizer)> + '_ {
+        self.program.ops.iter().filter_map(|op| match op.kind {
+            OpKind::Dense {
+                kernel,
+                regularizer,
+                ..
+            }
+            | OpKind::Conv2d {
+                kernel,
+                regularizer,
+                ..
+            } if !regularizer.is_zero() => Some((kernel, regularizer)),
+            _ => None,
+        })
+    }
+}
+
+/// A batch norm's input or output gradient as rows of one float per channel: itself for a
+/// vector, `[n·pixels, channels]` for an image (the same floats, so no copy in standard layout).
+fn channel_rows<F: Real, S: Data<Elem = F>>(
+    x: &ArrayBase<S, Ix2>,
+    shape: Shape,
+) -> CowArray<'_, F, Ix2> {
+    let channels = shape.channels();
+    x.to_shape((x.len() / channels.max(1), channels))
+        .expect("a row is its pixels' channels")
+}
+
+/// The inverse of `channel_rows`: `[n·pixels, channels]` back into rows of `width` floats.
+fn value_rows<F: Real>(x: Array2<F>, width: usize) -> Array2<F> {
+    let rows = x.len() / width.max(1);
+    let x = if x.is_standard_layout() {
+        x
+    } else {
+        x.as_standard_layout().into_owned()
+    };
+    x.into_shape_with_order((rows, width))
+        .expect("rows of `width` floats")
 }
 
 fn sign<F: Real>(x: F) -> F {
@@ -537,12 +654,12 @@ fn batch_norm_train<F: Real>(x: ArrayView2<F>, epsilon: F, op: u32) -> BatchNorm
 
 /// `dx = inv · (g - mean(g) - x̂ ⊙ mean(g ⊙ x̂))` with `g = dy ⊙ γ`, means over rows.
 fn batch_norm_dx<F: Real>(
-    dy: &Array2<F>,
+    dy: ArrayView2<F>,
     gamma: ArrayView1<F>,
     record: &BatchNormRecord<F>,
 ) -> Array2<F> {
     let n = F::of(dy.nrows() as f64);
-    let g = dy * &gamma;
+    let g = &dy * &gamma;
     let mean_g = g.sum_axis(Axis(0)) / n;
     let mean_g_xhat = (&g * &record.x_hat).sum_axis(Axis(0)) / n;
     (g - &mean_g - &record.x_hat * &mean_g_xhat) * &record.inv_std

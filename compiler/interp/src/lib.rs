@@ -8,6 +8,9 @@
 //! training state. It must not hold model-specific code: everything is driven by the IR.
 
 mod exec;
+mod image;
+#[cfg(test)]
+mod image_tests;
 mod real;
 #[cfg(test)]
 mod tests;
@@ -117,7 +120,8 @@ impl Interp {
         }
     }
 
-    /// Keras `MaxNorm` on every constrained kernel, after the update.
+    /// Keras `MaxNorm` on every constrained kernel, after the update: per column of a dense
+    /// kernel, per filter of a convolution's (its last axis is the columns of its floats).
     fn apply_constraints(&mut self) {
         let constrained: Vec<_> = self
             .program()
@@ -129,6 +133,11 @@ impl Interp {
                     max_norm: Some(max),
                     ..
                 } => Some((kernel, op.width, max)),
+                OpKind::Conv2d {
+                    kernel,
+                    max_norm: Some(max),
+                    ..
+                } => Some((kernel, op.shape.channels(), max)),
                 _ => None,
             })
             .collect();

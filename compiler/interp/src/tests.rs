@@ -1,7 +1,8 @@
 //! Tests of the reference executor: gradients against central finite differences in `f64` for
 //! every op kind, activation, the head and the regularizer; the training step's sequencing
 //! (moving averages, clipping, update, max-norm, step counter); dropout masks; predictions;
-//! learning on separable data; determinism and checkpoint round trips.
+//! learning on separable data; determinism and checkpoint round trips. The image ops have their
+//! own tests in `image_tests`, which share the helpers here.
 
 use ndarray::{Array2, Axis};
 
@@ -12,12 +13,12 @@ use netc_ir::ir::{Activation, OpKind, OptimizerKind, ParamRole, Preprocess, Prog
 use netc_ir::rng::{self, purpose, SplitMix64, Stream};
 use netc_ir::testing::{program, DenseLayer, Layer};
 
-fn normal_matrix(rows: usize, cols: usize, seed: u64) -> Array2<f64> {
+pub(crate) fn normal_matrix(rows: usize, cols: usize, seed: u64) -> Array2<f64> {
     let mut rng = SplitMix64::new(seed, purpose::SHUFFLE, 99);
     Array2::from_shape_simple_fn((rows, cols), || rng.next_normal())
 }
 
-fn labels(rows: usize, classes: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn labels(rows: usize, classes: usize, seed: u64) -> Vec<u8> {
     let mut rng = SplitMix64::new(seed, purpose::SHUFFLE, 7);
     (0..rows).map(|_| rng.below(classes) as u8).collect()
 }
@@ -25,7 +26,7 @@ fn labels(rows: usize, classes: usize, seed: u64) -> Vec<u8> {
 /// An `f64` executor at the program's initial parameters, with every non-kernel trainable
 /// parameter moved off its constant initial value (zero biases, unit gammas, zero alphas would
 /// hide mistakes that only show with general values).
-fn f64_executor(program: &Program) -> Executor<f64> {
+pub(crate) fn f64_executor(program: &Program) -> Executor<f64> {
     let mut exec = Executor::<f64>::new(program, &init_params(program, 3), None);
     let mut rng = SplitMix64::new(5, purpose::SHUFFLE, 1);
     for (param, value) in program.params.iter().zip(exec.params_mut()) {
@@ -41,7 +42,7 @@ fn f64_executor(program: &Program) -> Executor<f64> {
 
 /// Compares every trainable parameter's analytic gradient with `(L(w+h) - L(w-h)) / 2h` on a
 /// fixed batch and training step, and checks that each gradient is not trivially zero.
-fn check_gradients(program: &Program, rows: usize, step: u64) {
+pub(crate) fn check_gradients(program: &Program, rows: usize, step: u64) {
     let mut exec = f64_executor(program);
     let x = normal_matrix(rows, program.input.features, 11);
     let y = labels(rows, program.output_width(), 12);
@@ -85,12 +86,15 @@ fn check_gradients(program: &Program, rows: usize, step: u64) {
     }
 }
 
-/// Whether parameter `index` is the bias of a dense op followed by batch norm, which subtracts
-/// the batch mean and so makes the loss independent of that bias.
+/// Whether parameter `index` is the bias of a dense or convolution op followed by batch norm,
+/// which subtracts the batch mean (per channel) and so makes the loss independent of that bias.
 fn cancelled_by_batch_norm(program: &Program, index: usize) -> bool {
     program.ops.windows(2).any(|pair| {
-        matches!(pair[0].kind, OpKind::Dense { bias: Some(b), .. } if b.index() == index)
-            && matches!(pair[1].kind, OpKind::BatchNorm { .. })
+        let bias = match pair[0].kind {
+            OpKind::Dense { bias, .. } | OpKind::Conv2d { bias, .. } => bias,
+            _ => None,
+        };
+        bias.is_some_and(|b| b.index() == index) && matches!(pair[1].kind, OpKind::BatchNorm { .. })
     })
 }
 
@@ -245,7 +249,12 @@ fn loss_and_accuracy_are_computed_from_logits() {
     assert_eq!(result.correct, 1);
 }
 
-fn u8_data(rows: usize, features: usize, classes: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn u8_data(
+    rows: usize,
+    features: usize,
+    classes: usize,
+    seed: u64,
+) -> (Vec<u8>, Vec<u8>) {
     // Each class has its own centre; examples are the centre plus noise, so they are separable.
     let mut rng = SplitMix64::new(seed, purpose::SHUFFLE, 3);
     let centres: Vec<Vec<f64>> = (0..classes)
@@ -268,7 +277,7 @@ fn u8_data(rows: usize, features: usize, classes: usize, seed: u64) -> (Vec<u8>,
     (pixels, labels)
 }
 
-fn batch<'a>(
+pub(crate) fn batch<'a>(
     pixels: &'a [u8],
     labels: &'a [u8],
     features: usize,
@@ -280,7 +289,7 @@ fn batch<'a>(
     }
 }
 
-fn sgd(p: &mut Program, lr: f32) {
+pub(crate) fn sgd(p: &mut Program, lr: f32) {
     p.train.optimizer.kind = OptimizerKind::Sgd {
         momentum: 0.0,
         nesterov: false,
@@ -529,7 +538,7 @@ fn optimizers() -> Vec<OptimizerKind> {
 
 /// Mean loss and accuracy of each epoch of training on `rows` examples in batches of 32 (the
 /// last one partial).
-fn train_epochs(
+pub(crate) fn train_epochs(
     interp: &mut Interp,
     pixels: &[u8],
     labels: &[u8],

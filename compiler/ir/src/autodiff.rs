@@ -122,8 +122,35 @@ pub enum GradRule {
         /// The `[width]` slopes; get `dα`.
         alpha: ParamId,
     },
+    /// `y = conv(x, K) + b` (`OpKind::Conv2d`): `dK[di, dj, c, o] = Σ_{rows, i, j}
+    /// x[i·sh + di - ph, j·sw + dj - pw, c] · dy[i, j, o]`, `db[o] = Σ_{rows, i, j} dy[i, j, o]`,
+    /// and `dx[p, q, c] = Σ dy[i, j, o] · K[di, dj, c, o]` over the windows `(i, j)` with
+    /// `p = i·sh + di - ph`, `q = j·sw + dj - pw`. Reads the saved input `x`.
+    Conv2d {
+        /// The op's input, saved by the forward pass.
+        x: ValueId,
+        /// The kernel; gets `dK`.
+        kernel: ParamId,
+        /// The bias, if any; gets `db`.
+        bias: Option<ParamId>,
+    },
+    /// Max pooling: each window's `dy` goes to the pixel that gave its maximum (the first in
+    /// row-major order on ties), summed where windows overlap. Average pooling: each window's
+    /// `dy` divided by its pixel count goes to each of its pixels inside the image. Max pooling
+    /// reads the saved input `x` (to find the maxima again); average pooling reads nothing.
+    Pool {
+        /// What the windows kept.
+        kind: crate::ir::PoolKind,
+        /// The saved input, for max pooling.
+        x: Option<ValueId>,
+    },
+    /// `dx[i, j, c] = dy[c] / (h·w)` for every pixel.
+    GlobalAvgPool,
+    /// `dx = dy` (the same floats in the same order).
+    Flatten,
     /// Batch norm in training, on batch statistics `μ = mean(x)`, biased `σ² = mean((x - μ)²)`,
-    /// `inv = 1/sqrt(σ² + ε)`, `x̂ = (x - μ)·inv`, `y = γ x̂ + β` (all per column):
+    /// `inv = 1/sqrt(σ² + ε)`, `x̂ = (x - μ)·inv`, `y = γ x̂ + β` (all per column; for an image,
+    /// per channel, the means taken over the rows and the pixels):
     /// `dβ = Σrows dy`, `dγ = Σrows dy ⊙ x̂`, and with `g = dy ⊙ γ`,
     /// `dx = inv · (g - mean(g) - x̂ ⊙ mean(g ⊙ x̂))` (means over rows). Reads the saved
     /// `x̂` and `inv` of this op (`Saved::BatchNormStats`). The moving averages get no gradient.
@@ -216,7 +243,13 @@ pub fn has_trainable_params(program: &Program, op: &Op) -> bool {
         OpKind::Dense { kernel, bias, .. } => trainable(kernel) || bias.is_some_and(trainable),
         OpKind::Prelu { alpha } => trainable(alpha),
         OpKind::BatchNorm { gamma, beta, .. } => trainable(gamma) || trainable(beta),
-        OpKind::Activation(_) | OpKind::Dropout { .. } | OpKind::AlphaDropout { .. } => false,
+        OpKind::Conv2d { kernel, bias, .. } => trainable(kernel) || bias.is_some_and(trainable),
+        OpKind::Activation(_)
+        | OpKind::Dropout { .. }
+        | OpKind::AlphaDropout { .. }
+        | OpKind::Pool { .. }
+        | OpKind::GlobalAvgPool
+        | OpKind::Flatten => false,
     }
 }
 
@@ -288,6 +321,23 @@ fn grad_step(op: &Op, needs_dx: bool) -> GradStep {
             },
             vec![Saved::DropoutMask { op: op.index }],
         ),
+        OpKind::Conv2d { kernel, bias, .. } => (
+            GradRule::Conv2d {
+                x: op.input,
+                kernel,
+                bias,
+            },
+            vec![Saved::Value(op.input)],
+        ),
+        OpKind::Pool { kind, .. } => {
+            let x = (kind == crate::ir::PoolKind::Max).then_some(op.input);
+            (
+                GradRule::Pool { kind, x },
+                x.map(Saved::Value).into_iter().collect(),
+            )
+        }
+        OpKind::GlobalAvgPool => (GradRule::GlobalAvgPool, Vec::new()),
+        OpKind::Flatten => (GradRule::Flatten, Vec::new()),
     };
     GradStep {
         op: op.index,
@@ -309,6 +359,17 @@ impl GradRule {
             GradRule::BatchNorm { .. } => "batch_norm",
             GradRule::Dropout { .. } => "dropout",
             GradRule::AlphaDropout { .. } => "alpha_dropout",
+            GradRule::Conv2d { .. } => "conv2d",
+            GradRule::Pool {
+                kind: crate::ir::PoolKind::Max,
+                ..
+            } => "max_pool",
+            GradRule::Pool {
+                kind: crate::ir::PoolKind::Average,
+                ..
+            } => "avg_pool",
+            GradRule::GlobalAvgPool => "global_avg_pool",
+            GradRule::Flatten => "flatten",
         }
     }
 }
@@ -376,6 +437,35 @@ impl fmt::Display for GradStep {
             GradRule::AlphaDropout { a, .. } => {
                 if let Some(dx) = &dx {
                     parts.push(format!("{dx} = {a:.6} · mask{} ⊙ {dy}", self.op));
+                }
+            }
+            GradRule::Conv2d { x, kernel, bias } => {
+                parts.push(format!("d{kernel} = conv_kernel_grad({x}, {dy})"));
+                if let Some(bias) = bias {
+                    parts.push(format!("d{bias} = Σrows,pixels {dy}"));
+                }
+                if let Some(dx) = &dx {
+                    parts.push(format!("{dx} = conv_input_grad({dy}, {kernel})"));
+                }
+            }
+            GradRule::Pool { kind, x } => {
+                if let Some(dx) = &dx {
+                    match (kind, x) {
+                        (crate::ir::PoolKind::Max, Some(x)) => {
+                            parts.push(format!("{dx} = {dy} at the maxima of {x}"))
+                        }
+                        _ => parts.push(format!("{dx} = {dy} / window, spread")),
+                    }
+                }
+            }
+            GradRule::GlobalAvgPool => {
+                if let Some(dx) = &dx {
+                    parts.push(format!("{dx} = {dy} / pixels, spread"));
+                }
+            }
+            GradRule::Flatten => {
+                if let Some(dx) = &dx {
+                    parts.push(format!("{dx} = {dy}"));
                 }
             }
         }

@@ -138,6 +138,19 @@ pub enum BackendError {
         /// Size of the allocation that was refused.
         bytes: u64,
     },
+    /// The program has an op this backend does not compile (a user's spec, not a bug).
+    #[error("the JIT cannot run this spec: it does not compile {what} yet")]
+    #[diagnostic(
+        code(netc::backend::unsupported),
+        help(
+            "the interpreter backend runs every layer of the language, far more slowly; the JIT \
+             compiles dense networks (dense, activations, batch norm, dropout)"
+        )
+    )]
+    Unsupported {
+        /// The ops it does not compile, as the spec names them (`conv2d layers`).
+        what: String,
+    },
     /// This machine or process cannot do what the JIT needs (executable memory, threads).
     #[error("this machine cannot run the JIT: {what}: {detail}")]
     #[diagnostic(

@@ -7,7 +7,9 @@
 //! every `ParamId` indexes `Program::params`, rates lie in `[0, 1)`.
 //!
 //! Values are numbered `v0` (the input batch, already converted to f32) to `vN` (the logits fed to
-//! the loss); op `i` reads `v{i}` and writes `v{i+1}`. Every value has shape `[batch, width]`.
+//! the loss); op `i` reads `v{i}` and writes `v{i+1}`. Every value is stored as `[batch, width]`;
+//! its `Shape` says whether a row is a vector or an image (`width = height · width · channels`,
+//! pixels in row-major order, channels last).
 
 use std::fmt;
 
@@ -147,6 +149,11 @@ impl Program {
     pub fn has_dropout(&self) -> bool {
         self.ops.iter().any(|op| op.kind.is_dropout())
     }
+
+    /// True when some op works on images (`OpKind::is_image_op`); the input is then an image.
+    pub fn has_image_ops(&self) -> bool {
+        self.ops.iter().any(|op| op.kind.is_image_op())
+    }
 }
 
 /// What the model reads: a data set, the width of an example, and how its pixels are prepared.
@@ -156,6 +163,10 @@ pub struct Input {
     pub dataset: Dataset,
     /// Features per example after flattening (3,072 for CIFAR-10).
     pub features: usize,
+    /// What `v0` is: `Shape::Flat(features)` keeps the data set's order (CIFAR-10's red plane,
+    /// then green, then blue), and a program of dense layers reads it so; a program with image
+    /// layers reads `Shape::Image` (32 × 32 × 3), each pixel's channels side by side.
+    pub shape: Shape,
     /// Number of classes the labels range over.
     pub classes: usize,
     /// How the raw u8 pixels become the f32 values of `v0`.
@@ -195,7 +206,9 @@ pub struct Param {
     pub name: String,
     /// What the parameter is to its op; also the suffix of `name`.
     pub role: ParamRole,
-    /// `[in, out]` for kernels (row-major, so `y = x · W`), `[width]` for everything else.
+    /// `[in, out]` for dense kernels (row-major, so `y = x · W`), `[kh, kw, channels_in,
+    /// filters]` for convolution kernels, `[width]` (a vector's features) or `[channels]` (an
+    /// image's) for everything else.
     pub shape: Vec<usize>,
     /// How `init::init_param` draws the starting values.
     pub init: Init,
@@ -318,6 +331,129 @@ pub enum Distribution {
     Uniform,
 }
 
+/// The shape of one example of a value. Values are stored as rows of `len()` floats; an image's
+/// row holds its pixels row by row, each pixel's channels side by side (Keras'
+/// `channels_last`), so flattening an image changes no float's place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shape {
+    /// A vector of this many features.
+    Flat(usize),
+    /// An image of `height × width` pixels of `channels` channels.
+    Image {
+        /// Rows of pixels.
+        height: usize,
+        /// Pixels per row.
+        width: usize,
+        /// Channels per pixel.
+        channels: usize,
+    },
+}
+
+impl Shape {
+    /// Floats per example.
+    pub fn len(self) -> usize {
+        match self {
+            Shape::Flat(n) => n,
+            Shape::Image {
+                height,
+                width,
+                channels,
+            } => height * width * channels,
+        }
+    }
+
+    /// True when an example holds no float.
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    /// What a batch norm normalizes separately: each feature of a vector, each channel of an
+    /// image (over the batch and the pixels, as Keras' `axis=-1`).
+    pub fn channels(self) -> usize {
+        match self {
+            Shape::Flat(n) => n,
+            Shape::Image { channels, .. } => channels,
+        }
+    }
+
+    /// `(height, width, channels)` of an image; `None` for a vector.
+    pub fn image(self) -> Option<(usize, usize, usize)> {
+        match self {
+            Shape::Flat(_) => None,
+            Shape::Image {
+                height,
+                width,
+                channels,
+            } => Some((height, width, channels)),
+        }
+    }
+}
+
+impl fmt::Display for Shape {
+    /// Keras' notation without the batch: `(100)`, `(32, 32, 3)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Shape::Flat(n) => write!(f, "({n})"),
+            Shape::Image {
+                height,
+                width,
+                channels,
+            } => write!(f, "({height}, {width}, {channels})"),
+        }
+    }
+}
+
+/// How a convolution or a pooling window treats the image's border (Keras' `padding`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Padding {
+    /// Only windows inside the image: `out = (in - size) / stride + 1` (rounded down).
+    Valid,
+    /// `out = ceil(in / stride)`, the image padded by `max((out - 1)·stride + size - in, 0)`
+    /// pixels, the smaller half before (TensorFlow's rule); zeros for a convolution, left out
+    /// of a pooling window.
+    Same,
+}
+
+impl Padding {
+    /// The output length along one side of `len` pixels, for windows of `size` moved by
+    /// `stride`; 0 when no window fits.
+    pub fn output(self, len: usize, size: usize, stride: usize) -> usize {
+        match self {
+            Padding::Valid if len < size => 0,
+            Padding::Valid => (len - size) / stride + 1,
+            Padding::Same => len.div_ceil(stride),
+        }
+    }
+
+    /// Pixels of padding before the first one along that side.
+    pub fn before(self, len: usize, size: usize, stride: usize) -> usize {
+        match self {
+            Padding::Valid => 0,
+            Padding::Same => {
+                let out = self.output(len, size, stride);
+                ((out.saturating_sub(1)) * stride + size).saturating_sub(len) / 2
+            }
+        }
+    }
+
+    /// The padding's name as the spec writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Padding::Valid => "valid",
+            Padding::Same => "same",
+        }
+    }
+}
+
+/// What a pooling window keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PoolKind {
+    /// The largest value in the window.
+    Max,
+    /// The mean of the window's pixels inside the image.
+    Average,
+}
+
 /// One op: reads `input`, writes `output`, both `[batch, width]` values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Op {
@@ -332,8 +468,12 @@ pub struct Op {
     pub output: ValueId,
     /// Width of `input`: the previous op's `width`, or `Input::features` for the first op.
     pub width_in: usize,
-    /// Width of `output`: a dense op's units, `width_in` for every other op.
+    /// Width of `output`: a dense op's units, `width_in` for the element-wise ops.
     pub width: usize,
+    /// The shape of `input`, of `width_in` floats.
+    pub shape_in: Shape,
+    /// The shape of `output`, of `width` floats.
+    pub shape: Shape,
     /// What the op computes, and the parameters it owns.
     pub kind: OpKind,
 }
@@ -361,17 +501,52 @@ pub enum OpKind {
         /// The slopes for negative inputs, `[width]`; Keras starts them at 0.
         alpha: ParamId,
     },
-    /// Batch normalization over the batch axis. Training uses batch statistics and updates the
+    /// A 2-D convolution of an image (Keras' `Conv2D`, a cross-correlation), channels last:
+    /// `y[i, j, o] = b[o] + Σ_{di, dj, c} x[i·sh + di - ph, j·sw + dj - pw, c] · K[di, dj, c, o]`,
+    /// zero outside the image, `(ph, pw)` from `Padding::before`.
+    Conv2d {
+        /// The `[kernel_h, kernel_w, channels_in, filters]` kernel (Glorot uniform unless the
+        /// spec says otherwise, as Keras).
+        kernel: ParamId,
+        /// The `[filters]` bias; `None` when `use_bias` is false.
+        bias: Option<ParamId>,
+        /// Pixels between windows, down and across.
+        strides: [usize; 2],
+        /// What happens at the border.
+        padding: Padding,
+        /// Penalty on the kernel, as a dense layer's.
+        regularizer: Regularizer,
+        /// After each update, every filter (the weights into one output channel) is rescaled
+        /// to an L2 norm of at most this value (Keras `MaxNorm(axis=[0, 1, 2])`).
+        max_norm: Option<f32>,
+    },
+    /// Max or average pooling of each channel over `size` windows moved by `strides`.
+    Pool {
+        /// What a window keeps.
+        kind: PoolKind,
+        /// The window's height and width.
+        size: [usize; 2],
+        /// Pixels between windows, down and across.
+        strides: [usize; 2],
+        /// What happens at the border: `Same` leaves the missing pixels out of a window.
+        padding: Padding,
+    },
+    /// The mean of each channel over the image's pixels: `[h, w, c] → [c]`.
+    GlobalAvgPool,
+    /// An image's floats as a vector, in the same order: no arithmetic.
+    Flatten,
+    /// Batch normalization over the batch axis (and an image's pixels: one mean and variance per
+    /// channel, as Keras' `axis=-1`). Training uses batch statistics and updates the
     /// moving averages as `moving = moving * momentum + batch * (1 - momentum)` (Keras); inference
     /// uses the moving averages. The batch variance is the biased one (divide by n).
     BatchNorm {
-        /// Learned scale `γ`, `[width]`.
+        /// Learned scale `γ`, one per feature or channel (`Shape::channels`).
         gamma: ParamId,
-        /// Learned offset `β`, `[width]`.
+        /// Learned offset `β`, like `gamma`.
         beta: ParamId,
-        /// Moving average of the batch means, `[width]`; not trainable.
+        /// Moving average of the batch means, like `gamma`; not trainable.
         moving_mean: ParamId,
-        /// Moving average of the batch variances, `[width]`; not trainable.
+        /// Moving average of the batch variances, like `gamma`; not trainable.
         moving_variance: ParamId,
         /// Weight of the old moving average in each update (Keras default 0.99).
         momentum: f32,
@@ -408,7 +583,26 @@ impl OpKind {
             OpKind::BatchNorm { .. } => "batch_norm",
             OpKind::Dropout { .. } => "dropout",
             OpKind::AlphaDropout { .. } => "alpha_dropout",
+            OpKind::Conv2d { .. } => "conv2d",
+            OpKind::Pool {
+                kind: PoolKind::Max,
+                ..
+            } => "max_pool",
+            OpKind::Pool {
+                kind: PoolKind::Average,
+                ..
+            } => "avg_pool",
+            OpKind::GlobalAvgPool => "global_avg_pool",
+            OpKind::Flatten => "flatten",
         }
+    }
+
+    /// True for the ops on images only: convolutions, pooling, and flattening.
+    pub fn is_image_op(&self) -> bool {
+        matches!(
+            self,
+            OpKind::Conv2d { .. } | OpKind::Pool { .. } | OpKind::GlobalAvgPool | OpKind::Flatten
+        )
     }
 }
 

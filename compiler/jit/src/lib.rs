@@ -238,6 +238,7 @@ fn plan(
     gradients: bool,
     sink: &mut dyn Sink,
 ) -> Result<Plan, BackendError> {
+    refuse_image_ops(program)?;
     let threads = threads.max(1);
     let sink = &mut Recording {
         inner: sink,
@@ -507,6 +508,26 @@ fn plan(
         threads,
         gradients,
         lists,
+    })
+}
+
+/// `BackendError::Unsupported` when the program has ops on images, which this JIT does not
+/// compile: convolutions, pooling, flattening.
+fn refuse_image_ops(program: &Program) -> Result<(), BackendError> {
+    let mut names: Vec<&str> = program
+        .ops
+        .iter()
+        .filter(|op| op.kind.is_image_op())
+        .map(|op| op.kind.mnemonic())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    names.dedup();
+    names.sort_unstable();
+    names.dedup();
+    Err(BackendError::Unsupported {
+        what: format!("`{}` layers", names.join("`, `")),
     })
 }
 
@@ -802,6 +823,15 @@ fn forward(
                     by_rows,
                 }
             }
+            OpKind::Conv2d { .. }
+            | OpKind::Pool { .. }
+            | OpKind::GlobalAvgPool
+            | OpKind::Flatten => {
+                // `refuse_image_ops` stops such a program before planning.
+                return Err(BackendError::Unsupported {
+                    what: format!("`{}` layers", op.kind.mnemonic()),
+                });
+            }
             OpKind::Dropout { rate } | OpKind::AlphaDropout { rate } => {
                 args.push(out);
                 key = Key::Op(op.index);
@@ -1028,6 +1058,14 @@ fn backward(
                     },
                     args,
                 )
+            }
+            OpKind::Conv2d { .. }
+            | OpKind::Pool { .. }
+            | OpKind::GlobalAvgPool
+            | OpKind::Flatten => {
+                return Err(BackendError::Unsupported {
+                    what: format!("`{}` layers", op.kind.mnemonic()),
+                });
             }
             OpKind::Dropout { rate } | OpKind::AlphaDropout { rate } => {
                 let Some(dx) = dx else { continue };

@@ -192,13 +192,15 @@ const TINY_SPEC: &str = "model tiny\ninput cifar10 { standardize }\n\
 /// A convolutional spec small enough to train on the interpreter in seconds on generated data.
 const TINY_CNN_SPEC: &str = "model tiny_cnn\ninput cifar10 { standardize }\n\
     conv2d 4 { size: 3, strides: 2, padding: same, activation: relu, init: he_normal }\n\
-    batch_norm\nmax_pool { size: 2 }\nconv2d 8 { size: 3, activation: relu }\n\
+    batch_norm\nmax_pool { size: 2 }\ndropout 0.2\nconv2d 8 { size: 3, activation: relu }\n\
     global_avg_pool\ndense 10 { activation: softmax }\n\
-    train {\n  optimizer: adam { lr: 1e-2 }\n  batch: 16\n  epochs: 2\n  validation: 80\n  seed: 1\n}\n";
+    train {\n  optimizer: adam { lr: 1e-2 }\n  batch: 16\n  epochs: 2\n  validation: 80\n  seed: 1\n}\n\
+    evaluate { mc_dropout: 3, prune { sparsity: 0.5 } }\n";
 
-/// A convolutional network trains, is evaluated and saved on the interpreter; the JIT, which
-/// does not compile convolutions yet, refuses it with a diagnostic that names the interpreter,
-/// not a panic or an internal error.
+/// A convolutional network trains, is evaluated (with MC Dropout, pruned: convolution kernels
+/// too), saved, evaluated again from its run directory, and searched for a learning rate on the
+/// interpreter; the JIT, which does not compile convolutions yet, refuses it with a diagnostic
+/// that names the interpreter, not a panic or an internal error.
 #[test]
 fn a_convolutional_spec_trains_on_the_interpreter_and_the_jit_says_it_cannot() {
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -225,6 +227,41 @@ fn a_convolutional_spec_trains_on_the_interpreter_and_the_jit_says_it_cannot() {
     let acc = summary["test_acc"].as_f64().expect("test accuracy");
     assert!((0.0..=1.0).contains(&acc), "{summary}");
     assert!(out.join("weights.safetensors").is_file());
+    assert!(summary["mc_test_acc"].is_number(), "{summary}");
+    // Half of every kernel's weights, the convolutions' included, are zero after pruning.
+    let sparsity = summary["sparsity"].as_f64().expect("sparsity");
+    assert!((sparsity - 0.5).abs() < 0.01, "{summary}");
+
+    let run_dir = out.to_str().expect("utf-8");
+    let o = netc(&[
+        "eval",
+        run_dir,
+        "--data",
+        data,
+        "--mc",
+        "2",
+        "--backend",
+        "interp",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("MC Dropout (2 samples)"));
+
+    let lr_out = tmp.path().join("lr");
+    let o = netc(&[
+        "lr-find",
+        spec,
+        "--data",
+        data,
+        "--backend",
+        "interp",
+        "--steps",
+        "20",
+        "--out",
+        lr_out.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(json_line(&o)["suggested_lr"].is_number());
 
     let o = netc(&["run", spec, "--data", data, "--backend", "jit"]);
     assert_no_panic(&o);

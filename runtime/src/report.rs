@@ -603,7 +603,7 @@ pub fn render_report(summary: &Summary, history: &History) -> String {
         ));
     }
     line(format!(
-        "Sparsity: {} of dense weights are zero",
+        "Sparsity: {} of the kernels' weights are zero",
         percent(summary.sparsity)
     ));
     if summary.sparsity > 0.0 {

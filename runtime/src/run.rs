@@ -816,7 +816,7 @@ impl Session<'_> {
             Some(prune) => {
                 let before = train::evaluate(backend, test, &indices, classes, None, interrupt)?;
                 let mut state = backend.state();
-                prune_dense_kernels(program, &mut state, prune.sparsity)?;
+                prune_kernels(program, &mut state, prune.sparsity)?;
                 backend.set_state(&state);
                 Tested {
                     test: train::evaluate(backend, test, &indices, classes, mc_samples, interrupt)?,
@@ -885,7 +885,7 @@ impl Session<'_> {
     ) -> Result<Summary, RunError> {
         let program = self.program;
         let run_dir = &self.run_dir;
-        let (sparsity, layer_sparsity) = dense_sparsity(program, weights);
+        let (sparsity, layer_sparsity) = kernel_sparsity(program, weights);
         weights::save_params(&run_dir.join(WEIGHTS_FILE), program, weights)?;
         write_history(run_dir, history)?;
         if !history.epochs.is_empty() {
@@ -1063,29 +1063,31 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (y, m, d)
 }
 
-/// Each dense layer's name with its kernel's parameter id, in op order.
-fn dense_kernels(program: &Program) -> Vec<(&str, ParamId)> {
+/// Each dense or convolution layer's name with its kernel's parameter id, in op order.
+fn kernels(program: &Program) -> Vec<(&str, ParamId)> {
     program
         .ops
         .iter()
         .filter_map(|op| match op.kind {
-            OpKind::Dense { kernel, .. } => Some((op.layer.as_str(), kernel)),
+            OpKind::Dense { kernel, .. } | OpKind::Conv2d { kernel, .. } => {
+                Some((op.layer.as_str(), kernel))
+            }
             _ => None,
         })
         .collect()
 }
 
-/// Magnitude pruning: in every dense kernel, sets the `sparsity` fraction of weights with the
+/// Magnitude pruning: in every dense and convolution kernel, sets the `sparsity` fraction of weights with the
 /// smallest absolute value to zero. As TensorFlow's model-optimization toolkit, it keeps
 /// `round(len · (1 - sparsity))` weights; ties in magnitude are broken by position, so the count
 /// is exact.
-pub fn prune_dense_kernels(
+pub fn prune_kernels(
     program: &Program,
     state: &mut TrainState,
     sparsity: f32,
 ) -> Result<(), OutOfMemory> {
     let sparsity = f64::from(sparsity).clamp(0.0, 1.0);
-    for (_, kernel) in dense_kernels(program) {
+    for (_, kernel) in kernels(program) {
         let Some(weights) = state.params.get_mut(kernel.index()) else {
             continue;
         };
@@ -1121,11 +1123,11 @@ pub fn prune_dense_kernels(
     Ok(())
 }
 
-/// The share of exactly-zero weights in each dense kernel and over all of them.
-pub fn dense_sparsity(program: &Program, state: &TrainState) -> (f64, Vec<LayerSparsity>) {
+/// The share of exactly-zero weights in each dense or convolution kernel and over all of them.
+pub fn kernel_sparsity(program: &Program, state: &TrainState) -> (f64, Vec<LayerSparsity>) {
     let (mut zeros, mut total) = (0usize, 0usize);
     let mut layers = Vec::new();
-    for (layer, kernel) in dense_kernels(program) {
+    for (layer, kernel) in kernels(program) {
         let Some(weights) = state.params.get(kernel.index()) else {
             continue;
         };
@@ -1431,19 +1433,19 @@ evaluate { mc_dropout: 4, prune { sparsity: 0.5 } }
     fn pruning_zeroes_the_smallest_magnitudes_exactly() {
         let program = fake::program(3, 2, 1, 1);
         let mut state = state_of(vec![0.5, -0.1, 0.3, -0.7, 0.1, 0.2], &[3, 2]);
-        prune_dense_kernels(&program, &mut state, 0.5).unwrap();
+        prune_kernels(&program, &mut state, 0.5).unwrap();
         // Keeps round(6 · 0.5) = 3; of the tied ±0.1 both go, with 0.2.
         let kept: Vec<f32> = state.params[0].iter().copied().collect();
         assert_eq!(kept, vec![0.5, 0.0, 0.3, -0.7, 0.0, 0.0]);
-        let (all, layers) = dense_sparsity(&program, &state);
+        let (all, layers) = kernel_sparsity(&program, &state);
         assert_eq!((all, layers[0].zero_fraction), (0.5, 0.5));
         // The bias is not a kernel and is never pruned or counted.
         let mut state = state_of(vec![1.0; 6], &[3, 2]);
         state.params[1].fill(0.0);
-        prune_dense_kernels(&program, &mut state, 0.34).unwrap();
-        assert_eq!(dense_sparsity(&program, &state).0, 2.0 / 6.0);
-        prune_dense_kernels(&program, &mut state, 1.0).unwrap();
-        assert_eq!(dense_sparsity(&program, &state).0, 1.0);
+        prune_kernels(&program, &mut state, 0.34).unwrap();
+        assert_eq!(kernel_sparsity(&program, &state).0, 2.0 / 6.0);
+        prune_kernels(&program, &mut state, 1.0).unwrap();
+        assert_eq!(kernel_sparsity(&program, &state).0, 1.0);
     }
 
     #[test]

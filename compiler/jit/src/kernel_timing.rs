@@ -174,3 +174,45 @@ fn full_width_gemm() {
         report(KernelBench::input_grad(Tier::best(), batch, inputs, units).expect("compiles"));
     }
 }
+
+/// The products of `tests/golden/ok/cnn_cifar.net`'s convolutions as GEMMs over im2col patches
+/// (one thread's share of a batch of 128: 64 images): forward `patches · K`
+/// (`[64·h·w, 9·cin] · [9·cin, cout]`) at each full-width tier, to size the convolution kernels
+/// the JIT needs (their `n` is 32 to 128 channels, where the dense layers' was 100).
+///
+/// On 2026-12-06 (one core, AVX-512 peak 117 GFLOP/s): 112 GFLOP/s for the first layer (k = 27),
+/// but 67 for 32 → 32 channels, 88–94 for 64 and 128: the 4 × 6 tile is 4 × 2 at 32 channels,
+/// 8 accumulators each fed by an embedded broadcast, which loads more than the two load ports
+/// give. Narrow outputs want taller tiles (12 × 2, a broadcast per row into a register).
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore = "timing report; run in release with --ignored --nocapture"]
+fn convolution_gemms() {
+    use crate::tier::Tier;
+    use crate::{FullWidthGemm, GemmShape};
+    let images = 64;
+    for (side, cin, cout) in [
+        (32, 3, 32),
+        (32, 32, 32),
+        (16, 32, 64),
+        (16, 64, 64),
+        (8, 64, 128),
+        (8, 128, 128),
+    ] {
+        let (rows, k, n) = (images * side * side, 9 * cin, cout);
+        let shape = GemmShape::row_major(n, k, n, n);
+        let a = vec![0.5f32; rows * k];
+        let b = vec![0.25f32; k * n];
+        let mut c = vec![0f32; rows * n];
+        for tier in Tier::available().into_iter().filter(|t| *t != Tier::F32x4) {
+            let gemm = FullWidthGemm::new(tier, shape, k).expect("compiles");
+            let us = fastest_us(3, || gemm.run(&a, &b, &mut c, rows));
+            let flops = 2.0 * (rows * k * n) as f64;
+            println!(
+                "{:<34} {rows:6} rows {us:9.1} us {:6.1} GFLOP/s",
+                format!("conv_gemm_{}_{side}x{side}_{cin}to{cout}", tier.name()),
+                flops / us / 1e3
+            );
+        }
+    }
+}

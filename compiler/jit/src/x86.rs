@@ -173,11 +173,12 @@ struct Tile {
 /// `k` of the tile's first row, `rbx` at `B`'s row `k`; to `zero` and `store`: `r10` at the
 /// tile's first row of `C`.
 trait TileCode {
-    /// Most rows of a tile.
+    /// Most rows of a tile, of any width.
     const MR: usize;
-    /// The heights of the tiles, from `MR` down to 1: as many tiles of each as the rows left
-    /// hold, so the rows past the last whole tile go in as few tiles as possible.
-    const HEIGHTS: &'static [usize];
+    /// The heights of the tiles of a column block `vectors` wide, from the tallest (at most
+    /// `MR`) down to 1: as many tiles of each as the rows left hold, so the rows past the last
+    /// whole tile go in as few tiles as possible.
+    fn heights(vectors: usize) -> &'static [usize];
     /// Most vectors across a tile.
     const NR: usize;
     /// f32 lanes of a vector.
@@ -193,7 +194,7 @@ trait TileCode {
 
 /// The loops every tier's GEMM shares (`gemm`): blocks of `shape.kc` along `k` (or the whole
 /// depth), and in each, column blocks of at most `T::NR` vectors, each over all `m` rows, in
-/// tiles of `T::HEIGHTS` rows, each tile a loop along its block of `k`.
+/// tiles of `T::heights` rows, each tile a loop along its block of `k`.
 /// A tile starts from zero (or `C` when accumulating) in the first block and from `C` in the
 /// others, so every element of `C` is one chain of fused multiply-adds in the order of `k`, and
 /// the result does not depend on the number of rows, where they start, the blocking, or the
@@ -272,7 +273,7 @@ fn block_loops<T: TileCode>(
         a.mov(r9, r13)?; // A's row
         a.mov(r10, rdx)?; // C's row
         a.mov(r11, rcx)?; // rows left
-        for &mr in T::HEIGHTS {
+        for &mr in T::heights(nv) {
             let tile = Tile {
                 rows: mr,
                 vectors: nv,
@@ -314,8 +315,10 @@ fn block_loops<T: TileCode>(
     Ok(())
 }
 
-/// AVX-512 tiles: 4 rows × up to 6 zmm vectors (24 accumulators), `B`'s row in 6 registers,
-/// elements of `A` broadcast from memory (`{1to16}`), the last vector masked with `k1`.
+/// AVX-512 tiles of up to 24 zmm accumulators (`heights`: 4 rows × 4–6 vectors, 8 × 3, 12 × 1–2),
+/// `B`'s row in up to 6 registers, elements of `A` broadcast from memory in each FMA
+/// (`{1to16}`), or once per row into a register when a tile is 2 vectors wide or less, the
+/// last vector masked with `k1`.
 struct Avx512Tile;
 
 impl Avx512Tile {
@@ -324,22 +327,36 @@ impl Avx512Tile {
         zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23,
     ];
     const B: [AsmRegisterZmm; 6] = [zmm24, zmm25, zmm26, zmm27, zmm28, zmm29];
+    /// `A`'s element of a row, broadcast once for the row's vectors (tiles of 2 vectors or
+    /// fewer; wider ones broadcast from memory in each FMA).
+    const BCAST: AsmRegisterZmm = zmm30;
 
-    fn acc(i: usize, j: usize) -> AsmRegisterZmm {
-        Self::ACC[i * Self::NR + j]
+    /// The accumulator of row `i`, vector `j` of a tile `vectors` wide.
+    fn acc(t: &Tile, i: usize, j: usize) -> AsmRegisterZmm {
+        Self::ACC[i * t.vectors + j]
     }
 }
 
 impl TileCode for Avx512Tile {
-    const MR: usize = 4;
-    const HEIGHTS: &'static [usize] = &[4, 1];
+    const MR: usize = 12;
     const NR: usize = 6;
     const LANES: usize = 16;
+
+    /// Up to 24 accumulators: 4 rows of 4 to 6 vectors, 8 of 3, 12 of 1 or 2. A block of the
+    /// narrow layers of a convolutional network (32 channels: 2 vectors) then keeps 24 chains
+    /// where 4 rows kept 8, too few to cover the FMA latency.
+    fn heights(vectors: usize) -> &'static [usize] {
+        match vectors {
+            0..=2 => &[12, 4, 1],
+            3 => &[8, 4, 1],
+            _ => &[4, 1],
+        }
+    }
 
     fn zero(&self, a: &mut CodeAssembler, t: &Tile, ldc: i32) -> Result<(), IcedError> {
         for i in 0..t.rows {
             for j in 0..t.vectors {
-                let r = Self::acc(i, j);
+                let r = Self::acc(t, i, j);
                 if t.accumulate {
                     let at = zmmword_ptr(r10 + ldc * i as i32 + t.col + 64 * j as i32);
                     if t.masked_last && j + 1 == t.vectors {
@@ -366,8 +383,16 @@ impl TileCode for Avx512Tile {
             }
         }
         for i in 0..t.rows {
-            for (j, &b) in Self::B.iter().enumerate().take(t.vectors) {
-                a.vfmadd231ps(Self::acc(i, j), b, dword_bcst(rax + lda * i as i32))?;
+            let at = rax + lda * i as i32;
+            if t.vectors <= 2 {
+                a.vbroadcastss(Self::BCAST, dword_ptr(at))?;
+                for (j, &b) in Self::B.iter().enumerate().take(t.vectors) {
+                    a.vfmadd231ps(Self::acc(t, i, j), b, Self::BCAST)?;
+                }
+            } else {
+                for (j, &b) in Self::B.iter().enumerate().take(t.vectors) {
+                    a.vfmadd231ps(Self::acc(t, i, j), b, dword_bcst(at))?;
+                }
             }
         }
         Ok(())
@@ -378,9 +403,9 @@ impl TileCode for Avx512Tile {
             for j in 0..t.vectors {
                 let at = zmmword_ptr(r10 + ldc * i as i32 + t.col + 64 * j as i32);
                 if t.masked_last && j + 1 == t.vectors {
-                    a.vmovups(at.k1(), Self::acc(i, j))?;
+                    a.vmovups(at.k1(), Self::acc(t, i, j))?;
                 } else {
-                    a.vmovups(at, Self::acc(i, j))?;
+                    a.vmovups(at, Self::acc(t, i, j))?;
                 }
             }
         }
@@ -659,9 +684,12 @@ impl Avx2Tile {
 
 impl TileCode for Avx2Tile {
     const MR: usize = 6;
-    const HEIGHTS: &'static [usize] = &[6, 4, 2, 1];
     const NR: usize = 2;
     const LANES: usize = 8;
+
+    fn heights(_vectors: usize) -> &'static [usize] {
+        &[6, 4, 2, 1]
+    }
 
     fn zero(&self, a: &mut CodeAssembler, t: &Tile, ldc: i32) -> Result<(), IcedError> {
         for i in 0..t.rows {

@@ -263,6 +263,37 @@ fn a_convolutional_spec_trains_on_the_interpreter_and_the_jit_says_it_cannot() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(json_line(&o)["suggested_lr"].is_number());
 
+    // Interrupted at its first step and resumed, the run ends with the weights of the run above.
+    let interrupted = netc_runtime::run::RunOptions {
+        checkpoint_every: 1,
+        interrupt: Some(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+            true,
+        ))),
+        ..netc_runtime::run::RunOptions::default()
+    };
+    let (dir, result) = run_of(
+        TINY_CNN_SPEC,
+        tmp.path(),
+        Path::new(data),
+        "interrupted",
+        interrupted,
+    );
+    assert!(result.is_err(), "the run was interrupted");
+    let o = resume_elsewhere(
+        tmp.path(),
+        &dir,
+        &[
+            "--data",
+            &std::fs::canonicalize(data).expect("data").to_string_lossy(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        weight_bits(&dir, TINY_CNN_SPEC),
+        weight_bits(&out, TINY_CNN_SPEC),
+        "a resumed convolutional run trains as an uninterrupted one"
+    );
+
     let o = netc(&["run", spec, "--data", data, "--backend", "jit"]);
     assert_no_panic(&o);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
@@ -1017,11 +1048,23 @@ fn tiny_run(
     std::path::PathBuf,
     Result<netc_runtime::report::Summary, netc_runtime::run::RunError>,
 ) {
+    run_of(TINY_SPEC, tmp, data, name, opts)
+}
+
+/// `tiny_run` of the spec `text`.
+fn run_of(
+    text: &str,
+    tmp: &Path,
+    data: &Path,
+    name: &str,
+    opts: netc_runtime::run::RunOptions,
+) -> (
+    std::path::PathBuf,
+    Result<netc_runtime::report::Summary, netc_runtime::run::RunError>,
+) {
     let spec = tmp.join(format!("{name}.net"));
-    std::fs::write(&spec, TINY_SPEC).expect("write spec");
-    let program = netc_front::compile(TINY_SPEC)
-        .program
-        .expect("the spec checks");
+    std::fs::write(&spec, text).expect("write spec");
+    let program = netc_front::compile(text).program.expect("the spec checks");
     let opts = netc_runtime::run::RunOptions {
         data: Some(data.to_path_buf()),
         out: Some(tmp.join(name)),

@@ -375,18 +375,7 @@ fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize,
         });
         for r in 0..mr {
             let off = (r * mm.ldc) as i64;
-            let pg = fx.offset(g0, e, 4);
-            let mut g = fx.load4(rw(), pg, off);
-            let pw = fx.offset(w0, e, 4);
-            let pw = fx.add_imm(pw, off * 4);
-            let ps: Vec<Value> = slots
-                .iter()
-                .map(|s| {
-                    let p = fx.offset(*s, e, 4);
-                    fx.add_imm(p, off * 4)
-                })
-                .collect();
-            let w = fx.load4(rw(), pw, 0);
+            let (mut g, w, pw, ps) = update_operands(fx, (g0, w0, &slots), e, off);
             if let (Some((_, rows)), Some(s)) = (&normalized, sums) {
                 let (gamma, beta, dgamma, dbeta) = rows[r];
                 let a = fx.get(dgamma);
@@ -430,6 +419,30 @@ fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize,
     }
 }
 
+/// What the update of one vector of a kernel row needs, `off` floats past the block row's first
+/// row, at element `e`: the gradient and the weights (loaded), the weights' address, and the
+/// rule's slots' addresses.
+fn update_operands(
+    fx: &mut Fx,
+    (g0, w0, slots): (Value, Value, &[Value]),
+    e: Value,
+    off: i64,
+) -> (Value, Value, Value, Vec<Value>) {
+    let pg = fx.offset(g0, e, 4);
+    let g = fx.load4(rw(), pg, off);
+    let pw = fx.offset(w0, e, 4);
+    let pw = fx.add_imm(pw, off * 4);
+    let ps: Vec<Value> = slots
+        .iter()
+        .map(|slot| {
+            let p = fx.offset(*slot, e, 4);
+            fx.add_imm(p, off * 4)
+        })
+        .collect();
+    let w = fx.load4(rw(), pw, 0);
+    (g, w, pw, ps)
+}
+
 /// `update_rows` for a layer whose input is a batch norm's `x̂` and which has no transposed copy
 /// (`kernels::FusedUpdate::normalized`), one kernel row after the other: each row's `γᵢ`,
 /// `βᵢ` and the two sums for `dγᵢ` and `dβᵢ` are all that stays in registers besides the rule's
@@ -457,18 +470,7 @@ fn update_normalized_rows(
             // Written at the start of this kernel: a load that keeps its place.
             let ps = fx.offset(nz.sums, e, 4);
             let s = fx.load4(rw(), ps, 0);
-            let pg = fx.offset(g0, e, 4);
-            let g = fx.load4(rw(), pg, off);
-            let pw = fx.offset(w0, e, 4);
-            let pw = fx.add_imm(pw, off * 4);
-            let ps: Vec<Value> = slots
-                .iter()
-                .map(|slot| {
-                    let p = fx.offset(*slot, e, 4);
-                    fx.add_imm(p, off * 4)
-                })
-                .collect();
-            let w = fx.load4(rw(), pw, 0);
+            let (g, w, pw, ps) = update_operands(fx, (g0, w0, slots), e, off);
             let a = fx.get(dgamma);
             let a = fx.fma(w, g, a);
             fx.set(dgamma, a);

@@ -103,6 +103,33 @@ impl Table {
         a.jne(skip)
     }
 
+    /// Stores the `g` vectors of two registers each (`(slot, register of vector i)`) at their
+    /// slots' group columns, by the share that starts the batch when `first` names the
+    /// pointers to compare (`unless_first`), else always.
+    fn store_if_first(
+        &mut self,
+        a: &mut CodeAssembler,
+        first: Option<(usize, usize)>,
+        vectors: [(usize, &dyn Fn(usize) -> AsmRegisterZmm); 2],
+        g: usize,
+        masked: &dyn Fn(usize) -> bool,
+    ) -> Result<(), IcedError> {
+        let mut skip = a.create_label();
+        if let Some(pointers) = first {
+            self.unless_first(a, pointers, skip)?;
+        }
+        let [(slot0, reg0), (slot1, reg1)] = vectors;
+        self.column(a, rcx, slot0)?;
+        self.column(a, rdx, slot1)?;
+        for i in 0..g {
+            store(a, rcx, i, reg0(i), masked(i))?;
+            store(a, rdx, i, reg1(i), masked(i))?;
+        }
+        a.set_label(&mut skip)?;
+        // A label needs an instruction of its own.
+        a.zero_bytes()
+    }
+
     fn check_slots(&self, kernel: &Kernel) {
         #[cfg(any(debug_assertions, test))]
         {
@@ -375,17 +402,8 @@ impl Forward {
                 a.vsqrtps(var(i), var(i))?;
                 a.vdivps(var(i), one, var(i))?;
             }
-            let mut skip = a.create_label();
-            if let Some(all) = x_all {
-                table.unless_first(a, (X, all), skip)?;
-            }
-            table.column(a, rcx, MEAN)?;
-            table.column(a, rdx, INV)?;
-            for i in 0..g {
-                store(a, rcx, i, mean(i), masked(i))?;
-                store(a, rdx, i, var(i), masked(i))?;
-            }
-            a.set_label(&mut skip)?;
+            let first = x_all.map(|all| (X, all));
+            table.store_if_first(a, first, [(MEAN, &mean), (INV, &var)], g, &masked)?;
 
             // This call's rows: `γ·x̂ + β`, then the activation.
             table.column(a, rax, X)?;
@@ -486,17 +504,8 @@ fn backward(
             }
             Ok(())
         })?;
-        let mut skip = a.create_label();
-        if let Some((x_all, _)) = all {
-            table.unless_first(a, (X, x_all), skip)?;
-        }
-        table.column(a, rcx, DGAMMA)?;
-        table.column(a, rdx, DBETA)?;
-        for i in 0..g {
-            store(a, rcx, i, sum_gx(i), masked(i))?;
-            store(a, rdx, i, sum_g(i), masked(i))?;
-        }
-        a.set_label(&mut skip)?;
+        let first = all.map(|(x_all, _)| (X, x_all));
+        table.store_if_first(a, first, [(DGAMMA, &sum_gx), (DBETA, &sum_g)], g, &masked)?;
 
         // `dx = γ/(σ·n) · (n·dy - Σdy - x̂·Σ(dy·x̂))` for this call's rows.
         let Some(dx_slot) = dx_slot else {

@@ -20,6 +20,7 @@ use std::rc::Rc;
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use netc_ir::backend::{Batch, InputStats};
+use netc_ir::ir::{Planes, Preprocess, Program, StatsScope};
 use netc_ir::rng::{purpose, SplitMix64};
 
 use crate::report::atomic_write;
@@ -1097,6 +1098,57 @@ pub fn input_stats(examples: &Examples, indices: &[u32]) -> InputStats {
     InputStats { mean, std }
 }
 
+/// Mean and (population) standard deviation of each colour channel over every pixel of
+/// `indices`, in raw pixel units, repeated for each feature of the channel (`planes` gives the
+/// byte layout: feature `f` belongs to channel `f / plane`), so that the backends standardize
+/// with per-feature vectors as they always do. The standard deviation is floored at `MIN_STD`.
+/// Sums are exact integers, so the result does not depend on order.
+pub fn channel_input_stats(examples: &Examples, indices: &[u32], planes: Planes) -> InputStats {
+    let plane = planes.plane().max(1);
+    let mut sum = vec![0u64; planes.channels];
+    let mut sum_sq = vec![0u64; planes.channels];
+    for &i in indices {
+        let channels = sum.iter_mut().zip(sum_sq.iter_mut());
+        for ((s, q), pixels) in channels.zip(examples.image(i as usize).chunks(plane)) {
+            for &x in pixels {
+                let x = u64::from(x);
+                *s += x;
+                *q += x * x;
+            }
+        }
+    }
+    let n = (indices.len() * plane).max(1) as f64;
+    let mut mean = Vec::with_capacity(examples.features());
+    let mut std = Vec::with_capacity(examples.features());
+    for (&s, &q) in sum.iter().zip(&sum_sq) {
+        let m = s as f64 / n;
+        let var = (q as f64 / n - m * m).max(0.0);
+        mean.extend(std::iter::repeat_n(m as f32, plane));
+        std.extend(std::iter::repeat_n((var.sqrt() as f32).max(MIN_STD), plane));
+    }
+    InputStats { mean, std }
+}
+
+/// The statistics `program` standardizes its input with, over the training examples
+/// `indices` (`None` when it scales its input): per feature (`input_stats`) or per channel
+/// (`channel_input_stats`), as `Input::stats_scope` says.
+pub fn standardization(
+    program: &Program,
+    examples: &Examples,
+    indices: &[u32],
+) -> Option<InputStats> {
+    let input = &program.input;
+    match (input.preprocess, input.stats_scope) {
+        (Preprocess::Scale01, _) => None,
+        (Preprocess::Standardize, StatsScope::Feature) => Some(input_stats(examples, indices)),
+        (Preprocess::Standardize, StatsScope::Channel) => Some(channel_input_stats(
+            examples,
+            indices,
+            input.dataset.planes(),
+        )),
+    }
+}
+
 /// Container of a generated data set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyntheticFormat {
@@ -1724,6 +1776,58 @@ mod tests {
         assert_eq!(stats.mean, vec![10.0, 9.0]);
         let std0 = (200.0f64 / 3.0).sqrt() as f32;
         assert_eq!(stats.std, vec![std0, MIN_STD]);
+    }
+
+    #[test]
+    fn channel_stats_pool_each_plane_over_the_given_examples_and_clamp_std() {
+        // Two planes of one row of two pixels. Channel 0 takes 0, 2, 4, 6 over the examples
+        // used (mean 3, variance (9 + 1 + 1 + 9) / 4 = 5); channel 1 is 9 everywhere. The
+        // middle example is not in the split and would change both.
+        let planes = Planes {
+            channels: 2,
+            height: 1,
+            width: 2,
+        };
+        let pixels = vec![0, 2, 9, 9, 200, 200, 200, 200, 4, 6, 9, 9];
+        let ex = Examples::from_parts(4, pixels, vec![0; 3]).unwrap();
+        let stats = channel_input_stats(&ex, &[0, 2], planes);
+        assert_eq!(stats.mean, vec![3.0, 3.0, 9.0, 9.0]);
+        let std0 = 5f64.sqrt() as f32;
+        assert_eq!(stats.std, vec![std0, std0, MIN_STD, MIN_STD]);
+    }
+
+    #[test]
+    fn standardization_follows_the_programs_preprocessing_and_scope() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = load(Some(&synthetic(tmp.path(), 20, SyntheticFormat::Folder))).unwrap();
+        let indices: Vec<u32> = (0..50).collect();
+        let compile = |input: &str| {
+            let text = format!(
+                "model m\ninput cifar10 {input}\ndense 10 {{ activation: softmax }}\n\
+                 train {{ optimizer: sgd, epochs: 1, validation: 10 }}\n"
+            );
+            netc_front::compile(&text).program.expect("the spec checks")
+        };
+        assert_eq!(standardization(&compile(""), &data.train, &indices), None);
+        let per_feature = standardization(&compile("{ standardize }"), &data.train, &indices);
+        assert_eq!(per_feature, Some(input_stats(&data.train, &indices)));
+        let channel = compile("{ standardize { per: channel } }");
+        let stats = standardization(&channel, &data.train, &indices).expect("statistics");
+        let planes = channel.input.dataset.planes();
+        assert_eq!(stats, channel_input_stats(&data.train, &indices, planes));
+        assert_eq!(stats.mean.len(), IMAGE_BYTES);
+        // One value per plane, and the planes' means are those of all their bytes.
+        for (c, means) in stats.mean.chunks(planes.plane()).enumerate() {
+            assert!(means.iter().all(|&m| m == means[0]), "channel {c}");
+            let sum: u64 = indices
+                .iter()
+                .flat_map(|&i| &data.train.image(i as usize)[c * 1024..(c + 1) * 1024])
+                .map(|&x| u64::from(x))
+                .sum();
+            let expected = sum as f64 / (indices.len() * 1024) as f64;
+            assert_eq!(means[0], expected as f32, "channel {c}");
+        }
+        assert_ne!(stats.mean[0], stats.mean[1024]);
     }
 
     /// Loads the real data when `NETC_DATA` points at it.

@@ -5,6 +5,9 @@
 //! Architecture invariant: the runtime sees only the IR (`netc_ir::ir`) and the `Backend`
 //! trait, never the AST or a backend's internals.
 
+pub mod augment;
+#[cfg(test)]
+mod augment_tests;
 pub mod bench;
 pub mod checkpoint;
 pub mod compare;

@@ -20,7 +20,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ndarray::ArrayD;
 use netc_ir::backend::{Backend, BackendError, InputStats, TrainState};
-use netc_ir::ir::{OpKind, ParamId, Preprocess, Program};
+use netc_ir::ir::{OpKind, ParamId, Program};
 
 use crate::checkpoint::{self, CheckpointError, Checkpointer, Loaded, ResumeError, RunIdentity};
 use crate::data::{self, DataError};
@@ -592,10 +592,7 @@ fn split_and_stats(
     train: &data::Examples,
 ) -> Result<(data::Split, Option<InputStats>), RunError> {
     let split = data::split_validation(train.len(), program.train.validation, program.train.seed)?;
-    let stats = match program.input.preprocess {
-        Preprocess::Standardize => Some(data::input_stats(train, &split.train)),
-        Preprocess::Scale01 => None,
-    };
+    let stats = data::standardization(program, train, &split.train);
     Ok((split, stats))
 }
 

@@ -12,7 +12,8 @@
 //! Nothing here knows which backend it drives or reads or writes files.
 //!
 //! Exact resumption needs no random-number state: the only randomness in training is the
-//! epoch's shuffle, `data::epoch_order(train, seed, epoch)`, and the dropout masks, which the
+//! epoch's shuffle, `data::epoch_order(train, seed, epoch)`, the augmentation of each training
+//! image, keyed by `(seed, epoch, image)` (`augment::Augmenter`), and the dropout masks, which the
 //! backends draw with `rng::dropout_key(seed, Stream::Train, step, op)` from
 //! `TrainState::step` (see `interp::exec::dropout_key` and `Jit::train_step`). Initialization
 //! and the validation split depend on the seed alone, and Nadam's running `u_product` is
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 use netc_ir::backend::{Backend, Mode, TrainState};
 use netc_ir::ir::{Monitor, Program};
 
+use crate::augment::Augmenter;
 use crate::data::{batch_count, epoch_order, Batcher, Examples, Split};
 use crate::progress::{Report, Task, TaskProgress, Unit};
 use crate::report::{DivergenceCause, EpochRecord, History, StopReason};
@@ -288,6 +290,7 @@ pub fn train_from<E>(
     };
 
     let training = ls.stop.is_none();
+    let mut augmenter = Augmenter::new(program);
     'epochs: for epoch in ls.epochs_completed..epochs {
         if ls.stop.is_some() {
             break;
@@ -349,12 +352,15 @@ pub fn train_from<E>(
                 });
             }
             let step = epoch_start_step + done as u64;
+            let first = done * cfg.batch;
+            let batch = augmenter.apply(batch, &order[first..first + batch.len()], epoch);
             lr = schedule.lr(step);
             let stats = backend.train_step(batch, lr);
             if !stats.loss.is_finite() {
                 bar.finish();
                 let replay = Replay {
                     data,
+                    epoch,
                     order: &order,
                     batch: cfg.batch,
                     first_step: epoch_start_step,
@@ -476,6 +482,8 @@ pub fn train_from<E>(
 /// whose loss was not finite.
 struct Replay<'a> {
     data: &'a Examples,
+    /// The 0-based epoch, which keys its batches' augmentation.
+    epoch: usize,
     order: &'a [u32],
     batch: usize,
     /// Global step of the epoch's first step.
@@ -486,8 +494,8 @@ struct Replay<'a> {
 }
 
 impl Replay<'_> {
-    /// Replays the epoch's good steps from `epoch_start` (the same batches, rates and dropout
-    /// masks, hence the same updates) and names the first parameter, in layer order, that was
+    /// Replays the epoch's good steps from `epoch_start` (the same batches, augmented alike, the
+    /// same rates and dropout masks, hence the same updates) and names the first parameter, in layer order, that was
     /// not finite going into the failed step. A non-finite loss poisons every gradient, so the
     /// state after the failed step cannot tell; this costs at most one epoch of steps, once,
     /// after a divergence. `None` when interrupted meanwhile. Leaves the backend in any state.
@@ -500,11 +508,15 @@ impl Replay<'_> {
     ) -> Option<DivergenceCause> {
         backend.set_state(epoch_start);
         let mut batcher = Batcher::new(self.data, self.order, self.batch);
+        let mut augmenter = Augmenter::new(program);
         for i in 0..self.steps {
             if self.interrupt.is_some_and(|f| f.load(Ordering::SeqCst)) {
                 return None;
             }
             let batch = batcher.next_batch()?;
+            let first = i * self.batch;
+            let images = &self.order[first..first + batch.len()];
+            let batch = augmenter.apply(batch, images, self.epoch);
             backend.train_step(batch, schedule.lr(self.first_step + i as u64));
         }
         let state = backend.state();
@@ -916,6 +928,7 @@ pub(crate) mod fake {
                 shape: Shape::Flat(features),
                 classes,
                 preprocess: Preprocess::Standardize,
+                stats_scope: StatsScope::Feature,
             },
             params: vec![
                 param("dense_1.kernel", ParamRole::Kernel, vec![features, classes]),
@@ -952,6 +965,7 @@ pub(crate) mod fake {
                 epochs,
                 validation: 0,
                 early_stopping: None,
+                augment: Augment::default(),
                 seed: 1,
             },
             eval: EvalConfig::default(),

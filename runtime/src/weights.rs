@@ -456,8 +456,9 @@ mod tests {
     use super::*;
     use ndarray::ShapeBuilder;
     use netc_ir::ir::{
-        Dataset, EvalConfig, Head, Init, Input, Op, OpKind, Optimizer, OptimizerKind, Param,
-        ParamId, ParamRole, Preprocess, Regularizer, Schedule, Shape, TrainConfig, ValueId,
+        Augment, Dataset, EvalConfig, Head, Init, Input, Op, OpKind, Optimizer, OptimizerKind,
+        Param, ParamId, ParamRole, Preprocess, Regularizer, Schedule, Shape, StatsScope,
+        TrainConfig, ValueId,
     };
 
     fn param(name: &str, role: ParamRole, shape: &[usize]) -> Param {
@@ -511,6 +512,7 @@ mod tests {
                 shape: Shape::Flat(4),
                 classes: 2,
                 preprocess: Preprocess::Scale01,
+                stats_scope: StatsScope::Feature,
             },
             params,
             ops: vec![
@@ -547,6 +549,7 @@ mod tests {
                 epochs: 1,
                 validation: 0,
                 early_stopping: None,
+                augment: Augment::default(),
                 seed: 1,
             },
             eval: EvalConfig::default(),

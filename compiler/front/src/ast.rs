@@ -36,6 +36,8 @@ pub struct Spec {
 pub struct InputDecl {
     pub dataset: Spanned<String>,
     pub standardize: Option<Span>,
+    /// `standardize { per: feature|channel }`: over which pixels the statistics are taken.
+    pub standardize_per: Option<Spanned<String>>,
     pub span: Span,
 }
 
@@ -349,6 +351,7 @@ pub struct TrainDecl {
     pub epochs: Option<Spanned<u64>>,
     pub validation: Option<Spanned<u64>>,
     pub early_stopping: Option<Spanned<EarlyStoppingSpec>>,
+    pub augment: Option<Spanned<AugmentSpec>>,
     pub seed: Option<Spanned<u64>>,
     pub span: Span,
     /// Some entry of the block was present but invalid (already reported), so "missing"
@@ -435,6 +438,15 @@ pub struct EarlyStoppingSpec {
     pub patience: Option<Spanned<u64>>,
     pub min_delta: Option<Spanned<f64>>,
     pub restore_best: Option<Spanned<bool>>,
+}
+
+/// `augment { crop: P, flip: horizontal|none }`: random changes to the training images.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AugmentSpec {
+    /// Zero padding on each side before the random crop.
+    pub crop: Option<Spanned<u64>>,
+    /// `horizontal` or `none`.
+    pub flip: Option<Spanned<String>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -792,9 +804,16 @@ impl Builder<'_> {
             &["standardize", "scale"],
             "`input`",
         );
-        for flag in ["standardize", "scale"].iter().filter_map(|f| props.get(f)) {
-            self.no_block(flag);
+        if let Some(scale) = props.get("scale") {
+            self.no_block(scale);
         }
+        let standardize_per = props.get("standardize").and_then(|e| {
+            let options = self.props(e.block.as_ref(), &["per"], &[], "`standardize` flag");
+            let per = options.get("per")?;
+            self.no_block(per);
+            self.named_prop(per, &["feature", "channel"])
+                .map(|(n, _)| n)
+        });
         let standardize = props.get("standardize").map(|e| e.span);
         if let (Some(s), Some(scale)) = (standardize, props.get("scale")) {
             self.push(
@@ -802,7 +821,15 @@ impl Builder<'_> {
                     "check::conflict",
                     "`standardize` and `scale` exclude each other",
                 )
-                .with_label(s, "standardize per feature")
+                .with_label(
+                    s,
+                    format!(
+                        "standardize per {}",
+                        standardize_per
+                            .as_ref()
+                            .map_or("feature", |p| p.value.as_str())
+                    ),
+                )
                 .with_label(scale.span, "or scale to [0, 1]")
                 .with_help("keep one of them"),
             );
@@ -810,6 +837,7 @@ impl Builder<'_> {
         Some(InputDecl {
             dataset,
             standardize,
+            standardize_per,
             span: entry.span,
         })
     }
@@ -830,7 +858,7 @@ impl Builder<'_> {
         let props = self.props(
             entry.block.as_ref(),
             &KEYS,
-            &["early_stopping"],
+            &["early_stopping", "augment"],
             "`train` block",
         );
         let loss = props.get("loss").and_then(|e| {
@@ -850,6 +878,7 @@ impl Builder<'_> {
             epochs: props.get("epochs").and_then(|e| self.integer_prop(e)),
             validation: props.get("validation").and_then(|e| self.integer_prop(e)),
             early_stopping: props.get("early_stopping").map(|e| self.early_stopping(e)),
+            augment: props.get("augment").map(|e| self.augment(e)),
             seed: props.get("seed").and_then(|e| self.integer_prop(e)),
             span: entry.span,
             incomplete: false,
@@ -973,6 +1002,24 @@ impl Builder<'_> {
             patience: props.get("patience").and_then(|e| self.integer_prop(e)),
             min_delta: props.get("min_delta").and_then(|e| self.number_prop(e)),
             restore_best: props.get("restore_best").and_then(|e| self.bool_prop(e)),
+        };
+        Spanned::new(spec, entry.span)
+    }
+
+    fn augment(&mut self, entry: &Entry) -> Spanned<AugmentSpec> {
+        let props = self.props(
+            entry.block.as_ref(),
+            &["crop", "flip"],
+            &[],
+            "`augment` block",
+        );
+        let flip = props.get("flip").and_then(|e| {
+            self.no_block(e);
+            self.named_prop(e, &["horizontal", "none"]).map(|(n, _)| n)
+        });
+        let spec = AugmentSpec {
+            crop: props.get("crop").and_then(|e| self.integer_prop(e)),
+            flip,
         };
         Spanned::new(spec, entry.span)
     }
@@ -1572,6 +1619,7 @@ fn describe_key(key: &str) -> &str {
     match key {
         "init" | "bias_init" => "initializer",
         "method" => "pruning method",
+        "per" => "scope",
         other => other,
     }
 }

@@ -36,6 +36,9 @@ pub const MAX_EPOCHS: u64 = ir::MAX_EPOCHS as u64;
 pub const MAX_MC_SAMPLES: u64 = 10_000;
 /// Training images in CIFAR-10's training files.
 pub const CIFAR10_TRAIN: u64 = 50_000;
+/// Most zero pixels `augment { crop: P }` may pad each side with: half a CIFAR-10 image's side,
+/// beyond which a crop may keep less than a quarter of the image.
+pub const MAX_CROP: u64 = 16;
 /// A CIFAR-10 example read as an image: 32 × 32 pixels of red, green and blue.
 pub const CIFAR10_IMAGE: ir::Shape = ir::Shape::Image {
     height: 32,
@@ -276,6 +279,10 @@ pub fn check(spec: &Spec, diags: &mut Vec<Diag>) -> Option<Checked> {
             } else {
                 ir::Preprocess::Scale01
             },
+            stats_scope: match i.standardize_per.as_ref().map(|p| p.value.as_str()) {
+                Some("channel") => ir::StatsScope::Channel,
+                _ => ir::StatsScope::Feature,
+            },
         },
         None => {
             cx.missing(
@@ -288,6 +295,7 @@ pub fn check(spec: &Spec, diags: &mut Vec<Diag>) -> Option<Checked> {
                 shape: ir::Shape::Flat(3072),
                 classes: 10,
                 preprocess: ir::Preprocess::Scale01,
+                stats_scope: ir::StatsScope::Feature,
             }
         }
     };
@@ -921,6 +929,14 @@ impl Cx {
                 restore_best: s.restore_best.as_ref().is_none_or(|r| r.value),
             }
         });
+        let augment = t.augment.as_ref().map_or(ir::Augment::default(), |a| {
+            let a = &a.value;
+            self.check_u64(&a.crop, "the crop padding", 0, MAX_CROP);
+            ir::Augment {
+                crop: a.crop.as_ref().map_or(0, |c| c.value.min(MAX_CROP)) as u32,
+                flip_horizontal: a.flip.as_ref().is_some_and(|f| f.value == "horizontal"),
+            }
+        });
         let schedule = match &t.schedule {
             None => ir::Schedule::Constant,
             Some(s) => self.schedule(s, optimizer.as_ref().map_or(1e-3, |o| o.lr)),
@@ -932,6 +948,7 @@ impl Cx {
             epochs: epochs.value.clamp(1, MAX_EPOCHS) as usize,
             validation: validation as usize,
             early_stopping,
+            augment,
             seed: t.seed.as_ref().map_or(42, |s| s.value),
         })
     }

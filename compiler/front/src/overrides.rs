@@ -674,6 +674,28 @@ evaluate { mc_dropout: 10 }
     }
 
     #[test]
+    fn augmentation_and_the_standardization_scope_can_be_set() {
+        let spec = "model m
+input cifar10 { standardize { per: channel } }
+dense 10 { activation: softmax }
+train { optimizer: adam, epochs: 1, augment { crop: 4, flip: horizontal } }
+";
+        let text = apply(spec, "train.augment.crop", "8").unwrap();
+        assert_eq!(program(&text).train.augment.crop, 8);
+        let text = apply(spec, "train.augment.flip", "none").unwrap();
+        assert!(!program(&text).train.augment.flip_horizontal);
+        let text = apply(spec, "standardize.per", "feature").unwrap();
+        assert_eq!(
+            program(&text).input.stats_scope,
+            netc_ir::ir::StatsScope::Feature
+        );
+        assert_eq!(
+            program(spec).input.stats_scope,
+            netc_ir::ir::StatsScope::Channel
+        );
+    }
+
+    #[test]
     fn layers_are_addressed_by_name_and_inside_their_repeat() {
         let text = apply(SPEC, "repeat_1.dense_1.units", "64").unwrap();
         assert!(

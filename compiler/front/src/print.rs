@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use crate::ast::{ActivationSpec, InitSpec, LayerProps, LayerStmt, ScheduleSpec, Spanned, Spec};
 use netc_ir::ir::{
     Distribution, FanMode, Init, OpKind, OptimizerKind, Preprocess, Program, Schedule, Shape,
+    StatsScope,
 };
 
 // ----- AST ---------------------------------------------------------------------------------
@@ -19,10 +20,10 @@ pub fn ast(spec: &Spec) -> String {
         let _ = writeln!(out, "  model {} {}", m.value, sp(m.span));
     }
     if let Some(i) = &spec.input {
-        let pre = if i.standardize.is_some() {
-            " standardize"
-        } else {
-            ""
+        let pre = match (&i.standardize, &i.standardize_per) {
+            (Some(_), Some(per)) => format!(" standardize per {}", per.value),
+            (Some(_), None) => " standardize".to_string(),
+            (None, _) => String::new(),
         };
         let _ = writeln!(out, "  input {}{pre} {}", i.dataset.value, sp(i.span));
     }
@@ -129,6 +130,16 @@ pub fn ast(spec: &Spec) -> String {
                 fields.push(format!("restore_best: {}", r.value));
             }
             let _ = writeln!(out, "    early_stopping {{ {} }}", fields.join(", "));
+        }
+        if let Some(a) = &t.augment {
+            let mut fields = Vec::new();
+            if let Some(c) = &a.value.crop {
+                fields.push(format!("crop: {}", c.value));
+            }
+            if let Some(f) = &a.value.flip {
+                fields.push(format!("flip: {}", f.value));
+            }
+            let _ = writeln!(out, "    augment {{ {} }}", fields.join(", "));
         }
     }
     if let Some(e) = &spec.evaluate {
@@ -288,9 +299,14 @@ pub fn num(x: f64) -> String {
 pub fn ir(p: &Program) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "program {}", p.name);
-    let pre = match p.input.preprocess {
-        Preprocess::Scale01 => "scale 1/255",
-        Preprocess::Standardize => "standardize (training-split mean and std per feature)",
+    let pre = match (p.input.preprocess, p.input.stats_scope) {
+        (Preprocess::Scale01, _) => "scale 1/255",
+        (Preprocess::Standardize, StatsScope::Feature) => {
+            "standardize (training-split mean and std per feature)"
+        }
+        (Preprocess::Standardize, StatsScope::Channel) => {
+            "standardize (training-split mean and std per channel)"
+        }
     };
     let _ = writeln!(
         out,
@@ -412,6 +428,19 @@ pub fn ir(p: &Program) -> String {
             e.patience,
             num(f64::from(e.min_delta)),
             e.restore_best
+        );
+    }
+    let a = &t.augment;
+    if !a.is_identity() {
+        let flip = if a.flip_horizontal {
+            "horizontal"
+        } else {
+            "none"
+        };
+        let _ = writeln!(
+            out,
+            "augment crop={} flip={flip} (training batches, u8 pixels)",
+            a.crop
         );
     }
     if let Some(n) = p.eval.mc_dropout {

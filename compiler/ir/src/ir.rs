@@ -171,6 +171,33 @@ pub struct Input {
     pub classes: usize,
     /// How the raw u8 pixels become the f32 values of `v0`.
     pub preprocess: Preprocess,
+    /// Over which pixels `Preprocess::Standardize` takes each mean and standard deviation;
+    /// `StatsScope::Feature` (and unused) when the input is scaled.
+    pub stats_scope: StatsScope,
+}
+
+/// Over which pixels standardization takes its statistics. Either way the backend is handed one
+/// mean and one standard deviation per feature (`backend::InputStats`); with `Channel`, the
+/// runtime gives every feature of a colour channel that channel's values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StatsScope {
+    /// Each feature (one colour of one pixel) over the training split: 3,072 means for
+    /// CIFAR-10.
+    #[default]
+    Feature,
+    /// Each colour channel over all pixels of all images of the training split: 3 means for
+    /// CIFAR-10, as image models normalize.
+    Channel,
+}
+
+impl StatsScope {
+    /// The scope's name as the spec writes it (`standardize { per: channel }`).
+    pub fn name(self) -> &'static str {
+        match self {
+            StatsScope::Feature => "feature",
+            StatsScope::Channel => "channel",
+        }
+    }
 }
 
 /// A data set netc trains on.
@@ -186,6 +213,43 @@ impl Dataset {
         match self {
             Dataset::Cifar10 => "cifar10",
         }
+    }
+
+    /// How an example's bytes are laid out: one plane per colour channel, each `height` rows
+    /// of `width` bytes (CIFAR-10: 3 planes of 32 × 32, red, green, blue).
+    pub fn planes(self) -> Planes {
+        match self {
+            Dataset::Cifar10 => Planes {
+                channels: 3,
+                height: 32,
+                width: 32,
+            },
+        }
+    }
+}
+
+/// The byte layout of a data set's images: `channels` planes, each `height` rows of `width`
+/// bytes, so byte `(c · height + y) · width + x` is channel `c` of the pixel in row `y`, column
+/// `x`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Planes {
+    /// Colour planes per image.
+    pub channels: usize,
+    /// Rows per plane.
+    pub height: usize,
+    /// Bytes per row.
+    pub width: usize,
+}
+
+impl Planes {
+    /// Bytes of one plane.
+    pub fn plane(self) -> usize {
+        self.height * self.width
+    }
+
+    /// Bytes of one image.
+    pub fn bytes(self) -> usize {
+        self.channels * self.plane()
     }
 }
 
@@ -704,6 +768,8 @@ pub struct TrainConfig {
     pub validation: usize,
     /// Stops training once a validation metric no longer improves; `None` runs every epoch.
     pub early_stopping: Option<EarlyStopping>,
+    /// Random changes to the training images; `Augment::default()` changes nothing.
+    pub augment: Augment,
     /// Seed of every random draw: initial parameters, the validation split, shuffles and dropout
     /// masks (default 42).
     pub seed: u64,
@@ -889,6 +955,33 @@ pub struct EarlyStopping {
     /// End with the weights of the best epoch, whatever stopped training (default true, unlike
     /// Keras).
     pub restore_best: bool,
+}
+
+/// Data augmentation: random changes the runtime makes to the u8 pixels of each training batch,
+/// in the data set's byte layout (`Dataset::planes`), before the backend sees them. Validation
+/// and test images, and the batches of `lr-find` and `bench`, are never changed.
+///
+/// Each training image draws its changes from `rng::augment_key(seed, epoch, image)`, where
+/// `image` is its index among the training files, so an image changes differently from epoch
+/// to epoch, the same way on every backend and in every run with the same seed, and a resumed
+/// run draws what it would have drawn. The crop comes first, then the flip.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Augment {
+    /// Random crop with zero padding (torchvision's `RandomCrop(size, padding)`): each plane is
+    /// padded with `crop` black pixels (byte 0, before scaling or standardizing) on every side,
+    /// then an image of the original size is cut out at an offset drawn uniformly in
+    /// `0..=2 · crop` down and across, independently. An offset of `crop` both ways gives the
+    /// original image back. 0 (the default) crops nothing.
+    pub crop: u32,
+    /// Mirror the image left to right (every row reversed, in every plane) with probability 1/2.
+    pub flip_horizontal: bool,
+}
+
+impl Augment {
+    /// True when augmentation changes no image.
+    pub fn is_identity(&self) -> bool {
+        self.crop == 0 && !self.flip_horizontal
+    }
 }
 
 /// A validation metric early stopping follows.

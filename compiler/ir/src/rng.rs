@@ -28,6 +28,30 @@ pub fn dropout_key(seed: u64, stream: Stream, counter: u64, op: u32) -> u32 {
     (h >> 32) as u32
 }
 
+/// The 32-bit key of one training image's augmentation in one epoch (`ir::Augment`); `image`
+/// is the example's index among the training files. Its draws are `mix32(key, AUGMENT_*)`.
+/// Unlike dropout keys it does not depend on the step, so where an image falls in the epoch's
+/// shuffled order does not matter.
+pub fn augment_key(seed: u64, epoch: u64, image: u32) -> u32 {
+    let h = mix64(seed ^ mix64(AUGMENT_STREAM << 56 ^ mix64(epoch ^ mix64(u64::from(image) + 1))));
+    (h >> 32) as u32
+}
+
+/// The stream tag of `augment_key`, after `Stream`'s values, so no augmentation key is computed
+/// like a dropout key.
+const AUGMENT_STREAM: u64 = 3;
+/// Element of `mix32(augment_key, _)` that draws the crop's row offset.
+pub const AUGMENT_CROP_ROW: u32 = 0;
+/// Element that draws the crop's column offset.
+pub const AUGMENT_CROP_COLUMN: u32 = 1;
+/// Element that draws whether the image is flipped.
+pub const AUGMENT_FLIP: u32 = 2;
+
+/// A uniform draw in `0..n` from the 32 bits of `mix32(key, element)` (bias below `n / 2^32`).
+pub fn below(key: u32, element: u32, n: u32) -> u32 {
+    ((u64::from(mix32(key, element)) * u64::from(n)) >> 32) as u32
+}
+
 /// Murmur3's 32-bit finalizer over `key ^ element * φ`; cheap in i32x4 lanes.
 pub fn mix32(key: u32, element: u32) -> u32 {
     let mut x = key ^ element.wrapping_mul(0x9e37_79b9);
@@ -123,6 +147,28 @@ mod tests {
         assert_ne!(a, dropout_key(1, Stream::Train, 1, 0));
         assert_ne!(a, dropout_key(1, Stream::Train, 0, 1));
         assert_ne!(a, dropout_key(2, Stream::Train, 0, 0));
+    }
+
+    #[test]
+    fn augment_keys_differ_across_seeds_epochs_and_images_and_from_dropout_keys() {
+        let a = augment_key(1, 0, 0);
+        assert_eq!(a, augment_key(1, 0, 0));
+        assert_ne!(a, augment_key(2, 0, 0));
+        assert_ne!(a, augment_key(1, 1, 0));
+        assert_ne!(a, augment_key(1, 0, 1));
+        assert_ne!(a, dropout_key(1, Stream::Train, 0, 0));
+    }
+
+    #[test]
+    fn below_covers_its_range_evenly() {
+        let key = augment_key(7, 3, 11);
+        let mut counts = [0u32; 9];
+        for e in 0..90_000 {
+            counts[below(key, e, 9) as usize] += 1;
+        }
+        for c in counts {
+            assert!((9_400..10_600).contains(&c), "{counts:?}");
+        }
     }
 
     #[test]

@@ -8,9 +8,9 @@
 //! vector) panics.
 
 use crate::ir::{
-    Activation, Dataset, Distribution, EvalConfig, FanMode, Head, Init, Input, Op, OpKind,
+    Activation, Augment, Dataset, Distribution, EvalConfig, FanMode, Head, Init, Input, Op, OpKind,
     Optimizer, OptimizerKind, Padding, Param, ParamId, ParamRole, PoolKind, Preprocess, Program,
-    Regularizer, Schedule, Shape, TrainConfig, ValueId,
+    Regularizer, Schedule, Shape, StatsScope, TrainConfig, ValueId,
 };
 
 /// One op of a test program. Each layer becomes exactly one op named `layer{index}`.
@@ -246,6 +246,7 @@ fn build(input: Shape, layers: &[Layer]) -> Program {
             shape: input,
             classes,
             preprocess: Preprocess::Scale01,
+            stats_scope: StatsScope::Feature,
         },
         params,
         ops,
@@ -265,6 +266,7 @@ fn build(input: Shape, layers: &[Layer]) -> Program {
             epochs: 1,
             validation: 0,
             early_stopping: None,
+            augment: Augment::default(),
             seed: 42,
         },
         eval: EvalConfig::default(),

@@ -34,7 +34,9 @@ pub struct Fusion {
 }
 
 impl Fusion {
-    pub fn of(program: &Program, grad: &GradProgram) -> Fusion {
+    /// The decisions for `program`; `gradients` when the plain backward pass of
+    /// `Jit::loss_and_grads` is planned too (it still reads `Wᵀ` where a training step does not).
+    pub fn of(program: &Program, grad: &GradProgram, gradients: bool) -> Fusion {
         let ops = &program.ops;
         let n = ops.len();
         let mut forward_activation = vec![None; n];
@@ -92,6 +94,8 @@ impl Fusion {
                 && grad.step_of(bn.index).is_some_and(|s| s.dx.is_none());
             if let Some(update) = updates.get_mut(&dense.index).filter(|_| found) {
                 update.normalized = true;
+                // A training step no longer reads `Wᵀ`; only the plain backward pass does.
+                update.transposed &= gradients;
                 normalized.insert(dense.index, bn.index);
             }
         }

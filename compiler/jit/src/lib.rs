@@ -16,8 +16,9 @@
 //!   parameters stay zero. `state`/`set_state` convert to and from the unpadded `TrainState`.
 //! - **Fusion.** Decided once per program (`fusion::Fusion`): a dense op or a batch norm
 //!   followed by an element-wise activation is one kernel with the activation in its epilogue,
-//!   and a dense layer's input gradient applies the derivative of the activation before it. `dy · Wᵀ` reads a transposed copy of each kernel that
-//!   needs it, refreshed after every update.
+//!   and a dense layer's input gradient applies the derivative of the activation before it.
+//!   `dy · Wᵀ` reads a transposed copy of each kernel that needs it, refreshed after every
+//!   update.
 //! - **Matrix multiplies in program order.** Dense kernels are compiled at `opt_level` "none":
 //!   `matmul` writes its loads and FMAs in the order they should run, which the e-graph would
 //!   otherwise rearrange (see `matmul`). Their input is read with movable loads, so the pixels are
@@ -315,14 +316,10 @@ fn plan(
     }
     convert_args.push(Ptr::Arena(values[0]));
 
-    let fusion = Fusion::of(program, &grad);
-    let mut fused = fusion.updates.clone();
+    let fusion = Fusion::of(program, &grad, gradients);
     let mut normalized = HashMap::new();
     for (&dense, &bn) in &fusion.normalized {
         let (bn_op, dense_op) = (&program.ops[bn as usize], &program.ops[dense as usize]);
-        let update = fused.get_mut(&dense).expect("only fused updates take x̂");
-        // A training step no longer reads `Wᵀ`; only the plain backward pass does, if planned.
-        update.transposed &= gradients;
         normalized.insert(
             dense,
             NormalizedInput {
@@ -357,7 +354,6 @@ fn plan(
         convert,
         convert_args: &convert_args,
         bn_scratch: &bn_scratch,
-        fused: &fused,
         fusion: &fusion,
         normalized: &normalized,
         threads,
@@ -399,7 +395,7 @@ fn plan(
         updates,
         transposes,
         train_transposes,
-    } = updates(program, &params, stats, &transposed, &fused, sink)?;
+    } = updates(program, &params, stats, &transposed, &fusion.updates, sink)?;
 
     let head_probs = sink.kernel(Kernel::HeadProbs { classes })?;
     let mut predict_plans = Vec::new();
@@ -523,7 +519,6 @@ fn refuse_image_ops(program: &Program) -> Result<(), BackendError> {
     if names.is_empty() {
         return Ok(());
     }
-    names.dedup();
     names.sort_unstable();
     names.dedup();
     Err(BackendError::Unsupported {
@@ -639,9 +634,7 @@ impl Sharing {
 struct PlanCtx<'a> {
     program: &'a Program,
     params: &'a [ParamBuf],
-    /// The dense ops (by index) whose kernel update the training step fuses into the weight
-    /// gradient.
-    fused: &'a HashMap<u32, FusedUpdate>,
+    /// Every fusion decision of the program, the fused updates included.
     fusion: &'a Fusion,
     values: &'a [usize],
     convert: Convert,
@@ -868,7 +861,7 @@ fn footprint(spec: &Kernel, args: &[Ptr], rows: usize, threads: usize) -> signat
 }
 
 /// The backward calls, one or two per `GradStep`. With `fuse`, the weight gradients of
-/// `ctx.fused` also update their kernels; such a weight gradient follows its layer's input
+/// `ctx.fusion.updates` also update their kernels; such a weight gradient follows its layer's input
 /// gradient, which reads the transposed copy it rewrites. Weight gradients are deferred past
 /// the calls after them until one conflicts (`signature::Footprint`): the chain of input
 /// gradients, row-parallel, then runs without a meeting, and the weight gradients, each divided
@@ -943,7 +936,7 @@ fn backward(
                 )
             }
             OpKind::Dense { kernel, bias, .. } => {
-                let update = ctx.fused.get(&op.index).copied().filter(|_| fuse);
+                let update = ctx.fusion.updates.get(&op.index).copied().filter(|_| fuse);
                 let normalized = update
                     .filter(|u| u.normalized)
                     .map(|_| &ctx.normalized[&op.index]);

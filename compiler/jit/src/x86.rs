@@ -666,7 +666,7 @@ fn store_vector(a: &mut CodeAssembler, masked: bool) -> Result<(), IcedError> {
 /// (`vmaskmovps`). Six rows read each vector of `B` six times per load, where 3 × 3 tiles read
 /// it three times: on the first layer's 3,072-deep products, which stream `B` from L2, that
 /// doubled the GEMM's speed (34 → 72 GFLOP/s at 32 rows, 51 → 86 at 256). The rows past the
-/// last six go in tiles of 4, 2 and 1 (`HEIGHTS`).
+/// last six go in tiles of 4, 2 and 1 (`heights`).
 struct Avx2Tile;
 
 impl Avx2Tile {

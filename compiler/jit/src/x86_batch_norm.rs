@@ -242,14 +242,14 @@ const ZMM: [AsmRegisterZmm; 32] = [
 
 /// Saves the callee-saved registers the kernels use.
 fn enter(a: &mut CodeAssembler) -> Result<(), IcedError> {
-    for r in [rbx, r12, r13, r14, r15] {
+    for r in [r12, r13, r14, r15] {
         a.push(r)?;
     }
     Ok(())
 }
 
 fn leave(a: &mut CodeAssembler) -> Result<(), IcedError> {
-    for r in [r15, r14, r13, r12, rbx] {
+    for r in [r15, r14, r13, r12] {
         a.pop(r)?;
     }
     a.vzeroupper()?;

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use crate::ast::{ActivationSpec, InitSpec, LayerProps, LayerStmt, ScheduleSpec, Spanned, Spec};
 use netc_ir::ir::{
-    Distribution, FanMode, Init, OpKind, OptimizerKind, Preprocess, Program, Schedule, Shape,
-    StatsScope,
+    Distribution, FanMode, Init, OpKind, OptimizerKind, Preprocess, Program, Regularizer, Schedule,
+    Shape, StatsScope,
 };
 
 // ----- AST ---------------------------------------------------------------------------------
@@ -281,6 +281,19 @@ pub fn dims(shape: Shape) -> String {
     }
 }
 
+/// A kernel's penalty and constraint in an IR dump, ` l1=… l2=… max_norm=…`, each when set.
+fn write_kernel_terms(s: &mut String, regularizer: &Regularizer, max_norm: Option<f32>) {
+    if regularizer.l1 != 0.0 {
+        let _ = write!(s, " l1={}", num(f64::from(regularizer.l1)));
+    }
+    if regularizer.l2 != 0.0 {
+        let _ = write!(s, " l2={}", num(f64::from(regularizer.l2)));
+    }
+    if let Some(m) = max_norm {
+        let _ = write!(s, " max_norm={}", num(f64::from(m)));
+    }
+}
+
 /// Shortest text that reads back as the same f32 (`5e-5`, `0.9`, `100`).
 pub fn num(x: f64) -> String {
     let x32 = x as f32;
@@ -339,15 +352,7 @@ pub fn ir(p: &Program) -> String {
                 if let Some(b) = bias {
                     let _ = write!(s, ", {b}");
                 }
-                if regularizer.l1 != 0.0 {
-                    let _ = write!(s, " l1={}", num(f64::from(regularizer.l1)));
-                }
-                if regularizer.l2 != 0.0 {
-                    let _ = write!(s, " l2={}", num(f64::from(regularizer.l2)));
-                }
-                if let Some(m) = max_norm {
-                    let _ = write!(s, " max_norm={}", num(f64::from(*m)));
-                }
+                write_kernel_terms(&mut s, regularizer, *max_norm);
                 s
             }
             OpKind::Activation(a) => match a {
@@ -371,15 +376,7 @@ pub fn ir(p: &Program) -> String {
                     let _ = write!(s, ", {b}");
                 }
                 let _ = write!(s, " strides={}x{} padding={}", strides[0], strides[1], padding.name());
-                if regularizer.l1 != 0.0 {
-                    let _ = write!(s, " l1={}", num(f64::from(regularizer.l1)));
-                }
-                if regularizer.l2 != 0.0 {
-                    let _ = write!(s, " l2={}", num(f64::from(regularizer.l2)));
-                }
-                if let Some(m) = max_norm {
-                    let _ = write!(s, " max_norm={}", num(f64::from(*m)));
-                }
+                write_kernel_terms(&mut s, regularizer, *max_norm);
                 s
             }
             OpKind::Pool { size, strides, padding, .. } => format!(

@@ -350,18 +350,8 @@ fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize,
         update_normalized_rows(fx, mm, u, nz, (i, mr), (g0, w0, &slots), scalars);
         return;
     }
-    // Per row: γᵢ and βᵢ in every lane, and the lane-wise sums for dγᵢ and dβᵢ.
     let normalized = u.normalized.map(|nz| {
-        let zero = fx.zero4();
-        let rows: Vec<_> = (0..mr)
-            .map(|r| {
-                let [gamma, beta] = [nz.gamma, nz.beta].map(|p| {
-                    let p = fx.offset(p, i, 4);
-                    fx.bcast(ro(), p, r as i64)
-                });
-                (gamma, beta, fx.var(F32X4, zero), fx.var(F32X4, zero))
-            })
-            .collect();
+        let rows: Vec<_> = (0..mr).map(|r| NormalizedRow::new(fx, nz, i, r)).collect();
         (nz, rows)
     });
     // Element `e` of each row; `known` when it is the last vector, whose lanes past
@@ -377,15 +367,7 @@ fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize,
             let off = (r * mm.ldc) as i64;
             let (mut g, w, pw, ps) = update_operands(fx, (g0, w0, &slots), e, off);
             if let (Some((_, rows)), Some(s)) = (&normalized, sums) {
-                let (gamma, beta, dgamma, dbeta) = rows[r];
-                let a = fx.get(dgamma);
-                let a = fx.fma(w, g, a);
-                fx.set(dgamma, a);
-                let b = fx.get(dbeta);
-                let b = fx.fma(w, s, b);
-                fx.set(dbeta, b);
-                let bs = fx.mul(beta, s);
-                g = fx.fma(gamma, g, bs);
+                g = rows[r].gradient(fx, w, g, s);
             }
             let w = update_rule(fx, u.kind, w, g, &ps, scalars);
             fx.store(w, pw, 0);
@@ -408,13 +390,58 @@ fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize,
         vector(fx, e, Some(last));
     }
     if let Some((nz, rows)) = normalized {
-        for (r, (_, _, dgamma, dbeta)) in rows.into_iter().enumerate() {
-            for (sum, out) in [(dgamma, nz.dgamma), (dbeta, nz.dbeta)] {
-                let v = fx.get(sum);
-                let v = fx.hsum(v);
-                let p = fx.offset(out, i, 4);
-                fx.store(v, p, r as i64);
-            }
+        for (r, row) in rows.iter().enumerate() {
+            row.store_sums(fx, nz, i, r);
+        }
+    }
+}
+
+/// One kernel row's share of a normalized update (`kernels::FusedUpdate::normalized`): its `γᵢ`
+/// and `βᵢ` in every lane, and the lane-wise sums for `dγᵢ` and `dβᵢ`.
+#[derive(Clone, Copy)]
+struct NormalizedRow {
+    gamma: Value,
+    beta: Value,
+    dgamma: Variable,
+    dbeta: Variable,
+}
+
+impl NormalizedRow {
+    /// Row `r` of the block row at kernel row `i`, its sums at zero.
+    fn new(fx: &mut Fx, nz: Normalized, i: Value, r: usize) -> NormalizedRow {
+        let [gamma, beta] = [nz.gamma, nz.beta].map(|p| {
+            let p = fx.offset(p, i, 4);
+            fx.bcast(ro(), p, r as i64)
+        });
+        let zero = fx.zero4();
+        NormalizedRow {
+            gamma,
+            beta,
+            dgamma: fx.var(F32X4, zero),
+            dbeta: fx.var(F32X4, zero),
+        }
+    }
+
+    /// Adds `w·G` and `w·s` to the sums (the kernel `w` before the update) and returns the
+    /// kernel's gradient `γᵢ·G + βᵢ·s`, for one vector of `G = x̂ᵀ·dy` and of `s = Σ dy`.
+    fn gradient(&self, fx: &mut Fx, w: Value, g: Value, s: Value) -> Value {
+        let a = fx.get(self.dgamma);
+        let a = fx.fma(w, g, a);
+        fx.set(self.dgamma, a);
+        let b = fx.get(self.dbeta);
+        let b = fx.fma(w, s, b);
+        fx.set(self.dbeta, b);
+        let bs = fx.mul(self.beta, s);
+        fx.fma(self.gamma, g, bs)
+    }
+
+    /// Stores `dγᵢ` and `dβᵢ`, each the sum of its lanes.
+    fn store_sums(&self, fx: &mut Fx, nz: Normalized, i: Value, r: usize) {
+        for (sum, out) in [(self.dgamma, nz.dgamma), (self.dbeta, nz.dbeta)] {
+            let v = fx.get(sum);
+            let v = fx.hsum(v);
+            let p = fx.offset(out, i, 4);
+            fx.store(v, p, r as i64);
         }
     }
 }
@@ -457,37 +484,20 @@ fn update_normalized_rows(
     (g0, w0, slots): (Value, Value, &[Value]),
     scalars: [Value; crate::elementwise::update_scalars::RULE],
 ) {
-    let zero = fx.zero4();
     for r in 0..mr {
         // Floats from the block row's first row to row `r`.
         let off = (r * mm.ldc) as i64;
-        let [gamma, beta] = [nz.gamma, nz.beta].map(|p| {
-            let p = fx.offset(p, i, 4);
-            fx.bcast(ro(), p, r as i64)
-        });
-        let (dgamma, dbeta) = (fx.var(F32X4, zero), fx.var(F32X4, zero));
+        let row = NormalizedRow::new(fx, nz, i, r);
         fx.loop_const(0, mm.n as i64, 4, |fx, e| {
             // Written at the start of this kernel: a load that keeps its place.
             let ps = fx.offset(nz.sums, e, 4);
             let s = fx.load4(rw(), ps, 0);
             let (g, w, pw, ps) = update_operands(fx, (g0, w0, slots), e, off);
-            let a = fx.get(dgamma);
-            let a = fx.fma(w, g, a);
-            fx.set(dgamma, a);
-            let b = fx.get(dbeta);
-            let b = fx.fma(w, s, b);
-            fx.set(dbeta, b);
-            let bs = fx.mul(beta, s);
-            let g = fx.fma(gamma, g, bs);
+            let g = row.gradient(fx, w, g, s);
             let w = update_rule(fx, u.kind, w, g, &ps, scalars);
             fx.store(w, pw, 0);
         });
-        for (sum, out) in [(dgamma, nz.dgamma), (dbeta, nz.dbeta)] {
-            let v = fx.get(sum);
-            let v = fx.hsum(v);
-            let p = fx.offset(out, i, 4);
-            fx.store(v, p, r as i64);
-        }
+        row.store_sums(fx, nz, i, r);
     }
 }
 

@@ -351,7 +351,10 @@ fn update_rows(fx: &mut Fx, mm: &MatMul, u: EpilogueUpdate, i: Value, mr: usize,
         return;
     }
     let normalized = u.normalized.map(|nz| {
-        let rows: Vec<_> = (0..mr).map(|r| NormalizedRow::new(fx, nz, i, r)).collect();
+        let zero = fx.zero4();
+        let rows: Vec<_> = (0..mr)
+            .map(|r| NormalizedRow::new(fx, nz, i, r, zero))
+            .collect();
         (nz, rows)
     });
     // Element `e` of each row; `known` when it is the last vector, whose lanes past
@@ -407,13 +410,12 @@ struct NormalizedRow {
 }
 
 impl NormalizedRow {
-    /// Row `r` of the block row at kernel row `i`, its sums at zero.
-    fn new(fx: &mut Fx, nz: Normalized, i: Value, r: usize) -> NormalizedRow {
+    /// Row `r` of the block row at kernel row `i`, its sums at `zero`.
+    fn new(fx: &mut Fx, nz: Normalized, i: Value, r: usize, zero: Value) -> NormalizedRow {
         let [gamma, beta] = [nz.gamma, nz.beta].map(|p| {
             let p = fx.offset(p, i, 4);
             fx.bcast(ro(), p, r as i64)
         });
-        let zero = fx.zero4();
         NormalizedRow {
             gamma,
             beta,
@@ -484,10 +486,11 @@ fn update_normalized_rows(
     (g0, w0, slots): (Value, Value, &[Value]),
     scalars: [Value; crate::elementwise::update_scalars::RULE],
 ) {
+    let zero = fx.zero4();
     for r in 0..mr {
         // Floats from the block row's first row to row `r`.
         let off = (r * mm.ldc) as i64;
-        let row = NormalizedRow::new(fx, nz, i, r);
+        let row = NormalizedRow::new(fx, nz, i, r, zero);
         fx.loop_const(0, mm.n as i64, 4, |fx, e| {
             // Written at the start of this kernel: a load that keeps its place.
             let ps = fx.offset(nz.sums, e, 4);

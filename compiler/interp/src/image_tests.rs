@@ -7,7 +7,8 @@ use ndarray::{arr2, Array2, ArrayD, Ix2};
 
 use super::image::{self, Windows};
 use super::tests::{
-    batch, check_gradients, f64_executor, labels, normal_matrix, sgd, train_epochs, u8_data,
+    assert_f32_agrees_with_f64, batch, check_gradients, f64_executor, labels, normal_matrix, sgd,
+    train_epochs, u8_data,
 };
 use super::{Executor, Interp, Pass};
 use netc_ir::backend::{Backend, InputStats};
@@ -558,19 +559,7 @@ fn f32_and_f64_executors_agree_on_a_convnet() {
         &y,
         0,
     );
-    assert!((f64::from(g32.loss) - g64.loss).abs() < 1e-5 * g64.loss.abs());
-    for (a, b) in g32.grads.iter().zip(&g64.grads) {
-        let (Some(a), Some(b)) = (a, b) else {
-            assert!(a.is_none() && b.is_none());
-            continue;
-        };
-        for (&a, &b) in a.iter().zip(b) {
-            assert!(
-                (f64::from(a) - b).abs() < 1e-4 * (1.0 + b.abs()),
-                "{a} vs {b}"
-            );
-        }
-    }
+    assert_f32_agrees_with_f64(&g32, &g64);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use ndarray::{Array2, Axis};
 
-use super::{Executor, Interp, Pass};
+use super::{Executor, Interp, LossAndGrads, Pass};
 use netc_ir::backend::{Backend, Batch, InputStats, Mode, TrainState};
 use netc_ir::init::init_params;
 use netc_ir::ir::{Activation, OpKind, OptimizerKind, ParamRole, Preprocess, Program, Regularizer};
@@ -209,8 +209,14 @@ fn f32_and_f64_executors_agree() {
     let y = labels(10, 3, 2);
     let g64 = Executor::<f64>::new(&p, &params, None).loss_and_grads(x64.view(), &y, 4);
     let g32 = Executor::<f32>::new(&p, &params, None).loss_and_grads(x32.view(), &y, 4);
-    assert!((f64::from(g32.loss) - g64.loss).abs() < 1e-5 * g64.loss.abs());
     assert_eq!(g32.correct, g64.correct);
+    assert_f32_agrees_with_f64(&g32, &g64);
+}
+
+/// The f32 executor's loss within 1e-5 of the f64 one's (relative), and every gradient within
+/// 1e-4 (relative, plus 1e-4 absolute); the same gradients present.
+pub(crate) fn assert_f32_agrees_with_f64(g32: &LossAndGrads<f32>, g64: &LossAndGrads<f64>) {
+    assert!((f64::from(g32.loss) - g64.loss).abs() < 1e-5 * g64.loss.abs());
     for (a, b) in g32.grads.iter().zip(&g64.grads) {
         let (Some(a), Some(b)) = (a, b) else {
             assert!(a.is_none() && b.is_none());

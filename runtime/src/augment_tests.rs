@@ -1,9 +1,8 @@
 //! The training loop with data augmentation and per-channel standardization, through the real
-//! front end and both backends on generated data: augmented runs are reproducible and resume
-//! bit for bit, only training batches are changed (validation images reach the backend as they
-//! are), and both backends train a per-channel standardized, augmented spec alike.
-
-use std::sync::atomic::{AtomicBool, Ordering};
+//! front end and both backends on generated data: augmented runs are reproducible, only training
+//! batches are changed (validation images reach the backend as they are), and both backends train
+//! a per-channel standardized, augmented spec alike. That an augmented run resumes bit for bit is
+//! `runtime/tests/resume.rs`'s, through real checkpoints.
 
 use netc_ir::backend::{Backend, Batch, InputStats, Mode, StepStats, TrainState};
 use netc_ir::ir::{Augment, Program};
@@ -11,9 +10,7 @@ use netc_ir::rng::augment_key;
 
 use crate::augment::{apply_draw, Draw};
 use crate::data::{self, epoch_order, Cifar10, Split, SyntheticFormat, SyntheticSpec};
-use crate::train::{
-    train, train_from, Control, Resumed, Snapshot, TrainOptions, TrainOutcome, TrainStop,
-};
+use crate::train::{train, TrainOptions, TrainOutcome};
 
 /// 100 training images of generated data, 20 held out: 5 steps of 16 per epoch.
 const SPEC: &str = "model augmented
@@ -189,116 +186,6 @@ fn training_batches_are_augmented_per_image_and_validation_images_never() {
         .flat_map(|&i| data.train.image(i as usize).iter().copied())
         .collect();
     assert!(recording.predicted == validation.repeat(program.train.epochs));
-}
-
-/// Raises `flag` after `after` training steps, as a signal arriving during that step would.
-struct Interrupting<'a> {
-    inner: Box<dyn Backend>,
-    flag: &'a AtomicBool,
-    after: usize,
-    steps: usize,
-}
-
-impl Backend for Interrupting<'_> {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn train_step(&mut self, batch: Batch<'_>, lr: f32) -> StepStats {
-        self.steps += 1;
-        if self.steps == self.after {
-            self.flag.store(true, Ordering::SeqCst);
-        }
-        self.inner.train_step(batch, lr)
-    }
-
-    fn predict(&mut self, pixels: &[u8], mode: Mode, probs: &mut [f32]) {
-        self.inner.predict(pixels, mode, probs);
-    }
-
-    fn state(&self) -> TrainState {
-        self.inner.state()
-    }
-
-    fn set_state(&mut self, state: &TrainState) {
-        self.inner.set_state(state);
-    }
-}
-
-#[test]
-fn an_augmented_run_resumed_mid_epoch_ends_as_the_uninterrupted_one() {
-    let (_dir, data) = generated();
-    let program = program(SPEC);
-    let split = split_of(&program, &data);
-    let stats = data::standardization(&program, &data.train, &split.train);
-    let (whole, whole_state) = trained(Kind::Interp, &program, &data);
-
-    // Stopped after step 7 of 15, two steps into the second epoch.
-    let flag = AtomicBool::new(false);
-    let mut first = Interrupting {
-        inner: backend(Kind::Interp, &program, stats.clone()),
-        flag: &flag,
-        after: 7,
-        steps: 0,
-    };
-    let mut saved: Option<(Resumed, TrainState)> = None;
-    let mut save = |s: &Snapshot<'_>| {
-        let resumed = Resumed {
-            loop_state: s.loop_state.clone(),
-            last_good: s.last_good.clone(),
-            best: s.best.cloned(),
-        };
-        saved = Some((resumed, s.state.clone()));
-        Ok::<(), std::convert::Infallible>(())
-    };
-    let mut control = Control {
-        interrupt: Some(&flag),
-        checkpoint_every: 0,
-        save: &mut save,
-    };
-    let opts = TrainOptions::default();
-    let stop = train_from(
-        &mut first,
-        &program,
-        &data.train,
-        &split,
-        &opts,
-        None,
-        &mut control,
-    );
-    assert!(
-        matches!(
-            stop,
-            Err(TrainStop::Interrupted {
-                epoch: 2,
-                steps: 2,
-                ..
-            })
-        ),
-        "{stop:?}"
-    );
-
-    let (resumed, state) = saved.expect("a snapshot was saved");
-    let mut second = backend(Kind::Interp, &program, stats);
-    second.set_state(&state);
-    let mut nothing = |_: &Snapshot<'_>| Ok::<(), std::convert::Infallible>(());
-    let mut control = Control {
-        interrupt: None,
-        checkpoint_every: 0,
-        save: &mut nothing,
-    };
-    let rest = train_from(
-        second.as_mut(),
-        &program,
-        &data.train,
-        &split,
-        &opts,
-        Some(resumed),
-        &mut control,
-    )
-    .unwrap();
-    assert_eq!(history_bits(&rest), history_bits(&whole));
-    assert_eq!(second.state(), whole_state);
 }
 
 #[test]

@@ -308,6 +308,39 @@ fn jit_runs_resume_bit_for_bit() {
     interrupted_runs_resume_exactly(Kind::Jit);
 }
 
+/// Augmentation is keyed by `(seed, epoch, image)`: a run interrupted mid-epoch and resumed
+/// crops and flips its images as the uninterrupted run did.
+#[test]
+fn an_augmented_run_resumed_mid_epoch_ends_as_the_uninterrupted_one() {
+    let spec = SPEC.replace(
+        "  seed: 3\n",
+        "  seed: 3\n  augment { crop: 4, flip: horizontal }\n",
+    );
+    assert_ne!(spec, SPEC, "the spec is augmented");
+    let f = fixture(&spec);
+    let p = program(&spec);
+    let flag = Arc::new(AtomicBool::new(false));
+    let full = run::run(
+        &p,
+        &f.spec,
+        &run_options(&f, "full", &flag),
+        interrupting(Kind::Interp, &flag, None),
+    )
+    .unwrap();
+
+    let flag = Arc::new(AtomicBool::new(false));
+    let dir = f.dir.path().join("stopped");
+    let first = run::run(
+        &p,
+        &f.spec,
+        &run_options(&f, "stopped", &flag),
+        interrupting(Kind::Interp, &flag, Some(STEPS_PER_EPOCH + 2)),
+    );
+    assert_eq!(interrupted(first), (1, 2));
+    resume(&f, &dir, Kind::Interp, None).unwrap();
+    assert_same_run(Path::new(&full.run_dir), &dir);
+}
+
 #[test]
 fn early_stopping_restores_the_best_state_after_a_resume() {
     // A high rate and patience 1 stop early; restore_best must bring back the best epoch's

@@ -521,9 +521,14 @@ fn refuse_image_ops(program: &Program) -> Result<(), BackendError> {
     }
     names.sort_unstable();
     names.dedup();
-    Err(BackendError::Unsupported {
+    Err(unsupported(&names))
+}
+
+/// The JIT's refusal of the layers of these mnemonics.
+fn unsupported(names: &[&str]) -> BackendError {
+    BackendError::Unsupported {
         what: format!("`{}` layers", names.join("`, `")),
-    })
+    }
 }
 
 /// What deciding how to share a call needs to know.
@@ -821,9 +826,7 @@ fn forward(
             | OpKind::GlobalAvgPool
             | OpKind::Flatten => {
                 // `refuse_image_ops` stops such a program before planning.
-                return Err(BackendError::Unsupported {
-                    what: format!("`{}` layers", op.kind.mnemonic()),
-                });
+                return Err(unsupported(&[op.kind.mnemonic()]));
             }
             OpKind::Dropout { rate } | OpKind::AlphaDropout { rate } => {
                 args.push(out);
@@ -1056,9 +1059,7 @@ fn backward(
             | OpKind::Pool { .. }
             | OpKind::GlobalAvgPool
             | OpKind::Flatten => {
-                return Err(BackendError::Unsupported {
-                    what: format!("`{}` layers", op.kind.mnemonic()),
-                });
+                return Err(unsupported(&[op.kind.mnemonic()]));
             }
             OpKind::Dropout { rate } | OpKind::AlphaDropout { rate } => {
                 let Some(dx) = dx else { continue };
